@@ -1,0 +1,31 @@
+"""Backends by name. Third-party ones import their package only when asked for, so a missing
+package costs nothing until a run names it."""
+from __future__ import annotations
+
+import importlib
+
+from parity.backends.base import PATHS, Backend, SimpleBackend, load_backend, register, registered_names
+
+_LAZY = {
+    "torch": "parity.backends.torch_ref:make_backend",
+    "triton": "parity.backends.triton_kernels:make_backend",
+    "aiter": "parity.backends.aiter:make_backend",
+    "deepgemm": "parity.backends.deepgemm:make_backend",
+    "vllm": "parity.backends.vllm_ops:make_backend",
+}
+
+
+def _lazy(target: str):
+    def factory(**options):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)(**options)
+
+    return factory
+
+
+for _name, _target in _LAZY.items():
+    register(_name, _lazy(_target))
+
+DEFAULT_BACKENDS = ("torch", "triton")
+
+__all__ = ["PATHS", "Backend", "SimpleBackend", "load_backend", "register", "registered_names", "DEFAULT_BACKENDS"]

@@ -1,0 +1,119 @@
+"""The one interface every backend implements, and how backends are found by name.
+
+A backend offers some of the three paths and writes into an output view the caller allocated:
+
+* ``stage1``: ``out`` is ``(H, B * next_n, max_model_len)``; per-head logits (weight and relu applied).
+* ``fused`` / ``preshuffle``: ``out`` is ``(B * next_n, max_model_len)``; ``preshuffle`` reads
+  ``inputs.kv_cache_preshuffled``.
+
+``out`` may be padded (``stride(-2) > max_model_len``) and arrives filled with -inf in its logical
+region. A backend must honour its strides and must not write outside it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from parity.cases import IndexerInputs
+
+PATHS = ("stage1", "fused", "preshuffle")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    paths: tuple[str, ...]  # subset of PATHS
+    device_types: tuple[str, ...]  # e.g. ("cpu", "cuda")
+    fp8_flavours: tuple[str, ...]  # subset of ("e4m3fn", "e4m3fnuz")
+
+    def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
+        """None when this backend can run ``path`` on ``inputs``; else the reason it cannot."""
+
+    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+        """Compute ``path`` on ``inputs`` into ``out`` (see module docstring)."""
+
+    def describe(self) -> dict:
+        """Versions and origin (package path, source tree, build) for the report."""
+
+
+@dataclass
+class SimpleBackend:
+    """Convenience base: fill in the attributes and implement ``run``; the checks are generic."""
+
+    name: str
+    paths: tuple[str, ...] = PATHS
+    device_types: tuple[str, ...] = ("cpu", "cuda")
+    fp8_flavours: tuple[str, ...] = ("e4m3fn", "e4m3fnuz")
+    info: dict = field(default_factory=dict)
+
+    def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
+        if path not in self.paths:
+            return f"{self.name} has no {path} path"
+        if inputs.device.type not in self.device_types:
+            return f"{self.name} does not run on {inputs.device.type}"
+        flavour = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e4m3fnuz: "e4m3fnuz"}[inputs.q_fp8.dtype]
+        if flavour not in self.fp8_flavours:
+            return f"{self.name} does not take fp8 {flavour}"
+        if path == "preshuffle" and inputs.kv_cache_preshuffled is None:
+            return "preshuffle needs block_size and head_dim multiples of 16"
+        return None
+
+    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.info}
+
+
+# name -> factory(**options) -> Backend. Modules register on import (see parity.backends.__init__).
+_REGISTRY: dict[str, Callable[..., Backend]] = {}
+
+
+def register(name: str, factory: Callable[..., Backend]) -> None:
+    _REGISTRY[name] = factory
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_backend(spec: str, **options) -> Backend:
+    """``spec`` is a registered name (``torch``), ``pkg.module:factory``, or ``path/to/file.py[:factory]``
+    (factory defaults to ``make_backend``). Options are passed to the factory."""
+    if spec in _REGISTRY:
+        backend = _REGISTRY[spec](**options)
+    else:
+        target, _, attr = spec.partition(":")
+        attr = attr or "make_backend"
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise ValueError(f"--backend {spec!r}: no such file {path}")
+            mod_name = f"parity_user_backend_{path.stem}"
+            spec_ = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[mod_name] = module
+            spec_.loader.exec_module(module)
+        elif ":" in spec or "." in target:
+            module = importlib.import_module(target)
+        else:
+            raise ValueError(
+                f"--backend {spec!r} is not a registered backend ({', '.join(registered_names())}), "
+                "a 'package.module:factory' or a 'file.py[:factory]'"
+            )
+        if not hasattr(module, attr):
+            raise ValueError(f"--backend {spec!r}: {target} has no attribute {attr!r}")
+        backend = getattr(module, attr)(**options)
+    missing = [a for a in ("name", "paths", "run", "unsupported") if not hasattr(backend, a)]
+    if missing:
+        raise TypeError(f"backend {spec!r} lacks {missing}; see parity.backends.base.Backend")
+    bad = [p for p in backend.paths if p not in PATHS]
+    if bad:
+        raise ValueError(f"backend {spec!r} declares unknown paths {bad}; paths must be among {PATHS}")
+    return backend

@@ -1,0 +1,62 @@
+"""Torch implementations of the three paths, in float32 on any torch device.
+
+They read the cache the way a kernel does (block tables, packed scales, preshuffled tile order)
+rather than reusing the float64 reference, so a layout mistake in either shows up as a mismatch.
+"""
+from __future__ import annotations
+
+import torch
+
+from parity import layouts
+from parity.backends.base import SimpleBackend
+from parity.cases import IndexerInputs, valid_lengths
+
+
+def dequantized_keys(inputs: IndexerInputs, b: int, cache: torch.Tensor, preshuffled: bool) -> torch.Tensor:
+    """``(max_model_len, D)`` float32 keys x scale of sequence b (rows past context_len are zero)."""
+    num_blocks, bs, _, width = cache.shape
+    D = width - layouts.SCALE_BYTES
+    ctx = int(inputs.context_lens[b])
+    nblk = (ctx + bs - 1) // bs
+    blocks = inputs.block_tables[b, :nblk].long()
+    flat = cache.reshape(num_blocks, bs * width)[blocks]  # (nblk, bytes)
+    key_bytes = flat[:, : bs * D]
+    if preshuffled:
+        offs = layouts.preshuffle_offsets(bs, D, cache.device).reshape(-1)
+        key_bytes = key_bytes[:, offs]
+    keys = key_bytes.contiguous().view(inputs.q_fp8.dtype).float().reshape(nblk * bs, D)
+    scales = flat[:, bs * D :].contiguous().view(torch.float32).reshape(nblk * bs)
+    k = torch.zeros(inputs.max_model_len, D, device=cache.device)
+    k[:ctx] = keys[:ctx] * scales[:ctx, None]
+    return k
+
+
+def head_logits(inputs: IndexerInputs, b: int, preshuffled: bool = False) -> torch.Tensor:
+    """``(H, next_n, max_model_len)`` float32 per-head logits of sequence b, -inf where invalid."""
+    cache = inputs.kv_cache_preshuffled if preshuffled else inputs.kv_cache
+    k = dequantized_keys(inputs, b, cache, preshuffled)
+    n = inputs.next_n
+    q = inputs.q_fp8[b].float()  # (n, H, D)
+    w = inputs.weights[b * n : (b + 1) * n].float()  # (n, H)
+    score = torch.einsum("nhd,td->hnt", q, k).clamp_min(0) * w.T[:, :, None]
+    L = valid_lengths(inputs.context_lens[b : b + 1], n).to(score.device)  # (n,)
+    t = torch.arange(inputs.max_model_len, device=score.device)
+    return score.masked_fill(t[None, None, :] >= L[None, :, None], float("-inf"))
+
+
+class TorchBackend(SimpleBackend):
+    def __init__(self):
+        super().__init__(name="torch", info={"torch": torch.__version__})
+
+    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+        n = inputs.next_n
+        for b in range(inputs.batch):
+            h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
+            if path == "stage1":
+                out[:, b * n : (b + 1) * n].copy_(h)
+            else:
+                out[b * n : (b + 1) * n].copy_(h.sum(0))
+
+
+def make_backend() -> TorchBackend:
+    return TorchBackend()

@@ -1,0 +1,106 @@
+"""Runs one (backend, path, buffer, case) cell: build inputs, call the backend twice into guarded
+buffers, and apply every check. pytest and the CLI both call :func:`run_cell`."""
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from dataclasses import asdict
+
+import torch
+
+from parity import checks, topk
+from parity.backends.base import Backend
+from parity.buffers import DEFAULT_PAD, guarded_buffer
+from parity.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
+from parity.reference import reference_head_logits
+
+
+def cell_id(backend: str, path: str, buffer: str, case: IndexerCase) -> str:
+    return f"{backend}-{path}-{buffer}-{case.id}"
+
+
+@functools.lru_cache(maxsize=8)
+def _reference(case: IndexerCase) -> tuple[torch.Tensor, torch.Tensor]:
+    heads = reference_head_logits(build_inputs(case, "cpu"))
+    return heads, heads.sum(0)
+
+
+@functools.lru_cache(maxsize=8)
+def _inputs(case: IndexerCase, device: str) -> IndexerInputs:
+    return build_inputs(case, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _call(backend: Backend, path: str, inputs: IndexerInputs, buf) -> float:
+    t0 = time.perf_counter()
+    returned = backend.run(path, inputs, buf.view)
+    if returned is not None:  # a backend may return its output instead of writing into the view
+        if not isinstance(returned, torch.Tensor) or tuple(returned.shape) != tuple(buf.view.shape):
+            got = tuple(returned.shape) if isinstance(returned, torch.Tensor) else type(returned).__name__
+            raise ValueError(f"backend returned shape {got}; expected {tuple(buf.view.shape)} (or None after "
+                             "writing into out)")
+        buf.view.copy_(returned)
+    _sync(inputs.device)
+    return time.perf_counter() - t0
+
+
+def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device: str = "cpu",
+             pad: int = DEFAULT_PAD, backend_name: str | None = None) -> dict:
+    """Result dict: id, status (pass | fail | skip | error), findings, timings."""
+    name = backend_name or backend.name
+    result = {"id": cell_id(name, path, buffer, case), "backend": name, "path": path, "buffer": buffer,
+              "case": {**asdict(case), "id": case.id}, "device": device, "findings": []}
+    try:
+        inputs = _inputs(case, device)
+        validate_inputs(inputs)
+    except Exception as exc:  # bad case: a finding, not a crash of the run
+        return {**result, "status": "error", "findings": [checks.Finding("error", False, f"inputs: {exc}").to_dict()]}
+    reason = backend.unsupported(path, inputs)
+    if reason:
+        return {**result, "status": "skip", "reason": reason}
+    rows, cols = inputs.rows, inputs.max_model_len
+    lead = (inputs.heads, rows) if path == "stage1" else (rows,)
+    bufs, times = [], []
+    try:
+        for _ in range(2):
+            buf = guarded_buffer(lead, cols, buffer, inputs.device, pad=pad)
+            times.append(_call(backend, path, inputs, buf))
+            bufs.append(buf)
+    except Exception as exc:
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        if not bufs:
+            return {**result, "status": "error",
+                    "findings": [checks.Finding("error", False, f"backend raised: {tb}").to_dict()]}
+        result["findings"].append(checks.Finding("error", False, f"second call raised: {tb}").to_dict())
+    ref_heads, ref = _reference(case)
+    ctx_rows = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
+    first = bufs[0]
+    out2d = first.view.reshape(-1, cols)
+    ref2d = ref_heads.reshape(-1, cols) if path == "stage1" else ref
+    reps = inputs.heads if path == "stage1" else 1
+    ctx2d = ctx_rows.repeat(reps)
+    findings = [checks.check_out_of_bounds(first, ctx2d)]
+    mask = checks.check_mask(out2d, ref2d, ctx2d)
+    values = checks.check_values(out2d, ref2d, ctx2d, case.fp8)
+    next_row = checks.attribute_next_row(mask, values, rows if path == "stage1" else 10**9)
+    findings += [mask, values] + ([next_row] if next_row else [])
+    logits = first.view.sum(0) if path == "stage1" else first.view  # stage1: the caller's sum over heads
+    rtol, atol = checks.TOLERANCES[case.fp8]
+    selected = topk.topk_reference(logits, inputs.context_lens, inputs.next_n, case.topk)
+    findings.append(topk.compare_topk(selected, ref, inputs.context_lens, inputs.next_n, case.topk,
+                                      rtol, atol))
+    if len(bufs) == 2:
+        findings.append(checks.check_determinism(first.view, bufs[1].view))
+    result["findings"] += [f.to_dict() for f in findings]
+    result["status"] = "pass" if all(f["ok"] for f in result["findings"]) else "fail"
+    result["seconds"] = times
+    return result
+
+
+def failed_checks(result: dict) -> list[str]:
+    return [f"{f['check']}: {f['summary']}" for f in result.get("findings", []) if not f["ok"]]

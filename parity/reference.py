@@ -1,0 +1,45 @@
+"""The float64 reference of paged MQA logits, written from the math of SPEC section 1:
+
+    logits[b*next_n + i, t] = sum_h weights[row, h] * relu(q[b, i, h] . k[t] * scale[t])
+    valid iff t <= context_len[b] - next_n + i;  every other column is -inf.
+"""
+from __future__ import annotations
+
+import torch
+
+from parity import layouts
+from parity.cases import IndexerInputs, valid_lengths
+
+
+def gather_keys(inp: IndexerInputs, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantized-exactly keys ``(context_len, D)`` and scales ``(context_len,)`` of sequence ``b`` in float64."""
+    keys, scales = layouts.split_kv_cache(inp.kv_cache.cpu(), inp.q_fp8.dtype)
+    n = int(inp.context_lens[b])
+    bs = inp.block_size
+    blocks = inp.block_tables[b, : (n + bs - 1) // bs].cpu().long()
+    k = keys[blocks].reshape(-1, inp.head_dim)[:n].double()
+    s = scales[blocks].reshape(-1)[:n].double()
+    return k, s
+
+
+def reference_head_logits(inp: IndexerInputs) -> torch.Tensor:
+    """Per-head logits ``(H, B * next_n, max_model_len)`` float64 (what stage1 writes), -inf where invalid."""
+    B, n, H, _ = inp.q_fp8.shape
+    out = torch.full((H, B * n, inp.max_model_len), float("-inf"), dtype=torch.float64)
+    q = inp.q_fp8.cpu().double()
+    w = inp.weights.cpu().double()
+    valid = valid_lengths(inp.context_lens.cpu(), n)
+    for b in range(B):
+        k, s = gather_keys(inp, b)
+        for i in range(n):
+            row = b * n + i
+            L = int(valid[row])
+            score = (q[b, i] @ k[:L].T) * s[:L]  # (H, L)
+            out[:, row, :L] = w[row].view(H, 1) * score.clamp_min(0)
+    return out
+
+
+def reference_logits(inp: IndexerInputs) -> torch.Tensor:
+    """Logits ``(B * next_n, max_model_len)`` float64, -inf where invalid."""
+    return reference_head_logits(inp).sum(dim=0)
+
