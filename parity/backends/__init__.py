@@ -26,6 +26,11 @@ def _lazy(target: str):
 for _name, _target in _LAZY.items():
     register(_name, _lazy(_target))
 
+# Planted faults, for the self-test: ``fault:<name>`` (see parity.backends.faults).
+for _fault in ("unmasked_chunk_store", "causal_off_by_one", "ignores_stride0", "scales_interleaved",
+               "wrong_preshuffle_offsets", "racy_write", "raises", "aborts", "hangs"):
+    register(f"fault:{_fault}", lambda _f=_fault, **kw: _lazy("parity.backends.faults:make_backend")(fault=_f, **kw))
+
 DEFAULT_BACKENDS = ("torch", "triton")
 
 __all__ = ["PATHS", "Backend", "SimpleBackend", "load_backend", "register", "registered_names", "DEFAULT_BACKENDS"]

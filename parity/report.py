@@ -1,0 +1,164 @@
+"""JSON reports of a parity run, their summary table, and the diff of two reports (two builds)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from collections import Counter
+
+import torch
+
+SCHEMA = 1
+
+
+def environment(device: str) -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception as exc:  # triton is an optional extra
+        env["triton"] = f"unavailable ({type(exc).__name__})"
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(dev)
+        env["device"] = {"type": "cuda", "name": p.name, "hip": getattr(torch.version, "hip", None),
+                         "cuda": torch.version.cuda, "sms": p.multi_processor_count}
+    else:
+        env["device"] = {"type": dev.type, "name": platform.processor() or platform.machine()}
+    return env
+
+
+def new_report(device: str, level: str, argv: list[str]) -> dict:
+    return {"schema": SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "argv": argv, "level": level, "environment": environment(device), "backends": {}, "results": []}
+
+
+def counts(report: dict) -> dict:
+    return dict(Counter(r["status"] for r in report["results"]))
+
+
+def _overshoot(result: dict) -> int:
+    worst = 0
+    for f in result.get("findings", []):
+        if f["check"] == "oob":
+            for where in f["details"].get("landed", {}).values():
+                if isinstance(where, dict) and "max_overshoot_cols" in where:
+                    worst = max(worst, where["max_overshoot_cols"])
+                elif isinstance(where, dict):  # next_row: {row: {leading_cols_damaged}}
+                    worst = max([worst] + [v.get("leading_cols_damaged", 0) for v in where.values()
+                                           if isinstance(v, dict)])
+    return worst
+
+
+def _max_err(result: dict) -> float | None:
+    for f in result.get("findings", []):
+        if f["check"] == "values":
+            return f["details"].get("worst", {}).get("err_over_rowmax")
+    return None
+
+
+def _failed(result: dict) -> set[str]:
+    return {f["check"] for f in result.get("findings", []) if not f["ok"]}
+
+
+def summary_table(report: dict) -> str:
+    """One line per backend x path x buffer: cells passed/failed/skipped and which checks failed."""
+    groups: dict[tuple, Counter] = {}
+    failing: dict[tuple, Counter] = {}
+    for r in report["results"]:
+        key = (r["backend"], r["path"], r["buffer"])
+        groups.setdefault(key, Counter())[r["status"]] += 1
+        for c in _failed(r):
+            failing.setdefault(key, Counter())[c] += 1
+    lines = ["| backend | path | buffer | pass | fail | error | skip | failing checks |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(groups):
+        c = groups[key]
+        f = ", ".join(f"{k} x{v}" for k, v in sorted(failing.get(key, {}).items())) or "-"
+        lines.append(f"| {' | '.join(key)} | {c['pass']} | {c['fail']} | {c['error']} | {c['skip']} | {f} |")
+    for name, info in report.get("backends", {}).items():
+        if info.get("status") not in (None, "ok"):
+            lines.append(f"\nbackend {name}: {info['status']}: {info.get('message', '')}")
+    total = counts(report)
+    lines.append(f"\n{total.get('pass', 0)} passed, {total.get('fail', 0)} failed, {total.get('error', 0)} errors, "
+                 f"{total.get('skip', 0)} skipped")
+    return "\n".join(lines)
+
+
+def load(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            report = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read report {path!r}: {exc}") from exc
+    if report.get("schema") != SCHEMA or "results" not in report:
+        raise ValueError(f"{path!r} is not a parity report (schema {SCHEMA})")
+    return report
+
+
+def diff(a: dict, b: dict, err_ratio: float = 2.0) -> dict:
+    """What changed from build A to build B. A regression is a cell that got worse: passed and now
+    fails or errors, a check that newly fails, a larger overshoot, or a cell A ran that B lost."""
+    ra = {r["id"]: r for r in a["results"]}
+    rb = {r["id"]: r for r in b["results"]}
+    out = {"regressions": [], "fixed": [], "changed_error": [], "changed_overshoot": [], "missing_in_b": [],
+           "new_in_b": [], "timing": []}
+    for cid in sorted(ra.keys() | rb.keys()):
+        x, y = ra.get(cid), rb.get(cid)
+        if y is None:
+            if x["status"] != "skip":
+                out["missing_in_b"].append(cid)
+            continue
+        if x is None:
+            out["new_in_b"].append({"id": cid, "status": y["status"]})
+            continue
+        fx, fy = _failed(x), _failed(y)
+        newly, healed = sorted(fy - fx), sorted(fx - fy)
+        if newly or (x["status"] == "pass" and y["status"] in ("fail", "error")):
+            out["regressions"].append({"id": cid, "from": x["status"], "to": y["status"], "newly_failing": newly})
+        elif healed or (x["status"] in ("fail", "error") and y["status"] == "pass"):
+            out["fixed"].append({"id": cid, "from": x["status"], "to": y["status"], "now_passing": healed})
+        ox, oy = _overshoot(x), _overshoot(y)
+        if ox != oy:
+            out["changed_overshoot"].append({"id": cid, "from": ox, "to": oy})
+            if oy > ox and not newly:
+                out["regressions"].append({"id": cid, "from": x["status"], "to": y["status"],
+                                           "newly_failing": [f"overshoot {ox} -> {oy} cols"]})
+        ex, ey = _max_err(x), _max_err(y)
+        if ex is not None and ey is not None and max(ex, ey) > 0:
+            ratio = (ey + 1e-12) / (ex + 1e-12)
+            if ratio > err_ratio or ratio < 1 / err_ratio:
+                out["changed_error"].append({"id": cid, "from": ex, "to": ey, "ratio": ratio})
+        tx, ty = x.get("seconds"), y.get("seconds")
+        if tx and ty:
+            out["timing"].append({"id": cid, "ratio_b_over_a": min(ty) / max(min(tx), 1e-12)})
+    for name, info in b.get("backends", {}).items():
+        if info.get("status") not in (None, "ok") and a.get("backends", {}).get(name, {}).get("status") in (None, "ok"):
+            out["regressions"].append({"id": f"backend {name}", "from": "ok", "to": info["status"],
+                                       "newly_failing": [info.get("message", "")]})
+    out["regressions"] += [{"id": cid, "from": ra[cid]["status"], "to": "missing", "newly_failing": []}
+                           for cid in out["missing_in_b"]]
+    return out
+
+
+def format_diff(d: dict, a_name: str, b_name: str) -> str:
+    lines = [f"parity diff: A = {a_name}  B = {b_name}"]
+
+    def section(title, rows, fmt):
+        lines.append(f"\n{title}: {len(rows)}")
+        lines.extend("  " + fmt(r) for r in rows[:200])
+
+    section("regressions (B worse)", d["regressions"],
+            lambda r: f"{r['id']}: {r['from']} -> {r['to']} {', '.join(r['newly_failing'])}")
+    section("fixed (B better)", d["fixed"], lambda r: f"{r['id']}: {r['from']} -> {r['to']} {', '.join(r['now_passing'])}")
+    section("changed overshoot (cols)", d["changed_overshoot"], lambda r: f"{r['id']}: {r['from']} -> {r['to']}")
+    section("changed max error (x row max)", d["changed_error"],
+            lambda r: f"{r['id']}: {r['from']:.2e} -> {r['to']:.2e} (x{r['ratio']:.2f})")
+    section("only in B", d["new_in_b"], lambda r: f"{r['id']} ({r['status']})")
+    if d["timing"]:
+        ratios = sorted(t["ratio_b_over_a"] for t in d["timing"])
+        lines.append(f"\ntiming B/A over {len(ratios)} cells: median {ratios[len(ratios) // 2]:.2f}, "
+                     f"min {ratios[0]:.2f}, max {ratios[-1]:.2f} (call wall time, not a benchmark)")
+    verdict = "REGRESSION" if d["regressions"] else "B is at least as good as A"
+    lines.append(f"\nverdict: {verdict}")
+    return "\n".join(lines)

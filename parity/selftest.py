@@ -1,0 +1,94 @@
+"""Planted faults, one per bug class of SPEC section 4 that the torch layer can express. Each must be
+caught by the check meant for it, and the finding must point at the right place."""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from parity.backends import load_backend
+from parity.cases import IndexerCase
+from parity.harness import run_cell
+
+MML = 500
+OVERSHOOT = math.ceil(MML / 256) * 256 - MML  # an unmasked 256-column chunk of a full row
+
+
+def _finding(result: dict, check: str) -> list[dict]:
+    return [f for f in result.get("findings", []) if f["check"] == check and not f["ok"]]
+
+
+def _ok(result: dict, check: str) -> bool:
+    return all(f["ok"] for f in result.get("findings", []) if f["check"] == check)
+
+
+def _landed(result: dict, where: str) -> dict:
+    for f in _finding(result, "oob"):
+        if where in f["details"].get("landed", {}):
+            return f["details"]["landed"][where]
+    return {}
+
+
+@dataclass
+class Planted:
+    fault: str
+    path: str
+    buffer: str
+    case: IndexerCase
+    check: str  # the check meant to catch it
+    bug_class: str
+    where: Callable[[dict], bool]  # the finding points at the right place
+
+    def run(self) -> tuple[bool, str]:
+        result = run_cell(load_backend(f"fault:{self.fault}"), self.path, self.buffer, self.case)
+        caught = bool(_finding(result, self.check)) and self.where(result)
+        detail = "; ".join(f["summary"] for f in _finding(result, self.check))[:200]
+        return caught, detail or f"status {result['status']}, {self.check} check passed"
+
+
+def _rows_of(result: dict, check: str) -> set[int]:
+    return {r for f in _finding(result, check) for r in f["details"].get("rows", [])}
+
+
+C = IndexerCase
+PLANTED = [
+    Planted("unmasked_chunk_store", "fused", "exact", C(batch=3, next_n=2, context="ctx_eq_max"), "oob",
+            "1 unmasked stores, last row: past the allocation",
+            lambda r: _landed(r, "outside_allocation_after").get("max_overshoot_cols") == OVERSHOOT),
+    Planted("unmasked_chunk_store", "fused", "exact", C(batch=3, next_n=2, context="ctx_eq_max_first"), "oob",
+            "1 unmasked stores, first row: into the next row",
+            lambda r: {1, 2} <= set(_landed(r, "next_row"))),
+    Planted("unmasked_chunk_store", "fused", "padded", C(batch=3, next_n=2, context="ctx_eq_max"), "oob",
+            "1 unmasked stores, padded buffer: into the padding, values intact",
+            lambda r: _landed(r, "row_padding").get("max_overshoot_cols") == OVERSHOOT and _ok(r, "values")),
+    Planted("causal_off_by_one", "fused", "exact", C(batch=3, next_n=2, context="random"), "mask",
+            "2 causal rule off by one",
+            lambda r: all(row % 2 == 0 for row in _rows_of(r, "mask")) and bool(_rows_of(r, "mask"))),
+    Planted("ignores_stride0", "fused", "padded", C(batch=3, next_n=2, context="random"), "values",
+            "3 ignores stride(0) of a padded view",
+            lambda r: 0 not in _rows_of(r, "values") and bool(_rows_of(r, "values"))),
+    Planted("scales_interleaved", "fused", "exact", C(batch=2, next_n=1, block_size=64), "values",
+            "5 scales read interleaved (block_size 64)", lambda r: bool(_rows_of(r, "values"))),
+    Planted("wrong_preshuffle_offsets", "preshuffle", "exact", C(batch=2, next_n=1, block_size=64), "values",
+            "5 preshuffle offsets wrong", lambda r: bool(_rows_of(r, "values"))),
+    Planted("racy_write", "fused", "exact", C(batch=2, next_n=2), "determinism",
+            "6 racing writes (run-to-run differences)", lambda r: _ok(r, "values")),
+    Planted("raises", "fused", "exact", C(batch=1, next_n=1), "error",
+            "a backend that raises is reported, the run goes on", lambda r: r["status"] == "error"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    caught = 0
+    for p in PLANTED:
+        ok, detail = p.run()
+        caught += ok
+        mark = "caught" if ok else "MISSED"
+        print(f"{mark:7} {p.bug_class:58} [{p.check}] {detail}")
+    print(f"caught {caught}/{len(PLANTED)}")
+    return 0 if caught == len(PLANTED) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
