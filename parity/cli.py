@@ -38,7 +38,7 @@ def _run_backend_in_process(args, spec: str, report: dict) -> None:
     try:
         backend = load_backend(spec, **backend_options(args, spec))
         info = backend.describe() if hasattr(backend, "describe") else {}
-        report["backends"][spec] = {"status": "ok", **info}
+        report["backends"][spec] = {"status": "ok", "name": backend.name, **info}
     except Exception as exc:
         report["backends"][spec] = {"status": "unavailable", "message": f"{type(exc).__name__}: {exc}"}
         print(f"backend {spec}: unavailable: {exc}", file=sys.stderr)
@@ -47,11 +47,12 @@ def _run_backend_in_process(args, spec: str, report: dict) -> None:
     cells = [(p, b, c) for c in cases for p in args.path for b in args.buffer]
     t0 = time.time()
     for i, (path, buf, case) in enumerate(cells, 1):
-        result = run_cell(backend, path, buf, case, args.device, pad=args.pad, backend_name=spec)
+        # Cells are named by the backend's own name, so two builds loaded from different places compare.
+        result = run_cell(backend, path, buf, case, args.device, pad=args.pad)
         report["results"].append(result)
         if args.progress:
             note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]
-            print(f"[{spec} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: {result['status']} {note}",
+            print(f"[{backend.name} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: {result['status']} {note}",
                   file=sys.stderr, flush=True)
 
 

@@ -1,0 +1,101 @@
+"""Every detector catches its planted fault, at the right place."""
+import pytest
+import torch
+
+from parity import checks
+from parity.backends.base import SimpleBackend
+from parity.buffers import guarded_buffer
+from parity.cases import IndexerCase
+from parity.harness import run_cell
+from parity.selftest import PLANTED
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=lambda p: f"{p.fault}-{p.buffer}-{p.case.context}")
+def test_planted_fault_is_caught_where_it_is(planted):
+    caught, detail = planted.run()
+    assert caught, detail
+
+
+@pytest.mark.parametrize("kind", ["exact", "padded"])
+def test_oob_classifies_each_landing_place(kind):
+    rows, cols, pad = 4, 100, 256
+    ctx = torch.full((rows,), cols)
+    buf = guarded_buffer((rows,), cols, kind, "cpu", pad=pad)
+    assert checks.check_out_of_bounds(buf, ctx).ok
+    st = buf.storage
+    st[buf.guard - 3] = 1.0  # 3 elements before row 0
+    last_end = buf.guard + (rows - 1) * buf.pitch + cols
+    st[last_end + (pad if kind == "padded" else 0) + 6] = 2.0  # past the allocation's rows
+    if kind == "padded":
+        st[buf.guard + 1 * buf.pitch + cols + 9] = 3.0  # row 1 padding, 10th column past the end
+    f = checks.check_out_of_bounds(buf, ctx)
+    landed = f.details["landed"]
+    assert not f.ok
+    assert landed["outside_allocation_before"] == {"count": 1, "elements_before_row0": 3}
+    assert landed["outside_allocation_after"]["max_overshoot_cols"] == (pad if kind == "padded" else 0) + 7
+    if kind == "padded":
+        assert landed["row_padding"]["rows"] == [1] and landed["row_padding"]["max_overshoot_cols"] == 10
+
+
+def test_writes_past_context_len_are_allowed_but_reported():
+    buf = guarded_buffer((2,), 50, "padded", "cpu")
+    buf.view[1, 45] = 0.0
+    f = checks.check_out_of_bounds(buf, torch.tensor([50, 40]))
+    assert f.ok and f.details["allowed"]["past_context_len"] == {"count": 1, "rows": [1], "max_cols_past_context": 6}
+
+
+def test_mask_reports_first_differing_columns():
+    ref = torch.zeros(2, 10, dtype=torch.float64)
+    ref[:, 6:] = float("-inf")
+    out = ref.float().clone()
+    out[1, 7] = 1.0  # spurious finite
+    out[1, 2] = float("-inf")  # spurious -inf
+    f = checks.check_mask(out, ref, torch.tensor([10, 10]))
+    assert not f.ok and f.details["rows"] == [1]
+    assert f.details["per_row"][1] == {"first_cols": [2, 7], "count": 2, "spurious_finite": 1, "spurious_neg_inf": 1}
+
+
+def test_values_report_worst_element_and_calc_diff():
+    ref = torch.linspace(-1, 1, 30, dtype=torch.float64).view(3, 10)
+    out = ref.float().clone()
+    assert checks.check_values(out, ref, torch.tensor([10] * 3), "e4m3fn").ok
+    out[2, 4] += 0.01  # 1% of the row max: over rtol 2e-3
+    f = checks.check_values(out, ref, torch.tensor([10] * 3), "e4m3fn")
+    assert not f.ok and (f.details["worst"]["row"], f.details["worst"]["col"]) == (2, 4)
+    assert f.details["calc_diff"] > 0
+
+
+def test_determinism_names_positions():
+    a = torch.randn(3, 8)
+    b = a.clone()
+    b[2, 5] = torch.nextafter(b[2, 5], torch.tensor(10.0))
+    f = checks.check_determinism(a, b)
+    assert not f.ok and f.details["first_positions"] == [[2, 5]]
+
+
+class _WrongShape(SimpleBackend):
+    def run(self, path, inputs, out):
+        return torch.zeros(out.shape[0], out.shape[1] + 1)
+
+
+def test_backend_returning_wrong_shape_is_an_error_finding():
+    r = run_cell(_WrongShape(name="wrong-shape"), "fused", "exact", IndexerCase(batch=1, next_n=1))
+    assert r["status"] == "error" and "expected (1, 500)" in r["findings"][0]["summary"]
+
+
+def test_bad_case_inputs_become_an_error_finding_not_a_crash():
+    class _Nan(SimpleBackend):
+        def run(self, path, inputs, out):  # pragma: no cover - never reached
+            raise AssertionError
+
+    case = IndexerCase(batch=1, next_n=1)
+    from parity import harness
+
+    harness._inputs.cache_clear()
+    inp = harness._inputs(case, "cpu")
+    inp.weights[0, 0] = float("nan")
+    try:
+        r = run_cell(_Nan(name="x"), "fused", "exact", case)
+        assert r["status"] == "error" and "NaN" in r["findings"][0]["summary"]
+    finally:
+        harness._inputs.cache_clear()
