@@ -49,6 +49,24 @@ def _call(backend: Backend, path: str, inputs: IndexerInputs, buf) -> float:
     return time.perf_counter() - t0
 
 
+def _input_tensors(inputs: IndexerInputs) -> dict[str, torch.Tensor]:
+    names = ("q_fp8", "kv_cache", "kv_cache_preshuffled", "weights", "context_lens", "block_tables")
+    return {n: getattr(inputs, n).clone() for n in names if getattr(inputs, n) is not None}
+
+
+def _check_inputs_untouched(before: dict[str, torch.Tensor], inputs: IndexerInputs) -> checks.Finding:
+    """A kernel that writes its inputs corrupts the cache for later layers and steps."""
+    def raw(t):  # fp8 tensors compare as bytes
+        return t.view(torch.uint8) if t.dtype.itemsize == 1 else t
+
+    changed = [n for n, t in before.items() if not torch.equal(raw(t), raw(getattr(inputs, n)))]
+    if changed:
+        for n, t in before.items():  # restore: the inputs are shared with later cells
+            getattr(inputs, n).copy_(t)
+        return checks.Finding("inputs", False, f"backend modified its inputs: {', '.join(changed)}", {"changed": changed})
+    return checks.Finding("inputs", True, "inputs untouched")
+
+
 def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device: str = "cpu",
              pad: int = DEFAULT_PAD, backend_name: str | None = None) -> dict:
     """Result dict: id, status (pass | fail | skip | error), findings, timings."""
@@ -66,6 +84,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     rows, cols = inputs.rows, inputs.max_model_len
     lead = (inputs.heads, rows) if path == "stage1" else (rows,)
     bufs, times = [], []
+    before = _input_tensors(inputs)
     try:
         for _ in range(2):
             buf = guarded_buffer(lead, cols, buffer, inputs.device, pad=pad)
@@ -96,6 +115,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
                                       rtol, atol))
     if len(bufs) == 2:
         findings.append(checks.check_determinism(first.view, bufs[1].view))
+    findings.append(_check_inputs_untouched(before, inputs))
     result["findings"] += [f.to_dict() for f in findings]
     result["status"] = "pass" if all(f["ok"] for f in result["findings"]) else "fail"
     result["seconds"] = times

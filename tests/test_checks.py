@@ -99,3 +99,23 @@ def test_bad_case_inputs_become_an_error_finding_not_a_crash():
         assert r["status"] == "error" and "NaN" in r["findings"][0]["summary"]
     finally:
         harness._inputs.cache_clear()
+
+
+class _WritesItsCache(SimpleBackend):
+    def run(self, path, inputs, out):
+        from parity.backends.torch_ref import TorchBackend
+
+        TorchBackend().run(path, inputs, out)
+        inputs.kv_cache[0, 0, 0, 0] += 1  # twice over the two calls: never back to the original
+
+
+def test_backend_writing_its_inputs_is_caught_and_inputs_restored():
+    from parity import harness
+
+    case = IndexerCase(batch=1, next_n=1, seed=7)
+    r = run_cell(_WritesItsCache(name="writes-cache"), "fused", "exact", case)
+    bad = [f for f in r["findings"] if f["check"] == "inputs"]
+    assert r["status"] == "fail" and bad and bad[0]["details"]["changed"] == ["kv_cache"]
+    from parity.cases import build_inputs
+
+    assert torch.equal(harness._inputs(case, "cpu").kv_cache, build_inputs(case).kv_cache)

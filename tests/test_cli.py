@@ -38,7 +38,7 @@ def test_run_writes_report_with_versions_and_findings(tmp_path, capsys):
     assert report["environment"]["torch"] and report["backends"]["torch"]["status"] == "ok"
     assert len(report["results"]) == 24 and all(r["status"] == "pass" for r in report["results"])
     checks = {f["check"] for f in report["results"][0]["findings"]}
-    assert checks == {"oob", "mask", "values", "topk", "determinism"}
+    assert checks == {"oob", "mask", "values", "topk", "determinism", "inputs"}
     assert "| torch | fused | exact | 12 | 0 |" in capsys.readouterr().out
 
 
