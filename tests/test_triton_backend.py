@@ -1,0 +1,63 @@
+"""The project's Triton kernels through the parity harness: every path x buffer x quick case, on the GPU
+when there is one, else on the CPU under the Triton interpreter (conftest sets TRITON_INTERPRET=1)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parity.backends import PATHS, load_backend
+from parity.buffers import BUFFER_KINDS
+from parity.cases import IndexerCase, build_inputs, quick_cases
+from parity.harness import failed_checks, run_cell
+
+pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Interpreter-sized: all quick cases (8 heads, max_model_len <= 1000), plus one DSv3.2-shaped case.
+CASES = quick_cases() + [IndexerCase(batch=2, next_n=3, heads=64, block_size=64, max_model_len=300,
+                                     context="near_max", topk=128)]
+
+
+@pytest.fixture(scope="module")
+def triton_backend():
+    return load_backend("triton")
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("buffer", BUFFER_KINDS)
+@pytest.mark.parametrize("path", PATHS)
+def test_triton_parity(triton_backend, path, buffer, case):
+    result = run_cell(triton_backend, path, buffer, case, DEVICE)
+    if result["status"] == "skip":
+        assert path == "preshuffle" and case.block_size % 16, result["reason"]
+        pytest.skip(result["reason"])
+    assert result["status"] == "pass", "\n".join(failed_checks(result))
+
+
+@pytest.mark.parametrize("upcast", ["fp16", "fp32"])
+def test_upcast_variants_agree(upcast):
+    """The fp16 fallback (targets without an fp8 dot) computes the same logits as the default path."""
+    result = run_cell(load_backend("triton", upcast=upcast), "fused", "padded", CASES[0], DEVICE)
+    assert result["status"] == "pass", "\n".join(failed_checks(result))
+
+
+def test_rejects_wrong_out(triton_backend):
+    inp = build_inputs(IndexerCase(), DEVICE)
+    wrong = torch.full((inp.rows, inp.max_model_len + 1), float("-inf"), device=DEVICE)
+    with pytest.raises(ValueError, match=r"out must be float32"):
+        triton_backend.run("fused", inp, wrong)
+    with pytest.raises(ValueError, match="block_t"):
+        load_backend("triton", block_t=48)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cpu refusal only matters without a GPU")
+def test_cpu_without_interpreter_is_unsupported():
+    code = ("from parity.backends import load_backend; from parity.cases import IndexerCase, build_inputs;"
+            "print(load_backend('triton').unsupported('fused', build_inputs(IndexerCase())))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "TRITON_INTERPRET" in out.stdout
