@@ -36,6 +36,19 @@ def _first(idx: torch.Tensor, n: int = MAX_LISTED) -> list[int]:
     return [int(x) for x in idx[:n]]
 
 
+def _runs(cols: torch.Tensor, n: int = MAX_LISTED) -> list[list[int]]:
+    """Sorted column indices as their first ``n`` maximal runs ``[start, stop)``."""
+    runs: list[list[int]] = []
+    for c in cols.tolist():
+        if runs and runs[-1][1] == c:
+            runs[-1][1] = c + 1
+        elif len(runs) == n:
+            break
+        else:
+            runs.append([c, c + 1])
+    return runs
+
+
 def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor) -> Finding:
     """The finite/-inf pattern inside ``[0, context_len)`` of each row must equal the reference exactly."""
     out = out.detach().cpu().float()
@@ -58,7 +71,9 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor) 
     summary = "mask matches" if ok else f"mask differs in {rows.numel()} rows ({int(diff.sum())} positions)"
     if int(nan.sum()):
         summary += f"; {int(nan.sum())} NaN inside context"
-    return Finding("mask", ok, summary, {"rows": _first(rows, 64), "per_row": per_row, "nan": int(nan.sum())})
+    runs = {int(r): _runs(torch.nonzero(diff[r]).flatten()) for r in rows[:MAX_LISTED]}
+    return Finding("mask", ok, summary, {"rows": _first(rows, 64), "per_row": per_row, "runs": runs,
+                                         "nan": int(nan.sum())})
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -98,6 +113,7 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     return Finding("values", ok, summary, {
         "rtol": rtol, "atol": atol, "worst": worst, "calc_diff": cd, "calc_diff_ok": cd < CALC_DIFF_LIMIT,
         "bad_count": int(bad.sum()), "rows": _first(bad_rows, 64), "per_row": per_row, "compared": int(both.sum()),
+        "runs": {int(r): _runs(torch.nonzero(bad[r]).flatten()) for r in bad_rows[:MAX_LISTED]},
     })
 
 
@@ -155,7 +171,22 @@ def attribute_next_row(mask: Finding, values: Finding, out_rows_per_lead: int) -
     """With an exact buffer an overshoot of row r lands in row r+1's leading columns. When the bad
     positions of a row form a run starting at column 0, say so: it names the likely source row."""
     suspects = {}
-    for f in (mask, values):
+    if "runs" in mask.details and "runs" in values.details:
+        # A wrong value at column 0 and spurious -inf after it are one damaged run: merge both checks'
+        # runs per row and measure the run that starts at column 0.
+        merged: dict[int, list[list[int]]] = {}
+        for f in (mask, values):
+            for r, runs in f.details["runs"].items():
+                merged.setdefault(int(r), []).extend(runs)
+        for r, runs in merged.items():
+            stop = 0
+            for a, b in sorted(runs):
+                if a > stop:
+                    break
+                stop = max(stop, b)
+            if stop and r % out_rows_per_lead != 0:
+                suspects[r] = stop
+    for f in () if "runs" in mask.details and "runs" in values.details else (mask, values):
         for r, info in f.details.get("per_row", {}).items():
             cols = info["first_cols"]
             if cols and cols[0] == 0 and r % out_rows_per_lead != 0 and cols == list(range(len(cols))):
