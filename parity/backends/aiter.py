@@ -220,7 +220,18 @@ def load_from_files(build: AiterBuild) -> _Loaded:
         wrapper.enable_gluon_pa_mqa_logits = False  # the build's own switch to its Triton kernel
     gluon = sorted(n for n in vars(wrapper) if "gluon" in n and callable(getattr(wrapper, n, None)))
     gluon += sorted(n for n in vars(kernels) if "gluon" in n)
-    return _Loaded(wrapper, kernels, dtypes, os.environ.get("TRITON_INTERPRET") == "1", gluon, gluon_error)
+    return _Loaded(wrapper, kernels, dtypes, _interpreting(), gluon, gluon_error)
+
+
+def _interpreting() -> bool:
+    """True when Triton interprets: the env var was set before Triton itself was imported (its
+    standard library is decorated at import; a late switch leaves it compiled and the kernels fail)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language.standard as std
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(std.cdiv, InterpretedFunction)
 
 
 # --- the backend -----------------------------------------------------------------------------------
@@ -352,8 +363,9 @@ class AiterBackend:
             return f"aiter on ROCm runs on the GPU only, not on {dev}"
         if self.mode == "files":
             if dev == "cpu" and not self._loaded.interpreted:
-                return ("aiter's Triton kernels were loaded compiled for the GPU; CPU inputs need "
-                        "TRITON_INTERPRET=1 set before the backend is made")
+                return ("aiter's Triton kernels run on the CPU only under the Triton interpreter: set "
+                        "TRITON_INTERPRET=1 in the environment before Triton is imported (e.g. "
+                        "TRITON_INTERPRET=1 python -m parity run --backend aiter ...)")
             if dev == "cuda" and not self._loaded.interpreted:
                 if inputs.q_fp8.dtype == torch.float8_e4m3fnuz:
                     return f"{NOT_RUNNABLE}: e4m3fnuz is an AMD fp8 format; Triton on NVIDIA has no such type"
