@@ -1,0 +1,197 @@
+"""The aiter backend on the user's aiter build (installed ``amd-aiter`` or ``--aiter-path``), and the
+findings the suite must report for the PyPI build amd-aiter 0.1.7.post2.dev18 (SPEC sections 1, 4).
+
+Without ROCm the build's Triton kernels run through its own wrapper, on the GPU when there is one,
+else under the Triton interpreter (conftest sets TRITON_INTERPRET=1). Expected values below come
+from the case's context_lens and two facts about that build, never from the backend's output:
+ChunkK = 64 with unmasked chunk stores, and row i of a sequence treating ``t <= context_len - i``
+as valid (SPEC section 1).
+"""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from parity import report
+from parity.backends.aiter import NOT_RUNNABLE, find_build, make_backend
+from parity.cases import IndexerCase, build_inputs
+from parity.harness import run_cell
+
+pytest.importorskip("triton")
+
+PYPI = "0.1.7.post2.dev18"
+CHUNK_K = 64
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+HEADS = 16  # Triton on NVIDIA needs >= 16 rows per dot operand; this build tiles all heads into one
+MML = 500
+# next_n = 1, first sequence at max_model_len: only the chunk overshoot shows, no causal mismatch.
+OOB_FIRST = IndexerCase(batch=2, next_n=1, heads=HEADS, block_size=64, max_model_len=MML, context="ctx_eq_max_first")
+OOB_LAST = IndexerCase(batch=2, next_n=1, heads=HEADS, block_size=16, max_model_len=MML, context="ctx_eq_max")
+MASK_CASES = [IndexerCase(batch=2, next_n=2, heads=HEADS, block_size=16, max_model_len=MML, context="random"),
+              IndexerCase(batch=1, next_n=4, heads=HEADS, block_size=64, max_model_len=MML, context="random")]
+
+
+def _load_fixer():
+    path = Path(__file__).resolve().parent.parent / "ci" / "aiter-fixed-build.py"
+    spec = importlib.util.spec_from_file_location("aiter_fixed_build", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def build(request):
+    try:
+        return find_build(request.config.getoption("--aiter-path"))
+    except (ModuleNotFoundError, ValueError) as exc:
+        pytest.skip(f"no aiter build to test: {exc}")
+
+
+@pytest.fixture(scope="module")
+def aiter(build):
+    return make_backend(str(build.root))
+
+
+@pytest.fixture(scope="module")
+def pypi(aiter, build):
+    """The backend, when the build is the one whose findings are recorded here."""
+    if build.version != PYPI:
+        pytest.skip(f"findings recorded for amd-aiter {PYPI}; the build at {build.root} is {build.version}")
+    return aiter
+
+
+def finding(result, check, landed=None):
+    found = [f for f in result["findings"] if f["check"] == check
+             and (landed is None or landed in f["details"].get("landed", {}))]
+    assert found, f"no {check} finding{' landed in ' + landed if landed else ''}: {result['findings']}"
+    return found[0]
+
+
+def failing(result):
+    return sorted({f["check"] for f in result["findings"] if not f["ok"]})
+
+
+def overshoot(ctx: int) -> int:
+    """Columns past max_model_len that this build's last 64-column chunk of a row stores."""
+    return max(0, math.ceil(ctx / CHUNK_K) * CHUNK_K - MML)
+
+
+def aiter_minus_spec(ctx: int, next_n: int, i: int) -> tuple[int, int]:
+    """In-context valid lengths of row i: (this build: t <= ctx - i, SPEC: t <= ctx - next_n + i)."""
+    return min(ctx, ctx - i + 1), ctx - next_n + i + 1
+
+
+# --- the build, found and described ----------------------------------------------------------------
+
+def test_describe_names_origin_version_and_kernels(aiter, build):
+    info = aiter.describe()
+    assert info["origin"] == str(build.root / "aiter") and info["version"] == build.version
+    assert "deepgemm_fp8_paged_mqa_logits" in info["wrappers"], info
+    if aiter.mode == "files":
+        assert "_deepgemm_fp8_paged_mqa_logits" in info["kernels"], info
+
+
+def test_pypi_build_paths_and_reasons(pypi):
+    assert pypi.paths == ("stage1", "fused")
+    inp = build_inputs(IndexerCase(heads=8, block_size=16))
+    assert 'heads % config["ChunkQ"] == 0' in pypi.unsupported("stage1", inp)
+    assert "no preshuffle" in pypi.unsupported("preshuffle", inp)
+    cfg = pypi.launch_config("fused", inp)["_deepgemm_fp8_paged_mqa_logits"][0]
+    assert cfg["constexprs"]["ChunkK"] == CHUNK_K, cfg  # the fact the expectations below rest on
+
+
+# --- finding 1: unmasked chunk stores (SPEC section 4.1) --------------------------------------------
+
+def test_exact_buffer_next_row_loses_leading_columns(pypi):
+    r = run_cell(pypi, "fused", "exact", OOB_FIRST, DEVICE)
+    ctx = build_inputs(OOB_FIRST).context_lens.tolist()
+    over = overshoot(ctx[0])
+    assert ctx[0] == MML and over == 12 and overshoot(ctx[1]) == 0 and ctx[1] > over
+    assert failing(r) == ["mask", "oob", "topk", "values"], r["findings"]  # top-k: row 1 lost candidates
+    # Row 0's chunk [448, 512) runs 12 columns into row 1: column 0 gets row 0's value at
+    # t == context_len (a finite 0), columns 1..11 its -inf.
+    assert finding(r, "oob", "next_row")["details"]["landed"]["next_row"] == {
+        1: {"from_row": 0, "leading_cols_damaged": over}}
+    values = finding(r, "values")["details"]
+    assert values["rows"] == [1] and values["worst"]["col"] == 0 and values["worst"]["got"] == 0.0
+    mask = finding(r, "mask")["details"]
+    assert mask["rows"] == [1]
+    assert mask["per_row"][1] == {"first_cols": list(range(1, 9)), "count": over - 1,
+                                                 "spurious_finite": 0, "spurious_neg_inf": over - 1}
+
+
+def test_padded_buffer_takes_the_overshoot_and_rows_match(pypi):
+    r = run_cell(pypi, "fused", "padded", OOB_FIRST, DEVICE)
+    assert failing(r) == ["oob"], r["findings"]
+    assert finding(r, "oob")["details"]["landed"] == {"row_padding": {"count": 12, "rows": [0], "max_overshoot_cols": 12}}
+    assert finding(r, "values")["ok"] and finding(r, "mask")["ok"]
+
+
+def test_last_row_overshoot_leaves_the_allocation(pypi):
+    r = run_cell(pypi, "fused", "exact", OOB_LAST, DEVICE)
+    over = overshoot(build_inputs(OOB_LAST).context_lens.tolist()[-1])
+    assert over == 12 and failing(r) == ["oob"], r["findings"]
+    assert finding(r, "oob")["details"]["landed"] == {"outside_allocation_after": {"count": over, "max_overshoot_cols": over}}
+
+
+# --- finding 2: causal rule for next_n > 1 (SPEC section 1) ------------------------------------------
+
+@pytest.mark.parametrize("case", MASK_CASES, ids=lambda c: c.id)
+def test_causal_rule_differs_for_speculative_rows(pypi, case):
+    r = run_cell(pypi, "fused", "padded", case, DEVICE)
+    ctx = build_inputs(case).context_lens.tolist()
+    want = {}
+    for b, c in enumerate(ctx):
+        for i in range(case.next_n):
+            got_len, spec_len = aiter_minus_spec(c, case.next_n, i)
+            if got_len != spec_len:
+                lo, hi = sorted((got_len, spec_len))
+                gained = got_len > spec_len
+                want[b * case.next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
+                                             "spurious_finite": (hi - lo) if gained else 0,
+                                             "spurious_neg_inf": 0 if gained else hi - lo}
+    assert 0 in want and want[0]["spurious_finite"] == case.next_n - 1  # row 0 gains positions
+    mask = finding(r, "mask")
+    assert not mask["ok"] and {int(k): v for k, v in mask["details"]["per_row"].items()} == want
+    assert finding(r, "values")["ok"], "in-row values must match where both are finite"
+    # Row i = 0 also gets a finite value at t == context_len (past the context: allowed, reported).
+    past = finding(r, "oob")["details"]["allowed"]["past_context_len"]
+    rows0 = [b * case.next_n for b, c in enumerate(ctx) if c % CHUNK_K and c < MML]
+    assert past["rows"] == rows0 and past["max_cols_past_context"] == 1
+
+
+# --- a build where the kernel is changed, and the diff of the two -----------------------------------
+
+@pytest.fixture(scope="module")
+def fixed(build, tmp_path_factory):
+    fixer = _load_fixer()
+    dest = fixer.make_fixed_build(build.root, tmp_path_factory.mktemp("aiter-fixed"), ("store", "causal"))
+    return make_backend(str(dest))
+
+
+def _report(results):
+    return {"schema": report.SCHEMA, "results": results, "backends": {}}
+
+
+def test_fixed_build_passes_and_the_diff_shows_it(pypi, fixed):
+    assert fixed.describe()["version"] == f"{PYPI}+paritystorecausalfix"
+    cells = [("fused", "exact", OOB_FIRST), ("fused", "padded", MASK_CASES[0])]
+    before = [run_cell(pypi, p, b, c, DEVICE) for p, b, c in cells]
+    after = [run_cell(fixed, p, b, c, DEVICE) for p, b, c in cells]
+    assert [r["status"] for r in before] == ["fail", "fail"]
+    assert [r["status"] for r in after] == ["pass", "pass"], [failing(r) for r in after]
+    d = report.diff(_report(before), _report(after))
+    assert not d["regressions"] and [f["id"] for f in d["fixed"]] == sorted(r["id"] for r in before)
+    assert {c["id"]: (c["from"], c["to"]) for c in d["changed_overshoot"]} == {before[0]["id"]: (12, 0)}
+    back = report.diff(_report(after), _report(before))
+    assert len(back["regressions"]) == 2, "going back to the PyPI kernel must gate as a regression"
+
+
+def test_fixer_refuses_a_kernel_it_does_not_know(tmp_path):
+    src = tmp_path / "src" / "aiter/ops/triton/_triton_kernels"
+    src.mkdir(parents=True)
+    (src / "pa_mqa_logits.py").write_text("# a different kernel\n")
+    with pytest.raises(ValueError, match="not found"):
+        _load_fixer().make_fixed_build(tmp_path / "src", tmp_path / "dst", ("store",))
