@@ -37,11 +37,24 @@ def test_triton_parity(triton_backend, path, buffer, case):
     assert result["status"] == "pass", "\n".join(failed_checks(result))
 
 
-@pytest.mark.parametrize("upcast", ["fp16", "fp32"])
-def test_upcast_variants_agree(upcast):
-    """The fp16 fallback (targets without an fp8 dot) computes the same logits as the default path."""
-    result = run_cell(load_backend("triton", upcast=upcast), "fused", "padded", CASES[0], DEVICE)
-    assert result["status"] == "pass", "\n".join(failed_checks(result))
+VARIANTS = [
+    {"upcast": "fp16"},  # targets without an fp8 dot
+    {"upcast": "decode"},  # fp8 flavours the target cannot load (e4m3fnuz on NVIDIA): bit decoding
+    {"programs": 1},  # one program walks every sequence: q reloads at each sequence boundary
+    {"programs": 1000, "block_t": 16},  # more programs than tiles
+    {"heads_on_m": True},
+]
+FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
+
+
+@pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE], ids=lambda c: c.id)
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_tuning_variants_agree(options, case):
+    """Every tuning option computes the same logits, on both fp8 flavours."""
+    backend = load_backend("triton", **options)
+    for path in ("fused", "preshuffle"):
+        result = run_cell(backend, path, "padded", case, DEVICE)
+        assert result["status"] == "pass", "\n".join(failed_checks(result))
 
 
 def test_rejects_wrong_out(triton_backend):
@@ -51,6 +64,8 @@ def test_rejects_wrong_out(triton_backend):
         triton_backend.run("fused", inp, wrong)
     with pytest.raises(ValueError, match="block_t"):
         load_backend("triton", block_t=48)
+    with pytest.raises(ValueError, match="upcast"):
+        load_backend("triton", upcast="bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cpu refusal only matters without a GPU")

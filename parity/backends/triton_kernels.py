@@ -2,7 +2,6 @@
 (NVIDIA, AMD) and on the CPU through the Triton interpreter (``TRITON_INTERPRET=1``)."""
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -14,7 +13,8 @@ from parity.cases import IndexerInputs
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2}
+UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2, "decode": 3}
+EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
 
 
 def _fp8_dot_ok(device: torch.device, fp8: torch.dtype) -> bool:
@@ -30,27 +30,29 @@ def _fp8_dot_ok(device: torch.device, fp8: torch.dtype) -> bool:
 
 
 def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
 class TritonBackend(SimpleBackend):
-    """Options (for tuning): ``block_t`` tokens per tile, ``span`` tokens per program (0: chosen from the
-    shape), ``num_warps``, ``num_stages``, ``upcast`` ('auto', 'fp8', 'fp16', 'fp32')."""
+    """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors)
+    persistent programs sharing the tiles evenly; ``num_warps``, ``num_stages``; ``heads_on_m`` puts heads
+    on the M side of the dot; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
-    def __init__(self, block_t: int = 64, span: int = 0, num_warps: int = 4, num_stages: int = 3,
-                 upcast: str = "auto"):
+    def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 4, num_warps: int = 4,
+                 num_stages: int = 2, heads_on_m: bool = False, upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED})
         if block_t < 16 or block_t & (block_t - 1):
             raise ValueError(f"block_t must be a power of two >= 16, got {block_t}")
-        if span and (span < block_t or span % block_t):
-            raise ValueError(f"span must be 0 or a multiple of block_t ({block_t}), got {span}")
+        if programs < 0 or ctas_per_sm < 1:
+            raise ValueError(f"programs must be >= 0 and ctas_per_sm >= 1, got {programs}, {ctas_per_sm}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
-        self.block_t, self.span, self.num_warps, self.num_stages, self.upcast = (
-            block_t, span, num_warps, num_stages, upcast)
-        self.info.update(block_t=block_t, span=span, num_warps=num_warps, num_stages=num_stages, upcast=upcast)
+        self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
+                         num_stages=num_stages, heads_on_m=heads_on_m, upcast=upcast)
+        self.info.update(self.opts)
+        self.last_launch = None
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         if inputs.device.type == "cpu" and not INTERPRETED:
@@ -58,20 +60,14 @@ class TritonBackend(SimpleBackend):
         return super().unsupported(path, inputs)
 
     def _upcast(self, inputs: IndexerInputs) -> int:
-        if self.upcast != "auto":
-            return UPCASTS[self.upcast]
+        if self.opts["upcast"] != "auto":
+            return UPCASTS[self.opts["upcast"]]
         if INTERPRETED:
             return UPCASTS["fp32"]
-        return UPCASTS["fp8"] if _fp8_dot_ok(inputs.device, inputs.q_fp8.dtype) else UPCASTS["fp16"]
-
-    def _span(self, inputs: IndexerInputs) -> int:
-        if self.span:
-            return self.span
-        # Enough programs to fill the chip a few times over; longer spans load q less often.
-        tokens = inputs.batch * inputs.max_model_len
-        want = max(1, tokens // (4 * _num_sms(inputs.device)))
-        span = 1 << max(0, math.ceil(math.log2(want)))
-        return max(self.block_t, min(span, 4096))
+        if _fp8_dot_ok(inputs.device, inputs.q_fp8.dtype):
+            return UPCASTS["fp8"]
+        # Triton on NVIDIA has no e4m3fnuz type at all; elsewhere a native fp8 load may be missing too.
+        return UPCASTS["decode"]
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
@@ -89,22 +85,26 @@ class TritonBackend(SimpleBackend):
             raise ValueError("preshuffle needs inputs.kv_cache_preshuffled (block_size a multiple of 16)")
         layouts.check_kv_cache(cache)
         bs = cache.shape[1]
+        upcast = self._upcast(inputs)
+        fp8 = inputs.q_fp8.dtype
+        as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
         flat = cache.contiguous().view(-1)
-        keys = flat.view(inputs.q_fp8.dtype)
+        keys = flat.view(as_dtype)
         scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
-        table = inputs.block_tables
-        if table.stride(-1) != 1:
-            table = table.contiguous()
-        span = self._span(inputs)
+        q = inputs.q_fp8.contiguous().view(as_dtype)
+        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        o = self.opts
+        tiles_per_seq = triton.cdiv(cols, o["block_t"])
+        n_tiles = B * tiles_per_seq
+        programs = o["programs"] or o["ctas_per_sm"] * _num_sms(inputs.device)
         stage1 = path == "stage1"
-        grid = (triton.cdiv(cols, span), B)
-        paged_mqa_logits_kernel[grid](
-            inputs.q_fp8.contiguous(), keys, scales, inputs.weights.contiguous(), inputs.context_lens, table, out,
+        self.last_launch = paged_mqa_logits_kernel[(min(n_tiles, programs),)](
+            q, keys, scales, inputs.weights.contiguous(), inputs.context_lens, table, out,
             table.stride(0), out.stride(0) if stage1 else 0, out.stride(-2), cols,
-            layouts.block_bytes(bs, D), bs * D // 4,
-            NEXT_N=n, H=H, BLOCK_H=max(16, triton.next_power_of_2(H)), D=D, BS=bs,
-            BLOCK_T=self.block_t, SPAN=span, STAGE1=stage1, PRESHUFFLE=path == "preshuffle",
-            UPCAST=self._upcast(inputs), num_warps=self.num_warps, num_stages=self.num_stages,
+            layouts.block_bytes(bs, D), bs * D // 4, B, tiles_per_seq,
+            NEXT_N=n, H=H, BLOCK_H=max(16, triton.next_power_of_2(H)), D=D, BS=bs, BLOCK_T=o["block_t"],
+            STAGE1=stage1, PRESHUFFLE=path == "preshuffle", HEADS_ON_M=o["heads_on_m"], UPCAST=upcast,
+            EXP_BIAS=EXP_BIAS[fp8], num_warps=o["num_warps"], num_stages=o["num_stages"],
         )
 
 

@@ -1,0 +1,273 @@
+"""``python -m parity bench``: every backend x path on decode shapes, against the memory-bandwidth floor.
+
+floor = (fp8 keys + fp32 scales read once per sequence + logits written) / device copy bandwidth, with the
+copy bandwidth measured in the same run (a large device-to-device copy, bytes read + written). Inputs
+rotate over several sets so that a shape smaller than the L2 cache is not timed out of the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from parity import layouts
+from parity.backends import PATHS, load_backend
+from parity.cases import IndexerInputs
+
+HEADS, HEAD_DIM, BLOCK_SIZE = 64, 128, 64
+FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 128) for n in (1, 2, 4)]
+QUICK = [(1, 2, 8192), (8, 2, 8192), (64, 1, 8192), (64, 2, 8192), (64, 4, 8192), (128, 2, 8192),
+         (64, 2, 32768), (128, 4, 32768)]
+CPU_SHAPES = [(2, 2, 512)]
+ROTATE_BYTES = 4 * 64 << 20  # several times any current L2
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    next_n: int
+    context: int
+    heads: int = HEADS
+    head_dim: int = HEAD_DIM
+    block_size: int = BLOCK_SIZE
+
+    @property
+    def id(self) -> str:
+        return f"B{self.batch}-n{self.next_n}-ctx{self.context}"
+
+    def bytes_moved(self, path: str) -> int:
+        """Fewest bytes a kernel of ``path`` must move: keys and scales once, every written logit once."""
+        tokens = self.batch * self.context
+        logits = self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
+        return tokens * (self.head_dim + layouts.SCALE_BYTES) + logits
+
+    def out_bytes(self, path: str) -> int:
+        return self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
+
+
+def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Generator | None = None) -> IndexerInputs:
+    """Random decode inputs built on ``device`` (every sequence at full context, shuffled block ids)."""
+    B, n, H, D, bs, ctx = shape.batch, shape.next_n, shape.heads, shape.head_dim, shape.block_size, shape.context
+    per_seq = math.ceil(ctx / bs)
+    num_blocks = B * per_seq
+    cache = torch.empty(num_blocks, layouts.block_bytes(bs, D), dtype=torch.uint8, device=device)
+    chunk = max(1, (1 << 24) // (bs * D))  # quantize 16M values at a time
+    for lo in range(0, num_blocks, chunk):
+        hi = min(num_blocks, lo + chunk)
+        k = torch.randn((hi - lo) * bs, D, device=device, generator=gen)
+        k_fp8, scales = layouts.quantize_per_token(k, fp8)
+        cache[lo:hi, : bs * D] = k_fp8.view(torch.uint8).view(hi - lo, bs * D)
+        cache[lo:hi, bs * D:] = scales.view(torch.uint8).view(hi - lo, bs * 4)
+    perm = torch.randperm(num_blocks, device=device, generator=gen).to(torch.int32)
+    q = (torch.randn(B, n, H, D, device=device, generator=gen) * 2).to(fp8)
+    kv = cache.view(num_blocks, bs, 1, D + layouts.SCALE_BYTES)
+    return IndexerInputs(
+        q_fp8=q, kv_cache=kv, weights=torch.randn(B * n, H, device=device, generator=gen) * H**-0.5,
+        context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device),
+        block_tables=perm.view(B, per_seq), max_model_len=ctx,
+        kv_cache_preshuffled=layouts.preshuffle_kv_cache(kv))
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median milliseconds of ``fn``: triton.testing.do_bench on a GPU (events, L2 flushed between
+    calls), a host clock around synchronized calls on the CPU."""
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    fn()
+    times = []
+    deadline = time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """GB/s of a large device-to-device copy, counting bytes read plus bytes written."""
+    if torch.device(device).type == "cpu":
+        nbytes = 1 << 26
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def graph_time_ms(backend, sets, outs, device, reps: int = 20) -> float | None:
+    """Median ms per fused call replayed from a CUDA graph that runs once over every rotating set."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for inp, out in zip(sets, outs):  # warm: compile outside the capture
+                backend.run("fused", inp, out)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for inp, out in zip(sets, outs):
+                backend.run("fused", inp, out)
+    except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
+        return None
+    graph.replay()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(sets))
+    return statistics.median(times)
+
+
+def _fits(shape: Shape, path: str, device, sets: int) -> bool:
+    if torch.device(device).type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    per_set = shape.bytes_moved("fused") * 2 + shape.out_bytes(path)  # plain + preshuffled cache
+    return sets * per_set + shape.out_bytes(path) * 3 < 0.7 * free  # torch path temporaries
+
+
+def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
+                warmup_ms: float, rep_ms: float) -> list[dict]:
+    rows = []
+    for path in paths:
+        in_bytes = shape.bytes_moved("fused") - shape.out_bytes("fused")
+        n_sets = max(1, min(8, math.ceil(ROTATE_BYTES / (in_bytes + shape.out_bytes(path)))))
+        if not _fits(shape, path, device, n_sets):
+            n_sets = 1
+            if not _fits(shape, path, device, 1):
+                rows += [{"backend": name, "path": path, "shape": shape.id, "skipped": "memory"} for name in backends]
+                continue
+        gen = torch.Generator(device=device).manual_seed(hash(shape.id) & 0xFFFF)
+        sets = [make_inputs(shape, device, gen=gen) for _ in range(n_sets)]
+        lead = (shape.heads,) if path == "stage1" else ()
+        outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
+                for _ in sets]
+        floor_ms = shape.bytes_moved(path) / (bandwidth * 1e9) * 1e3
+        for name, backend in backends.items():
+            row = {"backend": name, "path": path, "shape": shape.id, "sets": n_sets}
+            reason = backend.unsupported(path, sets[0])
+            if reason:
+                rows.append({**row, "skipped": reason})
+                continue
+            it = iter(range(1 << 62))
+
+            def call(backend=backend, it=it):
+                i = next(it) % n_sets
+                backend.run(path, sets[i], outs[i])
+
+            try:
+                ms = time_ms(call, device, warmup_ms, rep_ms)
+            except Exception as exc:  # noqa: BLE001  (one failing backend must not end the run)
+                rows.append({**row, "skipped": f"error: {type(exc).__name__}: {exc}"[:200]})
+                continue
+            row.update(us=ms * 1e3, gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
+                       x_floor=ms / floor_ms, pct_floor=100 * floor_ms / ms)
+            if graph and path == "fused":
+                g = graph_time_ms(backend, sets, outs, device)
+                row["graph_us"] = None if g is None else g * 1e3
+            rows.append(row)
+        del sets, outs
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    timed = [r for r in rows if "us" in r]
+    for r in timed:  # ratio to every other backend on the same shape and path: > 1 means r is faster
+        r["speedup_vs"] = {o["backend"]: o["us"] / r["us"] for o in timed
+                           if o["path"] == r["path"] and o["backend"] != r["backend"]}
+    return rows
+
+
+def markdown(rows: list[dict], bandwidth: float, device_name: str) -> str:
+    lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write)", "",
+             "| backend | path | shape | us | graph us | GB/s | floor us | x floor | % floor | speedup vs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "us" not in r:
+            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||| ")
+            continue
+        g = r.get("graph_us")
+        vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
+        lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f} | "
+                     f"{'' if g is None else f'{g:.1f}'} | {r['gbps']:.1f} | {r['floor_us']:.1f} | "
+                     f"{r['x_floor']:.2f} | {r['pct_floor']:.0f}% | {vs} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m parity bench", description=__doc__.splitlines()[0])
+    p.add_argument("--backend", action="append", default=None,
+                   help="registered name, pkg.mod:factory or file.py[:factory] (repeatable; default torch, triton)")
+    p.add_argument("--path", action="append", choices=PATHS, default=None, help="repeatable; default all")
+    p.add_argument("--quick", action="store_true", help=f"{len(QUICK)} shapes around B=64, next_n=2, ctx=8192")
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated glob patterns on shape ids, e.g. 'B64-n2-ctx8192,B*-n1-*'")
+    p.add_argument("--device", default=None, help="default: cuda when present, else cpu (tiny shape)")
+    p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph timing of the fused path")
+    p.add_argument("--warmup-ms", type=float, default=25.0)
+    p.add_argument("--rep-ms", type=float, default=100.0)
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    return p.parse_args(argv)
+
+
+def select_shapes(args, device) -> list[Shape]:
+    base = CPU_SHAPES if torch.device(device).type == "cpu" and not args.shapes else (QUICK if args.quick else FULL)
+    if args.shapes:
+        pats = [s.strip() for s in args.shapes.split(",") if s.strip()]
+        universe = list(dict.fromkeys(FULL + QUICK + CPU_SHAPES))
+        chosen = [s for s in universe if any(fnmatch.fnmatch(Shape(*s).id, p) for p in pats)]
+        if not chosen:
+            raise ValueError(f"--shapes {args.shapes!r} matches no shape id (ids look like "
+                             f"{Shape(*FULL[0]).id}; patterns are globs)")
+        base = [s for s in base if s in chosen] or chosen
+    return [Shape(*s) for s in base]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        shapes = select_shapes(args, device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    specs = args.backend or ["torch", "triton"]
+    backends = {}
+    for spec in specs:
+        try:
+            backends[spec] = load_backend(spec)
+        except Exception as exc:  # noqa: BLE001
+            print(f"backend {spec!r} unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if not backends:
+        print("error: no backend could be loaded", file=sys.stderr)
+        return 2
+    dev_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
+    bandwidth = copy_bandwidth(device)
+    rows = []
+    for shape in shapes:
+        rows += bench_shape(shape, backends, args.path or list(PATHS), device, bandwidth, not args.no_graph,
+                            args.warmup_ms, args.rep_ms)
+    print(markdown(rows, bandwidth, dev_name))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": dev_name, "copy_gbps": bandwidth, "torch": torch.__version__,
+                       "backends": {k: getattr(b, "describe", dict)() for k, b in backends.items()},
+                       "rows": rows}, f, indent=1)
+    return 0 if any("us" in r for r in rows) else 1
