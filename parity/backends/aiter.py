@@ -80,7 +80,7 @@ def find_build(aiter_path: str | None = None) -> AiterBuild:
         given, found_by = os.environ[ENV_PATH], ENV_PATH
     if given:
         root = Path(given).expanduser().resolve()
-        if root.name == "aiter" and (root / "__init__.py").is_file():
+        if root.name == "aiter" and (root / "ops").is_dir() and not (root / "aiter").is_dir():
             root = root.parent  # the package directory itself was given
         if not (root / "aiter").is_dir():
             raise ValueError(f"{found_by}={given!r} must be a directory containing aiter/ (a source tree or "
