@@ -107,8 +107,9 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def graph_time_ms(backend, sets, outs, device, reps: int = 20) -> float | None:
-    """Median ms per fused call replayed from a CUDA graph that runs once over every rotating set."""
+def graph_time_ms(backend, path, sets, outs, device, reps: int = 20) -> float | None:
+    """Median ms per call replayed from a CUDA graph that runs ``path`` once over every rotating set: device
+    time without the host's launch cost (decode steps run as graphs). None where capture fails."""
     if torch.device(device).type != "cuda":
         return None
     try:
@@ -116,12 +117,12 @@ def graph_time_ms(backend, sets, outs, device, reps: int = 20) -> float | None:
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for inp, out in zip(sets, outs):  # warm: compile outside the capture
-                backend.run("fused", inp, out)
+                backend.run(path, inp, out)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for inp, out in zip(sets, outs):
-                backend.run("fused", inp, out)
+                backend.run(path, inp, out)
     except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
         return None
     graph.replay()
@@ -175,15 +176,16 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
                 backend.run(path, sets[i], outs[i])
 
             try:
-                ms = time_ms(call, device, warmup_ms, rep_ms)
+                eager = time_ms(call, device, warmup_ms, rep_ms)
             except Exception as exc:  # noqa: BLE001  (one failing backend must not end the run)
-                rows.append({**row, "skipped": f"error: {type(exc).__name__}: {exc}"[:200]})
+                msg = f"{type(exc).__name__}: {exc}".splitlines()
+                rows.append({**row, "skipped": f"error: {' '.join(msg[:1] + msg[-1:])}"[:200]})
                 continue
-            row.update(us=ms * 1e3, gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
+            g = graph_time_ms(backend, path, sets, outs, device) if graph else None
+            ms = eager if g is None else g
+            row.update(us=ms * 1e3, timing="eager" if g is None else "graph", eager_us=eager * 1e3,
+                       gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
                        x_floor=ms / floor_ms, pct_floor=100 * floor_ms / ms)
-            if graph and path == "fused":
-                g = graph_time_ms(backend, sets, outs, device)
-                row["graph_us"] = None if g is None else g * 1e3
             rows.append(row)
         del sets, outs
         if torch.device(device).type == "cuda":
@@ -197,16 +199,18 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
 
 def markdown(rows: list[dict], bandwidth: float, device_name: str) -> str:
     lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write)", "",
-             "| backend | path | shape | us | graph us | GB/s | floor us | x floor | % floor | speedup vs |",
+             "us: CUDA-graph replay where the backend can be captured (marked g), else eager; eager us: "
+             "triton.testing.do_bench median of single calls, host launch cost included", "",
+             "| backend | path | shape | us | eager us | GB/s | floor us | x floor | % floor | speedup vs |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "us" not in r:
             lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||| ")
             continue
-        g = r.get("graph_us")
+        g = "g" if r.get("timing") == "graph" else ""
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
-        lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f} | "
-                     f"{'' if g is None else f'{g:.1f}'} | {r['gbps']:.1f} | {r['floor_us']:.1f} | "
+        lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f}{g} | "
+                     f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | "
                      f"{r['x_floor']:.2f} | {r['pct_floor']:.0f}% | {vs} |")
     return "\n".join(lines)
 
@@ -220,7 +224,7 @@ def parse_args(argv):
     p.add_argument("--shapes", default=None,
                    help="comma-separated glob patterns on shape ids, e.g. 'B64-n2-ctx8192,B*-n1-*'")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu (tiny shape)")
-    p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph timing of the fused path")
+    p.add_argument("--no-graph", action="store_true", help="eager timing only (no CUDA-graph replay)")
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
     p.add_argument("--out", default=None, help="write the rows as JSON here")

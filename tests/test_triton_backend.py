@@ -43,11 +43,12 @@ VARIANTS = [
     {"programs": 1},  # one program walks every sequence: q reloads at each sequence boundary
     {"programs": 1000, "block_t": 16},  # more programs than tiles
     {"heads_on_m": True},
+    {"single_dot": True, "block_t": 32},  # all speculative rows in one dot
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 
 
-@pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE, CASES[-1]], ids=lambda c: c.id)
 @pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_tuning_variants_agree(options, case):
     """Every tuning option computes the same logits, on both fp8 flavours."""

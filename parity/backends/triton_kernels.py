@@ -36,10 +36,11 @@ def _num_sms(device: torch.device) -> int:
 class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors)
     persistent programs sharing the tiles evenly; ``num_warps``, ``num_stages``; ``heads_on_m`` puts heads
-    on the M side of the dot; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
+    on the M side of the dot; ``single_dot`` computes all speculative rows of fused/preshuffle in one dot;
+    ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 4, num_warps: int = 4,
-                 num_stages: int = 2, heads_on_m: bool = False, upcast: str = "auto"):
+                 num_stages: int = 2, heads_on_m: bool = False, single_dot: bool = False, upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED})
@@ -50,7 +51,8 @@ class TritonBackend(SimpleBackend):
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
-                         num_stages=num_stages, heads_on_m=heads_on_m, upcast=upcast)
+                         num_stages=num_stages, heads_on_m=heads_on_m, single_dot=single_dot,
+                         upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
 
@@ -101,10 +103,11 @@ class TritonBackend(SimpleBackend):
         self.last_launch = paged_mqa_logits_kernel[(min(n_tiles, programs),)](
             q, keys, scales, inputs.weights.contiguous(), inputs.context_lens, table, out,
             table.stride(0), out.stride(0) if stage1 else 0, out.stride(-2), cols,
-            layouts.block_bytes(bs, D), bs * D // 4, B, tiles_per_seq,
+            layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq,
             NEXT_N=n, H=H, BLOCK_H=max(16, triton.next_power_of_2(H)), D=D, BS=bs, BLOCK_T=o["block_t"],
             STAGE1=stage1, PRESHUFFLE=path == "preshuffle", HEADS_ON_M=o["heads_on_m"], UPCAST=upcast,
-            EXP_BIAS=EXP_BIAS[fp8], num_warps=o["num_warps"], num_stages=o["num_stages"],
+            EXP_BIAS=EXP_BIAS[fp8], SINGLE_DOT=o["single_dot"] and not stage1 and not o["heads_on_m"],
+            NP=triton.next_power_of_2(n), num_warps=o["num_warps"], num_stages=o["num_stages"],
         )
 
 

@@ -114,12 +114,11 @@ def _row(k, q, w, scale, t, end, causal_end, out_row_ptr, stride_oh, h,
 @triton.jit
 def paged_mqa_logits_kernel(
     q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, table_ptr, out_ptr,
-    stride_tb, stride_oh, stride_or, max_model_len, block_bytes, scale_base, batch, tiles_per_seq,
+    stride_tb, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, HEADS_ON_M: tl.constexpr,
-    UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, SINGLE_DOT: tl.constexpr, NP: tl.constexpr,
 ):
-    n_tiles = batch.to(tl.int64) * tiles_per_seq
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
     lo = pid * n_tiles // progs
@@ -138,6 +137,15 @@ def paged_mqa_logits_kernel(
         row0 = b * NEXT_N
         q_b = q_ptr + row0 * (H * D)
         w_b = w_ptr + row0 * H
+        if SINGLE_DOT:
+            # all speculative rows in one dot: column c = i * BLOCK_H + h
+            c = tl.arange(0, NP * BLOCK_H)
+            ci, ch = c // BLOCK_H, c % BLOCK_H
+            cmask = (ci < NEXT_N) & (ch < H)
+            qa = tl.load(q_b + (ci * H + ch)[None, :] * D + d[:, None], mask=cmask[None, :], other=0.0)
+            qa = _to_dot(qa, UPCAST, EXP_BIAS)
+            wa = tl.load(w_b + ci * H + ch, mask=cmask, other=0.0)
+            i_np = tl.arange(0, NP)
         q0, w0 = _load_q(q_b, w_b, h, d, H, D, HEADS_ON_M, UPCAST, EXP_BIAS)
         q1, w1 = q0, w0
         q2, w2 = q0, w0
@@ -156,13 +164,22 @@ def paged_mqa_logits_kernel(
             k, scale = _key_tile(k_ptr, scale_ptr, table_row, t, end, block_bytes, scale_base, D, BS, BLOCK_T,
                                  PRESHUFFLE)
             k = _to_dot(k, UPCAST, EXP_BIAS)
-            _row(k, q0, w0, scale, t, end, causal0, out_b, stride_oh, h, H, STAGE1, HEADS_ON_M)
-            if NEXT_N > 1:
-                _row(k, q1, w1, scale, t, end, causal0 + 1, out_b + stride_or, stride_oh, h, H, STAGE1,
-                     HEADS_ON_M)
-            if NEXT_N > 2:
-                _row(k, q2, w2, scale, t, end, causal0 + 2, out_b + 2 * stride_or, stride_oh, h, H, STAGE1,
-                     HEADS_ON_M)
-            if NEXT_N > 3:
-                _row(k, q3, w3, scale, t, end, causal0 + 3, out_b + 3 * stride_or, stride_oh, h, H, STAGE1,
-                     HEADS_ON_M)
+            if SINGLE_DOT:
+                s = tl.dot(k, qa)  # (BLOCK_T, NP * BLOCK_H)
+                x = tl.reshape(tl.maximum(s, 0.0) * wa[None, :], (BLOCK_T, NP, BLOCK_H))
+                logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, NP)
+                valid = t[:, None] < causal0 + i_np[None, :]
+                ptrs = out_b + i_np[None, :] * stride_or + t[:, None]
+                tl.store(ptrs, tl.where(valid, logit, float("-inf")),
+                         mask=(t[:, None] < end) & (i_np[None, :] < NEXT_N))
+            else:
+                _row(k, q0, w0, scale, t, end, causal0, out_b, stride_oh, h, H, STAGE1, HEADS_ON_M)
+                if NEXT_N > 1:
+                    _row(k, q1, w1, scale, t, end, causal0 + 1, out_b + stride_or, stride_oh, h, H, STAGE1,
+                         HEADS_ON_M)
+                if NEXT_N > 2:
+                    _row(k, q2, w2, scale, t, end, causal0 + 2, out_b + 2 * stride_or, stride_oh, h, H, STAGE1,
+                         HEADS_ON_M)
+                if NEXT_N > 3:
+                    _row(k, q3, w3, scale, t, end, causal0 + 3, out_b + 3 * stride_or, stride_oh, h, H, STAGE1,
+                         HEADS_ON_M)

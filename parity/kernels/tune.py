@@ -11,14 +11,15 @@ import re
 import torch
 
 from parity.backends import load_backend
-from parity.bench import Shape, copy_bandwidth, make_inputs, time_ms
+from parity.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs
 
 
 def check(device, shape: Shape) -> str:
     inp = make_inputs(shape, device, gen=torch.Generator(device=device).manual_seed(1))
-    ref_b, tri = load_backend("torch"), load_backend("triton")
+    ref_b = load_backend("torch")
     lines = []
-    for path in ("fused", "preshuffle", "stage1"):
+    for path, tri in [(p, load_backend("triton")) for p in ("fused", "preshuffle", "stage1")] + [
+            ("fused", load_backend("triton", single_dot=True, block_t=128))]:
         lead = (shape.heads,) if path == "stage1" else ()
         outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
                 for _ in range(2)]
@@ -28,7 +29,7 @@ def check(device, shape: Shape) -> str:
         same_mask = bool((torch.isfinite(a) == torch.isfinite(b)).all())
         fin = torch.isfinite(a)
         err = ((a - b).abs().where(fin, 0).amax(-1) / a.abs().where(fin, 0).amax(-1).clamp_min(1e-30)).max()
-        lines.append(f"check {path} {shape.id}: mask {'ok' if same_mask else 'DIFFERS'}, "
+        lines.append(f"check {path} {tri.opts} {shape.id}: mask {'ok' if same_mask else 'DIFFERS'}, "
                      f"max err / row max {float(err):.2e}")
     return "\n".join(lines)
 
@@ -41,9 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--warps", default="4,8")
     p.add_argument("--stages", default="2,3")
     p.add_argument("--heads-on-m", default="0,1")
+    p.add_argument("--single-dot", default="0,1")
     p.add_argument("--upcast", default="auto")
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--profile", action="store_true", help="only run the default config a few times (for ncu)")
     args = p.parse_args(argv)
     device = args.device
     if not args.no_check:
@@ -52,33 +55,43 @@ def main(argv=None) -> int:
     shape = Shape(B, n, ctx)
     bw = copy_bandwidth(device)
     floor_us = shape.bytes_moved("fused") / (bw * 1e9) * 1e6
-    sets = [make_inputs(shape, device) for _ in range(2)]
+    sets = [make_inputs(shape, device) for _ in range(4)]
     outs = [torch.full((B * n, ctx), float("-inf"), device=device) for _ in sets]
+    if args.profile:
+        be = load_backend("triton")
+        for path in ("fused", "preshuffle"):
+            for i in range(4):
+                be.run(path, sets[i % 4], outs[0])
+        torch.cuda.synchronize()
+        return 0
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
-    for bt, ctas, warps, stages, hom, up in itertools.product(
+    for bt, ctas, warps, stages, hom, sd, up in itertools.product(
             ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.heads_on_m),
-            args.upcast.split(",")):
+            ints(args.single_dot), args.upcast.split(",")):
+        if hom and sd:
+            continue
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
-                          heads_on_m=bool(hom), upcast=up)
+                          heads_on_m=bool(hom), single_dot=bool(sd), upcast=up)
         res, regs = [], []
         for path in ("fused", "preshuffle"):
-            i = iter(range(1 << 62))
             try:
-                res.append(time_ms(lambda: be.run(path, sets[next(i) % 2], outs[0]), device) * 1e3)
+                be.run(path, sets[0], outs[0])  # compile; errors surface here, not in the capture
+                torch.cuda.synchronize()
+                res.append(graph_time_ms(be, path, sets, outs, device) * 1e3)
             except Exception as exc:  # noqa: BLE001
                 res.append(float("nan"))
-                print(f"bt{bt} c{ctas} w{warps} s{stages} m{hom} {path}: {type(exc).__name__}: {str(exc)[:120]}")
+                print(f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} {path}: {type(exc).__name__}: {str(exc)[:120]}")
             k = be.last_launch
             regs.append(f"{getattr(k, 'n_regs', '?')}r{getattr(k, 'n_spills', '?')}s")
             if k is not None and (path not in best or res[-1] < best[path][0]):
                 ptx = k.asm.get("ptx", "")
-                best[path] = (res[-1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom}: ld.global v4 "
+                best[path] = (res[-1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd}: ld.global v4 "
                               f"{ptx.count('ld.global.v4')} / all {ptx.count('ld.global')}, "
                               f"cp.async {ptx.count('cp.async')}, wgmma {ptx.count('wgmma.mma_async')}, "
                               f"mma {ptx.count('mma.sync')}, smem {k.metadata.shared}")
-        rows.append((res[0], res[1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} {up} {'/'.join(regs)}"))
+        rows.append((res[0], res[1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} {up} {'/'.join(regs)}"))
     print(f"{shape.id}: copy {bw:.0f} GB/s, floor {floor_us:.1f} us")
     for f, ps, name in sorted(rows, key=lambda r: min(r[0], r[1]))[:14]:
         print(f"{name:44s} fused {f:6.1f} us ({f / floor_us:.2f}x)  preshuffle {ps:6.1f} us ({ps / floor_us:.2f}x)")
