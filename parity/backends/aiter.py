@@ -369,9 +369,6 @@ class AiterBackend:
             if dev == "cuda" and not self._loaded.interpreted:
                 if inputs.q_fp8.dtype == torch.float8_e4m3fnuz:
                     return f"{NOT_RUNNABLE}: e4m3fnuz is an AMD fp8 format; Triton on NVIDIA has no such type"
-                if inputs.heads < 16:
-                    return (f"{NOT_RUNNABLE}: the build's wrapper tiles all {inputs.heads} heads into one tl.dot "
-                            "operand, and Triton on NVIDIA needs dot operands of at least 16 rows")
         try:
             self.launch_config(path, inputs)
         except AssertionError as exc:
