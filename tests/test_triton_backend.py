@@ -44,6 +44,7 @@ VARIANTS = [
     {"programs": 1000, "block_t": 16},  # more programs than tiles
     {"heads_on_m": True},
     {"single_dot": True, "block_t": 32},  # all speculative rows in one dot
+    {"ps_3d": True},  # preshuffled tiles loaded as (t, d // 16, 16)
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 

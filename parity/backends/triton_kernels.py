@@ -37,10 +37,12 @@ class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors)
     persistent programs sharing the tiles evenly; ``num_warps``, ``num_stages``; ``heads_on_m`` puts heads
     on the M side of the dot; ``single_dot`` computes all speculative rows of fused/preshuffle in one dot;
+    ``ps_3d`` loads preshuffled tiles as (t, d // 16, 16) instead of a 2-D gather;
     ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 4, num_warps: int = 4,
-                 num_stages: int = 2, heads_on_m: bool = False, single_dot: bool = False, upcast: str = "auto"):
+                 num_stages: int = 2, heads_on_m: bool = False, single_dot: bool = False, ps_3d: bool = False,
+                 upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED})
@@ -51,19 +53,23 @@ class TritonBackend(SimpleBackend):
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
-                         num_stages=num_stages, heads_on_m=heads_on_m, single_dot=single_dot,
+                         num_stages=num_stages, heads_on_m=heads_on_m, single_dot=single_dot, ps_3d=ps_3d,
                          upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         if inputs.device.type == "cpu" and not INTERPRETED:
-            return "triton runs on cpu only under TRITON_INTERPRET=1 (set before parity.backends.triton_kernels is imported)"
+            return ("triton runs on cpu only under TRITON_INTERPRET=1 "
+                    "(set before parity.backends.triton_kernels is imported)")
         return super().unsupported(path, inputs)
 
     def _upcast(self, inputs: IndexerInputs) -> int:
+        no_type = (inputs.q_fp8.dtype == torch.float8_e4m3fnuz and inputs.device.type == "cuda"
+                   and not torch.version.hip)  # Triton on NVIDIA has no e4m3fnuz type at all
         if self.opts["upcast"] != "auto":
-            return UPCASTS[self.opts["upcast"]]
+            asked = UPCASTS[self.opts["upcast"]]
+            return UPCASTS["decode"] if no_type and asked in (UPCASTS["fp8"], UPCASTS["fp16"]) else asked
         if INTERPRETED:
             return UPCASTS["fp32"]
         if _fp8_dot_ok(inputs.device, inputs.q_fp8.dtype):
@@ -107,7 +113,7 @@ class TritonBackend(SimpleBackend):
             NEXT_N=n, H=H, BLOCK_H=max(16, triton.next_power_of_2(H)), D=D, BS=bs, BLOCK_T=o["block_t"],
             STAGE1=stage1, PRESHUFFLE=path == "preshuffle", HEADS_ON_M=o["heads_on_m"], UPCAST=upcast,
             EXP_BIAS=EXP_BIAS[fp8], SINGLE_DOT=o["single_dot"] and not stage1 and not o["heads_on_m"],
-            NP=triton.next_power_of_2(n), num_warps=o["num_warps"], num_stages=o["num_stages"],
+            NP=triton.next_power_of_2(n), PS_3D=o["ps_3d"], num_warps=o["num_warps"], num_stages=o["num_stages"],
         )
 
 

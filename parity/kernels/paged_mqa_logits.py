@@ -47,12 +47,13 @@ def _to_dot(x, UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr):
 
 @triton.jit
 def _key_tile(k_ptr, scale_ptr, table_row_ptr, t, end, block_bytes, scale_base,
-              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr):
+              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr,
+              PS_3D: tl.constexpr):
     """``(BLOCK_T, D)`` keys and ``(BLOCK_T,)`` fp32 scales of tokens ``t`` (zeros past ``end``)."""
     in_ctx = t < end
     blk = tl.load(table_row_ptr + t // BS, mask=in_ctx, other=0).to(tl.int64)
     j = t % BS
-    if PRESHUFFLE:
+    if PRESHUFFLE and PS_3D:
         # tiles of 16 tokens x 16 bytes stored contiguously (SPEC section 2): load (t, d // 16, 16) so each
         # 16-byte run is one vector, then merge the last two dims back into d.
         c = tl.arange(0, D // 16)
@@ -61,6 +62,13 @@ def _key_tile(k_ptr, scale_ptr, table_row_ptr, t, end, block_bytes, scale_base,
         offs = row[:, None, None] + (c * 256)[None, :, None] + e[None, None, :]
         k = tl.load(k_ptr + offs, mask=in_ctx[:, None, None], other=0.0)
         k = tl.reshape(k, (BLOCK_T, D))
+    elif PRESHUFFLE:
+        # the same bytes as a 2-D gather: runs of 16 contiguous bytes, so the copy can go straight to
+        # shared memory like the plain layout's
+        d = tl.arange(0, D)
+        col = tl.max_contiguous(tl.multiple_of((d // 16) * 256 + d % 16, 16), 16)
+        offs = (blk * block_bytes + (j // 16) * (16 * D) + (j % 16) * 16)[:, None] + col[None, :]
+        k = tl.load(k_ptr + offs, mask=in_ctx[:, None], other=0.0)
     else:
         d = tl.arange(0, D)
         offs = (blk * block_bytes + j * D)[:, None] + d[None, :]
@@ -118,6 +126,7 @@ def paged_mqa_logits_kernel(
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, HEADS_ON_M: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, SINGLE_DOT: tl.constexpr, NP: tl.constexpr,
+    PS_3D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
@@ -162,7 +171,7 @@ def paged_mqa_logits_kernel(
         for t0 in range(t_lo, t_hi, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
             k, scale = _key_tile(k_ptr, scale_ptr, table_row, t, end, block_bytes, scale_base, D, BS, BLOCK_T,
-                                 PRESHUFFLE)
+                                 PRESHUFFLE, PS_3D)
             k = _to_dot(k, UPCAST, EXP_BIAS)
             if SINGLE_DOT:
                 s = tl.dot(k, qa)  # (BLOCK_T, NP * BLOCK_H)

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default="2,3")
     p.add_argument("--heads-on-m", default="0,1")
     p.add_argument("--single-dot", default="0,1")
+    p.add_argument("--ps-3d", default="0")
     p.add_argument("--upcast", default="auto")
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--device", default="cuda")
@@ -67,13 +68,13 @@ def main(argv=None) -> int:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
-    for bt, ctas, warps, stages, hom, sd, up in itertools.product(
+    for bt, ctas, warps, stages, hom, sd, ps3, up in itertools.product(
             ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.heads_on_m),
-            ints(args.single_dot), args.upcast.split(",")):
+            ints(args.single_dot), ints(args.ps_3d), args.upcast.split(",")):
         if hom and sd:
             continue
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
-                          heads_on_m=bool(hom), single_dot=bool(sd), upcast=up)
+                          heads_on_m=bool(hom), single_dot=bool(sd), ps_3d=bool(ps3), upcast=up)
         res, regs = [], []
         for path in ("fused", "preshuffle"):
             try:
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
                               f"{ptx.count('ld.global.v4')} / all {ptx.count('ld.global')}, "
                               f"cp.async {ptx.count('cp.async')}, wgmma {ptx.count('wgmma.mma_async')}, "
                               f"mma {ptx.count('mma.sync')}, smem {k.metadata.shared}")
-        rows.append((res[0], res[1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} {up} {'/'.join(regs)}"))
+        rows.append((res[0], res[1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} p{ps3} {up} {'/'.join(regs)}"))
     print(f"{shape.id}: copy {bw:.0f} GB/s, floor {floor_us:.1f} us")
     for f, ps, name in sorted(rows, key=lambda r: min(r[0], r[1]))[:14]:
         print(f"{name:44s} fused {f:6.1f} us ({f / floor_us:.2f}x)  preshuffle {ps:6.1f} us ({ps / floor_us:.2f}x)")
