@@ -167,30 +167,24 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
     return Finding("oob", ok, summary, {"landed": landed, "allowed": allowed, "pitch": pitch, "cols": cols})
 
 
-def attribute_next_row(mask: Finding, values: Finding, out_rows_per_lead: int) -> Finding | None:
-    """With an exact buffer an overshoot of row r lands in row r+1's leading columns. When the bad
-    positions of a row form a run starting at column 0, say so: it names the likely source row."""
+def attribute_next_row(mask: Finding, values: Finding) -> Finding | None:
+    """With an exact buffer an overshoot of row r lands in row r+1's leading columns (for stage1's
+    flattened (H * rows) buffer, the last row of head h spills into the first row of head h+1). When
+    the bad positions of a row start at column 0, say so and measure that damaged run. A wrong value
+    at column 0 followed by spurious -inf is one run, so both checks' runs are merged per row."""
+    merged: dict[int, list[list[int]]] = {}
+    for f in (mask, values):
+        for r, runs in f.details.get("runs", {}).items():
+            merged.setdefault(int(r), []).extend(runs)
     suspects = {}
-    if "runs" in mask.details and "runs" in values.details:
-        # A wrong value at column 0 and spurious -inf after it are one damaged run: merge both checks'
-        # runs per row and measure the run that starts at column 0.
-        merged: dict[int, list[list[int]]] = {}
-        for f in (mask, values):
-            for r, runs in f.details["runs"].items():
-                merged.setdefault(int(r), []).extend(runs)
-        for r, runs in merged.items():
-            stop = 0
-            for a, b in sorted(runs):
-                if a > stop:
-                    break
-                stop = max(stop, b)
-            if stop and r % out_rows_per_lead != 0:
-                suspects[r] = stop
-    for f in () if "runs" in mask.details and "runs" in values.details else (mask, values):
-        for r, info in f.details.get("per_row", {}).items():
-            cols = info["first_cols"]
-            if cols and cols[0] == 0 and r % out_rows_per_lead != 0 and cols == list(range(len(cols))):
-                suspects[int(r)] = max(suspects.get(int(r), 0), info["count"])
+    for r, runs in merged.items():
+        stop = 0
+        for a, b in sorted(runs):
+            if a > stop:
+                break
+            stop = max(stop, b)
+        if stop and r > 0:
+            suspects[r] = stop
     if not suspects:
         return None
     desc = {r: {"from_row": r - 1, "leading_cols_damaged": n} for r, n in sorted(suspects.items())}

@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Triton decides at import whether to interpret; with no GPU the interpreter is the only way
+    # Triton kernels (ours, aiter's) run, and the report imports triton before any backend loads.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if argv[:1] == ["bench"]:  # the benchmark owns its own options
         from parity import bench
 
