@@ -1,65 +1,84 @@
 #!/usr/bin/env bash
-# The GPU half of the suite in one call, installing nothing: the parity matrix (pytest, and a JSON
-# report at the full level) on every backend present, the GPU tests of the downstream contract
-# (top-k op, buffer strategies, graph capture), then the benchmark.
+# The GPU half of the suite in one call, installing nothing:
+#   1. pytest -m parity on the GPU for our backends (torch, triton): must pass;
+#   2. python -m parity run at LEVEL for every backend present (JSON report; a third-party build's
+#      findings land here);
+#   3. the GPU tests of the downstream contract and of the third-party backends (top-k op, buffer
+#      strategies, graph capture, aiter expectations);
+#   4. build comparison: the aiter build against a copy with its store masked (when aiter is present);
+#   5. the benchmark against the bandwidth floor.
 #
 #   ci/gpu.sh [OUT_DIR]
-#   env: PYTHON (default python3), AITER_PATH (an aiter tree for the aiter backend),
-#        BENCH_ARGS (default --quick), LEVEL (default full)
-#
-# Leaves OUT_DIR/{summary.md, parity.json, parity.md, pytest-parity.txt, contract.txt, bench.json, bench.md}.
+#   env: PYTHON (default python3), PARITY_AITER_PATH (an aiter tree; else the installed package),
+#        LEVEL (default full), BENCH_ARGS (default --quick)
+# Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, compare.txt,
+# bench.json, bench.md}; summary.md gathers the tails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+S="$OUT_DIR/summary.md"
 status=0
+step() { echo -e "\n## $1" | tee -a "$S"; }
 
 {
   echo "# GPU run $(date -u +%FT%TZ)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || rocm-smi --showproductname 2>/dev/null
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
+    || rocm-smi --showproductname 2>/dev/null
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "device", torch.cuda.get_device_name())'
-} > "$OUT_DIR/summary.md" 2>&1
+} > "$S" 2>&1
 
-# Which backends load here: torch and triton always; third-party ones when their build is present.
 backends=(torch triton)
-aiter_args=()
-[ -n "${AITER_PATH:-}" ] && aiter_args=(--aiter-path "$AITER_PATH")
 for b in aiter deepgemm vllm; do
-  if "$PY" - "$b" "${AITER_PATH:-}" >/dev/null 2>&1 <<'EOF'
-import sys, torch
+  if "$PY" - "$b" >/dev/null 2>&1 <<'EOF'
+import sys
 from parity.backends import load_backend
 from parity.cases import IndexerCase, build_inputs
-opts = {"aiter_path": sys.argv[2]} if sys.argv[1] == "aiter" and sys.argv[2] else {}
-b = load_backend(sys.argv[1], **opts)
-inp = build_inputs(IndexerCase(), "cuda")
+b = load_backend(sys.argv[1])
+inp = build_inputs(IndexerCase(heads=64), "cuda")
 sys.exit(0 if any(b.unsupported(p, inp) is None for p in b.paths) else 1)
 EOF
   then backends+=("$b"); fi
 done
-echo "backends present: ${backends[*]}" | tee -a "$OUT_DIR/summary.md"
+echo "backends present: ${backends[*]}" | tee -a "$S"
 bargs=()
 for b in "${backends[@]}"; do bargs+=(--backend "$b"); done
 
-echo "## pytest -m parity (quick)" >> "$OUT_DIR/summary.md"
-"$PY" -m pytest -m parity -q -p no:cacheprovider "${bargs[@]}" "${aiter_args[@]}" > "$OUT_DIR/pytest-parity.txt" 2>&1 || status=1
-tail -n 3 "$OUT_DIR/pytest-parity.txt" >> "$OUT_DIR/summary.md"
+step "pytest -m parity --device cuda (torch, triton; quick)"
+timeout 240 "$PY" -m pytest -m parity -q -p no:cacheprovider --device cuda --backend torch --backend triton \
+  > "$OUT_DIR/pytest-parity.txt" 2>&1 || status=1
+tail -n 3 "$OUT_DIR/pytest-parity.txt" | tee -a "$S"
 
-echo "## python -m parity run --level ${LEVEL:-full}" >> "$OUT_DIR/summary.md"
-"$PY" -m parity run "${bargs[@]}" "${aiter_args[@]}" --level "${LEVEL:-full}" --no-progress \
-  --out "$OUT_DIR/parity.json" > "$OUT_DIR/parity.md" 2>&1 || status=1
-tail -n 25 "$OUT_DIR/parity.md" >> "$OUT_DIR/summary.md"
+step "python -m parity run --level ${LEVEL:-full} --device cuda (${backends[*]})"
+timeout 300 "$PY" -m parity run "${bargs[@]}" --device cuda --level "${LEVEL:-full}" --no-progress \
+  --out "$OUT_DIR/parity.json" > "$OUT_DIR/parity.md" 2>&1
+tail -n 30 "$OUT_DIR/parity.md" | tee -a "$S"
 
-echo "## downstream contract on the GPU" >> "$OUT_DIR/summary.md"
-contract=$(ls tests/test_topk.py tests/test_strategies.py tests/test_graphs.py tests/test_aiter_backend.py 2>/dev/null)
-"$PY" -m pytest -q -rA -p no:cacheprovider $contract "${aiter_args[@]}" > "$OUT_DIR/contract.txt" 2>&1 || status=1
-tail -n 3 "$OUT_DIR/contract.txt" >> "$OUT_DIR/summary.md"
-
-echo "## benchmark" >> "$OUT_DIR/summary.md"
+step "downstream contract and third-party expectations on the GPU"
+contract=$(ls tests/test_topk.py tests/test_strategies.py tests/test_graphs.py tests/test_aiter_backend.py \
+  tests/test_thirdparty_adapters.py 2>/dev/null)
 # shellcheck disable=SC2086
-"$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" > "$OUT_DIR/bench.md" 2>&1 || status=1
-cat "$OUT_DIR/bench.md" >> "$OUT_DIR/summary.md"
+timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider $contract > "$OUT_DIR/contract.txt" 2>&1 || status=1
+grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/contract.txt" | tail -n 60 | tee -a "$S" >/dev/null
+tail -n 2 "$OUT_DIR/contract.txt"
 
-cat "$OUT_DIR/summary.md"
+if [[ " ${backends[*]} " == *" aiter "* ]]; then
+  step "compare builds: aiter as installed/given vs the same build with its store masked"
+  src="${PARITY_AITER_PATH:-installed}"
+  from=(); [ -n "${PARITY_AITER_PATH:-}" ] && from=(--from "$PARITY_AITER_PATH")
+  "$PY" ci/aiter-fixed-build.py /tmp/aiter-fixed "${from[@]}" > /dev/null 2>&1
+  timeout 200 ci/compare-builds.sh --level full --path fused --device cuda --out-dir /tmp/cmp "$src" /tmp/aiter-fixed \
+    > "$OUT_DIR/compare.txt" 2>&1
+  echo "exit code $?" >> "$OUT_DIR/compare.txt"
+  grep -E "^(regressions|fixed|changed|verdict|exit)" "$OUT_DIR/compare.txt" | tee -a "$S"
+fi
+
+step "benchmark"
+# shellcheck disable=SC2086
+timeout 300 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
+  > "$OUT_DIR/bench.md" 2>&1 || status=1
+cat "$OUT_DIR/bench.md" >> "$S"
+grep -E "copy bandwidth|B64-n2-ctx8192" "$OUT_DIR/bench.md"
 exit $status
