@@ -45,18 +45,24 @@ def head_logits(inputs: IndexerInputs, b: int, preshuffled: bool = False) -> tor
 
 
 class TorchBackend(SimpleBackend):
-    def __init__(self):
-        super().__init__(name="torch", info={"torch": torch.__version__})
+    """``clean_logits=False`` writes only the valid positions of each row and relies on the caller's
+    -inf prefill, as vLLM-style kernels do (DeepGEMM's ``clean_logits`` flag chooses)."""
+
+    def __init__(self, clean_logits: bool = True):
+        name = "torch" if clean_logits else "torch-unclean"
+        super().__init__(name=name, info={"torch": torch.__version__, "clean_logits": clean_logits})
+        self.clean_logits = clean_logits
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         n = inputs.next_n
+        valid = valid_lengths(inputs.context_lens, n).tolist()
         for b in range(inputs.batch):
             h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
-            if path == "stage1":
-                out[:, b * n : (b + 1) * n].copy_(h)
-            else:
-                out[b * n : (b + 1) * n].copy_(h.sum(0))
+            h = h if path == "stage1" else h.sum(0)
+            for i in range(n):
+                width = out.shape[-1] if self.clean_logits else valid[b * n + i]
+                out[..., b * n + i, :width].copy_(h[..., i, :width])
 
 
-def make_backend() -> TorchBackend:
-    return TorchBackend()
+def make_backend(clean_logits: bool = True) -> TorchBackend:
+    return TorchBackend(clean_logits)

@@ -1,0 +1,61 @@
+"""Checks of a logits-buffer strategy (parity.strategies or a user's own allocator): the rows it
+returns, the device it allocates on, and what a buffer reused across layers leaks."""
+from __future__ import annotations
+
+import torch
+
+from parity.backends.base import Backend
+from parity.cases import IndexerCase, build_inputs, valid_lengths
+from parity.checks import Finding, check_mask, check_values
+from parity.reference import reference_logits
+
+DSV32_LAYERS = 61
+
+
+def check_rows(strategy, q_fp8: torch.Tensor, max_model_len: int, batches=(4, 2, 1, 3, 4)) -> Finding:
+    """Every call returns exactly ``(rows, max_model_len)`` float32 with unit column stride, whatever
+    was asked before: a consumer that takes ``shape[0]`` as the row count must not see extra rows."""
+    bad = []
+    for rows in batches:
+        out = strategy(q_fp8, rows, max_model_len)
+        if tuple(out.shape) != (rows, max_model_len) or out.dtype != torch.float32 or out.stride(-1) != 1 \
+                or out.stride(0) < max_model_len:
+            bad.append({"asked_rows": rows, "shape": list(out.shape), "strides": list(out.stride()),
+                        "dtype": str(out.dtype)})
+    ok = not bad
+    return Finding("strategy-rows", ok, "shape matches every request" if ok else
+                   f"{len(bad)} calls returned the wrong shape: {bad[:3]}", {"bad": bad})
+
+
+def check_device(strategy, q_fp8: torch.Tensor, max_model_len: int = 64) -> Finding:
+    """The buffer lands on ``q_fp8.device``; a default-device allocation fails on TP ranks > 0."""
+    out = strategy(q_fp8, 2, max_model_len)
+    ok = out.device == q_fp8.device
+    return Finding("strategy-device", ok, f"allocated on {out.device}" + ("" if ok else f", expected {q_fp8.device}"),
+                   {"got": str(out.device), "want": str(q_fp8.device)})
+
+
+def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int = DSV32_LAYERS,
+                      device: str = "cpu", path: str = "fused") -> Finding:
+    """Call the backend through the strategy once per layer with fresh inputs and context lengths
+    (a new seed per layer) and compare each result with its own reference: a value left by an
+    earlier call where the current call writes nothing shows up as a mask or value mismatch."""
+    leaks = []
+    for layer in range(layers):
+        c = IndexerCase(**{**case.__dict__, "seed": case.seed + layer})
+        inputs = build_inputs(c, device)
+        out = strategy(inputs.q_fp8, inputs.rows, inputs.max_model_len)
+        backend.run(path, inputs, out)
+        ref = reference_logits(build_inputs(c, "cpu"))
+        ctx = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
+        mask, values = check_mask(out, ref, ctx), check_values(out, ref, ctx, c.fp8)
+        if not (mask.ok and values.ok):
+            stale = (torch.isfinite(out.cpu()) & ~torch.isfinite(ref)).sum().item()
+            leaks.append({"layer": layer, "mask": mask.summary, "values": values.summary,
+                          "finite_where_invalid": int(stale), "valid_lengths": valid_lengths(
+                              inputs.context_lens.cpu(), inputs.next_n).tolist()})
+    ok = not leaks
+    name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
+    return Finding("stale-data", ok, f"{name}: {layers} layer calls, no stale values" if ok else
+                   f"{name}: stale values from earlier calls in {len(leaks)} of {layers} layers; first: {leaks[0]}",
+                   {"layers": layers, "leaks": leaks[:8]})
