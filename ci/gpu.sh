@@ -10,7 +10,8 @@
 #
 #   ci/gpu.sh [OUT_DIR]
 #   env: PYTHON (default python3), PARITY_AITER_PATH (an aiter tree; else the installed package),
-#        LEVEL (default full), BENCH_ARGS (default --quick)
+#        LEVEL (default full), BENCH_ARGS (default --quick),
+#        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
 # Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, compare.txt,
 # bench.json, bench.md}; summary.md gathers the tails.
 set -uo pipefail
@@ -22,6 +23,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 S="$OUT_DIR/summary.md"
 status=0
 step() { echo -e "\n## $1" | tee -a "$S"; }
+STEPS=" ${STEPS:-parity run contract compare bench} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 {
   echo "# GPU run $(date -u +%FT%TZ)"
@@ -46,25 +49,31 @@ echo "backends present: ${backends[*]}" | tee -a "$S"
 bargs=()
 for b in "${backends[@]}"; do bargs+=(--backend "$b"); done
 
-step "pytest -m parity --device cuda (torch, triton; quick)"
-timeout 240 "$PY" -m pytest -m parity -q -p no:cacheprovider --device cuda --backend torch --backend triton \
-  > "$OUT_DIR/pytest-parity.txt" 2>&1 || status=1
-tail -n 3 "$OUT_DIR/pytest-parity.txt" | tee -a "$S"
+if want parity; then
+  step "pytest -m parity --device cuda (torch, triton; quick)"
+  timeout 240 "$PY" -m pytest -m parity -q -p no:cacheprovider --device cuda --backend torch --backend triton \
+    > "$OUT_DIR/pytest-parity.txt" 2>&1 || status=1
+  tail -n 3 "$OUT_DIR/pytest-parity.txt" | tee -a "$S"
+fi
 
-step "python -m parity run --level ${LEVEL:-full} --device cuda (${backends[*]})"
-timeout 300 "$PY" -m parity run "${bargs[@]}" --device cuda --level "${LEVEL:-full}" --no-progress \
-  --out "$OUT_DIR/parity.json" > "$OUT_DIR/parity.md" 2>&1
-tail -n 30 "$OUT_DIR/parity.md" | tee -a "$S"
+if want run; then
+  step "python -m parity run --level ${LEVEL:-full} --device cuda (${backends[*]})"
+  "$PY" -m parity run "${bargs[@]}" --device cuda --level "${LEVEL:-full}" --no-progress --timeout 200 \
+    --out "$OUT_DIR/parity.json" > "$OUT_DIR/parity.md" 2>&1
+  tail -n 30 "$OUT_DIR/parity.md" | tee -a "$S"
+fi
 
-step "downstream contract and third-party expectations on the GPU"
-contract=$(ls tests/test_topk.py tests/test_strategies.py tests/test_graphs.py tests/test_aiter_backend.py \
-  tests/test_thirdparty_adapters.py 2>/dev/null)
-# shellcheck disable=SC2086
-timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider $contract > "$OUT_DIR/contract.txt" 2>&1 || status=1
-grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/contract.txt" | tail -n 60 | tee -a "$S" >/dev/null
-tail -n 2 "$OUT_DIR/contract.txt"
+if want contract; then
+  step "downstream contract and third-party expectations on the GPU"
+  contract=$(ls tests/test_topk.py tests/test_strategies.py tests/test_graphs.py tests/test_aiter_backend.py \
+    tests/test_thirdparty_adapters.py 2>/dev/null)
+  # shellcheck disable=SC2086
+  timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider $contract > "$OUT_DIR/contract.txt" 2>&1 || status=1
+  grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/contract.txt" | tail -n 60 >> "$S"
+  tail -n 2 "$OUT_DIR/contract.txt"
+fi
 
-if [[ " ${backends[*]} " == *" aiter "* ]]; then
+if want compare && [[ " ${backends[*]} " == *" aiter "* ]]; then
   step "compare builds: aiter as installed/given vs the same build with its store masked"
   src="${PARITY_AITER_PATH:-installed}"
   from=(); [ -n "${PARITY_AITER_PATH:-}" ] && from=(--from "$PARITY_AITER_PATH")
@@ -75,10 +84,12 @@ if [[ " ${backends[*]} " == *" aiter "* ]]; then
   grep -E "^(regressions|fixed|changed|verdict|exit)" "$OUT_DIR/compare.txt" | tee -a "$S"
 fi
 
-step "benchmark"
-# shellcheck disable=SC2086
-timeout 300 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
-  > "$OUT_DIR/bench.md" 2>&1 || status=1
-cat "$OUT_DIR/bench.md" >> "$S"
-grep -E "copy bandwidth|B64-n2-ctx8192" "$OUT_DIR/bench.md"
+if want bench; then
+  step "benchmark"
+  # shellcheck disable=SC2086
+  timeout 300 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
+    > "$OUT_DIR/bench.md" 2>&1 || status=1
+  cat "$OUT_DIR/bench.md" >> "$S"
+  grep -E "copy bandwidth|B64-n2-ctx8192" "$OUT_DIR/bench.md"
+fi
 exit $status
