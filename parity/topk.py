@@ -10,33 +10,55 @@ import torch
 from parity.cases import valid_lengths
 from parity.checks import MAX_LISTED, Finding
 
-DEFAULT_TOPK = 2048
+DEFAULT_TOPK = 2048  # DSv3.2's index_topk
+
+
+def _strided(logits: torch.Tensor, stride0: int | None, stride1: int | None) -> torch.Tensor:
+    """``logits`` re-read through explicit strides, the way an op that takes a pointer and two
+    strides sees it; out-of-storage strides are an error, not a read of someone else's memory."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a 2-D (rows, max_model_len) tensor, got {got}")
+    rows, cols = logits.shape
+    s0 = logits.stride(0) if stride0 is None else int(stride0)
+    s1 = logits.stride(1) if stride1 is None else int(stride1)
+    if s0 < 0 or s1 < 0:
+        raise ValueError(f"stride0/stride1 must be >= 0, got {s0}, {s1}")
+    if rows and cols:
+        last = logits.storage_offset() + (rows - 1) * s0 + (cols - 1) * s1
+        elems = logits.untyped_storage().nbytes() // logits.element_size()
+        if last >= elems:
+            raise ValueError(f"stride0={s0}, stride1={s1} read element {last} of logits' storage, which holds {elems}")
+    return logits.as_strided((rows, cols), (s0, s1), logits.storage_offset())
 
 
 def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int = DEFAULT_TOPK,
                    stride0: int | None = None, stride1: int | None = None) -> torch.Tensor:
     """int64 ``(rows, k)``: per row the k largest logits among its valid positions, ascending index
-    order (the op's order is unspecified; sets are what count). Rows with at most k valid positions
-    get ``0..len-1`` then -1. Reads ``logits`` through explicit strides (default: the tensor's own),
-    as the vLLM op does, so padded and non-contiguous views work."""
+    order (the op's order is unspecified; sets are what count). Row ``r`` belongs to sequence
+    ``r // next_n`` and sees ``context_lens[b] - next_n + r % next_n + 1`` positions. Rows with at
+    most k valid positions get ``0..len-1`` then -1, whatever their logits (as the op does). Reads
+    ``logits`` through explicit strides (default: the tensor's own), as the vLLM op does, so padded
+    and non-contiguous views work."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    rows, cols = logits.shape
-    s0 = logits.stride(0) if stride0 is None else stride0
-    s1 = logits.stride(1) if stride1 is None else stride1
-    view = logits.as_strided((rows, cols), (s0, s1), logits.storage_offset())
+    if next_n < 1:
+        raise ValueError(f"next_n must be >= 1, got {next_n}")
+    view = _strided(logits, stride0, stride1)
+    rows, cols = view.shape
     valid = valid_lengths(context_lens.cpu(), next_n)
     if valid.numel() != rows:
         raise ValueError(f"logits has {rows} rows; context_lens ({context_lens.numel()}) x next_n ({next_n}) "
                          f"gives {valid.numel()}")
+    values = view.detach().double().cpu()  # one transfer, not one per row
     out = torch.full((rows, k), -1, dtype=torch.int64)
     for r in range(rows):
-        L = min(int(valid[r]), cols)
+        L = max(0, min(int(valid[r]), cols))
         if L <= k:
             out[r, :L] = torch.arange(L)
         else:
-            vals = view[r, :L].detach().double().cpu()
-            order = torch.argsort(-vals, stable=True)[:k]  # ties: smallest index first
+            # NaN sorts last here, so a NaN logit is never preferred to a number.
+            order = torch.argsort(-values[r, :L], stable=True)[:k]  # ties: smallest index first
             out[r] = torch.sort(order).values
     return out
 
@@ -44,34 +66,57 @@ def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int
 def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens: torch.Tensor, next_n: int,
                  k: int, rtol: float, atol: float) -> Finding:
     """``selected``: a backend's ``(rows, k)`` indices (-1 padding). Sets must equal the reference's,
-    except swaps between positions whose reference logits lie within tolerance of the k-th value."""
+    except swaps between positions whose reference logits tie with the k-th value.
+
+    Tie band: each of the two logits in a swap may be off by the value tolerance
+    ``atol + rtol * rowmax|ref|``, so a backend that passes the value check can swap positions up to
+    twice that apart around the k-th value; the band is that sum, and no wider. A row with at most k
+    valid positions has no k-th value to tie with: all of them must be selected."""
+    rows = ref_logits.shape[0] if ref_logits.dim() == 2 else -1
+    if not isinstance(selected, torch.Tensor) or selected.dim() != 2 or selected.shape[0] != rows \
+            or selected.shape[1] != k:
+        got = tuple(selected.shape) if isinstance(selected, torch.Tensor) else type(selected).__name__
+        raise ValueError(f"selected must be ({rows}, {k}) indices with -1 padding, got {got}")
     ref_sel = topk_reference(ref_logits, context_lens, next_n, k)
-    ref_logits = ref_logits.double().cpu()
-    rows = ref_sel.shape[0]
-    recall, non_tie, tie_swaps, bad_rows = [], {}, 0, []
+    ref = ref_logits.detach().double().cpu()
+    sel = selected.detach().cpu().long()
+    valid = valid_lengths(context_lens.cpu(), next_n)
+    recall, non_tie, counts, tie_swaps, bad_rows = [], {}, [], 0, []
     for r in range(rows):
-        want = set(int(x) for x in ref_sel[r] if x >= 0)
-        got = set(int(x) for x in selected[r].cpu() if x >= 0)
-        recall.append(len(want & got) / max(len(want), 1))
-        if want == got:
+        want = set(ref_sel[r][ref_sel[r] >= 0].tolist())
+        picked = sel[r][sel[r] >= 0].tolist()
+        got = set(picked)
+        recall.append(len(want & got) / len(want) if want else float(not got))
+        if want == got and len(picked) == len(got):
+            counts.append(0)
             continue
-        row = ref_logits[r]
+        row = ref[r]
         finite = row[torch.isfinite(row)]
-        tol = atol + rtol * float(finite.abs().max()) if finite.numel() else atol
+        band = 2 * (atol + rtol * (float(finite.abs().max()) if finite.numel() else 0.0))
+        short = int(valid[r]) <= k  # every valid position must be there
         kth = min(float(row[i]) for i in want) if want else float("-inf")
-        swapped = (want - got) | (got - want)
-        real = sorted(p for p in swapped
-                      if not (0 <= p < row.numel() and torch.isfinite(row[p]) and abs(float(row[p]) - kth) <= tol))
-        tie_swaps += len(swapped) - len(real)
-        if real or len(got) != len(want):
+
+        def ties(p):  # the k-th value is where membership is implementation-defined
+            return (not short and 0 <= p < row.numel() and bool(torch.isfinite(row[p]))
+                    and abs(float(row[p]) - kth) <= band)
+
+        added = sorted(p for p in got - want if not ties(p))
+        dropped = sorted(p for p in want - got if not ties(p))
+        # One swap counts once; a missing or duplicate index is wrong too, even when the one left out ties.
+        real = max(len(added), len(dropped), len(want) - len(got), len(picked) - len(got))
+        tie_swaps += min(len(got - want) - len(added), len(want - got) - len(dropped))
+        counts.append(real)
+        if real:
             bad_rows.append(r)
-            non_tie[r] = {"count": len(real), "positions": real[:MAX_LISTED], "kth_value": kth,
-                          "selected": len(got), "expected": len(want)}
+            non_tie[r] = {"count": real, "added": added[:MAX_LISTED], "dropped": dropped[:MAX_LISTED],
+                          "kth_value": kth, "selected": len(picked), "expected": len(want)}
     ok = not bad_rows
     mean_recall = sum(recall) / max(rows, 1)
     summary = (f"top-{k} sets agree (recall {mean_recall:.4f}, {tie_swaps} tie swaps)" if ok else
-               f"top-{k} disagrees beyond ties in {len(bad_rows)} rows (recall {mean_recall:.4f})")
+               f"top-{k} disagrees beyond ties in {len(bad_rows)} rows, {sum(counts)} non-tie positions "
+               f"(recall {mean_recall:.4f})")
     return Finding("topk", ok, summary, {
         "k": k, "mean_recall": mean_recall, "min_recall": min(recall) if recall else 1.0, "tie_swaps": tie_swaps,
-        "rows": bad_rows[:64], "non_tie_per_row": {r: non_tie[r] for r in list(non_tie)[:MAX_LISTED]},
+        "rows": bad_rows[:64], "non_tie_counts": counts[:256],
+        "non_tie_per_row": {r: non_tie[r] for r in list(non_tie)[:MAX_LISTED]},
     })
