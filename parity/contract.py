@@ -40,7 +40,7 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
     """Call the backend through the strategy once per layer with fresh inputs and context lengths
     (a new seed per layer) and compare each result with its own reference: a value left by an
     earlier call where the current call writes nothing shows up as a mask or value mismatch."""
-    leaks = []
+    leaks, prev = [], None
     for layer in range(layers):
         c = IndexerCase(**{**case.__dict__, "seed": case.seed + layer})
         inputs = build_inputs(c, device)
@@ -49,11 +49,16 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
         ref = reference_logits(build_inputs(c, "cpu"))
         ctx = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
         mask, values = check_mask(out, ref, ctx), check_values(out, ref, ctx, c.fp8)
-        if not (mask.ok and values.ok):
-            stale = (torch.isfinite(out.cpu()) & ~torch.isfinite(ref)).sum().item()
+        got = out.detach().cpu()
+        # The whole row, past context_len too: the prefill contract covers every invalid position.
+        stale = torch.isfinite(got) & ~torch.isfinite(ref)
+        if not (mask.ok and values.ok) or bool(stale.any()):
+            same = prev is not None and prev.shape == got.shape
             leaks.append({"layer": layer, "mask": mask.summary, "values": values.summary,
-                          "finite_where_invalid": int(stale), "valid_lengths": valid_lengths(
-                              inputs.context_lens.cpu(), inputs.next_n).tolist()})
+                          "finite_where_invalid": int(stale.sum()),
+                          "equal_to_previous_call": int((stale & (got == prev)).sum()) if same else 0,
+                          "valid_lengths": valid_lengths(inputs.context_lens.cpu(), inputs.next_n).tolist()})
+        prev = got.clone()
     ok = not leaks
     name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
     return Finding("stale-data", ok, f"{name}: {layers} layer calls, no stale values" if ok else

@@ -6,6 +6,8 @@ prefilled with -inf (kernels in the vLLM style write only valid positions and re
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 DEFAULT_PAD = 256
@@ -90,9 +92,18 @@ class CachedAtLeastRows:
         return view
 
 
+def _padded_with(pad: int = DEFAULT_PAD):
+    if pad == DEFAULT_PAD:
+        return padded
+    fn = functools.partial(padded, pad=pad)
+    fn.name = f"padded(pad={pad})"
+    return fn
+
+
+exact.name, padded.name = "exact", "padded"
 STRATEGIES = {
     "exact": lambda: exact,
-    "padded": lambda: padded,
+    "padded": _padded_with,
     "fresh-per-call": FreshPerCall,
     "cached-exact-rows": CachedExactRows,
     "cached-at-least-rows": CachedAtLeastRows,

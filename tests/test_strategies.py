@@ -4,7 +4,7 @@ import torch
 
 from parity import strategies
 from parity.backends.torch_ref import TorchBackend
-from parity.cases import IndexerCase
+from parity.cases import IndexerCase, build_inputs
 from parity.contract import check_device, check_layer_reuse, check_rows
 
 ALL = sorted(strategies.STRATEGIES)
@@ -67,6 +67,21 @@ def test_strategy_on_second_gpu(name):
     assert not check_device(default_device_exact, q).ok
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: q on cuda while the default device is cpu")
+@pytest.mark.parametrize("name", ALL)
+def test_strategy_on_the_gpu_of_q(name):
+    q = torch.empty(1, dtype=torch.float8_e4m3fn, device=f"cuda:{torch.cuda.device_count() - 1}")
+    assert check_device(strategies.make_strategy(name), q).ok
+    assert not check_device(default_device_exact, q).ok
+
+
+def test_layer_inputs_really_shrink_somewhere():
+    """The stale-data test needs a row whose valid length drops from one layer to the next."""
+    lens = [build_inputs(IndexerCase(**{**CASE.__dict__, "seed": CASE.seed + layer})).context_lens.tolist()
+            for layer in range(61)]
+    assert any(b < a for prev, cur in zip(lens, lens[1:]) for a, b in zip(prev, cur))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_no_stale_values_across_61_layers(name):
     """A kernel relying on the -inf prefill (writes only valid positions) through each strategy."""
@@ -76,7 +91,9 @@ def test_no_stale_values_across_61_layers(name):
 
 def test_reused_buffer_without_prefill_leaks_earlier_layers():
     f = check_layer_reuse(NoRefill(), TorchBackend(clean_logits=False), CASE)
-    assert not f.ok and f.details["leaks"][0]["finite_where_invalid"] > 0
+    first = f.details["leaks"][0]
+    assert not f.ok and first["finite_where_invalid"] > 0
+    assert first["equal_to_previous_call"] > 0  # the leaked values are the previous layer's logits
     assert 0 < len(f.details["leaks"]) <= 61
 
 
