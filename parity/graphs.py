@@ -99,6 +99,9 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
     # A graph whose recorded buffer the strategy has dropped is the hazard itself, whether or not a
     # victim happened to land on the freed block in this run.
     dropped = [r["bucket"] for r in replays if r["strategy_still_owns_buffer"] is False]
+    # A graph that still owns its buffer yet computes wrong logits had its inputs overwritten by an
+    # earlier replay (on an H200 a reallocating cache's bucket-1 replay hit bucket 4's inputs).
+    hit = [r["bucket"] for r in replays if r["strategy_still_owns_buffer"] is not False and not r["logits_right"]]
     ok = overwritten == 0 and all(r["logits_right"] for r in replays) and not dropped
     name = _name(strategy)
     if ok:
@@ -110,7 +113,7 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
                    f"per bucket: { {r['bucket']: r['logits_right'] for r in replays} }")
     return Finding("graph-replay", ok, summary, {
         "strategy": name, "buckets": sorted(buckets), "victim_elements_overwritten": overwritten, "replays": replays,
-        "buckets_replaying_into_dropped_buffers": dropped,
+        "buckets_replaying_into_dropped_buffers": dropped, "owned_buckets_with_wrong_logits": hit,
         "distinct_buffers": len(buffers), "buffer_bytes_total": sum(buffers.values()),
         "reallocations": getattr(strategy, "reallocations", None),
     })

@@ -42,8 +42,8 @@ def test_reallocating_cache_replays_into_memory_it_no_longer_owns(name, measured
     assert not row["graph_safe"], "the hazard was not reproduced: " + row["summary"]
     assert d["buckets_replaying_into_dropped_buffers"] == [1, 2]  # only the largest capture still owns its buffer
     # The demonstration proper: replaying an early bucket overwrote sentinel-filled tensors that now
-    # own the freed block.
-    assert d["victim_elements_overwritten"] > 0, row["summary"]
+    # own the freed block, or tensors another graph reads (its logits come out wrong).
+    assert d["victim_elements_overwritten"] > 0 or d["owned_buckets_with_wrong_logits"], row["summary"]
 
 
 @gpu
