@@ -83,8 +83,12 @@ def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     return 0.0 if float(denom) == 0 else float(1 - 2 * (x * y).sum() / denom)
 
 
-def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor, fp8: str) -> Finding:
-    """``|out - ref| <= atol + rtol * rowmax|ref|`` where both are finite inside the context."""
+def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor, fp8: str,
+                 magnitude: torch.Tensor | None = None) -> Finding:
+    """``|out - ref| <= atol + rtol * max(rowmax|ref|, magnitude)`` where both are finite inside the
+    context. ``magnitude`` (optional, elementwise ``|w| * (|q| . |k|) * scale``) is the size of the
+    summed terms: fp8 matrix units accumulate with a short mantissa, so the error of a logit scales
+    with it, and for a row with one valid position ``rowmax|ref|`` is that logit alone."""
     rtol, atol = TOLERANCES[fp8]
     out = out.detach().cpu().double()
     cols = out.shape[1]
@@ -93,7 +97,8 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     ref0 = torch.where(both, ref, torch.zeros_like(ref))
     out0 = torch.where(both, out, torch.zeros_like(out))
     rowmax = ref0.abs().amax(dim=1, keepdim=True)
-    bound = atol + rtol * rowmax
+    scale = rowmax if magnitude is None else torch.maximum(rowmax, magnitude.double())
+    bound = atol + rtol * scale
     err = (out0 - ref0).abs()
     ratio = err / bound
     bad = (ratio > 1) & both
@@ -167,7 +172,10 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
     return Finding("oob", ok, summary, {"landed": landed, "allowed": allowed, "pitch": pitch, "cols": cols})
 
 
-def attribute_next_row(mask: Finding, values: Finding) -> Finding | None:
+MAX_CHUNK = 256  # widest unmasked store of the known bug class (ChunkK up to 256 columns)
+
+
+def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor, cols: int) -> Finding | None:
     """With an exact buffer an overshoot of row r lands in row r+1's leading columns (for stage1's
     flattened (H * rows) buffer, the last row of head h spills into the first row of head h+1). When
     the bad positions of a row start at column 0, say so and measure that damaged run. A wrong value
@@ -183,7 +191,8 @@ def attribute_next_row(mask: Finding, values: Finding) -> Finding | None:
             if a > stop:
                 break
             stop = max(stop, b)
-        if stop and r > 0:
+        # Only a previous row whose writes reach within one chunk of the row end can spill over.
+        if stop and r > 0 and cols - int(context_len[r - 1]) < MAX_CHUNK:
             suspects[r] = stop
     if not suspects:
         return None

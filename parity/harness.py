@@ -21,9 +21,10 @@ def cell_id(backend: str, path: str, buffer: str, case: IndexerCase) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _reference(case: IndexerCase) -> tuple[torch.Tensor, torch.Tensor]:
-    heads = reference_head_logits(build_inputs(case, "cpu"))
-    return heads, heads.sum(0)
+def _reference(case: IndexerCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    inp = build_inputs(case, "cpu")
+    heads, mags = reference_head_logits(inp), reference_head_logits(inp, magnitude=True)
+    return heads, heads.sum(0), mags, mags.sum(0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,7 +97,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
             return {**result, "status": "error",
                     "findings": [checks.Finding("error", False, f"backend raised: {tb}").to_dict()]}
         result["findings"].append(checks.Finding("error", False, f"second call raised: {tb}").to_dict())
-    ref_heads, ref = _reference(case)
+    ref_heads, ref, mag_heads, mag = _reference(case)
     ctx_rows = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
     first = bufs[0]
     out2d = first.view.reshape(-1, cols)
@@ -105,8 +106,9 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     ctx2d = ctx_rows.repeat(reps)
     findings = [checks.check_out_of_bounds(first, ctx2d)]
     mask = checks.check_mask(out2d, ref2d, ctx2d)
-    values = checks.check_values(out2d, ref2d, ctx2d, case.fp8)
-    next_row = checks.attribute_next_row(mask, values)
+    mag2d = mag_heads.reshape(-1, cols) if path == "stage1" else mag
+    values = checks.check_values(out2d, ref2d, ctx2d, case.fp8, magnitude=mag2d)
+    next_row = checks.attribute_next_row(mask, values, ctx2d, cols)
     findings += [mask, values] + ([next_row] if next_row else [])
     logits = first.view.sum(0) if path == "stage1" else first.view  # stage1: the caller's sum over heads
     rtol, atol = checks.TOLERANCES[case.fp8]

@@ -22,10 +22,14 @@ def gather_keys(inp: IndexerInputs, b: int) -> tuple[torch.Tensor, torch.Tensor]
     return k, s
 
 
-def reference_head_logits(inp: IndexerInputs) -> torch.Tensor:
-    """Per-head logits ``(H, B * next_n, max_model_len)`` float64 (what stage1 writes), -inf where invalid."""
+def reference_head_logits(inp: IndexerInputs, magnitude: bool = False) -> torch.Tensor:
+    """Per-head logits ``(H, B * next_n, max_model_len)`` float64 (what stage1 writes), -inf where invalid.
+
+    ``magnitude=True`` returns instead ``|w| * (|q| . |k|) * scale`` (0 where invalid): the size of
+    the terms a kernel sums, which is what its rounding error scales with (for a row whose logits
+    cancel, or that has a single valid position, the logit itself is a poor scale)."""
     B, n, H, _ = inp.q_fp8.shape
-    out = torch.full((H, B * n, inp.max_model_len), float("-inf"), dtype=torch.float64)
+    out = torch.full((H, B * n, inp.max_model_len), 0.0 if magnitude else float("-inf"), dtype=torch.float64)
     q = inp.q_fp8.cpu().double()
     w = inp.weights.cpu().double()
     valid = valid_lengths(inp.context_lens.cpu(), n)
@@ -34,6 +38,9 @@ def reference_head_logits(inp: IndexerInputs) -> torch.Tensor:
         for i in range(n):
             row = b * n + i
             L = int(valid[row])
+            if magnitude:
+                out[:, row, :L] = w[row].abs().view(H, 1) * (q[b, i].abs() @ k[:L].abs().T) * s[:L]
+                continue
             score = (q[b, i] @ k[:L].T) * s[:L]  # (H, L)
             out[:, row, :L] = w[row].view(H, 1) * score.clamp_min(0)
     return out

@@ -73,7 +73,7 @@ def test_crashing_and_hanging_backends_do_not_stop_the_run(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "parity", "run", "--backend", "fault:aborts", "--backend",
                            "fault:hangs", "--backend", "torch", "--path", "fused", "--buffer", "exact",
-                           "--timeout", "8", "--no-progress", "--out", str(out)],
+                           "--timeout", "25", "--no-progress", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(out.read_text())
     assert proc.returncode == 1
