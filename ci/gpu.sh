@@ -12,8 +12,8 @@
 #   env: PYTHON (default python3), PARITY_AITER_PATH (an aiter tree; else the installed package),
 #        LEVEL (default full), BENCH_ARGS (default --quick),
 #        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
-# Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, compare.txt,
-# bench.json, bench.md}; summary.md gathers the tails.
+# Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, graphs.json,
+# compare.txt, bench.json, bench.md}; summary.md gathers the tails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
@@ -68,7 +68,8 @@ if want contract; then
   contract=$(ls tests/test_topk.py tests/test_strategies.py tests/test_graphs.py tests/test_aiter_backend.py \
     tests/test_thirdparty_adapters.py 2>/dev/null)
   # shellcheck disable=SC2086
-  timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider $contract > "$OUT_DIR/contract.txt" 2>&1 || status=1
+  PARITY_GRAPHS_JSON="$OUT_DIR/graphs.json" timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider $contract \
+    > "$OUT_DIR/contract.txt" 2>&1 || status=1
   grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/contract.txt" | tail -n 60 >> "$S"
   tail -n 2 "$OUT_DIR/contract.txt"
 fi
