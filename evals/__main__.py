@@ -1,0 +1,135 @@
+"""python -m evals gsm8k run|gate|compare|baseline, python -m evals serve."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EMBEDDED_MAX_GEN_TOKS = 32  # untrained, the embedded model never stops early; keep CPU runs short
+
+
+def _model_args(p):
+    g = p.add_argument_group("embedded model (used when --base-url is not given)")
+    g.add_argument("--backend", default="torch", help="parity backend computing the indexer logits (default torch)")
+    g.add_argument("--buffer", default="exact",
+                   help="logits buffer: exact | padded (guarded) or a parity.strategies name (default exact)")
+    g.add_argument("--path", default="fused", choices=("fused", "stage1", "preshuffle"))
+    g.add_argument("--model-seed", type=int, default=0)
+    g.add_argument("--max-model-len", type=int, default=1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    gsm = sub.add_parser("gsm8k", help="GSM8K through lm-eval: run, gate, compare, baseline")
+    gsub = gsm.add_subparsers(dest="action", required=True)
+
+    r = gsub.add_parser("run", help="run lm-eval's gsm8k task (embedded model unless --base-url)")
+    r.add_argument("--out", default="runs/gsm8k", help="run directory (default runs/gsm8k)")
+    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir (default $GSM8K_DATA_DIR, else "
+                   "../shared/data/gsm8k beside the checkout, else lm-eval's hub dataset from the local cache)")
+    r.add_argument("--limit", type=int, default=None, help="first N test questions (smoke runs)")
+    r.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    r.add_argument("--model", default=None, help="served model name (with --base-url)")
+    r.add_argument("--chat", action="store_true", help="use /v1/chat/completions (local-chat-completions)")
+    r.add_argument("--num-concurrent", type=int, default=1)
+    r.add_argument("--max-retries", type=int, default=3)
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per request (default 8 embedded, 1 server); the embedded server decodes them as one batch")
+    r.add_argument("--max-gen-toks", type=int, default=None, help=f"default 256 (server), {EMBEDDED_MAX_GEN_TOKS} (embedded)")
+    r.add_argument("--timeout", type=int, default=600)
+    r.add_argument("--seed", type=int, default=0, help="lm-eval's random seed (few-shot order uses its own, 1234)")
+    r.add_argument("--kernel-backend", default=None, help="label for the manifest (server runs)")
+    r.add_argument("--kernel-build", default=None, help="label for the manifest, e.g. a wheel version or commit")
+    _model_args(r)
+
+    g = gsub.add_parser("gate", help="gate a run against a baseline (exit 0 pass, 1 regression, 2 unusable)")
+    g.add_argument("run")
+    g.add_argument("--baseline", required=True)
+    g.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
+    g.add_argument("--confidence", type=float, default=0.95)
+    g.add_argument("--floor", type=float, default=None, help="absolute minimum accuracy")
+
+    c = gsub.add_parser("compare", help="paired comparison of two runs; traces embedded-model divergences")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
+    c.add_argument("--no-trace", action="store_true", help="do not replay differing generations")
+
+    b = gsub.add_parser("baseline", help="write a baseline file (with the per-sample vector) from a run")
+    b.add_argument("run")
+    b.add_argument("-o", "--output", required=True)
+    b.add_argument("--name", default=None)
+    b.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
+    b.add_argument("--no-samples", action="store_true")
+
+    s = sub.add_parser("serve", help="serve the embedded model on an OpenAI-compatible /v1/completions")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--log", default=None, help="append each decoded batch to this JSONL")
+    _model_args(s)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from evals.gate import UNUSABLE, Unusable
+
+    try:
+        if args.cmd == "serve":
+            return _serve(args)
+        if args.action == "run":
+            from evals import gsm8k
+
+            embedded = args.base_url is None
+            if args.max_gen_toks is None:
+                args.max_gen_toks = EMBEDDED_MAX_GEN_TOKS if embedded else 256
+            if args.batch_size is None:
+                args.batch_size = 8 if embedded else 1
+            if not embedded and not args.model:
+                raise SystemExit("--model is required with --base-url (the name the server serves)")
+            return gsm8k.run(args)
+        from evals.gate import gate, load_baseline, load_run, make_baseline
+
+        if args.action == "gate":
+            return gate(load_run(args.run, args.filter), load_baseline(args.baseline), args.confidence, args.floor)
+        if args.action == "compare":
+            from evals.compare import compare
+
+            return compare(load_run(args.run_a, args.filter), load_run(args.run_b, args.filter),
+                           trace=not args.no_trace)
+        if args.action == "baseline":
+            run = load_run(args.run, args.filter)
+            base = make_baseline(run, args.name or Path(args.run).name, with_samples=not args.no_samples)
+            Path(args.output).write_text(json.dumps(base, indent=1) + "\n")
+            print(f"baseline {args.output}: {base['metric']} {base['value']:.4f} n={base['n']}")
+            return 0
+    except Unusable as exc:
+        print(f"UNUSABLE INPUT: {exc}", file=sys.stderr)
+        return UNUSABLE
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UNUSABLE
+    return 2
+
+
+def _serve(args) -> int:
+    from evals.model import Indexer, ModelConfig, TinyIndexerLM
+    from evals.server import CompletionService, ServerThread
+
+    model = TinyIndexerLM(ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len),
+                          Indexer(args.backend, args.buffer, args.path))
+    server = ServerThread(CompletionService(model, log_path=args.log), args.host, args.port)
+    print(f"serving tiny-indexer-lm ({args.backend}, {args.buffer}, {args.path}) on {server.base_url}", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""``gsm8k gate`` and ``gsm8k baseline``: is a run as accurate as its baseline, beyond what noise
+explains? Fails closed: input that cannot support a decision is exit 2, never a pass.
+
+Exit codes: 0 pass, 1 regression, 2 unusable input."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from evals import stats
+from evals.gsm8k import MANIFEST, NULL_RESPONSE, RESULTS, SAMPLES, TASK
+
+PASS, REGRESSION, UNUSABLE = 0, 1, 2
+DEFAULT_FILTER = "flexible-extract"
+FILTERS = ("strict-match", "flexible-extract")
+
+
+class Unusable(Exception):
+    """The input cannot support a decision (exit 2)."""
+
+
+@dataclass
+class RunScores:
+    path: Path
+    manifest: dict
+    filter: str
+    value: float  # lm-eval's aggregate
+    n: int
+    task_version: object
+    num_fewshot: int | None
+    doc_ids: list[int]
+    correct: list[int]  # per doc, in doc_id order
+    records: dict[int, dict]  # doc_id -> lm-eval's record for this filter
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise Unusable(f"{what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise Unusable(f"{what}: {path} is not valid JSON ({exc})") from None
+
+
+def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
+    """A run directory, checked for everything a decision rests on."""
+    if filter not in FILTERS:
+        raise Unusable(f"--filter must be one of {FILTERS}, got {filter!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise Unusable(f"run directory {run_dir} does not exist")
+    manifest = _read_json(run_dir / MANIFEST, "run manifest")
+    if manifest.get("status") != "ok":
+        raise Unusable(f"run {run_dir} did not complete (status {manifest.get('status')!r}): {manifest.get('error')}")
+    info = (manifest.get("server") or {}).get("info") or {}
+    st = info.get("stats") or {}
+    if st.get("errors"):
+        raise Unusable(f"run {run_dir}: the server answered {st['errors']} request(s) with an error")
+    results = _read_json(run_dir / RESULTS, "lm-eval results")
+    task = results.get("results", {}).get(TASK)
+    if task is None:
+        raise Unusable(f"{run_dir / RESULTS} has no {TASK!r} results")
+    key = f"exact_match,{filter}"
+    if key not in task:
+        raise Unusable(f"{run_dir / RESULTS}: no metric {key!r} (has {sorted(k for k in task if ',' in k)})")
+    n = results.get("n-samples", {}).get(TASK, {}).get("effective", task.get("sample_len"))
+    samples_path = run_dir / SAMPLES
+    if not samples_path.is_file():
+        raise Unusable(f"run {run_dir}: per-sample records {samples_path.name} are missing")
+    records: dict[int, dict] = {}
+    for lineno, line in enumerate(samples_path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise Unusable(f"{samples_path}:{lineno} is not valid JSON") from None
+        if rec.get("filter") != filter:
+            continue
+        doc = rec.get("doc_id")
+        if doc in records:
+            raise Unusable(f"{samples_path}: doc_id {doc} appears twice under filter {filter}")
+        if "exact_match" not in rec:
+            raise Unusable(f"{samples_path}:{lineno}: record has no exact_match")
+        resps = rec.get("resps") or [[None]]
+        if any(r is None or r == NULL_RESPONSE for group in resps for r in group):
+            raise Unusable(f"{samples_path}: doc_id {doc} has no response from the server (null/failed request)")
+        records[doc] = rec
+    if not isinstance(n, int) or n != len(records):
+        raise Unusable(f"run {run_dir}: results say n={n} but {len(records)} per-sample records under {filter}: "
+                       "samples are missing")
+    doc_ids = sorted(records)
+    correct = [int(records[d]["exact_match"] >= 1.0) for d in doc_ids]
+    value = float(task[key])
+    if abs(sum(correct) / n - value) > 1e-9:
+        raise Unusable(f"run {run_dir}: per-sample records give {sum(correct)}/{n} but results say {value}")
+    return RunScores(run_dir, manifest, filter, value, n, results.get("versions", {}).get(TASK),
+                     results.get("n-shot", {}).get(TASK), doc_ids, correct, records)
+
+
+def load_baseline(path: str | Path) -> dict:
+    path = Path(path)
+    b = _read_json(path, "baseline")
+    need = {"task": str, "metric": str, "value": (int, float), "n": int}
+    for k, t in need.items():
+        if not isinstance(b.get(k), t):
+            raise Unusable(f"baseline {path}: {k!r} is missing or not {t}")
+    if b["task"] != TASK:
+        raise Unusable(f"baseline {path}: task {b['task']!r}, expected {TASK!r}")
+    if not 0.0 <= b["value"] <= 1.0 or b["n"] < 1:
+        raise Unusable(f"baseline {path}: value must be in [0, 1] and n >= 1, got {b['value']}, {b['n']}")
+    s = b.get("samples")
+    if s is not None:
+        ids, cor = s.get("doc_ids"), s.get("correct")
+        if not isinstance(ids, list) or not isinstance(cor, list) or len(ids) != b["n"] or len(cor) != b["n"]:
+            raise Unusable(f"baseline {path}: samples.doc_ids and samples.correct must both have n={b['n']} entries")
+        if any(c not in (0, 1) for c in cor):
+            raise Unusable(f"baseline {path}: samples.correct must hold 0/1")
+        if abs(sum(cor) / b["n"] - b["value"]) > 1e-9:
+            raise Unusable(f"baseline {path}: samples give {sum(cor)}/{b['n']} but value is {b['value']}")
+    return b
+
+
+def gate(run: RunScores, baseline: dict, confidence: float = 0.95, floor: float | None = None,
+         out=print) -> int:
+    want = f"exact_match,{run.filter}"
+    if baseline["metric"] != want:
+        raise Unusable(f"baseline metric {baseline['metric']!r} is not the gated metric {want!r} (use --filter)")
+    if run.n != baseline["n"]:
+        raise Unusable(f"different n: run has {run.n} questions, baseline {baseline['n']} "
+                       "(a --limit run needs a baseline made at the same limit)")
+    for field, got in (("task_version", run.task_version), ("num_fewshot", run.num_fewshot)):
+        if field in baseline and baseline[field] != got:
+            raise Unusable(f"different {field}: run {got!r}, baseline {baseline[field]!r}")
+    samples = baseline.get("samples")
+    if samples is not None:
+        if samples["doc_ids"] != run.doc_ids:
+            raise Unusable("baseline and run per-sample vectors cover different doc_ids")
+        t = stats.mcnemar(run.correct, samples["correct"], confidence)
+        d = t.details
+        detail = f"discordant {d['discordant']}: {d['losses']} lost, {d['gains']} gained"
+    else:
+        base_correct = round(baseline["value"] * baseline["n"])
+        t = stats.two_proportion(sum(run.correct), run.n, base_correct, baseline["n"], confidence)
+        detail = f"z {t.details['z']:.3f}; baseline counted as {base_correct}/{baseline['n']}"
+    below_floor = floor is not None and run.value < floor
+    regression = t.regression or below_floor
+    out(f"gsm8k gate [{run.filter}] run {run.path}")
+    out(f"  run      {run.value:.4f}  ({sum(run.correct)}/{run.n})")
+    out(f"  baseline {baseline['value']:.4f}  (n={baseline['n']}, {baseline.get('name', '?')})")
+    out(f"  test {t.test}: difference {t.diff:+.4f}, standard error {t.stderr:.4f}, one-sided p-value {t.p_value:.4g}, "
+        f"threshold p < {t.alpha:.4g} (confidence {confidence}); {detail}")
+    if floor is not None:
+        out(f"  floor {floor:.4f}: {'BELOW' if below_floor else 'above'}")
+    reason = ("below the absolute floor" if below_floor and not t.regression else
+              "worse than the baseline beyond noise" if t.regression else "within noise of the baseline")
+    out(f"  decision: {'REGRESSION' if regression else 'PASS'} ({reason})")
+    return REGRESSION if regression else PASS
+
+
+def make_baseline(run: RunScores, name: str, with_samples: bool = True, **extra) -> dict:
+    p, n = run.value, run.n
+    b = {"name": name, "task": TASK, "task_version": run.task_version, "num_fewshot": run.num_fewshot,
+         "metric": f"exact_match,{run.filter}", "value": p, "n": n,
+         "stderr": math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0,
+         "model": run.manifest.get("model", {}).get("name"), "limit": run.manifest.get("limit"),
+         "kernel": run.manifest.get("kernel"), "hardware": run.manifest.get("hardware"), "source": str(run.path),
+         **extra}
+    if with_samples:
+        b["samples"] = {"doc_ids": run.doc_ids, "correct": run.correct}
+    return b

@@ -1,0 +1,205 @@
+"""``gsm8k run``: lm-eval's own ``gsm8k`` task (5-shot, greedy, strict-match and flexible-extract)
+through its Python API, against an OpenAI-compatible server or the embedded model served on
+localhost. A run directory holds ``results.json`` (lm-eval's results), ``samples_gsm8k.jsonl``
+(lm-eval's per-sample records), ``run.json`` (the manifest) and, for the embedded model,
+``server_requests.jsonl`` (each batch the server decoded, for ``compare``'s replay)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+TASK = "gsm8k"
+DATA_ENV = "GSM8K_DATA_DIR"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# lm-eval writes this for a response the server returned as null; the default (empty string)
+# would be indistinguishable from a model that answered nothing.
+NULL_RESPONSE = "<<evals: server returned no text>>"
+RESULTS, SAMPLES, MANIFEST, REQUESTS = "results.json", f"samples_{TASK}.jsonl", "run.json", "server_requests.jsonl"
+
+
+def resolve_data_dir(arg: str | None) -> Path | None:
+    """``--data-dir``, else ``$GSM8K_DATA_DIR``, else ``../shared/data/gsm8k`` beside the checkout
+    when it exists, else None (lm-eval's hub dataset, from the local cache only: runs are offline)."""
+    raw = arg or os.environ.get(DATA_ENV)
+    if raw:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else (Path.cwd() / path)
+    else:
+        path = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
+        if not path.is_dir():
+            return None
+    missing = [f for f in ("train.jsonl", "test.jsonl") if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"--data-dir / ${DATA_ENV} = {path}: missing {missing} (GSM8K JSONL with "
+                         "'question' and 'answer' fields)")
+    return path.resolve()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def task_config(data_dir: Path | None) -> dict:
+    """lm-eval's gsm8k config, unchanged except for where its documents come from."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = dict(load_yaml(Path(lm_eval.tasks.__file__).parent / TASK / f"{TASK}.yaml", resolve_func=True))
+    cfg.pop("tag", None)
+    if data_dir is not None:
+        cfg.update(dataset_path="json", dataset_name=None,
+                   dataset_kwargs={"data_files": {"train": str(data_dir / "train.jsonl"),
+                                                  "test": str(data_dir / "test.jsonl")}})
+    return cfg
+
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+            "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # the manifest must not stop a run
+        info["torch_error"] = repr(exc)
+    return info
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _get_json(url: str, timeout: float = 5.0) -> dict:
+    import requests
+
+    try:
+        r = requests.get(url, timeout=timeout)
+        return r.json() if r.ok else {"error": f"HTTP {r.status_code}"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _server_root(url: str) -> str:
+    root = url.rstrip("/")
+    for tail in ("/completions", "/chat", "/v1"):
+        root = root[: -len(tail)] if root.endswith(tail) else root
+    return root
+
+
+def completions_url(base_url: str, chat: bool) -> str:
+    url = base_url.rstrip("/")
+    want = "/chat/completions" if chat else "/completions"
+    if url.endswith(want):
+        return url
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return url + want
+
+
+def run(args) -> int:
+    """Returns 0 when lm-eval finished and every artifact was written, 1 otherwise (run.json still
+    written, with status "failed" and the error)."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER", NULL_RESPONSE)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULTS, SAMPLES, MANIFEST, REQUESTS):
+        (out / stale).unlink(missing_ok=True)
+    data_dir = resolve_data_dir(args.data_dir)
+    manifest = {"schema": 1, "status": "running", "task": TASK, "limit": args.limit, "started": _now(),
+                "command": [sys.executable, "-m", "evals", *sys.argv[1:]], "hardware": hardware(),
+                "data": ({"dir": str(data_dir), "sha256": {f: _sha256(data_dir / f) for f in ("train.jsonl", "test.jsonl")}}
+                         if data_dir else {"hub": "openai/gsm8k (local cache; runs are offline)"}),
+                "kernel": {"backend": args.kernel_backend, "build": args.kernel_build}}
+    t0 = time.time()
+    server = None
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        manifest["lm_eval_version"] = getattr(lm_eval, "__version__", None) or _dist_version("lm_eval")
+        embedded = args.base_url is None
+        if embedded:
+            server = _start_embedded(args, out)
+            url, served = server.base_url, server.service.name
+            manifest["kernel"].update(backend=args.backend, buffer=args.buffer, path=args.path,
+                                      build=args.kernel_build or server.service.model.indexer.describe()["backend_info"])
+        else:
+            url, served = completions_url(args.base_url, args.chat), args.model
+        model_args = {"base_url": url, "model": served, "tokenizer_backend": None, "tokenized_requests": False,
+                      "num_concurrent": args.num_concurrent, "max_retries": args.max_retries,
+                      "max_gen_toks": args.max_gen_toks, "batch_size": args.batch_size, "timeout": args.timeout,
+                      "seed": args.seed}
+        manifest["model"] = {"kind": "embedded" if embedded else "server", "name": served,
+                             "lm_eval_model": "local-chat-completions" if args.chat else "local-completions",
+                             "model_args": model_args}
+        manifest["seed"] = {"lm_eval": args.seed, "model": args.model_seed if embedded else None}
+        results = lm_eval.simple_evaluate(
+            model=manifest["model"]["lm_eval_model"], model_args=model_args, tasks=[task_config(data_dir)],
+            task_manager=TaskManager(include_defaults=False), limit=args.limit, log_samples=True,
+            apply_chat_template=bool(args.chat), random_seed=args.seed)
+        if results is None:
+            raise RuntimeError("lm_eval.simple_evaluate returned no results")
+        samples = results.pop("samples", {}).get(TASK, [])
+        with open(out / SAMPLES, "w") as f:
+            for rec in samples:
+                f.write(json.dumps(rec, default=str) + "\n")
+        (out / RESULTS).write_text(json.dumps(results, indent=1, default=str))
+        manifest.update(status="ok", task_version=results.get("versions", {}).get(TASK),
+                        num_fewshot=results.get("n-shot", {}).get(TASK),
+                        n=results.get("n-samples", {}).get(TASK, {}).get("effective"),
+                        metrics={k: v for k, v in results.get("results", {}).get(TASK, {}).items() if "," in k})
+    except BaseException as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    finally:
+        if server is not None:
+            manifest["server"] = {"base_url": server.base_url, "info": server.service.info()}
+            server.__exit__(None, None, None)
+        elif args.base_url is not None:
+            root = _server_root(args.base_url)
+            manifest["server"] = {"base_url": args.base_url, "models": _get_json(root + "/v1/models")}
+        manifest.update(finished=_now(), wall_s=round(time.time() - t0, 2))
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    _print_summary(manifest, out)
+    return 0 if manifest["status"] == "ok" else 1
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name.replace("_", "-"))
+    except PackageNotFoundError:
+        return None
+
+
+def _start_embedded(args, out: Path):
+    from evals.model import Indexer, ModelConfig, TinyIndexerLM
+    from evals.server import CompletionService, ServerThread
+
+    cfg = ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len)
+    model = TinyIndexerLM(cfg, Indexer(args.backend, args.buffer, args.path))
+    service = CompletionService(model, log_path=str(out / REQUESTS))
+    return ServerThread(service).__enter__()
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    if manifest["status"] != "ok":
+        print(f"gsm8k run FAILED: {manifest.get('error')}\nartifacts: {out}")
+        return
+    m = manifest["metrics"]
+    parts = [f"{k.split(',')[1]} {m[k]:.4f}" for k in sorted(m) if k.startswith("exact_match,")]
+    print(f"gsm8k n={manifest['n']} ({manifest['num_fewshot']}-shot, v{manifest['task_version']}): "
+          + ", ".join(parts) + f"  [{manifest['wall_s']} s]\nartifacts: {out}")
