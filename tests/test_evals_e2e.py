@@ -1,0 +1,116 @@
+"""GSM8K end to end: lm-eval's gsm8k task over real HTTP against the embedded model, gated; and the
+planted overshoot fault, which ``compare`` must flag with an exact logits buffer and not with a
+padded one. Marked slow (they run by default; ``-m "not slow"`` skips them). ~30 s on 2 cores."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from evals.__main__ import main
+from evals.gsm8k import resolve_data_dir
+
+pytestmark = pytest.mark.slow
+LIMIT = ["--limit", "3", "--max-gen-toks", "16"]
+
+
+def _data_dir():
+    try:
+        return resolve_data_dir(None)
+    except ValueError:
+        return None
+
+
+DATA = _data_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="GSM8K JSONL not found: set GSM8K_DATA_DIR (CI: ../shared/data/gsm8k)")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    assert main(["gsm8k", "run", "--out", str(out), *LIMIT]) == 0
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "evals", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {proc.stdout.read()}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@needs_data
+def test_lm_eval_over_http_then_gate(reference_run, server, tmp_path, capsys):
+    run = tmp_path / "http"
+    rc = main(["gsm8k", "run", "--out", str(run), "--base-url", server + "/v1", "--model", "tiny-indexer-lm",
+               "--batch-size", "8", *LIMIT])
+    assert rc == 0
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "ok" and manifest["n"] == 3 and manifest["num_fewshot"] == 5
+    assert manifest["server"]["models"]["data"][0]["id"] == "tiny-indexer-lm"  # reached over HTTP
+    lines = [json.loads(x) for x in (run / "samples_gsm8k.jsonl").read_text().splitlines()]
+    assert sorted({(r["doc_id"], r["filter"]) for r in lines}) == [
+        (d, f) for d in range(3) for f in ("flexible-extract", "strict-match")]
+    assert all(r["arguments"][0][0].count("Question:") == 6 for r in lines)  # 5-shot + the question
+
+    base = tmp_path / "base.json"
+    assert main(["gsm8k", "baseline", str(reference_run), "-o", str(base)]) == 0
+    capsys.readouterr()
+    assert main(["gsm8k", "gate", str(run), "--baseline", str(base)]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "mcnemar-exact" in out and "decision: PASS" in out
+    # The same model over HTTP and in process: identical generations.
+    assert main(["gsm8k", "compare", str(reference_run), str(run)]) == 0
+    assert "3/3 identical" in capsys.readouterr().out
+
+
+@needs_data
+def test_planted_overshoot_diverges_with_exact_buffer_only(reference_run, tmp_path, capsys):
+    fault = ["--backend", "fault:unmasked_chunk_store"]
+    exact, padded = tmp_path / "exact", tmp_path / "padded"
+    assert main(["gsm8k", "run", "--out", str(exact), *fault, "--buffer", "exact", *LIMIT]) == 0
+    assert main(["gsm8k", "run", "--out", str(padded), *fault, "--buffer", "padded", *LIMIT]) == 0
+    info = json.loads((exact / "run.json").read_text())["server"]["info"]
+    assert info["stats"]["indexer_oob_calls"] > 0  # the last row's chunk left the allocation (into the guard)
+    capsys.readouterr()
+
+    assert main(["gsm8k", "compare", str(reference_run), str(exact)]) == 1
+    out = capsys.readouterr().out
+    print(out)
+    assert "DIVERGENCE beyond ties" in out and "verdict: DIVERGED" in out
+    # Row 0 of each batch has no row before it to damage it: its generation must agree.
+    first_row = json.loads((exact / "server_requests.jsonl").read_text().splitlines()[0])["texts"][0]
+    ref_first = json.loads((reference_run / "server_requests.jsonl").read_text().splitlines()[0])["texts"][0]
+    assert first_row == ref_first
+
+    assert main(["gsm8k", "compare", str(reference_run), str(padded)]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "3/3 identical" in out and "verdict: AGREE" in out
