@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GSM8K accuracy gate, as CI uses it: reach a server (or start the embedded one), run lm-eval's
+# gsm8k task, gate the run against a baseline, keep every artifact.
+#
+#   ci/gsm8k-gate.sh                                   # embedded model: start it, run --limit 20, gate
+#   BASE_URL=http://127.0.0.1:8000/v1 MODEL=deepseek-ai/DeepSeek-V3.2 \
+#   BASELINE=evals/baselines/dsv32-tp4-mi355x-bs64-reference.json LIMIT= ci/gsm8k-gate.sh
+#
+# Environment: BASE_URL, MODEL (server runs), BASELINE (default: a baseline made by a reference run
+# of the embedded model), LIMIT (default 20 for the embedded model; empty = all 1319), ARTIFACTS
+# (default artifacts/gsm8k), CONFIDENCE (0.95), FLOOR, GSM8K_DATA_DIR, EXTRA_RUN_ARGS, SERVE_ARGS
+# (embedded server options, e.g. "--backend triton --buffer padded").
+# Exit status: the gate's (0 pass, 1 regression, 2 unusable input), or the run's failure.
+set -euo pipefail
+up() { python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; }
+cd "$(dirname "$0")/.."
+ART="${ARTIFACTS:-artifacts/gsm8k}"
+mkdir -p "$ART"
+export GSM8K_DATA_DIR="${GSM8K_DATA_DIR:-$(cd .. && pwd)/shared/data/gsm8k}"
+CONF=(--confidence "${CONFIDENCE:-0.95}")
+[[ -n "${FLOOR:-}" ]] && CONF+=(--floor "$FLOOR")
+
+if [[ -n "${BASE_URL:-}" ]]; then
+  : "${MODEL:?MODEL must name the served model}"
+  : "${BASELINE:?BASELINE must name a baseline file for this model x hardware x config}"
+  LIMIT_ARGS=(); [[ -n "${LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$LIMIT")
+  for _ in $(seq 60); do up "${BASE_URL%/}/models" && break; sleep 5; done
+  python -m evals gsm8k run --base-url "$BASE_URL" --model "$MODEL" --out "$ART/run" "${LIMIT_ARGS[@]}" \
+    ${EXTRA_RUN_ARGS:-} || { echo "gsm8k run failed; see $ART/run/run.json"; exit 2; }
+else
+  # The embedded model behind its own HTTP server on a free port, as a vLLM server would be.
+  LIMIT="${LIMIT-20}"; LIMIT_ARGS=(); [[ -n "$LIMIT" ]] && LIMIT_ARGS=(--limit "$LIMIT")
+  PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  python -m evals serve --port "$PORT" --log "$ART/server_requests.jsonl" ${SERVE_ARGS:-} >"$ART/server.log" 2>&1 &
+  SERVER_PID=$!
+  trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do up "http://127.0.0.1:$PORT/health" && break; sleep 0.2; done
+  python -m evals gsm8k run --base-url "http://127.0.0.1:$PORT/v1" --model tiny-indexer-lm --batch-size 8 \
+    --max-gen-toks 32 --out "$ART/run" "${LIMIT_ARGS[@]}" ${EXTRA_RUN_ARGS:-} \
+    || { echo "gsm8k run failed; see $ART/run/run.json"; exit 2; }
+  if [[ -z "${BASELINE:-}" ]]; then
+    # No stored baseline for the untrained embedded model: the reference backend in process is it.
+    python -m evals gsm8k run --out "$ART/reference" "${LIMIT_ARGS[@]}"
+    python -m evals gsm8k baseline "$ART/reference" -o "$ART/baseline.json" --name embedded-reference
+    BASELINE="$ART/baseline.json"
+  fi
+fi
+
+set +e
+python -m evals gsm8k gate "$ART/run" --baseline "$BASELINE" "${CONF[@]}" | tee "$ART/gate.txt"
+rc=${PIPESTATUS[0]}
+echo "artifacts: $ART (run.json, results.json, samples_gsm8k.jsonl, gate.txt)"
+exit "$rc"
