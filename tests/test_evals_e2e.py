@@ -114,3 +114,18 @@ def test_planted_overshoot_diverges_with_exact_buffer_only(reference_run, tmp_pa
     out = capsys.readouterr().out
     print(out)
     assert "3/3 identical" in out and "verdict: AGREE" in out
+
+
+@needs_data
+def test_correct_kernel_differs_only_at_ties(reference_run, tmp_path, capsys):
+    """A backend inside the value tolerance may pick another member at a near-tied k-th value; compare
+    must trace each such difference to a top-k tie and still agree."""
+    jitter = os.path.join(os.path.dirname(__file__), "evals_jitter_backend.py")
+    run = tmp_path / "jitter"
+    assert main(["gsm8k", "run", "--out", str(run), "--backend", jitter, *LIMIT]) == 0
+    capsys.readouterr()
+    rc = main(["gsm8k", "compare", str(reference_run), str(run)])
+    out = capsys.readouterr().out
+    print(out)
+    assert rc == 0 and "verdict: AGREE (differences are top-k ties)" in out
+    assert "top-k tie;" in out and "0 divergence beyond ties, 0 untraced" in out
