@@ -1,4 +1,4 @@
-"""Tuning sweep of the Triton kernel on a GPU: ``python -m parity.kernels.tune [--shape B64-n2-ctx8192]``.
+"""Tuning sweep of the Triton kernel on a GPU: ``python -m parity.tune [--shape B64-n2-ctx8192]``.
 
 First checks the kernel against the torch path on a mid-size shape (mask exact, max error over the row
 max), then times fused and preshuffle for each config and prints one short table, best first."""
