@@ -19,7 +19,7 @@ def check(device, shape: Shape) -> str:
     ref_b = load_backend("torch")
     lines = []
     for path, tri in [(p, load_backend("triton")) for p in ("fused", "preshuffle", "stage1")] + [
-            ("fused", load_backend("triton", single_dot=True, block_t=128))]:
+            ("preshuffle", load_backend("triton", flat=False)), ("fused", load_backend("triton", block_t=128))]:
         lead = (shape.heads,) if path == "stage1" else ()
         outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
                 for _ in range(2)]
@@ -38,14 +38,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="B64-n2-ctx8192")
     p.add_argument("--block-t", default="64,128")
-    p.add_argument("--ctas", default="2,4,8", help="ctas_per_sm values")
+    p.add_argument("--ctas", default="2,3,4", help="ctas_per_sm values")
     p.add_argument("--warps", default="4,8")
-    p.add_argument("--stages", default="2,3")
-    p.add_argument("--heads-on-m", default="0,1")
-    p.add_argument("--single-dot", default="0,1")
-    p.add_argument("--ps-3d", default="0")
+    p.add_argument("--stages", default="2,3,4")
+    p.add_argument("--flat", default="1", help="preshuffle: 0: key tiles copied row by row; 1: as contiguous runs")
+    p.add_argument("--split-seqs", default="0", help="1: each program works in one sequence only")
     p.add_argument("--upcast", default="auto")
     p.add_argument("--no-check", action="store_true")
+    p.add_argument("--top", type=int, default=14, help="rows printed, best first")
     p.add_argument("--device", default="cuda")
     p.add_argument("--profile", action="store_true", help="only run the default config a few times (for ncu)")
     args = p.parse_args(argv)
@@ -68,13 +68,12 @@ def main(argv=None) -> int:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
-    for bt, ctas, warps, stages, hom, sd, ps3, up in itertools.product(
-            ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.heads_on_m),
-            ints(args.single_dot), ints(args.ps_3d), args.upcast.split(",")):
-        if hom and sd:
-            continue
+    for bt, ctas, warps, stages, flat, split, up in itertools.product(
+            ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.flat),
+            ints(args.split_seqs), args.upcast.split(",")):
+        name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} p{split} {up}"
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
-                          heads_on_m=bool(hom), single_dot=bool(sd), ps_3d=bool(ps3), upcast=up)
+                          flat=bool(flat), split_seqs=bool(split), upcast=up)
         res, regs = [], []
         for path in ("fused", "preshuffle"):
             try:
@@ -83,18 +82,17 @@ def main(argv=None) -> int:
                 res.append(graph_time_ms(be, path, sets, outs, device) * 1e3)
             except Exception as exc:  # noqa: BLE001
                 res.append(float("nan"))
-                print(f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} {path}: {type(exc).__name__}: {str(exc)[:120]}")
+                print(f"{name} {path}: {type(exc).__name__}: {str(exc)[:120]}")
             k = be.last_launch
             regs.append(f"{getattr(k, 'n_regs', '?')}r{getattr(k, 'n_spills', '?')}s")
             if k is not None and (path not in best or res[-1] < best[path][0]):
                 ptx = k.asm.get("ptx", "")
-                best[path] = (res[-1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd}: ld.global v4 "
-                              f"{ptx.count('ld.global.v4')} / all {ptx.count('ld.global')}, "
-                              f"cp.async {ptx.count('cp.async')}, wgmma {ptx.count('wgmma.mma_async')}, "
-                              f"mma {ptx.count('mma.sync')}, smem {k.metadata.shared}")
-        rows.append((res[0], res[1], f"bt{bt} c{ctas} w{warps} s{stages} m{hom} d{sd} p{ps3} {up} {'/'.join(regs)}"))
+                best[path] = (res[-1], f"{name}: ld.global v4 {ptx.count('ld.global.v4')} / all "
+                              f"{ptx.count('ld.global')}, cp.async {ptx.count('cp.async')}, wgmma "
+                              f"{ptx.count('wgmma.mma_async')}, mma {ptx.count('mma.sync')}, smem {k.metadata.shared}")
+        rows.append((res[0], res[1], f"{name} {'/'.join(regs)}"))
     print(f"{shape.id}: copy {bw:.0f} GB/s, floor {floor_us:.1f} us")
-    for f, ps, name in sorted(rows, key=lambda r: min(r[0], r[1]))[:14]:
+    for f, ps, name in sorted(rows, key=lambda r: min(r[0], r[1]))[:args.top]:
         print(f"{name:44s} fused {f:6.1f} us ({f / floor_us:.2f}x)  preshuffle {ps:6.1f} us ({ps / floor_us:.2f}x)")
     for path, (us, what) in best.items():
         print(f"best {path} {us:.1f} us: {what}")

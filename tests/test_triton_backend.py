@@ -42,9 +42,9 @@ VARIANTS = [
     {"upcast": "decode"},  # fp8 flavours the target cannot load (e4m3fnuz on NVIDIA): bit decoding
     {"programs": 1},  # one program walks every sequence: q reloads at each sequence boundary
     {"programs": 1000, "block_t": 16},  # more programs than tiles
-    {"heads_on_m": True},
-    {"single_dot": True, "block_t": 32},  # all speculative rows in one dot
-    {"ps_3d": True},  # preshuffled tiles loaded as (t, d // 16, 16)
+    {"flat": False},  # key tiles gathered row by row even where a tile sits in one block
+    {"num_stages": 1, "block_t": 32},  # no multi-buffering
+    {"split_seqs": True, "programs": 7},  # programs = (sequence, split), uneven splits
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 
