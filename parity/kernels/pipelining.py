@@ -1,0 +1,64 @@
+"""How many key tiles a compiled kernel keeps in flight, read from its TTGIR for a GPU target that need
+not be present: Triton compiles for sm_90 on any machine, so CI (no GPU) can check the property the
+kernel's speed rests on.
+
+The pipeliner's shared-memory copies show in the TTGIR as ``ttg.local_alloc : () -> !ttg.memdesc<NxSHAPE``
+(N buffers of one loaded tile) and ``ttg.async_wait ... {num = K}`` (K copy groups may still be in flight
+when the loop waits for its tile). K = 0 means every iteration waits for the copy it just issued: one tile
+in flight, the kernel latency-bound (what an in-iteration block-table read did to this kernel).
+
+    python -m parity.kernels.pipelining    # prints the figures of the project's kernel, as JSON
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
+
+# the kernel's pointer arguments and their element types; every other non-constexpr argument is i32
+POINTERS = {"q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "w_ptr": "*fp32",
+            "ctx_ptr": "*i32", "table_ptr": "*i32", "out_ptr": "*fp32"}
+# the bar's shape (H=64, D=128, block_size 64, next_n 2), fp8 dot
+BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, PRESHUFFLE=False,
+                      FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3)
+
+
+def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
+                  arch: int = 90) -> str:
+    """TTGIR of ``fn`` compiled for CUDA ``sm_<arch>``. Every argument is taken as a multiple of 16, as
+    Triton specializes pointers and integers at launch (at the bar's shape all of them are)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs}
+    src = ASTSource(fn, signature, constexprs={n: v for n, v in constexprs.items() if n in names}, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    return compiled.asm["ttgir"]
+
+
+def tiles_in_flight(ttgir: str) -> dict:
+    """``buffers``: the most buffers of one multi-buffered allocation; ``wait_depth``: the largest
+    ``async_wait`` count (0: each iteration waits for everything it issued)."""
+    allocs = [int(m) for m in re.findall(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x", ttgir)]
+    waits = [int(m) for m in re.findall(r"ttg\.async_wait[^\n]*\{num = (\d+) : i32\}", ttgir)]
+    return {"buffers": max(allocs, default=0), "wait_depth": max(waits, default=0)}
+
+
+def kernel_report(num_stages: int = 3) -> dict:
+    """Tiles in flight of the project's kernel at the bar's shape, per path (plain and preshuffled)."""
+    out = {}
+    for name, extra in {"fused": {}, "preshuffle": dict(PRESHUFFLE=True, FLAT=True),
+                        "preshuffle-gather": dict(PRESHUFFLE=True), "stage1": dict(STAGE1=True)}.items():
+        consts = {**BAR_CONSTEXPRS, **extra, "NUM_STAGES": num_stages}
+        out[name] = tiles_in_flight(compile_ttgir(paged_mqa_logits_kernel, consts, POINTERS,
+                                                  num_stages=num_stages))
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(kernel_report(), indent=1))
