@@ -138,6 +138,64 @@ def graph_time_ms(backend, path, sets, outs, device, reps: int = 20) -> float | 
     return statistics.median(times)
 
 
+def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
+    """Median ms per call of ``fn(i)`` for i in range(calls), replayed from one CUDA graph."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for i in range(calls):
+            fn(i)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    graph.replay()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def launch_floor_us(device) -> float | None:
+    """Microseconds per launch of an empty Triton kernel (grid 3 x SMs) in a CUDA graph: what every kernel
+    in a graph pays before it moves a byte. None off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    from parity.kernels.gather_read import empty_kernel
+
+    grid = 3 * torch.cuda.get_device_properties(device).multi_processor_count
+    buf = torch.zeros(grid, dtype=torch.int32, device=device)
+    return _graph_ms(lambda i: empty_kernel[(grid,)](buf), device, calls=4) * 1e3
+
+
+def read_floor_us(sets: list[IndexerInputs], device) -> float | None:
+    """Microseconds of the bare read of every key byte and scale through the block table
+    (``parity.kernels.gather_read``), the best of 2, 3 and 4 programs per SM, rotating over ``sets``.
+    None off CUDA or where the block shape does not suit that kernel."""
+    if torch.device(device).type != "cuda":
+        return None
+    from parity.kernels.gather_read import gather_read
+
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    out = torch.zeros(4 * sms, dtype=torch.int32, device=device)
+    best = None
+    for per_sm in (2, 3, 4):
+        try:
+            ms = _graph_ms(lambda i: gather_read(sets[i % len(sets)].kv_cache, sets[i % len(sets)].block_tables,
+                                                 out, per_sm * sms), device, calls=len(sets))
+        except ValueError:
+            return None
+        best = ms if best is None else min(best, ms)
+    return best * 1e3
+
+
 def _fits(shape: Shape, path: str, device, sets: int) -> bool:
     if torch.device(device).type != "cuda":
         return True
@@ -149,6 +207,7 @@ def _fits(shape: Shape, path: str, device, sets: int) -> bool:
 def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
                 warmup_ms: float, rep_ms: float) -> list[dict]:
     rows = []
+    read_us = None
     for path in paths:
         in_bytes = shape.bytes_moved("fused") - shape.out_bytes("fused")
         n_sets = max(1, min(8, math.ceil(ROTATE_BYTES / (in_bytes + shape.out_bytes(path)))))
@@ -163,6 +222,8 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
                 for _ in sets]
         floor_ms = shape.bytes_moved(path) / (bandwidth * 1e9) * 1e3
+        if read_us is None and graph:
+            read_us = read_floor_us(sets, device)
         for name, backend in backends.items():
             row = {"backend": name, "path": path, "shape": shape.id, "sets": n_sets}
             reason = backend.unsupported(path, sets[0])
@@ -186,6 +247,8 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
             row.update(us=ms * 1e3, timing="eager" if g is None else "graph", eager_us=eager * 1e3,
                        gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
                        x_floor=ms / floor_ms, pct_floor=100 * floor_ms / ms)
+            if read_us:
+                row.update(read_us=read_us, x_read=ms * 1e3 / read_us)
             rows.append(row)
         del sets, outs
         if torch.device(device).type == "cuda":
@@ -197,21 +260,26 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
     return rows
 
 
-def markdown(rows: list[dict], bandwidth: float, device_name: str) -> str:
+def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: float | None = None) -> str:
     lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write)", "",
              "us: CUDA-graph replay where the backend can be captured (marked g), else eager; eager us: "
              "triton.testing.do_bench median of single calls, host launch cost included", "",
-             "| backend | path | shape | us | eager us | GB/s | floor us | x floor | % floor | speedup vs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "floor us: bytes over the copy bandwidth. read us: a bare kernel reading the same keys and scales "
+             "through the same block table, nothing computed (parity/kernels/gather_read.py)"
+             + (f"; an empty kernel costs {launch_us:.1f} us per launch in a graph" if launch_us else ""), "",
+             "| backend | path | shape | us | eager us | GB/s | floor us | x floor | % floor | read us | x read "
+             "| speedup vs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "us" not in r:
-            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||| ")
+            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||||| ")
             continue
         g = "g" if r.get("timing") == "graph" else ""
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
+        read = f"{r['read_us']:.1f} | {r['x_read']:.2f}" if "read_us" in r else "- | -"
         lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f}{g} | "
                      f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | "
-                     f"{r['x_floor']:.2f} | {r['pct_floor']:.0f}% | {vs} |")
+                     f"{r['x_floor']:.2f} | {r['pct_floor']:.0f}% | {read} | {vs} |")
     return "\n".join(lines)
 
 
@@ -264,14 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     bandwidth = copy_bandwidth(device)
+    launch_us = launch_floor_us(device) if not args.no_graph else None
     rows = []
     for shape in shapes:
         rows += bench_shape(shape, backends, args.path or list(PATHS), device, bandwidth, not args.no_graph,
                             args.warmup_ms, args.rep_ms)
-    print(markdown(rows, bandwidth, dev_name))
+    print(markdown(rows, bandwidth, dev_name, launch_us))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": dev_name, "copy_gbps": bandwidth, "torch": torch.__version__,
+            json.dump({"device": dev_name, "copy_gbps": bandwidth, "launch_us": launch_us,
+                       "torch": torch.__version__,
                        "backends": {k: getattr(b, "describe", dict)() for k, b in backends.items()},
                        "rows": rows}, f, indent=1)
     return 0 if any("us" in r for r in rows) else 1
