@@ -55,12 +55,14 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
 class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors,
     fewer where the compiled kernel does not fit that many per multiprocessor) persistent programs sharing
-    the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a tile that sits in
-    one cache block as one contiguous run (else row by row); ``upcast`` ('auto', 'fp8', 'fp16', 'fp32',
-    'decode')."""
+    the tiles evenly, or with ``split_seqs`` one (sequence, split) each; ``num_warps``; ``num_stages`` key
+    tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
+    (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
+    ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 3, num_warps: int = 4,
-                 num_stages: int = 3, flat: bool = True, split_seqs: bool = False, upcast: str = "auto"):
+                 num_stages: int = 3, flat: bool = True, split_seqs: bool = False, max_dot_n: int = 128,
+                 upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED})
@@ -73,7 +75,8 @@ class TritonBackend(SimpleBackend):
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
-                         num_stages=num_stages, flat=flat, split_seqs=split_seqs, upcast=upcast)
+                         num_stages=num_stages, flat=flat, split_seqs=split_seqs, max_dot_n=max_dot_n,
+                         upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
         self._resident: dict = {}  # compiled-kernel key -> programs that fit on the device at once
@@ -125,11 +128,13 @@ class TritonBackend(SimpleBackend):
         tiles_per_seq = triton.cdiv(cols, o["block_t"])
         n_tiles = B * tiles_per_seq
         stage1 = path == "stage1"
+        np2, block_h = triton.next_power_of_2(n), max(16, triton.next_power_of_2(H))
         consts = dict(
-            NEXT_N=n, H=H, BLOCK_H=max(16, triton.next_power_of_2(H)), D=D, BS=bs, BLOCK_T=o["block_t"],
+            NEXT_N=n, H=H, BLOCK_H=block_h, D=D, BS=bs, BLOCK_T=o["block_t"],
             STAGE1=stage1, PRESHUFFLE=path == "preshuffle", UPCAST=upcast,
             FLAT=o["flat"] and path == "preshuffle" and bs >= o["block_t"],
-            EXP_BIAS=EXP_BIAS[fp8], NP=triton.next_power_of_2(n), NUM_STAGES=o["num_stages"],
+            EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
+            GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = tuple(consts.items())
         programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))

@@ -3,7 +3,8 @@
 One kernel body serves the three paths: ``STAGE1`` writes per-head logits ``(H, rows, cols)``, otherwise
 heads are reduced in registers into ``(rows, cols)``; ``PRESHUFFLE`` only changes where a key byte sits
 inside its block. Per tile of ``BLOCK_T`` tokens of sequence b, one dot covers every speculative row i
-(column c = i * BLOCK_H + h of q), so each key tile is read from shared memory once:
+(column c = i * BLOCK_H + h of q), or ``GROUPS`` = 2 dots of half the rows each where one would need more
+accumulator registers than leave room for 3 programs per SM (next_n = 4, 64 heads):
 
     s[t, c]    = k[t, :] . q[b, i, h, :]              (fp32 accumulation)
     logits[t]  = scale[t] * sum_h w[h] relu(s[t, c])    relu(x * scale) = scale * relu(x) as scale > 0
@@ -104,6 +105,39 @@ def _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D: tl.con
 
 
 @triton.jit
+def _rows_q(q_ptr, w_ptr, row0, g, d, c, NEXT_N: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+            BLOCK_H: tl.constexpr, RD: tl.constexpr, UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr):
+    """q of speculative rows ``g * RD + [0, RD)`` as one dot operand ``(D, RD * BLOCK_H)`` (column
+    c = row * BLOCK_H + head) and their weights; padded columns get q = 0 and w = 0. q is contiguous
+    (B, next_n, H, D), weights (B * next_n, H)."""
+    ci, ch = g * RD + c // BLOCK_H, c % BLOCK_H
+    cmask = (ci < NEXT_N) & (ch < H)
+    q = tl.load(q_ptr + (row0 * H + ci * H + ch)[None, :] * D + d[:, None], mask=cmask[None, :], other=0.0)
+    w = tl.load(w_ptr + row0 * H + ci * H + ch, mask=cmask, other=0.0)
+    return _to_dot(q, UPCAST, EXP_BIAS), w
+
+
+@triton.jit
+def _rows_out(s, w, scale, t, end, causal0, out_b, stride_oh, stride_or, g, c, NEXT_N: tl.constexpr,
+              H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, RD: tl.constexpr,
+              STAGE1: tl.constexpr):
+    """relu, weights, (fused) head sum and the masked store of one row group's dot ``s``."""
+    if STAGE1:
+        ci, ch = g * RD + c // BLOCK_H, c % BLOCK_H
+        v = tl.maximum(s * scale[:, None], 0.0) * w[None, :]
+        v = tl.where(t[:, None] < causal0 + ci[None, :], v, float("-inf"))
+        ptrs = out_b + ch[None, :].to(tl.int64) * stride_oh + ci[None, :] * stride_or + t[:, None]
+        tl.store(ptrs, v, mask=(t < end)[:, None] & ((ci < NEXT_N) & (ch < H))[None, :])
+    else:
+        x = tl.reshape(tl.maximum(s, 0.0) * w[None, :], (BLOCK_T, RD, BLOCK_H))
+        logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, RD)
+        i = g * RD + tl.arange(0, RD)
+        ptrs = out_b + i[None, :] * stride_or + t[:, None]
+        tl.store(ptrs, tl.where(t[:, None] < causal0 + i[None, :], logit, float("-inf")),
+                 mask=(t[:, None] < end) & (i[None, :] < NEXT_N))
+
+
+@triton.jit
 def paged_mqa_logits_kernel(
     q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
@@ -111,6 +145,7 @@ def paged_mqa_logits_kernel(
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
+    GROUPS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     if splits > 0:  # program = (sequence, split): never crosses into another sequence
@@ -122,10 +157,9 @@ def paged_mqa_logits_kernel(
         lo = pid * n_tiles // progs
         hi = (pid + 1) * n_tiles // progs
     n_segments = tl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
+    RD: tl.constexpr = NP // GROUPS  # speculative rows per dot
     d = tl.arange(0, D)
-    c = tl.arange(0, NP * BLOCK_H)
-    ci, ch = c // BLOCK_H, c % BLOCK_H  # speculative row, head of dot column c
-    cmask = (ci < NEXT_N) & (ch < H)
+    c = tl.arange(0, RD * BLOCK_H)
     for seg in range(0, n_segments):
         b = lo // tiles_per_seq + seg
         first = b * tiles_per_seq
@@ -137,11 +171,11 @@ def paged_mqa_logits_kernel(
         # the first block id before q: q's copy to shared memory waits for q, and the first key tile would
         # otherwise wait for q and then for this read (see the module docstring for why it is carried)
         blk_next = _tile_blocks(table_row, t_lo, table_cols, BS, BLOCK_T)
-        # q is contiguous (B, next_n, H, D); weights contiguous (B * next_n, H); padded columns get 0
         row0 = b * NEXT_N
-        q = tl.load(q_ptr + (row0 * H + ci * H + ch)[None, :] * D + d[:, None], mask=cmask[None, :], other=0.0)
-        q = _to_dot(q, UPCAST, EXP_BIAS)  # (D, NP * BLOCK_H)
-        w = tl.load(w_ptr + row0 * H + ci * H + ch, mask=cmask, other=0.0)
+        q0, w0 = _rows_q(q_ptr, w_ptr, row0, 0, d, c, NEXT_N, H, D, BLOCK_H, RD, UPCAST, EXP_BIAS)
+        q1, w1 = q0, w0
+        if GROUPS > 1:
+            q1, w1 = _rows_q(q_ptr, w_ptr, row0, 1, d, c, NEXT_N, H, D, BLOCK_H, RD, UPCAST, EXP_BIAS)
         out_b = out_ptr + row0 * stride_or
         causal0 = ctx - NEXT_N + 1  # row i sees t < causal0 + i
         for t0 in tl.range(t_lo, t_hi, BLOCK_T, num_stages=NUM_STAGES):
@@ -149,17 +183,12 @@ def paged_mqa_logits_kernel(
             blk_next = _tile_blocks(table_row, t0 + BLOCK_T, table_cols, BS, BLOCK_T)
             k, scale = _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D, BS, BLOCK_T,
                                  PRESHUFFLE, FLAT)
-            s = tl.dot(_to_dot(k, UPCAST, EXP_BIAS), q)  # (BLOCK_T, NP * BLOCK_H)
+            k = _to_dot(k, UPCAST, EXP_BIAS)
             t = t0 + tl.arange(0, BLOCK_T)
-            if STAGE1:
-                v = tl.maximum(s * scale[:, None], 0.0) * w[None, :]
-                v = tl.where(t[:, None] < causal0 + ci[None, :], v, float("-inf"))
-                ptrs = out_b + ch[None, :].to(tl.int64) * stride_oh + ci[None, :] * stride_or + t[:, None]
-                tl.store(ptrs, v, mask=(t < end)[:, None] & cmask[None, :])
-            else:
-                x = tl.reshape(tl.maximum(s, 0.0) * w[None, :], (BLOCK_T, NP, BLOCK_H))
-                logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, NP)
-                i_np = tl.arange(0, NP)
-                ptrs = out_b + i_np[None, :] * stride_or + t[:, None]
-                tl.store(ptrs, tl.where(t[:, None] < causal0 + i_np[None, :], logit, float("-inf")),
-                         mask=(t[:, None] < end) & (i_np[None, :] < NEXT_N))
+            s = tl.dot(k, q0)  # (BLOCK_T, RD * BLOCK_H)
+            _rows_out(s, w0, scale, t, end, causal0, out_b, stride_oh, stride_or, 0, c, NEXT_N, H, BLOCK_H,
+                      BLOCK_T, RD, STAGE1)
+            if GROUPS > 1:  # the same key tile, the other half of the rows: half the accumulator registers
+                s = tl.dot(k, q1)
+                _rows_out(s, w1, scale, t, end, causal0, out_b, stride_oh, stride_or, 1, c, NEXT_N, H, BLOCK_H,
+                          BLOCK_T, RD, STAGE1)
