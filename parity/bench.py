@@ -113,29 +113,9 @@ def graph_time_ms(backend, path, sets, outs, device, reps: int = 20) -> float | 
     if torch.device(device).type != "cuda":
         return None
     try:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for inp, out in zip(sets, outs):  # warm: compile outside the capture
-                backend.run(path, inp, out)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for inp, out in zip(sets, outs):
-                backend.run(path, inp, out)
+        return _graph_ms(lambda i: backend.run(path, sets[i], outs[i]), device, calls=len(sets), reps=reps)
     except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
         return None
-    graph.replay()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(sets))
-    return statistics.median(times)
 
 
 def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
