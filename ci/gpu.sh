@@ -13,7 +13,7 @@
 #        LEVEL (default full), BENCH_ARGS (default --quick),
 #        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
 # Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, graphs.json,
-# compare.txt, bench.json, bench.md}; summary.md gathers the tails.
+# compare.txt, pipelining.json, bench.json, bench.md}; summary.md gathers the tails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
@@ -86,6 +86,9 @@ if want compare && [[ " ${backends[*]} " == *" aiter "* ]]; then
 fi
 
 if want bench; then
+  step "key tiles in flight (TTGIR of the Triton kernel, parity.kernels.pipelining)"
+  "$PY" -m parity.kernels.pipelining > "$OUT_DIR/pipelining.json" 2>/dev/null || status=1
+  tr -d ' \n' < "$OUT_DIR/pipelining.json" | tee -a "$S"; echo | tee -a "$S"
   step "benchmark"
   # shellcheck disable=SC2086
   timeout 300 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
