@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     p.add_argument("--warps", default="4,8")
     p.add_argument("--stages", default="2,3,4")
     p.add_argument("--flat", default="1", help="preshuffle: 0: key tiles copied row by row; 1: as contiguous runs")
-    p.add_argument("--split-seqs", default="0", help="1: each program works in one sequence only")
     p.add_argument("--upcast", default="auto")
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--top", type=int, default=14, help="rows printed, best first")
@@ -68,12 +67,12 @@ def main(argv=None) -> int:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
-    for bt, ctas, warps, stages, flat, split, up in itertools.product(
+    for bt, ctas, warps, stages, flat, up in itertools.product(
             ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.flat),
-            ints(args.split_seqs), args.upcast.split(",")):
-        name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} p{split} {up}"
+            args.upcast.split(",")):
+        name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} {up}"
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
-                          flat=bool(flat), split_seqs=bool(split), upcast=up)
+                          flat=bool(flat), upcast=up)
         res, regs = [], []
         for path in ("fused", "preshuffle"):
             try:

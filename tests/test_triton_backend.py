@@ -44,7 +44,6 @@ VARIANTS = [
     {"programs": 1000, "block_t": 16},  # more programs than tiles
     {"flat": False},  # key tiles gathered row by row even where a tile sits in one block
     {"num_stages": 1, "block_t": 32},  # no multi-buffering
-    {"split_seqs": True, "programs": 7},  # programs = (sequence, split), uneven splits
     {"max_dot_n": 16},  # speculative rows split over two dots
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)

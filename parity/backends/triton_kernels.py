@@ -55,13 +55,12 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
 class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors,
     fewer where the compiled kernel does not fit that many per multiprocessor) persistent programs sharing
-    the tiles evenly, or with ``split_seqs`` one (sequence, split) each; ``num_warps``; ``num_stages`` key
-    tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
+    the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
     (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
     ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 3, num_warps: int = 4,
-                 num_stages: int = 3, flat: bool = True, split_seqs: bool = False, max_dot_n: int = 128,
+                 num_stages: int = 3, flat: bool = True, max_dot_n: int = 128,
                  upcast: str = "auto"):
         import triton
 
@@ -75,7 +74,7 @@ class TritonBackend(SimpleBackend):
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
-                         num_stages=num_stages, flat=flat, split_seqs=split_seqs, max_dot_n=max_dot_n,
+                         num_stages=num_stages, flat=flat, max_dot_n=max_dot_n,
                          upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
@@ -136,14 +135,12 @@ class TritonBackend(SimpleBackend):
             EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
-        key = tuple(consts.items())
+        key = (str(inputs.device), *consts.items())
         programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))
-        splits = min(max(1, programs // B), tiles_per_seq) if o["split_seqs"] else 0
-        grid = B * splits if splits else min(n_tiles, programs)
-        self.last_launch = paged_mqa_logits_kernel[(grid,)](
+        self.last_launch = paged_mqa_logits_kernel[(min(n_tiles, programs),)](
             q, keys, scales, inputs.weights.contiguous(), inputs.context_lens, table, out,
             table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
-            layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, splits, **consts)
+            layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, **consts)
         if not o["programs"] and key not in self._resident:  # later calls: no more than fit at once
             fits = _programs_per_sm(self.last_launch, inputs.device) or o["ctas_per_sm"]
             self._resident[key] = min(o["ctas_per_sm"], fits) * _num_sms(inputs.device)

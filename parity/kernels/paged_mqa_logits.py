@@ -11,8 +11,7 @@ accumulator registers than leave room for 3 programs per SM (next_n = 4, 64 head
 
 Scheduling is balanced and persistent: the tiles of all sequences form one list, each program takes an
 equal contiguous run of it (so no wave is left half empty) and reloads q only when its run crosses into
-the next sequence. With ``splits`` > 0 a program is one (sequence, split) instead and never crosses a
-sequence. Only Triton features common to NVIDIA and AMD targets are used.
+the next sequence. Only Triton features common to NVIDIA and AMD targets are used.
 
 Key tiles are multi-buffered (``NUM_STAGES``): the block id of the next tile is loaded one iteration ahead
 and carried by the loop. Loaded inside the iteration that uses it, the block-table read makes the key
@@ -141,21 +140,15 @@ def _rows_out(s, w, scale, t, end, causal0, out_b, stride_oh, stride_or, g, c, N
 def paged_mqa_logits_kernel(
     q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
-    splits,
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
     GROUPS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    if splits > 0:  # program = (sequence, split): never crosses into another sequence
-        first = (pid // splits) * tiles_per_seq
-        lo = first + (pid % splits) * tiles_per_seq // splits
-        hi = first + (pid % splits + 1) * tiles_per_seq // splits
-    else:  # balanced: equal runs of the list of all tiles
-        progs = tl.num_programs(0)
-        lo = pid * n_tiles // progs
-        hi = (pid + 1) * n_tiles // progs
+    progs = tl.num_programs(0)
+    lo = pid * n_tiles // progs
+    hi = (pid + 1) * n_tiles // progs
     n_segments = tl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
     RD: tl.constexpr = NP // GROUPS  # speculative rows per dot
     d = tl.arange(0, D)
