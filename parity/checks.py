@@ -6,7 +6,8 @@ All checks see the output as 2-D ``(rows, cols)``: stage1's ``(H, rows, cols)`` 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,9 +28,11 @@ class Finding:
     ok: bool
     summary: str
     details: dict = field(default_factory=dict)
+    # (rows, cols) bool of the positions this check found wrong; kept for attribution, not reported.
+    where: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"check": self.check, "ok": self.ok, "summary": self.summary, "details": self.details}
 
 
 def _first(idx: torch.Tensor, n: int = MAX_LISTED) -> list[int]:
@@ -73,7 +76,7 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor) 
         summary += f"; {int(nan.sum())} NaN inside context"
     runs = {int(r): _runs(torch.nonzero(diff[r]).flatten()) for r in rows[:MAX_LISTED]}
     return Finding("mask", ok, summary, {"rows": _first(rows, 64), "per_row": per_row, "runs": runs,
-                                         "nan": int(nan.sum())})
+                                         "nan": int(nan.sum())}, where=diff | nan)
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -119,7 +122,7 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
         "rtol": rtol, "atol": atol, "worst": worst, "calc_diff": cd, "calc_diff_ok": cd < CALC_DIFF_LIMIT,
         "bad_count": int(bad.sum()), "rows": _first(bad_rows, 64), "per_row": per_row, "compared": int(both.sum()),
         "runs": {int(r): _runs(torch.nonzero(bad[r]).flatten()) for r in bad_rows[:MAX_LISTED]},
-    })
+    }, where=bad)
 
 
 def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Finding:
@@ -175,31 +178,88 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
 MAX_CHUNK = 256  # widest unmasked store of the known bug class (ChunkK up to 256 columns)
 
 
-def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor, cols: int) -> Finding | None:
+def _reach(context_len: int, cols: int) -> int:
+    """Columns past the row end that an unmasked store of chunks up to MAX_CHUNK wide, aligned to
+    the row start, can reach from a row holding ``context_len`` positions."""
+    return math.ceil(context_len / MAX_CHUNK) * MAX_CHUNK - cols if context_len else 0
+
+
+def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor, cols: int,
+                       causal_tail: int = 0) -> tuple[Finding | None, str | None]:
     """With an exact buffer an overshoot of row r lands in row r+1's leading columns (for stage1's
-    flattened (H * rows) buffer, the last row of head h spills into the first row of head h+1). When
-    the bad positions of a row start at column 0, say so and measure that damaged run. A wrong value
-    at column 0 followed by spurious -inf is one run, so both checks' runs are merged per row."""
-    merged: dict[int, list[list[int]]] = {}
+    flattened (H * rows) buffer, the last row of head h spills into the first row of head h+1).
+
+    Returns ``(oob finding, None)`` only on positive evidence, for every row whose column 0 is wrong:
+    its wrong positions (mask and values merged: a stray 0.0 at column 0 then spurious -inf is one
+    run) all lie within the columns the previous row can reach, and the row matches the reference
+    after them. Stray values may coincide with the right ones, so the run may have holes. Mask
+    errors in the last ``causal_tail`` positions of a row belong to the causal rule, a class of
+    their own, and do not count against the attribution. A row whose leading columns are wrong
+    although no previous row reaches them (the first row, or after a short row) shows the damage
+    is the kernel's own values: then nothing is attributed, and the second item says why."""
+    bad = None
     for f in (mask, values):
-        for r, runs in f.details.get("runs", {}).items():
-            merged.setdefault(int(r), []).extend(runs)
-    suspects = {}
-    for r, runs in merged.items():
-        stop = 0
-        for a, b in sorted(runs):
-            if a > stop:
-                break
-            stop = max(stop, b)
-        # Only a previous row whose writes reach within one chunk of the row end can spill over.
-        if stop and r > 0 and cols - int(context_len[r - 1]) < MAX_CHUNK:
-            suspects[r] = stop
-    if not suspects:
-        return None
-    desc = {r: {"from_row": r - 1, "leading_cols_damaged": n} for r, n in sorted(suspects.items())}
+        if f.where is not None:
+            bad = f.where.clone() if bad is None else bad | f.where
+    if bad is None or not bool(bad[:, 0].any()):
+        return None, None
+    ctx = [int(c) for c in context_len.cpu()]
+    if causal_tail and mask.where is not None:
+        tail = torch.arange(cols)[None, :] >= (context_len.cpu().long()[:, None] - causal_tail)
+        only_mask = mask.where & ~(values.where if values.where is not None else torch.zeros_like(mask.where))
+        bad &= ~(tail & only_mask)
+    leading = {r: int(torch.nonzero(bad[r]).max()) + 1 for r in torch.nonzero(bad[:, 0]).flatten().tolist()}
+    unreachable = sorted(r for r in leading if r == 0 or _reach(ctx[r - 1], cols) <= 0)
+    if unreachable:
+        return None, (f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's "
+                      f"overshoot: row {unreachable[0]} has the same damage and no previous row reaches it")
+    desc, why_not = {}, []
+    for r, w in sorted(leading.items()):
+        if w >= ctx[r]:
+            why_not.append(f"row {r} is wrong up to column {w - 1}, none of its {ctx[r]} positions is right after it")
+        elif w > _reach(ctx[r - 1], cols):
+            why_not.append(f"row {r} is wrong up to column {w - 1}, beyond the {_reach(ctx[r - 1], cols)} columns "
+                           f"row {r - 1} can reach")
+        else:
+            desc[r] = {"from_row": r - 1, "leading_cols_damaged": w}
+    if why_not:
+        return None, (f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's "
+                      f"overshoot: {why_not[0]}")
     return Finding("oob", False,
                    f"leading columns of {len(desc)} rows damaged, consistent with the previous row writing past "
-                   f"its end (in the next row): {desc}", {"landed": {"next_row": desc}})
+                   f"its end (in the next row): {desc}", {"landed": {"next_row": desc}}), None
+
+
+def cross_check_next_row(exact: dict, padded: dict) -> None:
+    """Weigh an exact-buffer cell's next-row attribution against the padded-buffer run of the same
+    cell (result dicts of :func:`parity.harness.run_cell`), in place. A real overshoot of row r-1
+    lands in that row's padding when there is padding: confirmed when it does; withdrawn, with the
+    reason on the values/mask findings, when the padded run wrote nothing past any row end."""
+    if padded.get("status") not in ("pass", "fail"):
+        return
+    nxt = [f for f in exact.get("findings", []) if f["check"] == "oob" and "next_row" in f["details"].get("landed", {})]
+    if not nxt:
+        return
+    pad = {}
+    for f in padded.get("findings", []):
+        if f["check"] == "oob":
+            pad = f["details"].get("landed", {}).get("row_padding", {})
+    claims = nxt[0]["details"]["landed"]["next_row"]
+    if pad:
+        truncated = len(pad.get("rows", [])) >= 64
+        ok = all((truncated or int(c["from_row"]) in pad["rows"]) and pad["max_overshoot_cols"] >= c["leading_cols_damaged"]
+                 for c in claims.values())
+        if ok:
+            nxt[0]["details"]["confirmed_by"] = padded["id"]
+            nxt[0]["summary"] += f"; confirmed: {padded['id']} wrote into the row padding"
+        return
+    why = (f"values wrong from column 0, not attributed to a previous row's overshoot: {padded['id']} "
+           "(the same cell with padded rows) wrote nothing past any row end")
+    exact["findings"] = [f for f in exact["findings"] if f is not nxt[0]]
+    for f in exact["findings"]:
+        if f["check"] in ("values", "mask") and not f["ok"]:
+            f["summary"] += f" ({why})"
+            f["details"]["not_next_row"] = why
 
 
 def check_determinism(first: torch.Tensor, second: torch.Tensor) -> Finding:

@@ -108,7 +108,13 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     mask = checks.check_mask(out2d, ref2d, ctx2d)
     mag2d = mag_heads.reshape(-1, cols) if path == "stage1" else mag
     values = checks.check_values(out2d, ref2d, ctx2d, case.fp8, magnitude=mag2d)
-    next_row = checks.attribute_next_row(mask, values, ctx2d, cols)
+    next_row, not_next_row = checks.attribute_next_row(mask, values, ctx2d, cols,
+                                                               causal_tail=inputs.next_n)
+    if not_next_row:
+        for f in (values, mask):
+            if not f.ok:
+                f.summary += f" ({not_next_row})"
+                f.details["not_next_row"] = not_next_row
     findings += [mask, values] + ([next_row] if next_row else [])
     logits = first.view.sum(0) if path == "stage1" else first.view  # stage1: the caller's sum over heads
     rtol, atol = checks.TOLERANCES[case.fp8]

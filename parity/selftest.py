@@ -72,6 +72,15 @@ PLANTED = [
             "5 scales read interleaved (block_size 64)", lambda r: bool(_rows_of(r, "values"))),
     Planted("wrong_preshuffle_offsets", "preshuffle", "exact", C(batch=2, next_n=1, block_size=64), "values",
             "5 preshuffle offsets wrong", lambda r: bool(_rows_of(r, "values"))),
+    # Whole-row value errors next to a row that ends at max_model_len: they write nothing out of
+    # bounds, so they must be values/mask findings and never an out-of-bounds one.
+    *[Planted(fault, path, "exact", C(batch=3, next_n=2, heads=64, max_model_len=1000, context=ctx, fp8=fp8, topk=128),
+              "values", f"5 {what}, {ctx}: values, no oob", lambda r: _ok(r, "oob") and bool(_rows_of(r, "values")))
+      for fault, path, fp8, what in (("drops_one_head", "fused", "e4m3fn", "one of 64 heads dropped"),
+                                     ("drops_one_head", "stage1", "e4m3fn", "one of 64 heads dropped (stage1)"),
+                                     ("wrong_preshuffle_offsets", "preshuffle", "e4m3fn", "16x16 tiles read transposed"),
+                                     ("fp8_flavour_misread", "fused", "e4m3fnuz", "e4m3fnuz keys read as e4m3fn"))
+      for ctx in ("ctx_eq_max_first", "near_max")],
     Planted("racy_write", "fused", "exact", C(batch=2, next_n=2), "determinism",
             "6 racing writes (run-to-run differences)", lambda r: _ok(r, "values")),
     Planted("raises", "fused", "exact", C(batch=1, next_n=1), "error",

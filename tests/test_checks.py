@@ -119,3 +119,89 @@ def test_backend_writing_its_inputs_is_caught_and_inputs_restored():
     from parity.cases import build_inputs
 
     assert torch.equal(harness._inputs(case, "cpu").kv_cache, build_inputs(case).kv_cache)
+
+
+# --- next-row attribution: only with positive evidence ----------------------------------------------
+
+def _bad(rows, cols, runs):
+    """Mask and values findings whose wrong positions are ``runs`` {row: [(start, stop), ...]}."""
+    where = torch.zeros(rows, cols, dtype=torch.bool)
+    for r, spans in runs.items():
+        for a, b in spans:
+            where[r, a:b] = True
+    none = torch.zeros_like(where)
+    return checks.Finding("mask", True, "", where=none), checks.Finding("values", False, "", where=where)
+
+
+COLS = 500
+FULL, SHORT = torch.tensor([500, 480, 400, 100]), 100  # rows 0-2 reach 12 columns past the end
+
+
+@pytest.mark.parametrize("runs, attributed", [
+    ({1: [(0, 12)]}, {1: 12}),  # the previous row's chunk reaches 512 - 500 = 12 columns
+    ({1: [(0, 5), (6, 12)], 2: [(0, 12)]}, {1: 12, 2: 12}),  # a stray value equal to the right one
+    ({1: [(0, 13)]}, None),  # wider than row 0 can reach
+    ({1: [(0, 12), (300, 301)]}, None),  # wrong after the run too: the row's own values
+    ({0: [(0, 12)], 1: [(0, 12)]}, None),  # row 0 has the same damage and nothing precedes it
+    ({3: [(0, 12)]}, {3: 12}),
+])
+def test_next_row_attribution_needs_positive_evidence(runs, attributed):
+    mask, values = _bad(4, COLS, runs)
+    found, why_not = checks.attribute_next_row(mask, values, FULL, COLS)
+    if attributed is None:
+        assert found is None and why_not.startswith("values wrong from column 0")
+    else:
+        assert why_not is None
+        assert found.details["landed"]["next_row"] == {r: {"from_row": r - 1, "leading_cols_damaged": w}
+                                                       for r, w in attributed.items()}
+
+
+def test_next_row_attribution_refused_after_a_short_row():
+    mask, values = _bad(4, COLS, {1: [(0, 12)]})
+    found, why_not = checks.attribute_next_row(mask, values, torch.tensor([SHORT, 480, 400, 100]), COLS)
+    assert found is None and "row 1 has the same damage and no previous row reaches it" in why_not
+
+
+def test_causal_tail_mask_errors_do_not_hide_an_overshoot():
+    where = torch.zeros(4, COLS, dtype=torch.bool)
+    where[1, 479] = True  # row 1 (context 480) gains a finite value at its last position: causal rule
+    mask = checks.Finding("mask", False, "", where=where)
+    _, values = _bad(4, COLS, {1: [(0, 12)]})
+    found, _ = checks.attribute_next_row(mask, values, FULL, COLS, causal_tail=2)
+    assert found is not None and found.details["landed"]["next_row"] == {1: {"from_row": 0, "leading_cols_damaged": 12}}
+    assert checks.attribute_next_row(mask, values, FULL, COLS)[0] is None
+
+
+class _LeadingValueFault(SimpleBackend):
+    """Right logits, then the first 12 columns of every row after a row at max_model_len zeroed: it
+    looks like an overshoot from the previous row, but nothing is written past any row end."""
+
+    def run(self, path, inputs, out):
+        from parity.backends.torch_ref import TorchBackend
+
+        TorchBackend().run(path, inputs, out)
+        ctx = inputs.context_lens.repeat_interleave(inputs.next_n)
+        for r in range(1, out.shape[0]):
+            if int(ctx[r - 1]) == out.shape[1]:
+                out[r, :12] = 0.0
+
+
+def test_padded_run_of_the_same_cell_withdraws_or_confirms_the_attribution():
+    from parity.runner import reconcile
+
+    case = IndexerCase(batch=3, next_n=2, context="ctx_eq_max_first")
+    fake = _LeadingValueFault(name="leading", paths=("fused",))
+    exact, padded = (run_cell(fake, "fused", b, case) for b in ("exact", "padded"))
+    assert any(f["check"] == "oob" and not f["ok"] for f in exact["findings"])  # alone, the cell looks like an oob
+    reconcile([exact, padded])
+    assert all(f["ok"] for f in exact["findings"] if f["check"] == "oob")
+    values = next(f for f in exact["findings"] if f["check"] == "values")
+    assert not values["ok"] and "wrote nothing past any row end" in values["summary"]
+
+    from parity.backends import load_backend
+
+    chunky = load_backend("fault:unmasked_chunk_store")
+    exact, padded = (run_cell(chunky, "fused", b, case) for b in ("exact", "padded"))
+    reconcile([exact, padded])
+    nxt = next(f for f in exact["findings"] if f["check"] == "oob" and "next_row" in f["details"]["landed"])
+    assert nxt["details"]["confirmed_by"] == padded["id"]

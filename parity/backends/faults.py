@@ -118,6 +118,41 @@ class WrongPreshuffleOffsets(_Fault):
         return super().logits(path, replace(inputs, kv_cache_preshuffled=mis), b)
 
 
+class DropsOneHead(_Fault):
+    """Sums 63 of 64 heads (a loop bound off by one): every value of a row is off by that head's
+    share, a whole-row value error that writes nothing out of bounds."""
+
+    def __init__(self):
+        super().__init__("drops_one_head")
+
+    def logits(self, path, inputs, b):
+        h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
+        if path == "stage1":
+            h[-1] = torch.where(torch.isfinite(h[-1]), torch.zeros_like(h[-1]), h[-1])
+            return h
+        return h[:-1].sum(0)
+
+
+class Fp8FlavourMisread(_Fault):
+    """Decodes e4m3fnuz key bytes as e4m3fn (the NVIDIA type on an AMD-quantized cache). The same
+    bits read as e4m3fn are worth twice as much (exponent bias 7 instead of 8), so every key doubles:
+    a whole-row value error that writes nothing out of bounds. Modelled by doubling the per-token
+    scales, which multiply the dot product exactly as the keys do."""
+
+    def __init__(self):
+        super().__init__("fp8_flavour_misread")
+        self.fp8_flavours = ("e4m3fnuz",)
+
+    def logits(self, path, inputs, b):
+        key = "kv_cache_preshuffled" if path == "preshuffle" else "kv_cache"
+        cache = getattr(inputs, key)
+        nb, bs, _, width = cache.shape
+        flat = cache.reshape(nb, bs * width).clone()
+        scales = flat[:, bs * (width - layouts.SCALE_BYTES):].contiguous().view(torch.float32) * 2
+        flat[:, bs * (width - layouts.SCALE_BYTES):] = scales.view(torch.uint8)
+        return super().logits(path, replace(inputs, **{key: flat.view_as(cache)}), b)
+
+
 class RacyWrite(_Fault):
     """Two programs race to store a position with partial sums rounded differently: which one wins
     changes from call to call (a one-ulp difference, inside any value tolerance)."""
@@ -168,7 +203,8 @@ class Hangs(_Fault):
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
-          (UnmaskedChunkStore, CausalOffByOne, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, RacyWrite,
+          (UnmaskedChunkStore, CausalOffByOne, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, DropsOneHead,
+           Fp8FlavourMisread, RacyWrite,
            Raises, Aborts, Hangs)}
 
 
