@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Is aiter build B at least as good as build A? Runs the parity suite's aiter backend once per build
-# and prints `python -m parity diff A.json B.json`; the exit code is the diff's (1 on a regression).
+# and prints `python -m parity diff A.json B.json`. Exit code: 0 B is at least as good, 1 B regressed,
+# 2 unusable (a build did not load, crashed, hung or judged nothing; or bad arguments).
 #
 # usage: ci/compare-builds.sh [--level quick|full] [--device DEV] [--out-dir DIR] [--path P]... A B
 #
@@ -61,7 +62,8 @@ run_one() {  # label spec
   fi
   echo "== build $label: $spec" >&2
   echo "   ${cmd[*]}" >&2
-  # `parity run` exits 1 when cells fail; that is a finding about the build, not an error here.
+  # `parity run` exits 1 when cells fail (a finding about the build) and 2 when the build could not
+  # be judged; either way the diff below decides, from both reports (it says UNUSABLE for the latter).
   (cd "$repo" && "${cmd[@]}") || true
   if [[ ! -s "$out_dir/$label.json" ]]; then
     echo "compare-builds: build $label ($spec) produced no report" >&2
@@ -71,7 +73,10 @@ run_one() {  # label spec
 import json, sys
 r = json.load(open(sys.argv[1]))
 info = r["backends"].get("aiter", {})
-print(f"   aiter {info.get('version')} from {info.get('origin')}: {info.get('status')} {info.get('message', '')}")
+if info.get("status") == "ok":
+    print(f"   aiter {info.get('version')} from {info.get('origin')}: loaded")
+else:
+    print(f"   aiter build not judged ({info.get('status', 'absent from the report')}): {info.get('message', '')}")
 PY
 }
 

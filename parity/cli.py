@@ -8,19 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 
 import torch
 
 from parity import report as rep
-from parity.backends import DEFAULT_BACKENDS, PATHS, load_backend
+from parity import runner
+from parity.backends import DEFAULT_BACKENDS, PATHS
 from parity.buffers import BUFFER_KINDS, DEFAULT_PAD
 from parity.cases import cases_for_level
-from parity.harness import failed_checks, run_cell
 
 
 def default_device() -> str:
@@ -34,65 +30,55 @@ def backend_options(args, spec: str) -> dict:
     return opts
 
 
-def _run_backend_in_process(args, spec: str, report: dict) -> None:
+def check_device(value: str) -> str | None:
+    """Why ``value`` cannot be used as ``--device`` here, or None."""
     try:
-        backend = load_backend(spec, **backend_options(args, spec))
-        info = backend.describe() if hasattr(backend, "describe") else {}
-        report["backends"][spec] = {"status": "ok", "name": backend.name, **info}
-    except Exception as exc:
-        report["backends"][spec] = {"status": "unavailable", "message": f"{type(exc).__name__}: {exc}"}
-        print(f"backend {spec}: unavailable: {exc}", file=sys.stderr)
-        return
-    cases = cases_for_level(args.level)
-    cells = [(p, b, c) for c in cases for p in args.path for b in args.buffer]
-    t0 = time.time()
-    for i, (path, buf, case) in enumerate(cells, 1):
-        # Cells are named by the backend's own name, so two builds loaded from different places compare.
-        result = run_cell(backend, path, buf, case, args.device, pad=args.pad)
-        report["results"].append(result)
-        if args.progress:
-            note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]
-            print(f"[{backend.name} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: {result['status']} {note}",
-                  file=sys.stderr, flush=True)
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        return f"--device {value!r} is not a device: expected cpu, cuda or cuda:N"
+    if dev.type == "cpu":
+        return None
+    if dev.type != "cuda":
+        return f"--device {value!r}: the suite runs on cpu or cuda (HIP GPUs are cuda in torch), not {dev.type}"
+    if not torch.cuda.is_available():
+        return f"--device {value!r}: no CUDA/HIP GPU is visible to torch {torch.__version__}"
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"--device {value!r}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+    return None
 
 
-def _run_backend_isolated(args, spec: str, report: dict) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "part.json")
-        cmd = [sys.executable, "-m", "parity", "run", "--in-process", "--backend", spec, "--device", args.device,
-               "--level", args.level, "--pad", str(args.pad), "--out", out, "--quiet"]
-        cmd += sum((["--path", p] for p in args.path), []) + sum((["--buffer", b] for b in args.buffer), [])
-        if args.aiter_path:
-            cmd += ["--aiter-path", args.aiter_path]
-        if not args.progress:
-            cmd.append("--no-progress")
-        proc = subprocess.Popen(cmd, start_new_session=True)
-        try:
-            code = proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            report["backends"][spec] = {"status": "hung", "message": f"no result after {args.timeout} s; killed"}
-            print(f"backend {spec}: hung, killed after {args.timeout} s", file=sys.stderr)
-            return
-        if not os.path.exists(out):
-            how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
-            report["backends"][spec] = {"status": "crashed", "message": f"process died: {how}"}
-            print(f"backend {spec}: crashed ({how})", file=sys.stderr)
-            return
-        part = rep.load(out)
-        report["backends"].update(part["backends"])
-        report["results"].extend(part["results"])
+def usage_error(args) -> str | None:
+    """The first bad option of ``run``, named, before anything runs."""
+    if args.pad < 0:
+        return f"--pad must be >= 0 (padding columns of the padded buffer), got {args.pad}"
+    if not args.timeout > 0:
+        return f"--timeout must be > 0 seconds, got {args.timeout}"
+    if args.device is not None and (why := check_device(args.device)):
+        return why
+    if args.aiter_path and not os.path.isdir(args.aiter_path):
+        return f"--aiter-path {args.aiter_path!r} is not a directory (expected one containing aiter/)"
+    return None
 
 
 def cmd_run(args) -> int:
-    args.backend = args.backend or list(DEFAULT_BACKENDS)
-    args.path = args.path or list(PATHS)
-    args.buffer = args.buffer or list(BUFFER_KINDS)
-    args.device = args.device or default_device()
-    report = rep.new_report(args.device, args.level, sys.argv[1:])
-    for spec in args.backend:
-        (_run_backend_in_process if args.in_process else _run_backend_isolated)(args, spec, report)
+    if why := usage_error(args):
+        print(f"parity run: error: {why}", file=sys.stderr)
+        return runner.EXIT_UNUSABLE
+    requested = args.backend is not None
+    specs = args.backend or list(DEFAULT_BACKENDS)
+    device = args.device or default_device()
+    report = rep.new_report(device, args.level, sys.argv[1:])
+    cases = cases_for_level(args.level)
+    for spec in specs:
+        plan = runner.RunPlan(spec=spec, requested=requested, cases=cases, paths=args.path or list(PATHS),
+                              buffers=args.buffer or list(BUFFER_KINDS), device=device, pad=args.pad,
+                              timeout=args.timeout, options=backend_options(args, spec), progress=args.progress)
+        info, results = runner.run_here(plan) if args.in_process else runner.run_isolated(plan)
+        report["backends"][spec] = {**info, "requested": requested}
+        report["results"].extend(results)
+    runner.reconcile(report["results"])
+    code, why = runner.judge(report)
+    report["verdict"] = {"exit_code": code, "reasons": why}
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:
@@ -101,9 +87,11 @@ def cmd_run(args) -> int:
         print(rep.summary_table(report))
         if args.out:
             print(f"report: {args.out}")
-    c = rep.counts(report)
-    broken = any(v.get("status") in ("crashed", "hung") for v in report["backends"].values())
-    return 1 if c.get("fail") or c.get("error") or broken else 0
+    for line in why:
+        print(f"parity run: {line}", file=sys.stderr)
+    verdict = {0: "clean", 1: "findings", 2: "UNUSABLE (what was asked for could not be judged)"}[code]
+    print(f"verdict: {verdict} (exit {code})", file=sys.stderr)
+    return code
 
 
 def cmd_diff(args) -> int:
@@ -117,7 +105,7 @@ def cmd_diff(args) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(d, fh, indent=1)
-    return 1 if d["regressions"] else 0
+    return rep.DIFF_EXIT[d["verdict"]]
 
 
 def cmd_list(args) -> int:
@@ -143,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pad", type=int, default=DEFAULT_PAD, help="padding columns of the padded buffer")
     r.add_argument("--aiter-path", help="aiter source tree or install dir to load the aiter backend from")
     r.add_argument("--out", help="JSON report path")
-    r.add_argument("--timeout", type=float, default=3600, help="seconds before a backend is declared hung")
+    r.add_argument("--timeout", type=float, default=900,
+                   help="seconds without a finished cell before a backend is declared hung (default 900)")
     r.add_argument("--in-process", action="store_true", help="run backends in this process (no crash isolation)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=cmd_run)
-    d = sub.add_parser("diff", help="is report B at least as good as report A? exit 1 on a regression")
+    d = sub.add_parser("diff", help="is report B at least as good as report A? exit 1 on a regression, "
+                                    "2 when a side cannot be judged")
     d.add_argument("a")
     d.add_argument("b")
     d.add_argument("--json", help="also write the diff as JSON")
@@ -168,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     # Triton kernels (ours, aiter's) run, and the report imports triton before any backend loads.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if argv[:1] == ["_run-backend"]:  # the child process of `run` (parity.runner)
+        return runner.child_main(*argv[1:3])
     if argv[:1] == ["bench"]:  # the benchmark owns its own options
         from parity import bench
 

@@ -96,13 +96,39 @@ def load(path: str) -> dict:
     return report
 
 
+BROKEN = ("unavailable", "crashed", "hung")
+
+
+def unusable_reasons(a: dict, b: dict) -> list[str]:
+    """Why two reports cannot be compared, one line each (empty when they can): a side whose backend
+    did not load, crashed or hung, or that has no judged cells for a backend the other side judged."""
+    reasons = []
+    judged = {}
+    for side, rep in (("A", a), ("B", b)):
+        for spec, info in rep.get("backends", {}).items():
+            if info.get("status") in BROKEN:
+                cell = f" (in cell {info['cell']})" if info.get("cell") else ""
+                reasons.append(f"{side}: backend {spec} {info['status']}{cell}: {info.get('message', '')}")
+        judged[side] = Counter(r["backend"] for r in rep["results"] if r["status"] != "skip")
+    for side, other in (("A", "B"), ("B", "A")):
+        for name in sorted(set(judged[other]) - set(judged[side])):
+            reasons.append(f"{side}: no judged cells for backend {name} ({other} has {judged[other][name]})")
+    if not reasons:
+        ra = {r["id"] for r in a["results"] if r["status"] != "skip"}
+        rb = {r["id"] for r in b["results"] if r["status"] != "skip"}
+        if not ra & rb:
+            reasons.append("no cell was judged in both reports (different backends, cases or devices)")
+    return reasons
+
+
 def diff(a: dict, b: dict, err_ratio: float = 2.0) -> dict:
     """What changed from build A to build B. A regression is a cell that got worse: passed and now
-    fails or errors, a check that newly fails, a larger overshoot, or a cell A ran that B lost."""
+    fails or errors, a check that newly fails, or a larger overshoot. Cells A ran that B did not
+    (a narrower grid) are listed apart; a side that could not be judged makes the diff unusable."""
     ra = {r["id"]: r for r in a["results"]}
     rb = {r["id"]: r for r in b["results"]}
-    out = {"regressions": [], "fixed": [], "changed_error": [], "changed_overshoot": [], "missing_in_b": [],
-           "new_in_b": [], "timing": []}
+    out = {"unusable": unusable_reasons(a, b), "regressions": [], "fixed": [], "changed_error": [],
+           "changed_overshoot": [], "missing_in_b": [], "new_in_b": [], "timing": []}
     for cid in sorted(ra.keys() | rb.keys()):
         x, y = ra.get(cid), rb.get(cid)
         if y is None:
@@ -132,13 +158,11 @@ def diff(a: dict, b: dict, err_ratio: float = 2.0) -> dict:
         tx, ty = x.get("seconds"), y.get("seconds")
         if tx and ty:
             out["timing"].append({"id": cid, "ratio_b_over_a": min(ty) / max(min(tx), 1e-12)})
-    for name, info in b.get("backends", {}).items():
-        if info.get("status") not in (None, "ok") and a.get("backends", {}).get(name, {}).get("status") in (None, "ok"):
-            out["regressions"].append({"id": f"backend {name}", "from": "ok", "to": info["status"],
-                                       "newly_failing": [info.get("message", "")]})
-    out["regressions"] += [{"id": cid, "from": ra[cid]["status"], "to": "missing", "newly_failing": []}
-                           for cid in out["missing_in_b"]]
+    out["verdict"] = "UNUSABLE" if out["unusable"] else "REGRESSION" if out["regressions"] else "OK"
     return out
+
+
+DIFF_EXIT = {"OK": 0, "REGRESSION": 1, "UNUSABLE": 2}
 
 
 def format_diff(d: dict, a_name: str, b_name: str) -> str:
@@ -148,17 +172,26 @@ def format_diff(d: dict, a_name: str, b_name: str) -> str:
         lines.append(f"\n{title}: {len(rows)}")
         lines.extend("  " + fmt(r) for r in rows[:200])
 
+    if d["unusable"]:
+        section("cannot compare", d["unusable"], str)
     section("regressions (B worse)", d["regressions"],
             lambda r: f"{r['id']}: {r['from']} -> {r['to']} {', '.join(r['newly_failing'])}")
     section("fixed (B better)", d["fixed"], lambda r: f"{r['id']}: {r['from']} -> {r['to']} {', '.join(r['now_passing'])}")
     section("changed overshoot (cols)", d["changed_overshoot"], lambda r: f"{r['id']}: {r['from']} -> {r['to']}")
     section("changed max error (x row max)", d["changed_error"],
             lambda r: f"{r['id']}: {r['from']:.2e} -> {r['to']:.2e} (x{r['ratio']:.2f})")
+    section("only in A (not run by B: a narrower grid, not a regression)", d["missing_in_b"], str)
     section("only in B", d["new_in_b"], lambda r: f"{r['id']} ({r['status']})")
     if d["timing"]:
         ratios = sorted(t["ratio_b_over_a"] for t in d["timing"])
         lines.append(f"\ntiming B/A over {len(ratios)} cells: median {ratios[len(ratios) // 2]:.2f}, "
                      f"min {ratios[0]:.2f}, max {ratios[-1]:.2f} (call wall time, not a benchmark)")
-    verdict = "REGRESSION" if d["regressions"] else "B is at least as good as A"
+    if d["verdict"] == "UNUSABLE":
+        verdict = f"UNUSABLE: {d['unusable'][0]}"
+    elif d["verdict"] == "REGRESSION":
+        verdict = "REGRESSION"
+    else:
+        verdict = "B is at least as good as A" + (f" on the cells both ran ({len(d['missing_in_b'])} of A's not run by B)"
+                                                 if d["missing_in_b"] else "")
     lines.append(f"\nverdict: {verdict}")
     return "\n".join(lines)

@@ -36,10 +36,10 @@ def test_run_writes_report_with_versions_and_findings(tmp_path, capsys):
     code, report = _run(tmp_path, "torch", "torch")
     assert code == 0
     assert report["environment"]["torch"] and report["backends"]["torch"]["status"] == "ok"
-    assert len(report["results"]) == 24 and all(r["status"] == "pass" for r in report["results"])
+    assert len(report["results"]) == 32 and all(r["status"] == "pass" for r in report["results"])
     checks = {f["check"] for f in report["results"][0]["findings"]}
     assert checks == {"oob", "mask", "values", "topk", "determinism", "inputs"}
-    assert "| torch | fused | exact | 12 | 0 |" in capsys.readouterr().out
+    assert "| torch | fused | exact | 16 | 0 |" in capsys.readouterr().out
 
 
 def test_user_backend_file_and_build_diff(tmp_path, capsys):
@@ -64,23 +64,165 @@ def test_diff_rejects_a_non_report(tmp_path):
     assert main(["diff", str(p), str(p)]) == 2
 
 
-def test_unknown_backend_is_reported_not_raised(tmp_path):
+# --- verdicts a CI can trust (exit 0 clean, 1 findings, 2 unusable) -------------------------------
+
+SKIPS_EVERYTHING = textwrap.dedent('''
+    from parity.backends import SimpleBackend
+
+    class OnlyOnMars(SimpleBackend):
+        def unsupported(self, path, inputs):
+            return "runs on Mars only"
+
+    def make_backend():
+        return OnlyOnMars(name="mars")
+''')
+
+ONLY_H64 = textwrap.dedent('''
+    from parity.backends.torch_ref import TorchBackend
+
+    class OnlyH64(TorchBackend):
+        def unsupported(self, path, inputs):
+            return super().unsupported(path, inputs) if inputs.heads == 64 else f"needs 64 heads, got {inputs.heads}"
+
+    def make_backend():
+        b = OnlyH64()
+        b.name = "only-h64"
+        return b
+''')
+
+
+def test_requested_backend_that_does_not_load_is_unusable(tmp_path, capsys):
     code, report = _run(tmp_path, "no_such_pkg.mod:factory", "missing")
+    assert code == 2 and report["backends"]["no_such_pkg.mod:factory"]["status"] == "unavailable"
+    assert report["verdict"]["exit_code"] == 2
+    assert "verdict: UNUSABLE" in capsys.readouterr().err
+
+
+def test_one_unusable_backend_makes_the_run_unusable_even_when_another_passes(tmp_path):
+    out = tmp_path / "mixed.json"
+    code = main(["run", "--in-process", "--backend", "torch", "--backend", str(tmp_path / "nope.py"), "--path", "fused",
+                 "--buffer", "exact", "--no-progress", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 2 and sum(r["status"] == "pass" for r in report["results"]) == len(report["results"]) > 0
+
+
+def test_requested_backend_that_judges_nothing_is_unusable(tmp_path, capsys):
+    path = tmp_path / "mars.py"
+    path.write_text(SKIPS_EVERYTHING)
+    code, report = _run(tmp_path, str(path), "mars")
+    assert code == 2 and all(r["status"] == "skip" for r in report["results"])
+    assert "nothing judged: all 32 cells skipped (first reason: runs on Mars only)" in capsys.readouterr().err
+
+
+def test_default_backend_that_is_absent_only_skips(tmp_path, monkeypatch):
+    from parity import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_BACKENDS", ("torch", "no_such_pkg.mod:factory"))
+    out = tmp_path / "defaults.json"
+    code = main(["run", "--in-process", "--path", "fused", "--buffer", "exact", "--no-progress", "--out", str(out)])
+    report = json.loads(out.read_text())
     assert code == 0 and report["backends"]["no_such_pkg.mod:factory"]["status"] == "unavailable"
+    assert any("unavailable" in line for line in report["verdict"]["reasons"])
+
+
+def test_quick_level_runs_every_path_of_a_backend_that_needs_64_heads(tmp_path):
+    path = tmp_path / "h64.py"
+    path.write_text(ONLY_H64)
+    out = tmp_path / "h64.json"
+    code = main(["run", "--in-process", "--backend", str(path), "--no-progress", "--out", str(out)])
+    report = json.loads(out.read_text())
+    judged = {(r["path"], r["case"]["block_size"]) for r in report["results"] if r["status"] != "skip"}
+    assert code == 0
+    assert {("stage1", 64), ("stage1", 1), ("fused", 64), ("fused", 1), ("preshuffle", 64)} <= judged
+    next_ns = {r["case"]["next_n"] for r in report["results"] if r["status"] == "pass"}
+    assert {1, 2, 3, 4} <= next_ns
+
+
+def _report_of(tmp_path, name, **backend_info):
+    """A minimal report: one torch cell that passed, and the given backend entries."""
+    code, report = _run(tmp_path, "torch", name, "--buffer", "exact")
+    report["results"] = report["results"][:1]
+    report["backends"].update(backend_info)
+    (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    return str(tmp_path / f"{name}.json"), report
+
+
+def test_diff_against_a_side_that_could_not_be_judged_is_unusable(tmp_path, capsys):
+    a, _ = _report_of(tmp_path, "A")
+    b, report = _report_of(tmp_path, "B", aiter={"status": "unavailable", "message": "no aiter/ directory"})
+    capsys.readouterr()
+    assert main(["diff", a, b]) == 2
+    text = capsys.readouterr().out
+    assert "verdict: UNUSABLE: B: backend aiter unavailable: no aiter/ directory" in text
+    assert "regressions (B worse): 0" in text
+
+
+def test_diff_against_a_crashed_side_names_the_cell(tmp_path, capsys):
+    a, _ = _report_of(tmp_path, "A")
+    b, _ = _report_of(tmp_path, "B", deepgemm={"status": "crashed", "cell": "deepgemm-fused-exact-B1",
+                                             "message": "killed by signal 11 (SIGSEGV)"})
+    capsys.readouterr()
+    assert main(["diff", a, b]) == 2
+    assert "B: backend deepgemm crashed (in cell deepgemm-fused-exact-B1)" in capsys.readouterr().out
+
+
+def test_diff_when_one_side_has_no_cells_for_a_backend_is_unusable(tmp_path, capsys):
+    a, report = _report_of(tmp_path, "A")
+    b = tmp_path / "B.json"
+    b.write_text(json.dumps({**report, "results": []}))
+    capsys.readouterr()
+    assert main(["diff", a, str(b)]) == 2
+    assert "B: no judged cells for backend torch (A has 1)" in capsys.readouterr().out
+
+
+def test_diff_lists_a_narrower_grid_apart_from_regressions(tmp_path, capsys):
+    code, full = _run(tmp_path, "torch", "wide", "--buffer", "exact")
+    narrow = {**full, "results": full["results"][:3]}
+    (tmp_path / "narrow.json").write_text(json.dumps(narrow))
+    capsys.readouterr()
+    assert main(["diff", str(tmp_path / "wide.json"), str(tmp_path / "narrow.json")]) == 0
+    text = capsys.readouterr().out
+    assert "regressions (B worse): 0" in text and "only in A (not run by B" in text
+    assert "(13 of A's not run by B)" in text
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--pad", "-5"], "--pad"),
+    (["--timeout", "0"], "--timeout"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:7"], "--device"),
+    (["--aiter-path", "/no/such/dir"], "--aiter-path"),
+])
+def test_bad_options_are_usage_errors_before_anything_runs(tmp_path, capsys, argv, option):
+    out = tmp_path / "r.json"
+    code = main(["run", "--in-process", "--backend", "torch", "--path", "fused", "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith(f"parity run: error: {option}"), err
+
+
+def test_pytest_parity_fails_when_a_requested_backend_does_not_load():
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "-q", "-p", "no:cacheprovider",
+                           "--backend", "no_such_pkg.mod:factory", "-k", "fused-exact-B1-n1", "tests/test_parity.py"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "backend 'no_such_pkg.mod:factory' unavailable" in proc.stdout
 
 
 def test_crashing_and_hanging_backends_do_not_stop_the_run(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "parity", "run", "--backend", "fault:aborts", "--backend",
                            "fault:hangs", "--backend", "torch", "--path", "fused", "--buffer", "exact",
-                           "--timeout", "25", "--no-progress", "--out", str(out)],
+                           "--timeout", "15", "--no-progress", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(out.read_text())
     assert proc.returncode == 1
     assert report["backends"]["fault:aborts"]["status"] == "crashed"
     assert "SIGABRT" in report["backends"]["fault:aborts"]["message"]
+    assert report["backends"]["fault:aborts"]["cell"] == "fault:aborts-fused-exact-B3-n2-bs64-ctx_eq_max"
     assert report["backends"]["fault:hangs"]["status"] == "hung"
-    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == 12
+    assert "in cell fault:hangs-fused-exact-B3-n2-bs64-ctx_eq_max" in report["backends"]["fault:hangs"]["message"]
+    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == 16
 
 
 @pytest.mark.parametrize("argv", [["run", "--level", "huge"], ["run", "--path", "nope"]])
@@ -94,3 +236,15 @@ def test_selftest_catches_everything(capsys):
     assert main(["selftest"]) == 0
     out = capsys.readouterr().out
     assert "MISSED" not in out and out.strip().splitlines()[-1].startswith("caught ")
+
+
+def test_compare_builds_says_unusable_when_a_build_does_not_load(tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "aiter" / "ops").mkdir(parents=True)
+    script = __import__("pathlib").Path(__file__).resolve().parent.parent / "ci" / "compare-builds.sh"
+    proc = subprocess.run(["bash", str(script), "--path", "fused", "--out-dir", str(tmp_path / "cmp"), str(broken),
+                           str(broken)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "verdict: UNUSABLE: A: backend aiter unavailable" in proc.stdout
+    assert "aiter None from None" not in proc.stderr and "aiter build not judged (unavailable)" in proc.stderr
