@@ -27,6 +27,14 @@ def pytest_addoption(parser):
     g.addoption("--aiter-path", default=None, help="aiter source tree or install dir for the aiter backend")
 
 
+def pytest_configure(config):
+    # xdist workers share the machine's cores: torch's default of one thread per core in every
+    # worker oversubscribes them, and its spinning threads then cost more than they compute.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def worker_device(kind: str) -> str:
     """Under xdist each worker takes its own GPU (gw0 -> cuda:0, gw1 -> cuda:1, ...)."""
     if kind != "cuda" or not torch.cuda.is_available():

@@ -238,7 +238,7 @@ def valid_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
 # --- grids ------------------------------------------------------------------------------------
 
 def quick_cases() -> list[IndexerCase]:
-    """At least 12 small cases covering every edge pattern; fast enough for the Triton interpreter."""
+    """Small cases covering every edge pattern, four of them at H=64; fast enough for the Triton interpreter."""
     C = IndexerCase
     return [
         C(batch=3, next_n=2, block_size=64, context="ctx_eq_max"),
@@ -253,6 +253,12 @@ def quick_cases() -> list[IndexerCase]:
         C(batch=2, next_n=2, block_size=16, context="random", fp8="e4m3fnuz"),
         C(batch=2, next_n=1, block_size=64, context="ctx_eq_max", max_model_len=1000, fp8="e4m3fnuz"),
         C(batch=3, next_n=2, block_size=16, context="random", max_model_len=777, seed=1),
+        # DeepSeek-V3.2's real head count: builds whose stage1 wants H % 32 or H % 64 == 0 (aiter)
+        # must be exercised at quick level too, at block sizes 64 and 1, with rows ending at max_model_len.
+        C(batch=2, next_n=1, heads=64, block_size=64, max_model_len=320, context="ctx_eq_max_first"),
+        C(batch=2, next_n=2, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max"),
+        C(batch=2, next_n=3, heads=64, block_size=64, max_model_len=320, context="ctx_eq_max"),
+        C(batch=2, next_n=4, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max_first"),
     ]
 
 

@@ -7,34 +7,21 @@ import sys
 import pytest
 import torch
 
-from parity.backends import PATHS, load_backend
-from parity.buffers import BUFFER_KINDS
+from parity.backends import load_backend
 from parity.cases import IndexerCase, build_inputs, quick_cases
 from parity.harness import failed_checks, run_cell
 
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Interpreter-sized: all quick cases (8 heads, max_model_len <= 1000), plus one DSv3.2-shaped case.
-CASES = quick_cases() + [IndexerCase(batch=2, next_n=3, heads=64, block_size=64, max_model_len=300,
-                                     context="near_max", topk=128)]
+# The parity matrix (tests/test_parity.py) runs triton over every quick case; these tests cover what
+# it does not: the kernel's tuning options, its argument checks, and its refusal without a GPU.
+CASES = quick_cases()
 
 
 @pytest.fixture(scope="module")
 def triton_backend():
     return load_backend("triton")
-
-
-@pytest.mark.parity
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("buffer", BUFFER_KINDS)
-@pytest.mark.parametrize("path", PATHS)
-def test_triton_parity(triton_backend, path, buffer, case):
-    result = run_cell(triton_backend, path, buffer, case, DEVICE)
-    if result["status"] == "skip":
-        assert path == "preshuffle" and case.block_size % 16, result["reason"]
-        pytest.skip(result["reason"])
-    assert result["status"] == "pass", "\n".join(failed_checks(result))
 
 
 VARIANTS = [
@@ -49,7 +36,10 @@ VARIANTS = [
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 
 
-@pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE, CASES[-1]], ids=lambda c: c.id)
+H64_CASE = next(c for c in quick_cases() if c.heads == 64 and c.block_size == 64 and c.next_n == 3)
+
+
+@pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE, H64_CASE], ids=lambda c: c.id)
 @pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_tuning_variants_agree(options, case):
     """Every tuning option computes the same logits, on both fp8 flavours."""
