@@ -6,7 +6,8 @@
 #      build its top_k_per_row_decode as a torch extension and run the top-k contract tests on it.
 #
 #   ci/gpu-bench.sh [OUT_DIR]
-#   env: PYTHON (default python3), BENCH_ARGS (default --quick), PARITY_VLLM_SRC
+#   env: PYTHON (default python3), BENCH_ARGS (default --quick), PARITY_VLLM_SRC,
+#        STEPS (default "bench topk": one of them splits the work over two calls)
 # Leaves OUT_DIR/{summary.md, probe-*.txt, bench.json, bench.md, topk-build.txt, topk.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 S="$OUT_DIR/summary.md"
 status=0
+STEPS=" ${STEPS:-bench topk} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 {
   echo "# GPU bench $(date -u +%FT%TZ)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
@@ -24,9 +27,10 @@ status=0
 
 # A third-party build is benchmarked only if one real call survives in a process of its own: the
 # benchmark runs all backends in one process, and a build that dies there (SIGSEGV) would end it.
-backends=(triton)
-for b in deepgemm aiter; do
-  timeout 180 "$PY" - "$b" > "$OUT_DIR/probe-$b.txt" 2>&1 <<'PROBE'
+if want bench; then
+  backends=(triton)
+  for b in deepgemm aiter; do
+    timeout 120 "$PY" - "$b" > "$OUT_DIR/probe-$b.txt" 2>&1 <<'PROBE'
 import sys
 import torch
 from parity.backends import load_backend
@@ -44,26 +48,27 @@ for name, b in expand_variants({sys.argv[1]: load_backend(sys.argv[1])}).items()
     torch.cuda.synchronize()
     print(f"{name}: {paths[0]} ran (prepared={prepared})")
 PROBE
-  rc=$?
-  echo "probe $b: exit $rc: $(tail -n 1 "$OUT_DIR/probe-$b.txt")" | tee -a "$S"
-  [ $rc -eq 0 ] && backends+=("$b")
-done
-echo "backends: ${backends[*]}" | tee -a "$S"
-bargs=()
-for b in "${backends[@]}"; do bargs+=(--backend "$b"); done
+    rc=$?
+    echo "probe $b: exit $rc: $(tail -n 1 "$OUT_DIR/probe-$b.txt")" | tee -a "$S"
+    [ $rc -eq 0 ] && backends+=("$b")
+  done
+  echo "backends: ${backends[*]}" | tee -a "$S"
+  bargs=()
+  for b in "${backends[@]}"; do bargs+=(--backend "$b"); done
 
-echo -e "\n## benchmark" | tee -a "$S"
-t0=$SECONDS
-# shellcheck disable=SC2086
-timeout 330 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
-  > "$OUT_DIR/bench.md" 2>&1 || status=1
-echo "($((SECONDS - t0)) s)" >> "$OUT_DIR/bench.md"
-cat "$OUT_DIR/bench.md" >> "$S"
-grep -E "copy bandwidth|B64-n(2|4)-ctx8192" "$OUT_DIR/bench.md"
+  echo -e "\n## benchmark" | tee -a "$S"
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  timeout 330 "$PY" -m parity bench ${BENCH_ARGS:---quick} "${bargs[@]}" --out "$OUT_DIR/bench.json" \
+    > "$OUT_DIR/bench.md" 2>&1 || status=1
+  echo "($((SECONDS - t0)) s)" >> "$OUT_DIR/bench.md"
+  cat "$OUT_DIR/bench.md" >> "$S"
+  grep -E "copy bandwidth|B64-n(2|4)-ctx8192" "$OUT_DIR/bench.md"
+fi
 
 src="${PARITY_VLLM_SRC:-}"
 [ -z "$src" ] && [ -d third_party/vllm-src/csrc ] && src="$PWD/third_party/vllm-src"
-if [ -n "$src" ]; then
+if want topk && [ -n "$src" ]; then
   echo -e "\n## vLLM top_k_per_row_decode from $src" | tee -a "$S"
   t0=$SECONDS
   timeout 300 "$PY" -m parity.backends.vllm_topk_ext --vllm-src "$src" > "$OUT_DIR/topk-build.txt" 2>&1
