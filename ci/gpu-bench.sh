@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Performance against the roofline, and vLLM's decode top-k, in one GPU call, installing nothing:
 #   1. python -m parity bench with triton, and deepgemm / aiter where one real call of theirs survives
-#      (deepgemm gives two rows: clean_logits on and off);
+#      (deepgemm and deepgemm:noclean: rows with and without clean_logits);
 #   2. where a vLLM source tree is given (PARITY_VLLM_SRC, default third_party/vllm-src when present):
 #      build its top_k_per_row_decode as a torch extension and run the top-k contract tests on it.
 #
@@ -30,14 +30,17 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 if want bench; then
   backends=(triton)
   for b in deepgemm aiter; do
-    timeout 120 "$PY" - "$b" > "$OUT_DIR/probe-$b.txt" 2>&1 <<'PROBE'
+    names=("$b")
+    [ "$b" = deepgemm ] && names+=(deepgemm:noclean)  # rows with and without clean_logits
+    timeout 120 "$PY" - "${names[@]}" > "$OUT_DIR/probe-$b.txt" 2>&1 <<'PROBE'
 import sys
 import torch
 from parity.backends import load_backend
-from parity.bench import Shape, expand_variants, make_inputs, timed_call
+from parity.bench import Shape, make_inputs, timed_call
 shape = Shape(2, 2, 1024)
 inp = make_inputs(shape, "cuda")
-for name, b in expand_variants({sys.argv[1]: load_backend(sys.argv[1])}).items():
+for name in sys.argv[1:]:
+    b = load_backend(name)
     paths = [p for p in b.paths if b.unsupported(p, inp) is None]
     if not paths:
         sys.exit(f"{name}: {b.unsupported(b.paths[0], inp)}")
@@ -50,7 +53,7 @@ for name, b in expand_variants({sys.argv[1]: load_backend(sys.argv[1])}).items()
 PROBE
     rc=$?
     echo "probe $b: exit $rc: $(tail -n 1 "$OUT_DIR/probe-$b.txt")" | tee -a "$S"
-    [ $rc -eq 0 ] && backends+=("$b")
+    [ $rc -eq 0 ] && backends+=("${names[@]}")
   done
   echo "backends: ${backends[*]}" | tee -a "$S"
   bargs=()

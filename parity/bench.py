@@ -8,13 +8,13 @@ smaller than the L2 cache is not timed out of the cache.
 
 A backend may split its call in two (``prepare(path, inputs) -> handle``, then ``run_prepared(handle, out)``):
 only ``run_prepared`` is timed, the way a server builds a schedule once per step and reuses it in every layer.
-A backend may also offer ``bench_variants() -> {row name: backend}`` (e.g. DeepGEMM with and without its
-``clean_logits`` pass): each variant gets its own rows.
+(``run_prepared(handle)`` without ``out`` is accepted too: a kernel that allocates its own output.)
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import json
 import math
 import statistics
@@ -132,22 +132,22 @@ def graph_time_ms(call, n_sets: int, device, reps: int = 20) -> float | None:
         return None
 
 
-def expand_variants(backends: dict) -> dict:
-    """``{row name: backend}`` with every ``bench_variants()`` a backend offers in place of the backend."""
-    out = {}
-    for name, backend in backends.items():
-        variants = getattr(backend, "bench_variants", None)
-        out.update(variants() if callable(variants) else {name: backend})
-    return out
-
-
 def timed_call(backend, path: str, sets: list, outs: list):
     """``call(i)`` running ``path`` on set i, and whether it is the prepared half only. With
-    ``prepare``/``run_prepared``, every set is prepared here, before any timing."""
-    if callable(getattr(backend, "prepare", None)) and callable(getattr(backend, "run_prepared", None)):
-        handles = [backend.prepare(path, s) for s in sets]
-        return (lambda i: backend.run_prepared(handles[i], outs[i])), True
-    return (lambda i: backend.run(path, sets[i], outs[i])), False
+    ``prepare``/``run_prepared``, every set is prepared here, before any timing; ``run_prepared`` is given
+    ``out`` where it takes it (a backend whose kernel allocates its own output, DeepGEMM's, copies it into
+    ``out`` in a step of its own that is not timed)."""
+    prepare, run_prepared = getattr(backend, "prepare", None), getattr(backend, "run_prepared", None)
+    if not (callable(prepare) and callable(run_prepared)):
+        return (lambda i: backend.run(path, sets[i], outs[i])), False
+    handles = [prepare(path, s) for s in sets]
+    try:
+        takes_out = len(inspect.signature(run_prepared).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_out = True
+    if takes_out:
+        return (lambda i: run_prepared(handles[i], outs[i])), True
+    return (lambda i: run_prepared(handles[i])), True
 
 
 def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
@@ -218,8 +218,7 @@ def _fits(shape: Shape, path: str, device, sets: int) -> bool:
 
 def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
                 warmup_ms: float, rep_ms: float, tflops: float | None = None) -> list[dict]:
-    """Rows of ``backends`` (already expanded, see ``expand_variants``) on ``shape``; ``bandwidth`` GB/s and
-    ``tflops`` (None: unknown) give the floors."""
+    """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors."""
     rows = []
     read_us = None
     for path in paths:
@@ -285,8 +284,8 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
     lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write); {peak}", "",
              "us: CUDA-graph replay where the backend can be captured (marked g), else eager; eager us: "
              "triton.testing.do_bench median of single calls, host launch cost included"
-             + (f"; {', '.join(prepared)}: run_prepared only, schedule made outside the timed region"
-                if prepared else ""), "",
+             + (f"; {', '.join(prepared)}: run_prepared only (schedule, and any copy into the caller's buffer, "
+                "outside the timed region)" if prepared else ""), "",
              "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
              "roof us: the larger of the two (b: bytes bind, c: compute binds); x roof = us / roof us. "
              "read us: a bare kernel reading the same keys and scales through the same block table, nothing "
@@ -362,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     if not backends:
         print("error: no backend could be loaded", file=sys.stderr)
         return 2
-    backends = expand_variants(backends)
     dev_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     bandwidth = copy_bandwidth(device)
     compute = (Throughput(args.fp8_tflops, "given with --fp8-tflops") if args.fp8_tflops is not None

@@ -139,10 +139,10 @@ def test_triton_fp8_probe_computes_the_product():
         fp8_matmul(a, b_nk, c, block_m=64)
 
 
-# --- the prepare / run_prepared protocol and variants (DeepGEMM's schedule, clean_logits on/off) -----
+# --- the prepare / run_prepared protocol (DeepGEMM's schedule made outside the timed region) --------
 
 class PreparedFake:
-    """Writes nothing worth checking; records what was prepared and what each timed call was given."""
+    """Records what was prepared and what each timed call was given; ``run`` must never be timed."""
     paths = ("fused",)
 
     def __init__(self, name, fail=False):
@@ -160,28 +160,33 @@ class PreparedFake:
         return handle
 
     def run_prepared(self, handle, out):
-        self.ran.append(handle)
+        self.ran.append((handle, out.data_ptr()))
 
     def run(self, path, inputs, out):
         raise AssertionError("run must not be timed when prepare/run_prepared exist")
 
 
-def test_prepared_backends_time_run_prepared_only_and_variants_get_rows():
-    clean, noclean = PreparedFake("fake"), PreparedFake("fake-noclean")
-    host = PreparedFake("fake")
-    host.bench_variants = lambda: {"fake": clean, "fake-noclean": noclean}
-    backends = bench.expand_variants({"fake": host})
-    assert list(backends) == ["fake", "fake-noclean"]
+class AllocatesItsOwnOutput(PreparedFake):
+    """DeepGEMM's shape of the protocol: ``run_prepared(handle)`` returns the kernel's own output."""
+
+    def run_prepared(self, handle):
+        self.ran.append((handle, None))
+        return [torch.zeros(1)]
+
+
+def test_prepared_backends_time_run_prepared_only():
+    with_out, own_out = PreparedFake("fake"), AllocatesItsOwnOutput("fake-own")
     shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
-    rows = bench.bench_shape(shape, backends, ["fused"], "cpu", 10.0, False, 0, 5, None)
-    assert [r["backend"] for r in rows] == ["fake", "fake-noclean"]
-    for row, fake in zip(rows, (clean, noclean)):
+    rows = bench.bench_shape(shape, {"fake": with_out, "fake-own": own_out}, ["fused"], "cpu", 10.0, False, 0, 5)
+    assert [r["backend"] for r in rows] == ["fake", "fake-own"]
+    for row, fake in zip(rows, (with_out, own_out)):
         assert row["us"] > 0 and row["prepared"] is True
         # prepared once per rotating set, outside the timed loop; every timed call got one of those handles
         assert len(fake.prepared) == row["sets"] and len({id(p[1]) for p in fake.prepared}) == row["sets"]
         assert len(fake.ran) > len(fake.prepared)
-        assert set(fake.ran) == {p[2] for p in fake.prepared}
-    assert host.prepared == [] and "run_prepared only" in bench.markdown(rows, 10.0, "cpu")
+        assert {h for h, _ in fake.ran} == {p[2] for p in fake.prepared}
+    assert len({ptr for _, ptr in with_out.ran}) == rows[0]["sets"]  # each set's own out buffer
+    assert "fake, fake-own: run_prepared only" in bench.markdown(rows, 10.0, "cpu")
 
 
 def test_a_prepare_that_raises_is_a_skipped_row():
