@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Performance against the roofline, and vLLM's decode top-k, in one GPU call, installing nothing:
 #   1. python -m parity bench with triton, and deepgemm / aiter where one real call of theirs survives
-#      (deepgemm and deepgemm:noclean: rows with and without clean_logits);
+#      (deepgemm and deepgemm:noclean: rows with and without clean_logits; deepgemm:split: next_n 4);
 #   2. where a vLLM source tree is given (PARITY_VLLM_SRC, default third_party/vllm-src when present):
 #      build its top_k_per_row_decode as a torch extension and run the top-k contract tests on it.
 #
@@ -31,7 +31,8 @@ if want bench; then
   backends=(triton)
   for b in deepgemm aiter; do
     names=("$b")
-    [ "$b" = deepgemm ] && names+=(deepgemm:noclean)  # rows with and without clean_logits
+    # rows with and without clean_logits; split: next_n beyond the kernel's limit (sm90: 2) as several calls
+    [ "$b" = deepgemm ] && names+=(deepgemm:noclean deepgemm:split)
     timeout 120 "$PY" - "${names[@]}" > "$OUT_DIR/probe-$b.txt" 2>&1 <<'PROBE'
 import sys
 import torch
