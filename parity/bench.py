@@ -261,6 +261,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
             if read_us:
                 row.update(read_us=read_us, x_read=us / read_us)
             rows.append(row)
+        call = None  # a prepared call holds its handles, and they the sets: let them all go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
