@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             p = plan(src)
             print(json.dumps({"kernel": str(p.kernel), "headers": [str(h) for h in p.headers],
-                              "params": [f"{t} {n}" for t, n in p.params], "takes_top_k": p.with_top_k, "namespace": p.namespace}, indent=1))
+                              "params": [f"{t} {n}" for t, n in p.params], "takes_top_k": p.with_top_k,
+                              "namespace": p.namespace}, indent=1))
             return 0
         t0 = time.perf_counter()
         consumer = load(src, args.build_dir, verbose=True)
