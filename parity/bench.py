@@ -1,13 +1,20 @@
-"""``python -m parity bench``: every backend x path on decode shapes, against the memory-bandwidth floor.
+"""``python -m parity bench``: every backend x path on decode shapes, against a roofline measured in the same run.
 
-floor = (fp8 keys + fp32 scales read once per sequence + logits written) / device copy bandwidth, with the
-copy bandwidth measured in the same run (a large device-to-device copy, bytes read + written). Inputs
-rotate over several sets so that a shape smaller than the L2 cache is not timed out of the cache.
+byte floor = (fp8 keys + fp32 scales read once per sequence + logits written) / device copy bandwidth, the copy
+bandwidth measured in the same run (a large device-to-device copy, bytes read + written). compute floor = the
+fp8 products of the path (2 * B * next_n * context * H * D FLOP) / the dense fp8 matrix throughput measured in
+the same run (``parity.roofline``). roofline = the larger. Inputs rotate over several sets so that a shape
+smaller than the L2 cache is not timed out of the cache.
+
+A backend may split its call in two (``prepare(path, inputs) -> handle``, then ``run_prepared(handle, out)``):
+only ``run_prepared`` is timed, the way a server builds a schedule once per step and reuses it in every layer.
+(``run_prepared(handle)`` without ``out`` is accepted too: a kernel that allocates its own output.)
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import json
 import math
 import statistics
@@ -20,6 +27,7 @@ import torch
 from parity import layouts
 from parity.backends import PATHS, load_backend
 from parity.cases import IndexerInputs
+from parity.roofline import Throughput, fp8_tflops, roofline
 
 HEADS, HEAD_DIM, BLOCK_SIZE = 64, 128, 64
 FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 128) for n in (1, 2, 4)]
@@ -47,6 +55,12 @@ class Shape:
         tokens = self.batch * self.context
         logits = self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
         return tokens * (self.head_dim + layouts.SCALE_BYTES) + logits
+
+    def flops(self, path: str) -> int:
+        """fp8 multiply-adds (x2) a kernel of any path must do: every query row of every head against every
+        key position of its sequence, at head_dim. stage1 does the same products and sums heads later. The
+        causal rule spares rows ``i < next_n - 1`` at most ``next_n - 1`` positions, not counted."""
+        return 2 * self.batch * self.next_n * self.context * self.heads * self.head_dim
 
     def out_bytes(self, path: str) -> int:
         return self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
@@ -107,15 +121,33 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def graph_time_ms(backend, path, sets, outs, device, reps: int = 20) -> float | None:
-    """Median ms per call replayed from a CUDA graph that runs ``path`` once over every rotating set: device
-    time without the host's launch cost (decode steps run as graphs). None where capture fails."""
+def graph_time_ms(call, n_sets: int, device, reps: int = 20) -> float | None:
+    """Median ms per call replayed from a CUDA graph that runs ``call(i)`` once for every rotating set i:
+    device time without the host's launch cost (decode steps run as graphs). None where capture fails."""
     if torch.device(device).type != "cuda":
         return None
     try:
-        return _graph_ms(lambda i: backend.run(path, sets[i], outs[i]), device, calls=len(sets), reps=reps)
+        return _graph_ms(call, device, calls=n_sets, reps=reps)
     except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
         return None
+
+
+def timed_call(backend, path: str, sets: list, outs: list):
+    """``call(i)`` running ``path`` on set i, and whether it is the prepared half only. With
+    ``prepare``/``run_prepared``, every set is prepared here, before any timing; ``run_prepared`` is given
+    ``out`` where it takes it (a backend whose kernel allocates its own output, DeepGEMM's, copies it into
+    ``out`` in a step of its own that is not timed)."""
+    prepare, run_prepared = getattr(backend, "prepare", None), getattr(backend, "run_prepared", None)
+    if not (callable(prepare) and callable(run_prepared)):
+        return (lambda i: backend.run(path, sets[i], outs[i])), False
+    handles = [prepare(path, s) for s in sets]
+    try:
+        takes_out = len(inspect.signature(run_prepared).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_out = True
+    if takes_out:
+        return (lambda i: run_prepared(handles[i], outs[i])), True
+    return (lambda i: run_prepared(handles[i])), True
 
 
 def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
@@ -185,7 +217,8 @@ def _fits(shape: Shape, path: str, device, sets: int) -> bool:
 
 
 def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
-                warmup_ms: float, rep_ms: float) -> list[dict]:
+                warmup_ms: float, rep_ms: float, tflops: float | None = None) -> list[dict]:
+    """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors."""
     rows = []
     read_us = None
     for path in paths:
@@ -201,7 +234,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         lead = (shape.heads,) if path == "stage1" else ()
         outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
                 for _ in sets]
-        floor_ms = shape.bytes_moved(path) / (bandwidth * 1e9) * 1e3
+        roof = roofline(shape.bytes_moved(path), shape.flops(path), bandwidth, tflops)
         if read_us is None and graph:
             read_us = read_floor_us(sets, device)
         for name, backend in backends.items():
@@ -210,26 +243,25 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
             if reason:
                 rows.append({**row, "skipped": reason})
                 continue
-            it = iter(range(1 << 62))
-
-            def call(backend=backend, it=it):
-                i = next(it) % n_sets
-                backend.run(path, sets[i], outs[i])
-
             try:
-                eager = time_ms(call, device, warmup_ms, rep_ms)
+                call, prepared = timed_call(backend, path, sets, outs)
+                it = iter(range(1 << 62))
+                eager = time_ms(lambda: call(next(it) % n_sets), device, warmup_ms, rep_ms)
             except Exception as exc:  # noqa: BLE001  (one failing backend must not end the run)
                 msg = f"{type(exc).__name__}: {exc}".splitlines()
                 rows.append({**row, "skipped": f"error: {' '.join(msg[:1] + msg[-1:])}"[:200]})
                 continue
-            g = graph_time_ms(backend, path, sets, outs, device) if graph else None
+            g = graph_time_ms(call, n_sets, device) if graph else None
             ms = eager if g is None else g
-            row.update(us=ms * 1e3, timing="eager" if g is None else "graph", eager_us=eager * 1e3,
-                       gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
-                       x_floor=ms / floor_ms, pct_floor=100 * floor_ms / ms)
+            us = ms * 1e3
+            row.update(us=us, timing="eager" if g is None else "graph", eager_us=eager * 1e3, prepared=prepared,
+                       gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=roof.bytes_us,
+                       x_floor=us / roof.bytes_us, pct_floor=100 * roof.bytes_us / us,
+                       flop_us=roof.compute_us, roof_us=roof.roof_us, bound=roof.bound, x_roof=roof.x_roof(us))
             if read_us:
-                row.update(read_us=read_us, x_read=ms * 1e3 / read_us)
+                row.update(read_us=read_us, x_read=us / read_us)
             rows.append(row)
+        call = None  # a prepared call holds its handles, and they the sets: let them all go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
@@ -240,26 +272,41 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
     return rows
 
 
-def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: float | None = None) -> str:
-    lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write)", "",
+def _f(value, fmt: str, none: str = "n/a") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: float | None = None,
+             compute: Throughput | None = None) -> str:
+    compute = compute or Throughput(None, "n/a (not measured)")
+    peak = (f"dense fp8 matrix throughput {compute.tflops:.4g} TFLOP/s ({compute.method})" if compute.tflops
+            else f"dense fp8 matrix throughput {compute.method}")
+    prepared = sorted({r["backend"] for r in rows if r.get("prepared")})
+    lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write); {peak}", "",
              "us: CUDA-graph replay where the backend can be captured (marked g), else eager; eager us: "
-             "triton.testing.do_bench median of single calls, host launch cost included", "",
-             "floor us: bytes over the copy bandwidth. read us: a bare kernel reading the same keys and scales "
-             "through the same block table, nothing computed (parity/kernels/gather_read.py)"
+             "triton.testing.do_bench median of single calls, host launch cost included"
+             + (f"; {', '.join(prepared)}: run_prepared only (schedule, and any copy into the caller's buffer, "
+                "outside the timed region)" if prepared else ""), "",
+             "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
+             "roof us: the larger of the two (b: bytes bind, c: compute binds); x roof = us / roof us. "
+             "read us: a bare kernel reading the same keys and scales through the same block table, nothing "
+             "computed (parity/kernels/gather_read.py)"
              + (f"; an empty kernel costs {launch_us:.1f} us per launch in a graph" if launch_us else ""), "",
-             "| backend | path | shape | us | eager us | GB/s | floor us | x floor | % floor | read us | x read "
-             "| speedup vs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| backend | path | shape | us | eager us | GB/s | floor us | x floor | flop us | roof us | x roof "
+             "| read us | x read | speedup vs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "us" not in r:
-            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||||| ")
+            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||||||| ")
             continue
         g = "g" if r.get("timing") == "graph" else ""
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
         read = f"{r['read_us']:.1f} | {r['x_read']:.2f}" if "read_us" in r else "- | -"
+        bound = {"bytes": " b", "compute": " c"}.get(r.get("bound"), "")
+        roof = "n/a" if r.get("roof_us") is None else f"{r['roof_us']:.1f}{bound}"
         lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f}{g} | "
-                     f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | "
-                     f"{r['x_floor']:.2f} | {r['pct_floor']:.0f}% | {read} | {vs} |")
+                     f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | {r['x_floor']:.2f} | "
+                     f"{_f(r.get('flop_us'), '.1f')} | {roof} | {_f(r.get('x_roof'), '.2f')} | {read} | {vs} |")
     return "\n".join(lines)
 
 
@@ -273,6 +320,8 @@ def parse_args(argv):
                    help="comma-separated glob patterns on shape ids, e.g. 'B64-n2-ctx8192,B*-n1-*'")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu (tiny shape)")
     p.add_argument("--no-graph", action="store_true", help="eager timing only (no CUDA-graph replay)")
+    p.add_argument("--fp8-tflops", type=float, default=None,
+                   help="dense fp8 matrix throughput to use for the compute floor instead of measuring it")
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -300,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.fp8_tflops is not None and args.fp8_tflops <= 0:
+        print(f"error: --fp8-tflops must be > 0, got {args.fp8_tflops}", file=sys.stderr)
+        return 2
     specs = args.backend or ["torch", "triton"]
     backends = {}
     for spec in specs:
@@ -312,15 +364,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     bandwidth = copy_bandwidth(device)
+    compute = (Throughput(args.fp8_tflops, "given with --fp8-tflops") if args.fp8_tflops is not None
+               else fp8_tflops(device, time_ms))
     launch_us = launch_floor_us(device) if not args.no_graph else None
     rows = []
     for shape in shapes:
         rows += bench_shape(shape, backends, args.path or list(PATHS), device, bandwidth, not args.no_graph,
-                            args.warmup_ms, args.rep_ms)
-    print(markdown(rows, bandwidth, dev_name, launch_us))
+                            args.warmup_ms, args.rep_ms, compute.tflops)
+    print(markdown(rows, bandwidth, dev_name, launch_us, compute))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": dev_name, "copy_gbps": bandwidth, "launch_us": launch_us,
+                       "fp8_tflops": compute.tflops, "fp8_method": compute.method,
                        "torch": torch.__version__,
                        "backends": {k: getattr(b, "describe", dict)() for k, b in backends.items()},
                        "rows": rows}, f, indent=1)

@@ -1,9 +1,13 @@
-"""Smoke test of ``python -m parity bench`` on the CPU: one tiny shape through the torch backend."""
+"""``python -m parity bench`` on the CPU: a smoke run of one tiny shape, the roofline's arithmetic against
+hand-computed figures, and the prepare/run_prepared protocol with fake backends."""
 import json
 
+import pytest
 import torch
 
 from parity import bench
+from parity import roofline as roofline_mod
+from parity.roofline import roofline
 
 
 def test_bench_cpu_smoke(tmp_path, capsys):
@@ -18,7 +22,12 @@ def test_bench_cpu_smoke(tmp_path, capsys):
     assert row["us"] > 0 and data["copy_gbps"] > 0
     # the floor is bytes over bandwidth, whatever the kernel did
     assert abs(row["floor_us"] - shape.bytes_moved("fused") / (data["copy_gbps"] * 1e3)) < 1e-6 * row["floor_us"]
-    assert "| torch | fused | " + shape.id in capsys.readouterr().out
+    # no fp8 matrix unit on the CPU: the compute floor, and so the roofline, are marked n/a, not made up
+    assert data["fp8_tflops"] is None and data["fp8_method"].startswith("n/a")
+    assert (row["flop_us"], row["roof_us"], row["x_roof"]) == (None, None, None)
+    text = capsys.readouterr().out
+    assert "| torch | fused | " + shape.id in text
+    assert "fp8 matrix throughput n/a" in text and "| n/a | n/a | n/a |" in text
 
 
 def test_bytes_moved_counts_keys_scales_and_logits():
@@ -40,3 +49,147 @@ def test_make_inputs_are_valid_and_preshuffled():
 def test_unknown_shape_pattern_is_an_error(capsys):
     assert bench.main(["--device", "cpu", "--backend", "torch", "--shapes", "B3-n9-*"]) == 2
     assert "matches no shape id" in capsys.readouterr().err
+
+
+# --- the roofline: hand-computed figures, never ones the code under test produced -------------------
+
+def test_flops_count_every_fp8_product_of_the_path():
+    # B64-n4-ctx8192 at H=64, D=128: 2 * 256 rows * 8192 * 64 * 128
+    s = bench.Shape(64, 4, 8192)
+    assert s.flops("fused") == s.flops("preshuffle") == s.flops("stage1") == 34_359_738_368
+    assert bench.Shape(batch=2, next_n=3, context=10, heads=4, head_dim=8).flops("fused") == 2 * 6 * 10 * 4 * 8
+
+
+def test_compute_binds_at_b64_n4_when_the_fp8_peak_is_989_tflops():
+    s = bench.Shape(64, 4, 8192)
+    assert s.bytes_moved("fused") == 64 * 8192 * 132 + 256 * 8192 * 4 == 77_594_624
+    r = roofline(s.bytes_moved("fused"), s.flops("fused"), gbps=3000.0, tflops=989.0)
+    assert r.bytes_us == pytest.approx(25.864875, rel=1e-6)  # 77594624 B / 3000 GB/s
+    assert r.compute_us == pytest.approx(34.741899, rel=1e-6)  # 34.36 GFLOP / 989 TFLOP/s
+    assert r.bound == "compute" and r.roof_us == r.compute_us
+    assert r.x_roof(48.7) == pytest.approx(1.401766, rel=1e-5)
+
+
+def test_bytes_bind_when_the_fp8_peak_is_higher():
+    r = roofline(77_594_624, 34_359_738_368, gbps=3000.0, tflops=1500.0)
+    assert r.compute_us == pytest.approx(22.906492, rel=1e-6)
+    assert r.bound == "bytes" and r.roof_us == pytest.approx(25.864875, rel=1e-6)
+    tie = roofline(3_000_000, 2_000_000_000, gbps=3000.0, tflops=2000.0)  # 1 us each: bytes win ties
+    assert tie.bytes_us == pytest.approx(1.0) and tie.compute_us == pytest.approx(1.0) and tie.bound == "bytes"
+
+
+def test_unknown_compute_throughput_leaves_the_roofline_unknown():
+    r = roofline(1000, 10**9, gbps=1.0, tflops=None)
+    assert r.bytes_us == pytest.approx(1.0)
+    assert (r.compute_us, r.roof_us, r.bound, r.x_roof(5.0)) == (None, None, None, None)
+    with pytest.raises(ValueError, match="gbps"):
+        roofline(1, 1, gbps=0.0, tflops=1.0)
+    with pytest.raises(ValueError, match="tflops"):
+        roofline(1, 1, gbps=1.0, tflops=-1.0)
+
+
+def test_bench_rows_carry_both_floors(tmp_path, monkeypatch):
+    # CPU shape B2-n2-ctx512, H=64, D=128: 143360 bytes at 1 GB/s = 143.36 us; 33554432 FLOP at
+    # 0.001 TFLOP/s = 33554.432 us, so compute binds.
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda device: 1.0)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--backend", "torch", "--path", "fused", "--rep-ms", "5",
+                       "--fp8-tflops", "0.001", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert data["fp8_tflops"] == 0.001 and "--fp8-tflops" in data["fp8_method"]
+    assert row["floor_us"] == pytest.approx(143.36)
+    assert row["flop_us"] == pytest.approx(33554.432)
+    assert row["roof_us"] == pytest.approx(33554.432) and row["bound"] == "compute"
+    assert row["x_roof"] == pytest.approx(row["us"] / 33554.432)
+    assert bench.main(["--device", "cpu", "--fp8-tflops", "0"]) == 2
+
+
+def test_fp8_throughput_falls_back_to_the_triton_probe_then_to_na(monkeypatch):
+    def refuses(device, time_ms):
+        raise RuntimeError("no fp8 GEMM here")
+
+    monkeypatch.setattr(roofline_mod, "scaled_mm_tflops", refuses)
+    monkeypatch.setattr(roofline_mod, "triton_dot_tflops", lambda device, time_ms: roofline_mod.Throughput(7.0, "dot"))
+    assert roofline_mod.fp8_tflops("meta", None) == roofline_mod.Throughput(7.0, "dot")
+    monkeypatch.setattr(roofline_mod, "triton_dot_tflops", refuses)
+    got = roofline_mod.fp8_tflops("meta", None)
+    assert got.tflops is None and got.method.count("no fp8 GEMM here") == 2
+
+
+def test_scaled_mm_probe_counts_2n3_flop_per_call():
+    # a clock that says every call took 1 ms: 2 * 32^3 FLOP / 1 ms = 6.5536e-5 TFLOP/s
+    got = roofline_mod.scaled_mm_tflops("cpu", lambda fn, device: (fn(), 1.0)[1], sizes=(32,))
+    assert got.tflops == pytest.approx(6.5536e-5)
+    assert "torch._scaled_mm" in got.method and "32x32x32" in got.method
+
+
+def test_triton_fp8_probe_computes_the_product():
+    pytest.importorskip("triton")
+    from parity.kernels.fp8_matmul import fp8_matmul
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(32, 64, generator=gen).to(torch.float8_e4m3fn)
+    b_nk = torch.randn(16, 64, generator=gen).to(torch.float8_e4m3fn)
+    c = torch.empty(32, 16, dtype=torch.bfloat16)
+    fp8_matmul(a, b_nk, c, block_m=16, block_n=16, block_k=32, num_warps=4, num_stages=2)
+    want = (a.double() @ b_nk.double().T).to(torch.bfloat16)
+    assert torch.allclose(c.float(), want.float(), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="multiples"):
+        fp8_matmul(a, b_nk, c, block_m=64)
+
+
+# --- the prepare / run_prepared protocol (DeepGEMM's schedule made outside the timed region) --------
+
+class PreparedFake:
+    """Records what was prepared and what each timed call was given; ``run`` must never be timed."""
+    paths = ("fused",)
+
+    def __init__(self, name, fail=False):
+        self.name, self.fail = name, fail
+        self.prepared, self.ran = [], []
+
+    def unsupported(self, path, inputs):
+        return None
+
+    def prepare(self, path, inputs):
+        if self.fail:
+            raise RuntimeError("schedule refused")
+        handle = ("handle", len(self.prepared))
+        self.prepared.append((path, inputs, handle))
+        return handle
+
+    def run_prepared(self, handle, out):
+        self.ran.append((handle, out.data_ptr()))
+
+    def run(self, path, inputs, out):
+        raise AssertionError("run must not be timed when prepare/run_prepared exist")
+
+
+class AllocatesItsOwnOutput(PreparedFake):
+    """DeepGEMM's shape of the protocol: ``run_prepared(handle)`` returns the kernel's own output."""
+
+    def run_prepared(self, handle):
+        self.ran.append((handle, None))
+        return [torch.zeros(1)]
+
+
+def test_prepared_backends_time_run_prepared_only():
+    with_out, own_out = PreparedFake("fake"), AllocatesItsOwnOutput("fake-own")
+    shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
+    rows = bench.bench_shape(shape, {"fake": with_out, "fake-own": own_out}, ["fused"], "cpu", 10.0, False, 0, 5)
+    assert [r["backend"] for r in rows] == ["fake", "fake-own"]
+    for row, fake in zip(rows, (with_out, own_out)):
+        assert row["us"] > 0 and row["prepared"] is True
+        # prepared once per rotating set, outside the timed loop; every timed call got one of those handles
+        assert len(fake.prepared) == row["sets"] and len({id(p[1]) for p in fake.prepared}) == row["sets"]
+        assert len(fake.ran) > len(fake.prepared)
+        assert {h for h, _ in fake.ran} == {p[2] for p in fake.prepared}
+    assert len({ptr for _, ptr in with_out.ran}) == rows[0]["sets"]  # each set's own out buffer
+    assert "fake, fake-own: run_prepared only" in bench.markdown(rows, 10.0, "cpu")
+
+
+def test_a_prepare_that_raises_is_a_skipped_row():
+    (row,) = bench.bench_shape(bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16),
+                               {"bad": PreparedFake("bad", fail=True)}, ["fused"], "cpu", 10.0, False, 0, 5, None)
+    assert "us" not in row and row["skipped"].startswith("error: RuntimeError: schedule refused")

@@ -218,31 +218,53 @@ def test_harness_catches_a_planted_non_tie_swap():
     assert f["details"]["non_tie_counts"][r] == 1 and sum(f["details"]["non_tie_counts"]) == 1
 
 
-# --- vLLM's op, when present ------------------------------------------------------------------------
+# --- vLLM's op: the installed build, else one compiled from a vLLM source tree ($PARITY_VLLM_SRC) --------
+
+_CONSUMER: dict = {}
+
 
 def _vllm_topk():
+    """The installed vLLM's op, else the one built from a source tree. A tree that is given and does not
+    build fails the tests with the compiler's message (a broken build is a finding, not a skip); the
+    build, or its failure, is reused by every test."""
     if not torch.cuda.is_available():
         pytest.skip("vLLM's top_k_per_row_decode is a CUDA op: no GPU here")
-    from parity.backends import vllm_ops
+    if "consumer" not in _CONSUMER:
+        try:
+            _CONSUMER["consumer"] = _resolve_vllm_topk()
+        except Exception as exc:  # noqa: BLE001  (pytest.skip is not an Exception: it is not cached)
+            _CONSUMER["consumer"] = exc
+    if isinstance(_CONSUMER["consumer"], Exception):
+        raise _CONSUMER["consumer"]
+    return _CONSUMER["consumer"]
+
+
+def _resolve_vllm_topk():
+    from parity.backends import vllm_ops, vllm_topk_ext
 
     backend = vllm_ops.make_backend()
-    if backend.topk_reason:
-        pytest.skip(backend.topk_reason)
-    return backend
+    if not backend.topk_reason:
+        return backend
+    src = vllm_topk_ext.source_tree()
+    if src is None:
+        pytest.skip(f"{backend.topk_reason}; no vLLM source tree either (${vllm_topk_ext.ENV})")
+    return vllm_topk_ext.load(src)
 
 
+# The op picks its algorithm by column count: insertion sort below 12288, radix sort below 200000, two
+# passes (ten blocks per row, then a merge) beyond.
+@pytest.mark.parametrize("cols", [5000, 20000, 200_000])
 @pytest.mark.parametrize("buffer", ["exact", "padded"])
-def test_vllm_top_k_per_row_decode_matches_the_reference(buffer):
-    backend = _vllm_topk()
-    next_n, cols, k = 2, 5000, 2048
-    ctx = torch.tensor([5000, 1500, 3333], dtype=torch.int32)  # one sequence shorter than k
-    gen = torch.Generator().manual_seed(11)
+def test_vllm_top_k_per_row_decode_matches_the_reference(buffer, cols):
+    consumer = _vllm_topk()
+    next_n, k = 2, 2048
+    ctx = torch.tensor([cols, cols // 2 + 7, 1500], dtype=torch.int32)  # the last one shorter than k
+    gen = torch.Generator().manual_seed(11 + cols)
     logits = torch.randn(3 * next_n, cols, generator=gen)
     buf = guarded_buffer((3 * next_n,), cols, buffer, "cuda")
     buf.view.copy_(logits)
-    got = backend.topk_decode(buf.view, ctx.cuda(), next_n, k)
+    got = consumer.topk_decode(buf.view, ctx.cuda(), next_n, k)
     assert got.shape == (3 * next_n, k)
     f = compare_topk(got, logits.double(), ctx, next_n, k, rtol=1e-6, atol=0.0)
     assert f.ok, f.summary
     assert f.details["min_recall"] > 0.999
-

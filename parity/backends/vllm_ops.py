@@ -5,33 +5,20 @@
 * :meth:`VllmBackend.topk_decode`: the decode top-k consumer
   ``torch.ops._C.top_k_per_row_decode(logits, next_n, seq_lens, topk_indices, num_rows, stride0,
   stride1[, topk_tokens])`` (SPEC section 6). Strides are explicit, so it reads padded views; older
-  builds have no ``topk_tokens`` argument and select 2048.
+  builds have no ``topk_tokens`` argument and select 2048. Without vLLM installed, the same op can be
+  built from a vLLM source tree: ``parity.backends.vllm_topk_ext``.
 
 Anything missing becomes the reason the cells are skipped.
 """
 from __future__ import annotations
 
 import importlib
-import inspect
 import types
 
 import torch
 
 from parity.backends.deepgemm import DeepGemmBackend
-from parity.cases import IndexerInputs
-
-OLD_TOPK = 2048  # builds whose op takes no topk_tokens select DSv3.2's index_topk
-
-
-def _arity(fn) -> int | None:
-    """Number of arguments of a torch op (its schema) or a Python function; None when unknown."""
-    schema = getattr(getattr(fn, "default", None), "_schema", None)
-    if schema is not None:
-        return len(schema.arguments)
-    try:
-        return len(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return None
+from parity.backends.vllm_topk_ext import decode_topk
 
 
 class VllmBackend(DeepGemmBackend):
@@ -49,23 +36,7 @@ class VllmBackend(DeepGemmBackend):
         """int32 ``(rows, k)`` indices chosen by vLLM's op, read through ``logits``' own strides."""
         if self.topk_reason:
             raise RuntimeError(self.topk_reason)
-        if logits.dim() != 2 or logits.dtype != torch.float32:
-            raise ValueError(f"logits must be float32 (rows, cols), got {logits.dtype} {tuple(logits.shape)}")
-        rows = logits.shape[0]
-        if rows != context_lens.numel() * next_n:
-            raise ValueError(f"logits has {rows} rows; context_lens ({context_lens.numel()}) x next_n ({next_n}) "
-                             f"gives {context_lens.numel() * next_n}")
-        out = torch.full((rows, k), -1, dtype=torch.int32, device=logits.device)
-        seq_lens = context_lens.to(device=logits.device, dtype=torch.int32).contiguous()
-        args = [logits, next_n, seq_lens, out, rows, logits.stride(0), logits.stride(1)]
-        op = self.ops.top_k_per_row_decode
-        if _arity(op) == len(args):  # an older op: no topk_tokens, k fixed
-            if k != OLD_TOPK:
-                raise ValueError(f"this vLLM build's top_k_per_row_decode selects {OLD_TOPK} only; asked for k={k}")
-            op(*args)
-        else:
-            op(*args, k)
-        return out
+        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k)
 
     def describe(self) -> dict:
         info = super().describe()
