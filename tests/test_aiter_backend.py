@@ -2,7 +2,7 @@
 findings the suite must report for the PyPI build amd-aiter 0.1.7.post2.dev18 (SPEC sections 1, 4).
 
 Without ROCm the build's Triton kernels run through its own wrapper, on the GPU when there is one,
-else under the Triton interpreter (conftest sets TRITON_INTERPRET=1). Expected values below come
+else under the Triton interpreter (the parity plugin sets TRITON_INTERPRET=1). Expected values below come
 from the case's context_lens and two facts about that build, never from the backend's output:
 ChunkK = 64 with unmasked chunk stores, and row i of a sequence treating ``t <= context_len - i``
 as valid (SPEC section 1).

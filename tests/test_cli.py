@@ -201,14 +201,6 @@ def test_bad_options_are_usage_errors_before_anything_runs(tmp_path, capsys, arg
     assert err.startswith(f"parity run: error: {option}"), err
 
 
-def test_pytest_parity_fails_when_a_requested_backend_does_not_load():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "-q", "-p", "no:cacheprovider",
-                           "--backend", "no_such_pkg.mod:factory", "-k", "fused-exact-B1-n1", "tests/test_parity.py"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout[-2000:]
-    assert "backend 'no_such_pkg.mod:factory' unavailable" in proc.stdout
-
-
 def test_crashing_and_hanging_backends_do_not_stop_the_run(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "parity", "run", "--backend", "fault:aborts", "--backend",

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-# The compiler needs real @triton.jit functions, which TRITON_INTERPRET=1 (set by conftest without a
+# The compiler needs real @triton.jit functions, which TRITON_INTERPRET=1 (set by the parity plugin without a
 # GPU) replaces at import: so compile in a child process without it.
 CHILD = textwrap.dedent("""
     import json, pathlib, sys, tempfile, importlib.util

@@ -1,5 +1,5 @@
 """The project's Triton kernels through the parity harness: every path x buffer x quick case, on the GPU
-when there is one, else on the CPU under the Triton interpreter (conftest sets TRITON_INTERPRET=1)."""
+when there is one, else on the CPU under the Triton interpreter (the parity plugin sets TRITON_INTERPRET=1)."""
 import os
 import subprocess
 import sys

@@ -1,11 +1,13 @@
-"""The parity matrix: every backend x path x buffer x case x device against the float64 reference.
+"""The parity matrix as a pytest test: every backend x path x buffer x case x device against the
+float64 reference. The plugin (:mod:`parity.pytest_plugin`) parametrizes it and collects this module
+for ``pytest -m parity`` from any directory; ``pytest --pyargs parity.matrix`` runs it as well.
 
-One reference (parity.reference), one grid (conftest.pytest_generate_tests), one comparison
+One reference (parity.reference), one grid (the plugin's pytest_generate_tests), one comparison
 (parity.harness.run_cell: mask, values, out-of-bounds, top-k, determinism)."""
 import pytest
 
-from conftest import worker_device
 from parity.harness import run_cell
+from parity.pytest_plugin import worker_device
 
 
 @pytest.mark.parity

@@ -1,0 +1,136 @@
+"""The parity suite's pytest plugin, installed with the package (entry point ``pytest11``), so that
+``pytest -m parity --backend my_backend.py`` runs the matrix from any directory: a kernel team's own
+repository, a CI job, this checkout.
+
+It adds the options, gives each xdist worker its own GPU and its share of the CPU cores, and, when
+the run asks for the matrix (``-m`` naming ``parity``, or ``--backend``/``--parity-level`` given),
+collects :mod:`parity.matrix` unless a test module of the run already holds the matrix test.
+
+Importing this module costs nothing: it is loaded by every pytest run of the environment, so torch
+and the backends are imported only once a run has asked for the matrix.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+MATRIX_FIXTURE = "parity_cell"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("parity", "indexer parity matrix (python -m parity --help for the CLI)")
+    g.addoption("--backend", action="append", default=None,
+                help="backend to check: registered name, pkg.mod:factory or file.py[:factory] (repeatable)")
+    g.addoption("--device", action="append", default=None, help="cpu, cuda, cuda:1 ... (repeatable; default: all)")
+    g.addoption("--parity-level", choices=("quick", "full"), default=None, help="case grid (default quick)")
+    g.addoption("--aiter-path", default=None, help="aiter source tree or install dir for the aiter backend")
+
+
+def matrix_wanted(config) -> bool:
+    mark = config.getoption("markexpr", "") or ""
+    return ("parity" in mark and "not parity" not in mark) or bool(config.getoption("--backend")) \
+        or config.getoption("--parity-level") is not None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "parity: the backend x path x buffer x case x device matrix")
+    if not matrix_wanted(config) and not config.pluginmanager.hasplugin("parity_repo_conftest"):
+        return
+    import torch
+
+    # Triton decides at decoration time whether to interpret; without a GPU the interpreter is
+    # the only way a Triton kernel runs at all.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    # xdist workers share the machine's cores: torch's default of one thread per core in every
+    # worker oversubscribes them, and its spinning threads then cost more than they compute.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    for value in config.getoption("--device") or ():
+        if (why := _device_error(value)) is not None:
+            raise pytest.UsageError(why)
+
+
+def _device_error(value: str) -> str | None:
+    from parity.cli import check_device
+
+    return check_device(value)
+
+
+def worker_device(kind: str) -> str:
+    """Under xdist each worker takes its own GPU (gw0 -> cuda:0, gw1 -> cuda:1, ...)."""
+    import torch
+
+    if kind != "cuda" or not torch.cuda.is_available():
+        return kind
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"cuda:{int(worker[2:] or 0) % torch.cuda.device_count()}"
+
+
+def default_backends() -> list[str]:
+    # Our own kernels always; third-party builds only when asked for (--backend aiter ...), since
+    # a known-buggy build is expected to fail and has its own expectation tests.
+    return ["torch", "triton"]
+
+
+def pytest_generate_tests(metafunc):
+    if MATRIX_FIXTURE not in metafunc.fixturenames:
+        return
+    import torch
+
+    from parity.backends import PATHS
+    from parity.buffers import BUFFER_KINDS
+    from parity.cases import cases_for_level
+
+    cfg = metafunc.config
+    backends = cfg.getoption("--backend") or default_backends()
+    devices = cfg.getoption("--device") or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    cases = cases_for_level(cfg.getoption("--parity-level") or "quick")
+    params, ids = [], []
+    for dev in devices:
+        for backend in backends:
+            for path in PATHS:
+                for buf in BUFFER_KINDS:
+                    for case in cases:
+                        params.append((backend, path, buf, case, dev))
+                        suffix = f"-{dev}" if len(devices) > 1 else ""
+                        ids.append(f"{backend}-{path}-{buf}-{case.id}{suffix}")
+    metafunc.parametrize(MATRIX_FIXTURE, params, ids=ids)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect, so they apply to the matrix too
+def pytest_collection_modifyitems(session, config, items):
+    if not matrix_wanted(config) or any(MATRIX_FIXTURE in getattr(i, "fixturenames", ()) for i in items):
+        return
+    from parity import matrix
+
+    module = pytest.Module.from_parent(session, path=Path(matrix.__file__))
+    items.extend(session.genitems(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _backend(spec: str, aiter_path: str | None):
+    from parity.backends import load_backend
+
+    opts = {"aiter_path": aiter_path} if spec == "aiter" and aiter_path else {}
+    return load_backend(spec, **opts)
+
+
+@pytest.fixture
+def parity_backend(request):
+    """Loads a backend by spec; a backend that cannot load skips (default list) or fails (asked for)."""
+
+    def get(spec: str):
+        try:
+            return _backend(spec, request.config.getoption("--aiter-path"))
+        except Exception as exc:
+            msg = f"backend {spec!r} unavailable: {type(exc).__name__}: {exc}"
+            if request.config.getoption("--backend"):
+                pytest.fail(msg)
+            pytest.skip(msg)
+
+    return get

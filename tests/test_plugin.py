@@ -1,0 +1,81 @@
+"""The pytest plugin as a user meets it: installed with the package, run from a directory that is
+not this checkout, with the backend given as ``--backend X`` or ``--backend=X``."""
+import os
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+MY_BACKEND = textwrap.dedent('''
+    from parity.backends.torch_ref import TorchBackend
+
+    def make_backend():
+        b = TorchBackend()
+        b.name = "mybuild"
+        return b
+''')
+
+
+def _pytest(python, cwd, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
+                                                            "PYTEST_ADDOPTS")}
+    return subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def user_repo(tmp_path):
+    repo = tmp_path / "kernel-team-repo"
+    repo.mkdir()
+    (repo / "my_backend.py").write_text(MY_BACKEND)
+    return repo
+
+
+@pytest.mark.parametrize("form", ["space", "equals"])
+def test_matrix_runs_outside_the_checkout(user_repo, form):
+    backend = str(user_repo / "my_backend.py")
+    args = ["--backend", backend] if form == "space" else [f"--backend={backend}"]
+    proc = _pytest(sys.executable, user_repo, "-m", "parity", *args, "-k", "fused-exact", "-rs")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "16 passed" in proc.stdout.splitlines()[-1], proc.stdout[-500:]
+
+
+def test_requested_backend_that_does_not_load_fails_the_matrix(user_repo):
+    proc = _pytest(sys.executable, user_repo, "-m", "parity", "--backend", "no_such_pkg.mod:factory",
+                   "-k", "fused-exact-B1-n1")
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "backend 'no_such_pkg.mod:factory' unavailable" in proc.stdout
+
+
+def test_bad_device_is_a_usage_error(user_repo):
+    proc = _pytest(sys.executable, user_repo, "-m", "parity", "--device", "tpu")
+    assert proc.returncode == 4 and "--device 'tpu'" in proc.stderr
+
+
+def test_a_run_that_does_not_ask_for_the_matrix_does_not_get_it(user_repo):
+    (user_repo / "test_theirs.py").write_text("def test_theirs():\n    assert 1 + 1 == 2\n")
+    proc = _pytest(sys.executable, user_repo)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith("1 passed"), proc.stdout[-500:]
+
+
+@pytest.mark.slow
+def test_installed_package_brings_the_plugin(tmp_path, user_repo):
+    """pip install of the checkout (not editable) into a fresh environment that borrows torch and
+    pytest from this one: the entry point alone must make the options and the matrix appear."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+                              "--no-build-isolation", str(CHECKOUT)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    where = subprocess.run([python, "-c", "import parity; print(parity.__file__)"], cwd=user_repo,
+                           capture_output=True, text=True, timeout=120)
+    assert str(env_dir) in where.stdout, where.stdout + where.stderr  # the installed copy, not the checkout
+    for args in (["--backend", "my_backend.py"], ["--backend=my_backend.py"]):
+        proc = _pytest(python, user_repo, "-m", "parity", *args, "-k", "stage1-padded")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert proc.stdout.splitlines()[-1].startswith("16 passed"), proc.stdout[-500:]
