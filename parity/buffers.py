@@ -7,7 +7,8 @@ The guarded allocation is one flat float32 storage::
 Guards and pads are filled with a NaN payload no kernel produces, the logical region with -inf
 (the caller's prefill contract, as ``torch.full(..., -inf)``). After the call, any guard or pad
 element that no longer holds the payload was written by the kernel: the out-of-bounds check reads
-exactly where.
+exactly where. The storage has the logits' dtype (float32, or bfloat16 for kernels that write
+bf16 logits), so guard bands are measured in the elements the kernel stores.
 """
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ from dataclasses import dataclass
 import torch
 
 DEFAULT_PAD = 256
-# 0x7FC0DEAD: a quiet NaN with a payload; arithmetic NaNs a kernel produces carry other bits.
-SENTINEL_BITS = 0x7FC0DEAD
+# Quiet NaNs with a payload; arithmetic NaNs a kernel produces (and float32 NaNs rounded to bf16)
+# carry other bits. dtype -> (integer view, bits).
+SENTINELS = {torch.float32: (torch.int32, 0x7FC0DEAD), torch.bfloat16: (torch.int16, 0x7FDB)}
+SENTINEL_BITS = SENTINELS[torch.float32][1]
 BUFFER_KINDS = ("exact", "padded")
 
 
 def sentinel_mask(t: torch.Tensor) -> torch.Tensor:
-    """True where ``t`` (float32) still holds the sentinel bit pattern."""
-    return t.contiguous().view(torch.int32) == SENTINEL_BITS
+    """True where ``t`` (float32 or bfloat16) still holds the sentinel bit pattern."""
+    as_int, bits = SENTINELS[t.dtype]
+    return t.contiguous().view(as_int) == bits
 
 
 def fill_sentinel(t: torch.Tensor) -> None:
-    t.view(torch.int32).fill_(SENTINEL_BITS)
+    as_int, bits = SENTINELS[t.dtype]
+    t.view(as_int).fill_(bits)
 
 
 @dataclass
 class GuardedBuffer:
-    storage: torch.Tensor  # flat float32, guards included
+    storage: torch.Tensor  # flat, in the logits' dtype, guards included
     view: torch.Tensor  # what the kernel receives: (*lead, rows, cols)
     guard: int  # elements before the first row and after the last
     pitch: int  # elements from one row to the next (cols + pad)
@@ -49,8 +54,10 @@ class GuardedBuffer:
 
 
 def guarded_buffer(lead_shape: tuple[int, ...], cols: int, kind: str, device, pad: int = DEFAULT_PAD,
-                   guard: int | None = None) -> GuardedBuffer:
+                   guard: int | None = None, dtype: torch.dtype = torch.float32) -> GuardedBuffer:
     """A ``(*lead_shape, cols)`` view with row pitch ``cols`` (exact) or ``cols + pad`` (padded)."""
+    if dtype not in SENTINELS:
+        raise ValueError(f"logits dtype must be one of {list(SENTINELS)}, got {dtype}")
     if kind not in BUFFER_KINDS:
         raise ValueError(f"buffer kind must be one of {BUFFER_KINDS}, got {kind!r}")
     if pad < 0:
@@ -59,7 +66,7 @@ def guarded_buffer(lead_shape: tuple[int, ...], cols: int, kind: str, device, pa
     # Wide enough that an overshoot of a whole 256-column chunk (or a whole row) stays inside it.
     guard = guard if guard is not None else max(1024, 2 * pitch)
     n = math.prod(lead_shape)
-    storage = torch.empty(guard + n * pitch + guard, dtype=torch.float32, device=device)
+    storage = torch.empty(guard + n * pitch + guard, dtype=dtype, device=device)
     fill_sentinel(storage)
     strides = []
     acc = pitch

@@ -21,6 +21,15 @@ CONTEXT_PATTERNS = (
     "block_multiple_minus1",
     "near_max",  # within one 256-column chunk of max_model_len
 )
+# Rows CUDA-graph capture pads a decode batch with: sequences of context_len 0 and 1 (for next_n > 1
+# a context shorter than next_n leaves some speculative rows with no valid position at all).
+DUMMY_PATTERNS = (
+    "dummy_rows",  # 0 and 1 among real sequences, one of them at max_model_len
+    "all_dummy",  # a whole batch of them
+)
+ROW_LENS = ("causal", "per_row")
+LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOPK_MODES = ("random", "near_ties")
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,17 @@ class IndexerCase:
     fp8: str = "e4m3fn"
     seed: int = 0
     topk: int = 64
+    # per_row: each speculative row has its own valid length (DeepGEMM's 2-D context_lens), drawn
+    # uniformly in [0, context_len] with the last row at context_len, as DeepGEMM's test draws them.
+    row_lens: str = "causal"
+    logits_dtype: str = "float32"
+    # near_ties: in the last row of each sequence, a group of keys whose logits are a few float32 ulps
+    # from the k-th largest, so that top-k membership at the k-th place is a coin toss.
+    topk_mode: str = "random"
+    # The sequences' blocks get physical ids >= block_id_floor, below which the cache holds filler
+    # blocks: with ids above 2**31 / bytes per block a 32-bit byte offset wraps.
+    block_id_floor: int = 0
+    gpu_only: bool = False  # too large for a CPU run (the reason is in cpu_reason)
 
     def __post_init__(self):
         def need(ok, what):
@@ -47,7 +67,13 @@ class IndexerCase:
         need(self.head_dim % 16 == 0, f"head_dim must be a multiple of 16, got {self.head_dim}")
         need(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
         need(self.max_model_len >= self.next_n, f"max_model_len must be >= next_n, got {self.max_model_len}")
-        need(self.context in CONTEXT_PATTERNS, f"context must be one of {CONTEXT_PATTERNS}, got {self.context!r}")
+        patterns = CONTEXT_PATTERNS + DUMMY_PATTERNS
+        need(self.context in patterns, f"context must be one of {patterns}, got {self.context!r}")
+        need(self.row_lens in ROW_LENS, f"row_lens must be one of {ROW_LENS}, got {self.row_lens!r}")
+        need(self.logits_dtype in LOGITS_DTYPES,
+             f"logits_dtype must be one of {sorted(LOGITS_DTYPES)}, got {self.logits_dtype!r}")
+        need(self.topk_mode in TOPK_MODES, f"topk_mode must be one of {TOPK_MODES}, got {self.topk_mode!r}")
+        need(self.block_id_floor >= 0, f"block_id_floor must be >= 0, got {self.block_id_floor}")
         need(self.fp8 in layouts.FP8_DTYPES, f"fp8 must be one of {sorted(layouts.FP8_DTYPES)}, got {self.fp8!r}")
         need(self.topk >= 1, f"topk must be >= 1, got {self.topk}")
 
@@ -66,7 +92,27 @@ class IndexerCase:
             parts.append(self.fp8)
         if self.seed:
             parts.append(f"s{self.seed}")
+        if self.row_lens != "causal":
+            parts.append("perrow")
+        if self.logits_dtype != "float32":
+            parts.append({"bfloat16": "bf16"}[self.logits_dtype])
+        if self.topk_mode != "random":
+            parts.append("ties")
+        if self.block_id_floor:
+            parts.append(f"blk{self.block_id_floor}")
         return "-".join(parts)
+
+    @property
+    def cache_bytes(self) -> int:
+        used = sum(math.ceil(self.max_model_len / self.block_size) for _ in range(self.batch))
+        return (self.block_id_floor + used + 3) * layouts.block_bytes(self.block_size, self.head_dim)
+
+    def cpu_reason(self) -> str | None:
+        """Why this case runs on a GPU only, or None."""
+        if not self.gpu_only:
+            return None
+        return (f"GPU-only case: B={self.batch}, max_model_len={self.max_model_len}, "
+                f"cache {self.cache_bytes / 2**30:.2f} GiB; too large for the CPU run")
 
 
 @dataclass
@@ -83,6 +129,10 @@ class IndexerInputs:
     max_model_len: int
     kv_cache_preshuffled: torch.Tensor | None = None
     case: IndexerCase | None = field(default=None, repr=False)
+    # (B, next_n) int32: each row's own valid length (DeepGEMM's 2-D context_lens); None: the causal
+    # diagonal context_len - next_n + i + 1. context_lens stays each sequence's length (the row max).
+    context_lens_2d: torch.Tensor | None = None
+    logits_dtype: torch.dtype = torch.float32  # what the caller's output buffer holds
 
     @property
     def batch(self) -> int:
@@ -122,7 +172,13 @@ class IndexerInputs:
             context_lens=mv(self.context_lens),
             block_tables=mv(self.block_tables),
             kv_cache_preshuffled=mv(self.kv_cache_preshuffled),
+            context_lens_2d=mv(self.context_lens_2d),
         )
+
+    @property
+    def row_lens(self) -> torch.Tensor:
+        """Valid positions per output row ``(B * next_n,)`` int64 (0 for a row with none)."""
+        return row_lengths(self.context_lens, self.next_n, self.context_lens_2d)
 
 
 def validate_inputs(inp: IndexerInputs) -> None:
@@ -148,9 +204,17 @@ def validate_inputs(inp: IndexerInputs) -> None:
     if (lens > mml).any():
         b = int(torch.nonzero(lens > mml)[0])
         raise ValueError(f"context_lens[{b}] = {int(lens[b])} exceeds max_model_len = {mml}")
-    if (lens < next_n).any():
-        b = int(torch.nonzero(lens < next_n)[0])
-        raise ValueError(f"context_lens[{b}] = {int(lens[b])} is below next_n = {next_n}")
+    if (lens < 0).any():
+        b = int(torch.nonzero(lens < 0)[0])
+        raise ValueError(f"context_lens[{b}] = {int(lens[b])} is negative")
+    if inp.context_lens_2d is not None:
+        c2 = inp.context_lens_2d
+        if c2.dtype != torch.int32 or tuple(c2.shape) != (B, next_n):
+            raise ValueError(f"context_lens_2d must be int32 of shape ({B}, {next_n}), got {c2.dtype} {tuple(c2.shape)}")
+        c2 = c2.cpu()
+        if (c2 < 0).any() or (c2 > lens.view(-1, 1)).any():
+            b = int(torch.nonzero(((c2 < 0) | (c2 > lens.view(-1, 1))).any(1))[0])
+            raise ValueError(f"context_lens_2d[{b}] = {c2[b].tolist()} must lie in [0, context_lens[{b}] = {int(lens[b])}]")
     bs = kv.shape[1]
     need_blocks = (lens + bs - 1) // bs
     if int(need_blocks.max()) > bt.shape[1]:
@@ -164,9 +228,11 @@ def validate_inputs(inp: IndexerInputs) -> None:
         raise ValueError("weights contain NaN/inf")
     if not torch.isfinite(q.float()).all():
         raise ValueError("q_fp8 contains NaN")
-    _, scales = layouts.split_kv_cache(kv, q.dtype)
-    if not torch.isfinite(scales).all():
-        raise ValueError("kv_cache scales contain NaN/inf")
+    used = torch.cat([tables[b, : int(need_blocks[b])] for b in range(B)]).long().unique()
+    if used.numel():  # only the blocks in use: a cache can be gigabytes of blocks nobody reads
+        _, scales = layouts.split_kv_cache(kv[used.to(kv.device)], q.dtype)
+        if not torch.isfinite(scales).all():
+            raise ValueError("kv_cache scales contain NaN/inf in the blocks block_tables use")
 
 
 def context_lens_for(case: IndexerCase, gen: torch.Generator) -> list[int]:
@@ -186,12 +252,27 @@ def context_lens_for(case: IndexerCase, gen: torch.Generator) -> list[int]:
         "block_multiple_plus1": [clamp(mult * (1 + b % 2) + 1) for b in range(B)],
         "block_multiple_minus1": [clamp(mult * (1 + b % 2) - 1) for b in range(B)],
         "near_max": [clamp(mml - int(torch.randint(0, 256, (1,), generator=gen))) for _ in range(B)],
+        "dummy_rows": ([0, 1, mml] + rand[3:])[:B] if B >= 3 else [0, mml][:B],
+        "all_dummy": [b % 2 for b in range(B)],
     }[case.context]
     return pattern[:B]
 
 
-def build_inputs(case: IndexerCase, device="cpu") -> IndexerInputs:
-    """Fresh random inputs for ``case`` (deterministic per seed, never zeros)."""
+def per_row_lengths(lens: list[int], next_n: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, next_n) int32: row i of sequence b sees a uniform draw from [0, context_len], the last row
+    all of it (how DeepGEMM's test draws 2-D context_lens)."""
+    ctx = torch.tensor(lens, dtype=torch.float64).view(-1, 1)
+    rows = ((ctx + 1) * torch.rand(len(lens), next_n, generator=gen, dtype=torch.float64)).floor().clamp(max=ctx)
+    rows[:, -1] = ctx[:, 0]
+    return rows.to(torch.int32)
+
+
+FILLER_KEY_BYTE = 0x38  # e4m3fn 1.0 (fnuz 0.5): a kernel that reads a filler block gets finite garbage
+
+
+def build_inputs(case: IndexerCase, device="cpu", compact: bool = False) -> IndexerInputs:
+    """Fresh random inputs for ``case`` (deterministic per seed, never zeros). ``compact`` leaves out
+    the filler blocks below ``case.block_id_floor``: the same logits, from a cache a CPU can hold."""
     gen = torch.Generator().manual_seed(case.seed * 1_000_003 + zlib.crc32(case.id.encode()))
     fp8 = layouts.fp8_dtype(case.fp8)
     B, n, H, D, bs = case.batch, case.next_n, case.heads, case.head_dim, case.block_size
@@ -210,29 +291,75 @@ def build_inputs(case: IndexerCase, device="cpu") -> IndexerInputs:
     # context_len picks up finite garbage, which the value checks then see.
     k = torch.randn(num_blocks * bs, D, generator=gen) * (1 + 3 * torch.rand(num_blocks * bs, 1, generator=gen))
     k_fp8, scales = layouts.quantize_per_token(k, fp8)
-    kv_cache = layouts.pack_kv_cache(k_fp8, scales, bs)
     q = torch.randn(B, n, H, D, generator=gen) * 2
     q_fp8 = q.clamp(-layouts.fp8_max(fp8), layouts.fp8_max(fp8)).to(fp8)
     weights = torch.randn(B * n, H, generator=gen) * H**-0.5
-    pre = layouts.preshuffle_kv_cache(kv_cache) if bs % layouts.PRESHUFFLE_TILE == 0 and D % 16 == 0 else None
+    context_lens = torch.tensor(lens, dtype=torch.int32)
+    lens_2d = per_row_lengths(lens, n, gen) if case.row_lens == "per_row" else None
+    if case.topk_mode == "near_ties":
+        _plant_near_ties(case, k_fp8, scales, q_fp8, weights, block_tables, row_lengths(context_lens, n, lens_2d))
+    kv_cache = layouts.pack_kv_cache(k_fp8, scales, bs)
+    shufflable = bs % layouts.PRESHUFFLE_TILE == 0 and D % 16 == 0
+    pre = layouts.preshuffle_kv_cache(kv_cache) if shufflable else None
+    floor = 0 if compact else case.block_id_floor
     inp = IndexerInputs(
-        q_fp8=q_fp8,
-        kv_cache=kv_cache,
-        weights=weights,
-        context_lens=torch.tensor(lens, dtype=torch.int32),
-        block_tables=block_tables,
-        max_model_len=case.max_model_len,
-        kv_cache_preshuffled=pre,
-        case=case,
-    )
-    return inp.to(device) if str(device) != "cpu" else inp
+        q_fp8=q_fp8, kv_cache=kv_cache, weights=weights, context_lens=context_lens,
+        block_tables=block_tables, max_model_len=case.max_model_len, kv_cache_preshuffled=pre, case=case,
+        context_lens_2d=lens_2d, logits_dtype=LOGITS_DTYPES[case.logits_dtype])
+    inp = inp.to(device) if str(device) != "cpu" else inp
+    if floor:
+        inp = replace(inp, kv_cache=_above_filler(inp.kv_cache, floor),
+                      kv_cache_preshuffled=None if pre is None else _above_filler(inp.kv_cache_preshuffled, floor),
+                      block_tables=inp.block_tables + floor)
+    return inp
+
+
+def _above_filler(cache: torch.Tensor, floor: int) -> torch.Tensor:
+    """``cache``'s blocks moved to ids ``floor + i``, built in place on the cache's device; the
+    blocks below hold filler keys with scale 1.0."""
+    nb, bs, _, width = cache.shape
+    D = width - layouts.SCALE_BYTES
+    big = torch.empty(floor + nb, bs * width, dtype=torch.uint8, device=cache.device)
+    big[:floor, : bs * D] = FILLER_KEY_BYTE
+    big[:floor, bs * D :] = torch.ones(bs, dtype=torch.float32, device=cache.device).view(torch.uint8)
+    big[floor:] = cache.reshape(nb, bs * width)
+    return big.view(floor + nb, bs, 1, width)
+
+
+def _plant_near_ties(case: IndexerCase, k_fp8: torch.Tensor, scales: torch.Tensor, q_fp8: torch.Tensor,
+                     weights: torch.Tensor, block_tables: torch.Tensor, row_lens: torch.Tensor) -> None:
+    """In the last row of each sequence, copy the key ranked k-th onto keys ranked below it, the j-th
+    copy with a scale j float32 ulps larger: a group of logits at the k-th place a few ulps apart,
+    far inside any kernel's rounding, so which of them a kernel ranks k-th is a coin toss."""
+    n, bs, k = case.next_n, case.block_size, case.topk
+    for b in range(case.batch):
+        r = b * n + n - 1
+        L = int(row_lens[r])
+        if L <= k + 1:
+            continue
+        blocks = block_tables[b, : math.ceil(L / bs)].long()
+        slots = (blocks.view(-1, 1) * bs + torch.arange(bs)).reshape(-1)[:L]  # cache rows of tokens 0..L-1
+        keys = k_fp8[slots].double() * scales[slots].double().view(-1, 1)
+        logits = (weights[r].double().view(-1, 1) * (q_fp8[b, n - 1].double() @ keys.T).clamp_min(0)).sum(0)
+        order = torch.argsort(-logits, stable=True)
+        kth, below = int(slots[order[k - 1]]), slots[order[k + 1 : k + 1 + max(2, k // 4)]]
+        for j, s_ in enumerate(below.tolist(), 1):
+            k_fp8[s_] = k_fp8[kth]
+            scales[s_] = (scales[kth : kth + 1].view(torch.int32) + j).view(torch.float32)[0]
 
 
 def valid_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
     """Per output row, the number of leading valid positions under the causal rule of SPEC section 1:
-    row (b, i) may see ``t <= context_len[b] - next_n + i``."""
+    row (b, i) may see ``t <= context_len[b] - next_n + i``; none (0) when that is below 0."""
     i = torch.arange(next_n, device=context_lens.device)
-    return (context_lens.view(-1, 1).long() - next_n + i + 1).reshape(-1)
+    return (context_lens.view(-1, 1).long() - next_n + i + 1).clamp_min(0).reshape(-1)
+
+
+def row_lengths(context_lens: torch.Tensor, next_n: int, context_lens_2d: torch.Tensor | None = None) -> torch.Tensor:
+    """Valid positions per output row: the 2-D per-row lengths when given, else the causal diagonal."""
+    if context_lens_2d is not None:
+        return context_lens_2d.reshape(-1).long()
+    return valid_lengths(context_lens, next_n)
 
 
 # --- grids ------------------------------------------------------------------------------------

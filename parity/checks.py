@@ -52,11 +52,16 @@ def _runs(cols: torch.Tensor, n: int = MAX_LISTED) -> list[list[int]]:
     return runs
 
 
-def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor) -> Finding:
-    """The finite/-inf pattern inside ``[0, context_len)`` of each row must equal the reference exactly."""
+def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor,
+               row_len: torch.Tensor | None = None) -> Finding:
+    """The finite/-inf pattern inside ``[0, context_len)`` of each row must equal the reference exactly.
+    A row with no valid position (``row_len`` 0: a dummy sequence of a padded batch) must be -inf in
+    every column: whatever is finite there is a stray write, not an allowed one past context_len."""
     out = out.detach().cpu().float()
     cols = out.shape[1]
     inside = torch.arange(cols)[None, :] < context_len.cpu()[:, None]
+    dummy = torch.zeros(out.shape[0], dtype=torch.bool) if row_len is None else row_len.cpu() <= 0
+    inside |= dummy[:, None]
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
     nan = torch.isnan(out) & inside
     diff = (got_fin != want_fin) & inside
@@ -74,9 +79,13 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor) 
     summary = "mask matches" if ok else f"mask differs in {rows.numel()} rows ({int(diff.sum())} positions)"
     if int(nan.sum()):
         summary += f"; {int(nan.sum())} NaN inside context"
+    dummy_hit = torch.nonzero(dummy & diff.any(1)).flatten()
+    if dummy_hit.numel():
+        summary += f"; {dummy_hit.numel()} rows with no valid position written (rows {_first(dummy_hit)})"
     runs = {int(r): _runs(torch.nonzero(diff[r]).flatten()) for r in rows[:MAX_LISTED]}
     return Finding("mask", ok, summary, {"rows": _first(rows, 64), "per_row": per_row, "runs": runs,
-                                         "nan": int(nan.sum())}, where=diff | nan)
+                                         "nan": int(nan.sum()), "dummy_rows_written": _first(dummy_hit, 64)},
+                   where=diff | nan)
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -86,13 +95,20 @@ def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     return 0.0 if float(denom) == 0 else float(1 - 2 * (x * y).sum() / denom)
 
 
+# Relative rounding of the stored logit on top of the computation's error: bf16 keeps 8 significant
+# bits, so round-to-nearest moves a value by at most 2**-8 of itself (float32's is inside rtol).
+OUTPUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0**-8}
+
+
 def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor, fp8: str,
                  magnitude: torch.Tensor | None = None) -> Finding:
-    """``|out - ref| <= atol + rtol * max(rowmax|ref|, magnitude)`` where both are finite inside the
-    context. ``magnitude`` (optional, elementwise ``|w| * (|q| . |k|) * scale``) is the size of the
-    summed terms: fp8 matrix units accumulate with a short mantissa, so the error of a logit scales
-    with it, and for a row with one valid position ``rowmax|ref|`` is that logit alone."""
+    """``|out - ref| <= atol + rtol * max(rowmax|ref|, magnitude) + rounding(out.dtype) * |ref|``
+    where both are finite inside the context. ``magnitude`` (optional, elementwise
+    ``|w| * (|q| . |k|) * scale``) is the size of the summed terms: fp8 matrix units accumulate with a
+    short mantissa, so the error of a logit scales with it, and for a row with one valid position
+    ``rowmax|ref|`` is that logit alone."""
     rtol, atol = TOLERANCES[fp8]
+    rounding = OUTPUT_ROUNDING[out.dtype] if out.dtype in OUTPUT_ROUNDING else 0.0
     out = out.detach().cpu().double()
     cols = out.shape[1]
     inside = torch.arange(cols)[None, :] < context_len.cpu()[:, None]
@@ -101,7 +117,7 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     out0 = torch.where(both, out, torch.zeros_like(out))
     rowmax = ref0.abs().amax(dim=1, keepdim=True)
     scale = rowmax if magnitude is None else torch.maximum(rowmax, magnitude.double())
-    bound = atol + rtol * scale
+    bound = atol + rtol * scale + rounding * ref0.abs()
     err = (out0 - ref0).abs()
     ratio = err / bound
     bad = (ratio > 1) & both
@@ -119,7 +135,7 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     summary = (f"values within rtol={rtol:g} of row max (worst {worst.get('err_over_rowmax', 0):.2e}), calc_diff={cd:.2e}"
                if ok else f"{int(bad.sum())} values off in {bad_rows.numel()} rows; worst {worst}")
     return Finding("values", ok, summary, {
-        "rtol": rtol, "atol": atol, "worst": worst, "calc_diff": cd, "calc_diff_ok": cd < CALC_DIFF_LIMIT,
+        "rtol": rtol, "atol": atol, "output_rounding": rounding, "worst": worst, "calc_diff": cd, "calc_diff_ok": cd < CALC_DIFF_LIMIT,
         "bad_count": int(bad.sum()), "rows": _first(bad_rows, 64), "per_row": per_row, "compared": int(both.sum()),
         "runs": {int(r): _runs(torch.nonzero(bad[r]).flatten()) for r in bad_rows[:MAX_LISTED]},
     }, where=bad)
@@ -262,13 +278,21 @@ def cross_check_next_row(exact: dict, padded: dict) -> None:
             f["details"]["not_next_row"] = why
 
 
-def check_determinism(first: torch.Tensor, second: torch.Tensor) -> Finding:
-    a = first.detach().cpu().contiguous().view(torch.int32)
-    b = second.detach().cpu().contiguous().view(torch.int32)
-    diff = a != b
-    n = int(diff.sum())
-    if n == 0:
-        return Finding("determinism", True, "two runs bitwise equal")
-    pos = torch.nonzero(diff.reshape(-1, first.shape[-1]))
-    return Finding("determinism", False, f"{n} positions differ between two runs on the same inputs",
-                   {"count": n, "first_positions": [[int(r), int(c)] for r, c in pos[:MAX_LISTED]]})
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def check_determinism(first: torch.Tensor, *others: torch.Tensor) -> Finding:
+    """Every later run on the same inputs must be bitwise equal to the first (DeepGEMM's own test
+    replays its kernel 20 times): a racing store shows as differing positions in some run."""
+    a = _bits(first)
+    n_runs = 1 + len(others)
+    for k, other in enumerate(others, 2):
+        diff = a != _bits(other)
+        n = int(diff.sum())
+        if n:
+            pos = torch.nonzero(diff.reshape(-1, first.shape[-1]))
+            return Finding("determinism", False, f"{n} positions differ between run 1 and run {k} of {n_runs} on "
+                           "the same inputs", {"count": n, "run": k, "runs": n_runs,
+                                               "first_positions": [[int(r), int(c)] for r, c in pos[:MAX_LISTED]]})
+    return Finding("determinism", True, f"{n_runs} runs bitwise equal", {"runs": n_runs})

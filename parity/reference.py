@@ -1,14 +1,15 @@
 """The float64 reference of paged MQA logits, written from the math of SPEC section 1:
 
     logits[b*next_n + i, t] = sum_h weights[row, h] * relu(q[b, i, h] . k[t] * scale[t])
-    valid iff t <= context_len[b] - next_n + i;  every other column is -inf.
+    valid iff t <= context_len[b] - next_n + i (or t < context_lens_2d[b, i] when per-row lengths
+    are given);  every other column is -inf, and a row with no valid position is all -inf.
 """
 from __future__ import annotations
 
 import torch
 
 from parity import layouts
-from parity.cases import IndexerInputs, valid_lengths
+from parity.cases import IndexerInputs
 
 
 def gather_keys(inp: IndexerInputs, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,6 +17,8 @@ def gather_keys(inp: IndexerInputs, b: int) -> tuple[torch.Tensor, torch.Tensor]
     keys, scales = layouts.split_kv_cache(inp.kv_cache.cpu(), inp.q_fp8.dtype)
     n = int(inp.context_lens[b])
     bs = inp.block_size
+    if n == 0:
+        return torch.zeros(0, inp.head_dim, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     blocks = inp.block_tables[b, : (n + bs - 1) // bs].cpu().long()
     k = keys[blocks].reshape(-1, inp.head_dim)[:n].double()
     s = scales[blocks].reshape(-1)[:n].double()
@@ -32,7 +35,7 @@ def reference_head_logits(inp: IndexerInputs, magnitude: bool = False) -> torch.
     out = torch.full((H, B * n, inp.max_model_len), 0.0 if magnitude else float("-inf"), dtype=torch.float64)
     q = inp.q_fp8.cpu().double()
     w = inp.weights.cpu().double()
-    valid = valid_lengths(inp.context_lens.cpu(), n)
+    valid = inp.row_lens.cpu()
     for b in range(B):
         k, s = gather_keys(inp, b)
         for i in range(n):

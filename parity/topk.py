@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.cases import valid_lengths
+from parity.cases import row_lengths
 from parity.checks import MAX_LISTED, Finding
 
 DEFAULT_TOPK = 2048  # DSv3.2's index_topk
@@ -33,10 +33,12 @@ def _strided(logits: torch.Tensor, stride0: int | None, stride1: int | None) -> 
 
 
 def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int = DEFAULT_TOPK,
-                   stride0: int | None = None, stride1: int | None = None) -> torch.Tensor:
+                   stride0: int | None = None, stride1: int | None = None,
+                   context_lens_2d: torch.Tensor | None = None) -> torch.Tensor:
     """int64 ``(rows, k)``: per row the k largest logits among its valid positions, ascending index
     order (the op's order is unspecified; sets are what count). Row ``r`` belongs to sequence
-    ``r // next_n`` and sees ``context_lens[b] - next_n + r % next_n + 1`` positions. Rows with at
+    ``r // next_n`` and sees ``context_lens[b] - next_n + r % next_n + 1`` positions (or its own
+    ``context_lens_2d[b, r % next_n]``); a row with none selects nothing. Rows with at
     most k valid positions get ``0..len-1`` then -1, whatever their logits (as the op does). Reads
     ``logits`` through explicit strides (default: the tensor's own), as the vLLM op does, so padded
     and non-contiguous views work."""
@@ -46,7 +48,7 @@ def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int
         raise ValueError(f"next_n must be >= 1, got {next_n}")
     view = _strided(logits, stride0, stride1)
     rows, cols = view.shape
-    valid = valid_lengths(context_lens.cpu(), next_n)
+    valid = row_lengths(context_lens.cpu(), next_n, None if context_lens_2d is None else context_lens_2d.cpu())
     if valid.numel() != rows:
         raise ValueError(f"logits has {rows} rows; context_lens ({context_lens.numel()}) x next_n ({next_n}) "
                          f"gives {valid.numel()}")
@@ -64,7 +66,7 @@ def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int
 
 
 def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens: torch.Tensor, next_n: int,
-                 k: int, rtol: float, atol: float) -> Finding:
+                 k: int, rtol: float, atol: float, context_lens_2d: torch.Tensor | None = None) -> Finding:
     """``selected``: a backend's ``(rows, k)`` indices (-1 padding). Sets must equal the reference's,
     except swaps between positions whose reference logits tie with the k-th value.
 
@@ -77,10 +79,10 @@ def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens:
             or selected.shape[1] != k:
         got = tuple(selected.shape) if isinstance(selected, torch.Tensor) else type(selected).__name__
         raise ValueError(f"selected must be ({rows}, {k}) indices with -1 padding, got {got}")
-    ref_sel = topk_reference(ref_logits, context_lens, next_n, k)
+    ref_sel = topk_reference(ref_logits, context_lens, next_n, k, context_lens_2d=context_lens_2d)
     ref = ref_logits.detach().double().cpu()
     sel = selected.detach().cpu().long()
-    valid = valid_lengths(context_lens.cpu(), next_n)
+    valid = row_lengths(context_lens.cpu(), next_n, None if context_lens_2d is None else context_lens_2d.cpu())
     recall, non_tie, counts, tie_swaps, bad_rows = [], {}, [], 0, []
     for r in range(rows):
         want = set(ref_sel[r][ref_sel[r] >= 0].tolist())

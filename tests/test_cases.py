@@ -61,7 +61,7 @@ def test_bad_case_names_the_field(field, value):
 
 
 def _bad(**changes):
-    inp = build_inputs(IndexerCase(batch=2, next_n=2))
+    inp = build_inputs(IndexerCase(batch=2, next_n=2, context="ctx_eq_max_first"))
     return replace(inp, **{k: v(inp) for k, v in changes.items()})
 
 
@@ -70,7 +70,10 @@ def _bad(**changes):
     ({"q_fp8": lambda i: i.q_fp8[0]}, "q_fp8 must be fp8"),
     ({"weights": lambda i: i.weights.double()}, "weights must be float32"),
     ({"context_lens": lambda i: torch.tensor([501, 4], dtype=torch.int32)}, r"context_lens\[0\] = 501 exceeds max_model_len"),
-    ({"context_lens": lambda i: torch.tensor([10, 1], dtype=torch.int32)}, r"context_lens\[1\] = 1 is below next_n"),
+    ({"context_lens": lambda i: torch.tensor([10, -1], dtype=torch.int32)}, r"context_lens\[1\] = -1 is negative"),
+    ({"context_lens_2d": lambda i: torch.tensor([[3, 501], [0, 0]], dtype=torch.int32)},
+     r"context_lens_2d\[0\] = \[3, 501\] must lie in \[0, context_lens\[0\]"),
+    ({"context_lens_2d": lambda i: torch.zeros(2, 3, dtype=torch.int32)}, r"context_lens_2d must be int32 of shape \(2, 2\)"),
     ({"context_lens": lambda i: i.context_lens.long()}, "context_lens must be int32"),
     ({"block_tables": lambda i: i.block_tables + 1000}, "block_tables.*outside"),
     ({"kv_cache": lambda i: i.kv_cache[..., :100]}, "kv_cache last dim"),

@@ -6,6 +6,11 @@ A backend offers some of the three paths and writes into an output view the call
 * ``fused`` / ``preshuffle``: ``out`` is ``(B * next_n, max_model_len)``; ``preshuffle`` reads
   ``inputs.kv_cache_preshuffled``.
 
+``out`` has dtype ``inputs.logits_dtype`` (float32, or bfloat16 where the backend lists it in
+``logits_dtypes``). Row (b, i) has ``inputs.row_lens[b * next_n + i]`` valid positions: the causal
+diagonal, or ``inputs.context_lens_2d[b, i]`` for a backend with ``per_row_lengths``. A row with no
+valid position (a dummy sequence of context_len 0 or 1 padding a captured batch) must stay all -inf.
+
 ``out`` may be padded (``stride(-2) > max_model_len``) and arrives filled with -inf in its logical
 region. A backend must honour its strides and must not write outside it.
 """
@@ -51,10 +56,16 @@ class SimpleBackend:
     device_types: tuple[str, ...] = ("cpu", "cuda")
     fp8_flavours: tuple[str, ...] = ("e4m3fn", "e4m3fnuz")
     info: dict = field(default_factory=dict)
+    logits_dtypes: tuple[torch.dtype, ...] = (torch.float32,)  # what ``out`` may be
+    per_row_lengths: bool = False  # reads ``inputs.context_lens_2d`` (each row's own valid length)
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         if path not in self.paths:
             return f"{self.name} has no {path} path"
+        if inputs.logits_dtype not in self.logits_dtypes:
+            return f"{self.name} does not write {inputs.logits_dtype} logits"
+        if inputs.context_lens_2d is not None and not self.per_row_lengths:
+            return f"{self.name} takes no per-row context lengths (2-D context_lens)"
         if inputs.device.type not in self.device_types:
             return f"{self.name} does not run on {inputs.device.type}"
         flavour = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e4m3fnuz: "e4m3fnuz"}[inputs.q_fp8.dtype]

@@ -19,7 +19,8 @@ CHUNK = 256  # columns one program stores at once in the buggy kernel
 
 class _Fault(SimpleBackend):
     def __init__(self, name: str, paths=("stage1", "fused", "preshuffle")):
-        super().__init__(name=f"fault:{name}", paths=tuple(paths))
+        super().__init__(name=f"fault:{name}", paths=tuple(paths), logits_dtypes=(torch.float32, torch.bfloat16),
+                         per_row_lengths=True)
 
     def logits(self, path: str, inputs: IndexerInputs, b: int) -> torch.Tensor:
         h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))

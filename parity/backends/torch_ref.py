@@ -9,7 +9,7 @@ import torch
 
 from parity import layouts
 from parity.backends.base import SimpleBackend
-from parity.cases import IndexerInputs, valid_lengths
+from parity.cases import IndexerInputs
 
 
 def dequantized_keys(inputs: IndexerInputs, b: int, cache: torch.Tensor, preshuffled: bool) -> torch.Tensor:
@@ -39,7 +39,7 @@ def head_logits(inputs: IndexerInputs, b: int, preshuffled: bool = False) -> tor
     q = inputs.q_fp8[b].float()  # (n, H, D)
     w = inputs.weights[b * n : (b + 1) * n].float()  # (n, H)
     score = torch.einsum("nhd,td->hnt", q, k).clamp_min(0) * w.T[:, :, None]
-    L = valid_lengths(inputs.context_lens[b : b + 1], n).to(score.device)  # (n,)
+    L = inputs.row_lens[b * n : (b + 1) * n].to(score.device)  # (n,)
     t = torch.arange(inputs.max_model_len, device=score.device)
     return score.masked_fill(t[None, None, :] >= L[None, :, None], float("-inf"))
 
@@ -50,12 +50,13 @@ class TorchBackend(SimpleBackend):
 
     def __init__(self, clean_logits: bool = True):
         name = "torch" if clean_logits else "torch-unclean"
-        super().__init__(name=name, info={"torch": torch.__version__, "clean_logits": clean_logits})
+        super().__init__(name=name, info={"torch": torch.__version__, "clean_logits": clean_logits},
+                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
         self.clean_logits = clean_logits
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         n = inputs.next_n
-        valid = valid_lengths(inputs.context_lens, n).tolist()
+        valid = inputs.row_lens.tolist()
         for b in range(inputs.batch):
             h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
             h = h if path == "stage1" else h.sum(0)
