@@ -8,9 +8,10 @@
 # --cutlass    NVIDIA/cutlass checkout or its include/ dir (default SRC_DIR/third-party/cutlass); only
 #              include/{cute,cutlass} are used, by the host build and by the JIT at run time.
 # --fmt        fmtlib/fmt checkout or its include/ dir (default SRC_DIR/third-party/fmt).
-# --out DIR    build outside the tree and assemble the importable package under DIR (several builds of
-#              one tree side by side); default: in place, the way DeepGEMM's develop.sh does it (the
-#              built _C*.so linked into SRC_DIR/deep_gemm/, cute/cutlass linked into deep_gemm/include/).
+# --out DIR    build outside the tree and import from DIR/pkg (links to the sources and to this build's
+#              .so: several builds of one tree side by side); default: in place, the way DeepGEMM's
+#              develop.sh does it (the built _C*.so linked into SRC_DIR/deep_gemm/). Either way
+#              cute/cutlass are linked into SRC_DIR/deep_gemm/include/, where the JIT looks.
 # --direct     one g++ command instead of DeepGEMM's setup.py (no setuptools/wheel involved); the
 #              default is DeepGEMM's own `setup.py build`.
 # --std        C++ standard of the host build in --direct mode (DeepGEMM's setup.py uses c++17).
@@ -178,12 +179,10 @@ if [ -z "$OUT" ]; then
   [ -e "$SRC/deep_gemm/$(basename "$SO")" ] && die "$SRC/deep_gemm/$(basename "$SO") exists and is not a link; remove it"
   ln -s "$SO" "$SRC/deep_gemm/$(basename "$SO")"
   PP="$SRC"
-elif [ "$MODE" = setup ]; then
-  PP="$(dirname "$(dirname "$SO")")"  # build_py copied the package (and cute/cutlass) beside the .so
-else
+else  # the sources as they are (develop.sh style), beside this build's .so
   PKG="$BASE/pkg/deep_gemm"
   rm -rf "$BASE/pkg"; mkdir -p "$BASE/pkg"
-  cp -rs "$SRC/deep_gemm" "$PKG"  # a tree of links to the sources, with this build's .so
+  cp -rs "$SRC/deep_gemm" "$PKG"  # a tree of links to the sources
   rm -f "$PKG"/_C*.so; ln -s "$SO" "$PKG/$(basename "$SO")"
   PP="$BASE/pkg"
 fi
