@@ -10,7 +10,7 @@ import torch
 
 from parity import layouts
 from parity.backends import aiter as aiter_mod
-from parity.backends import deepgemm, vllm_ops
+from parity.backends import vllm_ops
 from parity.buffers import guarded_buffer
 from parity.cases import IndexerCase, build_inputs, valid_lengths
 from parity.checks import TOLERANCES
