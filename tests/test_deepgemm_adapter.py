@@ -186,6 +186,12 @@ def test_reasons():
     assert "e4m3fn only" in backend.unsupported("fused", build_inputs(IndexerCase(fp8="e4m3fnuz")))
 
 
+def test_describe_before_any_call_says_who_writes_the_mask():
+    assert deepgemm.NOT_CLEANED in backend_for("2d")[0].describe()["caveats"]  # the fp4 API never cleans
+    assert deepgemm.NOT_CLEANED in backend_for("1d2d", clean_logits=False)[0].describe()["caveats"]
+    assert backend_for("1d2d")[0].describe()["clean_logits"] is None  # learnt at the first call
+
+
 def test_describe_says_its_stores_are_not_guarded():
     for backend in (backend_for("1d")[0], deepgemm.DeepGemmBackend(None, "missing")):
         info = backend.describe()

@@ -213,10 +213,14 @@ class DeepGemmBackend:
         if self.dg is not None:
             info.update(origin=getattr(self.dg, "__file__", None), version=getattr(self.dg, "__version__", None),
                         function=getattr(self.logits_fn, "__name__", None), q_as_tuple=self.fp4_api,
-                        context_lens_2d=self.context_lens_2d, clean_logits=self.cleaned,
+                        context_lens_2d=self.context_lens_2d,
                         logits_dtype=str(self.logits_dtype).replace("torch.", ""), split_next_n=self.split,
                         output="allocated by DeepGEMM, copied into the harness's view")
-            if self.cleaned is False:
+            # describe() runs before any call: what the release's API implies, else what the last call did
+            will_clean = self.cleaned if self.cleaned is not None else (
+                False if (self.fp4_api or self.clean_mode is False) else None)
+            info["clean_logits"] = will_clean
+            if will_clean is False:
                 info["caveats"].append(NOT_CLEANED)
         if self.reason:
             info["unavailable"] = self.reason
