@@ -121,7 +121,7 @@ fi
 BASE="${OUT:-$SRC/build}"
 mkdir -p "$BASE"
 BASE="$(cd "$BASE" && pwd)"
-CONFIG="mode=$MODE std=$STD debug=$DEBUG rtapi=$RTAPI torch=$(get TORCH) cutlass=$CUT_INC fmt=$FMT_INC"
+CONFIG="src=$SRC mode=$MODE std=$STD debug=$DEBUG rtapi=$RTAPI torch=$(get TORCH) cutlass=$CUT_INC fmt=$FMT_INC"
 STAMP="$BASE/.deepgemm-build"
 find_so() { find "$BASE" -path "*deep_gemm*" -name "_C*.so" -type f 2>/dev/null | head -n 1; }
 SO="$(find_so)"

@@ -3,32 +3,36 @@
 # no gdb. Builds are kept under build/deepgemm-diag/ (git-ignored, not carried) and reused on a warm
 # machine.
 #
-#   ci/deepgemm-diagnose.sh OUT_DIR [--src DIR] [--pin DIR]
+#   ci/deepgemm-diagnose.sh OUT_DIR [--src DIR] [--pin DIR] [--old DIR]
 #
 # --src  the DeepGEMM tree to judge (default third_party/DeepGEMM, with third-party/{cutlass,fmt}/include)
 # --pin  a second tree, the revision vLLM pins (default third_party/DeepGEMM-891d57b when present); it is
 #        built with --src's cutlass and fmt (both revisions pin the same submodule commits)
+# --old  a release of the older call generation, (B,) context_lens and clean_logits (default
+#        third_party/DeepGEMM-d30fc36 when present), built like --pin
 #
 # 1. builds, in parallel: head = --src with DeepGEMM's setup.py and line tables (the recipe that
 #    crashed); head-cxx20 = the same sources with one g++ command at -std=c++20 (how vLLM builds this
 #    _C); head-rtapi = setup.py with DG_JIT_USE_RUNTIME_API=1 (the JIT loads kernels through the CUDA
-#    runtime instead of dlsym'd driver entry points); pin = --pin with setup.py.
+#    runtime instead of dlsym'd driver entry points); pin = --pin and old = --old with setup.py.
 # 2. ci/segv-backtrace.c compiled with gcc and LD_PRELOADed into every step.
 # 3. ci/deepgemm-steps.py, one process per step, faulthandler on, DG_JIT_DEBUG=1,
 #    DG_JIT_PRINT_COMPILER_COMMAND=1, a fresh DG_JIT_CACHE_DIR per build: head runs every step (meta2d
 #    also under NVRTC and with an unlimited stack); the other builds run import/meta2d/logits only when
-#    head crashed; when head's logits step passes, the parity step runs instead.
+#    head crashed; when head's logits step passes, head's parity step runs instead (and old's logits).
 # OUT_DIR gets: diag.md (the table and the verdict lines), steps.log (every step's output, backtraces
 # resolved with addr2line), builds.log, env.txt, cache.txt (what the JIT left in its cache dirs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:?usage: ci/deepgemm-diagnose.sh OUT_DIR [--src DIR] [--pin DIR]}"; shift
-SRC=third_party/DeepGEMM PIN=""
+OUT="${1:?usage: ci/deepgemm-diagnose.sh OUT_DIR [--src DIR] [--pin DIR] [--old DIR]}"; shift
+SRC=third_party/DeepGEMM PIN="" OLD=""
 [ -d third_party/DeepGEMM-891d57b ] && PIN=third_party/DeepGEMM-891d57b
+[ -d third_party/DeepGEMM-d30fc36 ] && OLD=third_party/DeepGEMM-d30fc36
 while [ $# -gt 0 ]; do
   case "$1" in
     --src) SRC="$2"; shift 2 ;;
     --pin) PIN="$2"; shift 2 ;;
+    --old) OLD="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +53,7 @@ MD="$OUT/diag.md"; LOG="$OUT/steps.log"
   "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch.compiled_with_cxx11_abi(), "arch", torch.cuda.get_device_capability())' 2>&1
   "$PY" -c 'import wheel; print("wheel", wheel.__version__)' 2>&1 | tail -n 1
   ls .whl 2>/dev/null
-  for t in "$SRC" "$PIN"; do [ -n "$t" ] && { echo "tree $t:"; cat "$t/REVISION" 2>/dev/null; du -sh "$t" 2>/dev/null; }; done
+  for t in "$SRC" "$PIN" "$OLD"; do [ -n "$t" ] && { echo "tree $t:"; cat "$t/REVISION" 2>/dev/null; du -sh "$t" 2>/dev/null; }; done
   command -v addr2line gdb catchsegv 2>&1
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -68,8 +72,9 @@ build head "$SRC" --debug &
 build head-cxx20 "$SRC" --direct --std c++20 &
 build head-rtapi "$SRC" --runtime-api &
 [ -n "$PIN" ] && build pin "$PIN" --cutlass "$CUT" --fmt "$FMT" &
+[ -n "$OLD" ] && build old "$OLD" --cutlass "$CUT" --fmt "$FMT" &
 wait
-VARIANTS=(head head-cxx20 head-rtapi); [ -n "$PIN" ] && VARIANTS+=(pin)
+VARIANTS=(head head-cxx20 head-rtapi); [ -n "$PIN" ] && VARIANTS+=(pin); [ -n "$OLD" ] && VARIANTS+=(old)
 : > "$OUT/builds.log"
 for v in "${VARIANTS[@]}"; do
   BUILD_RC[$v]=$(cat "$WORK/logs/build-$v.rc" 2>/dev/null || echo 99)
@@ -130,7 +135,13 @@ if [ "${BUILD_RC[head]}" = 0 ]; then
   list_cache head logits >> "$OUT/cache.txt"
 fi
 if [ "${RES[head/logits]:-}" = ok ]; then
+  if [ "${BUILD_RC[old]:-1}" = 0 ]; then  # the older generation's clean_logits, beside head's parity cells
+    ( rm -rf "$WORK/jit-old"; export STEPLOG="$WORK/logs/variant-old.steps"; : > "$STEPLOG"
+      run_step old logits logits ) &
+  fi
   STEP_TIMEOUT=200 run_step head parity parity
+  wait
+  cat "$WORK/logs/variant-old.steps" >> "$LOG" 2>/dev/null
 else
   for v in "${VARIANTS[@]:1}"; do  # in parallel: the GPU work is tiny, the time goes to imports and nvcc
     [ "${BUILD_RC[$v]}" = 0 ] || continue

@@ -11,7 +11,8 @@
 #   ci/gpu.sh [OUT_DIR]
 #   env: PYTHON (default python3), PARITY_AITER_PATH (an aiter tree; else the installed package),
 #        DEEPGEMM_SRC (a DeepGEMM source tree: built offline by ci/build-deepgemm.sh into build/deepgemm,
-#        reused on a warm machine, and put on PYTHONPATH; else an installed deep_gemm is used if any),
+#        reused on a warm machine, and put on PYTHONPATH; else an installed deep_gemm is used if any;
+#        DEEPGEMM_ARGS: more build-deepgemm.sh options, e.g. "--cutlass DIR --fmt DIR"),
 #        LEVEL (default full), BENCH_ARGS (default --quick),
 #        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
 # Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, graphs.json,
@@ -36,7 +37,8 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 } > "$S" 2>&1
 
 if [ -n "${DEEPGEMM_SRC:-}" ]; then
-  dg_pp=$(ci/build-deepgemm.sh "$DEEPGEMM_SRC" --out build/deepgemm --reuse 2> "$OUT_DIR/deepgemm-build.txt" \
+  # shellcheck disable=SC2086
+  dg_pp=$(ci/build-deepgemm.sh "$DEEPGEMM_SRC" ${DEEPGEMM_ARGS:-} --out build/deepgemm --reuse 2> "$OUT_DIR/deepgemm-build.txt" \
     | sed -n 's/^PYTHONPATH=//p')
   if [ -n "$dg_pp" ]; then
     export PYTHONPATH="$PYTHONPATH:$dg_pp" DG_JIT_CACHE_DIR="${DG_JIT_CACHE_DIR:-$PWD/build/deepgemm-jit}"
