@@ -64,7 +64,7 @@ gcc -shared -fPIC -O1 -o "$WORK/segv-backtrace.so" ci/segv-backtrace.c -ldl || {
 declare -A PP BUILD_RC
 build() {  # name, build-deepgemm.sh args...
   local name="$1"; shift
-  ci/build-deepgemm.sh "$@" --out "$WORK/$name" --reuse > "$WORK/logs/build-$name.log" 2>&1
+  timeout "${BUILD_TIMEOUT:-300}" ci/build-deepgemm.sh "$@" --out "$WORK/$name" --reuse > "$WORK/logs/build-$name.log" 2>&1
   echo $? > "$WORK/logs/build-$name.rc"
 }
 CUT="$SRC/third-party/cutlass" FMT="$SRC/third-party/fmt"
