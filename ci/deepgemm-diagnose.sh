@@ -99,6 +99,7 @@ run_step() {  # variant step label [VAR=value...]; appends to $STEPLOG (default 
   local v="$1" s="$2" label="$3"; shift 3
   local f="$WORK/logs/step-$v-$label.log" rc res left=$(( BUDGET - $(date +%s) + T0 ))
   if [ "$left" -lt 15 ]; then
+    RES[$v/$label]="skipped (time budget)"
     echo "=================== $v / $label: skipped (time budget) (rc -)" >> "${STEPLOG:-$LOG}"; return
   fi
   local limit=$(( left < ${STEP_TIMEOUT:-120} ? left : ${STEP_TIMEOUT:-120} ))
@@ -128,7 +129,7 @@ if [ "${BUILD_RC[head]}" = 0 ]; then
   for s in "${HEAD_STEPS[@]}"; do run_step head "$s" "$s"; done
   list_cache head meta2d > "$OUT/cache.txt"
   run_step head meta2d meta2d-nvrtc DG_JIT_USE_NVRTC=1
-  if [[ "${RES[head/meta2d]}" == died* ]]; then  # a recursion that overflows the stack?
+  if [[ "${RES[head/meta2d]:-}" == died* ]]; then  # a recursion that overflows the stack?
     ( ulimit -s unlimited 2>/dev/null || ulimit -s 1048576; run_step head meta2d meta2d-bigstack )
   fi
   for s in cublaslt jit_gemm logits; do run_step head "$s" "$s"; done
