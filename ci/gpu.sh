@@ -10,6 +10,9 @@
 #
 #   ci/gpu.sh [OUT_DIR]
 #   env: PYTHON (default python3), PARITY_AITER_PATH (an aiter tree; else the installed package),
+#        DEEPGEMM_SRC (a DeepGEMM source tree: built offline by ci/build-deepgemm.sh into build/deepgemm,
+#        reused on a warm machine, and put on PYTHONPATH; else an installed deep_gemm is used if any;
+#        DEEPGEMM_ARGS: more build-deepgemm.sh options, e.g. "--cutlass DIR --fmt DIR"),
 #        LEVEL (default full), BENCH_ARGS (default --quick),
 #        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
 # Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, graphs.json,
@@ -32,6 +35,18 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
     || rocm-smi --showproductname 2>/dev/null
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "device", torch.cuda.get_device_name())'
 } > "$S" 2>&1
+
+if [ -n "${DEEPGEMM_SRC:-}" ]; then
+  # shellcheck disable=SC2086
+  dg_pp=$(ci/build-deepgemm.sh "$DEEPGEMM_SRC" ${DEEPGEMM_ARGS:-} --out build/deepgemm --reuse 2> "$OUT_DIR/deepgemm-build.txt" \
+    | sed -n 's/^PYTHONPATH=//p')
+  if [ -n "$dg_pp" ]; then
+    export PYTHONPATH="$PYTHONPATH:$dg_pp" DG_JIT_CACHE_DIR="${DG_JIT_CACHE_DIR:-$PWD/build/deepgemm-jit}"
+    echo "deep_gemm: built from $DEEPGEMM_SRC ($(tail -n 2 "$OUT_DIR/deepgemm-build.txt" | head -n 1))" | tee -a "$S"
+  else
+    echo "deep_gemm: build of $DEEPGEMM_SRC failed: $(grep error "$OUT_DIR/deepgemm-build.txt" | tail -n 1)" | tee -a "$S"
+  fi
+fi
 
 backends=(torch triton)
 for b in aiter deepgemm vllm; do

@@ -1,4 +1,4 @@
-"""Argument mapping of the third-party adapters (aiter loader, DeepGEMM, vLLM) against their documented
+"""Argument mapping of the third-party adapters (aiter loader, vLLM; DeepGEMM: test_deepgemm_adapter.py) against their documented
 signatures, on the CPU, with fakes: a fake records what it was given and computes its answer from
 those arguments alone, so a swapped or misread argument shows up as a failed parity cell."""
 import sys
@@ -10,7 +10,7 @@ import torch
 
 from parity import layouts
 from parity.backends import aiter as aiter_mod
-from parity.backends import deepgemm, vllm_ops
+from parity.backends import vllm_ops
 from parity.buffers import guarded_buffer
 from parity.cases import IndexerCase, build_inputs, valid_lengths
 from parity.checks import TOLERANCES
@@ -62,45 +62,6 @@ def fake_deep_gemm(name="fp8_paged_mqa_logits", accepts_2d=True):
 def on_cpu(backend):
     backend.unsupported = lambda path, inputs: None if path in backend.paths else "no such path"
     return backend
-
-
-# --- DeepGEMM --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name,accepts_2d", [("fp8_paged_mqa_logits", True), ("fp8_paged_mqa_logits", False),
-                                             ("fp8_fp4_paged_mqa_logits", True)])
-@pytest.mark.parametrize("buffer", ["exact", "padded"])
-def test_deepgemm_mapping_passes_parity(name, accepts_2d, buffer):
-    mod, calls = fake_deep_gemm(name, accepts_2d)
-    backend = on_cpu(deepgemm.make_backend(module=mod))
-    result = run_cell(backend, "fused", buffer, CASE, "cpu")
-    assert result["status"] == "pass", failed_checks(result)
-    inp = build_inputs(CASE)
-    meta = next(c for c in calls if c[0] == "meta")
-    want = valid_lengths(inp.context_lens, 2).view(2, 2) if accepts_2d else inp.context_lens
-    assert torch.equal(meta[1], want.to(torch.int32)) and meta[2:] == (64, 4)
-    call = next(c for c in calls if c[0] == "logits")
-    assert isinstance(call[1], tuple) == (name == "fp8_fp4_paged_mqa_logits")
-    assert call[5:] == (CASE.max_model_len, True) and call[4] == (5, 2)
-    assert backend.describe()["context_lens_2d"] is accepts_2d
-
-
-def test_deepgemm_catches_a_swapped_argument():
-    mod, _ = fake_deep_gemm()
-    real = mod.fp8_paged_mqa_logits
-    mod.fp8_paged_mqa_logits = lambda q, kv, w, cl, bt, m, mml, clean: real(q, kv, w.flip(0), cl, bt, m, mml, clean)
-    result = run_cell(on_cpu(deepgemm.make_backend(module=mod)), "fused", "exact", CASE, "cpu")
-    assert result["status"] == "fail" and any(c.startswith("values") for c in failed_checks(result))
-
-
-def test_deepgemm_reasons():
-    missing = deepgemm.DeepGemmBackend(None, "deep_gemm not importable: ModuleNotFoundError")
-    inp = build_inputs(CASE)
-    assert "not importable" in missing.unsupported("fused", inp)
-    backend = deepgemm.make_backend(module=fake_deep_gemm()[0])
-    assert "NVIDIA" in backend.unsupported("fused", inp)
-    assert "no stage1 path" in backend.unsupported("stage1", inp)
-    empty = types.ModuleType("deep_gemm")
-    assert "has no fp8_paged_mqa_logits" in deepgemm.make_backend(module=empty).unsupported("fused", inp)
 
 
 # --- vLLM ------------------------------------------------------------------------------------------

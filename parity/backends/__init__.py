@@ -11,6 +11,9 @@ _LAZY = {
     "triton": "parity.backends.triton_kernels:make_backend",
     "aiter": "parity.backends.aiter:make_backend",
     "deepgemm": "parity.backends.deepgemm:make_backend",
+    "deepgemm:clean": "parity.backends.deepgemm:make_clean_backend",
+    "deepgemm:noclean": "parity.backends.deepgemm:make_noclean_backend",
+    "deepgemm:split": "parity.backends.deepgemm:make_split_backend",
     "vllm": "parity.backends.vllm_ops:make_backend",
 }
 

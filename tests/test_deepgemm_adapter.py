@@ -1,0 +1,205 @@
+"""The DeepGEMM adapter against fakes of each generation of its call (parity.backends.deepgemm.GENERATIONS),
+on the CPU. A fake enforces what that release's host code asserts, computes its answer from the
+arguments alone, and, like the real kernel without clean_logits, leaves junk past each row's length: a
+misread argument, a wrong context_lens layout or a missing -inf shows up as a failed parity cell."""
+import types
+
+import pytest
+import torch
+
+from parity import layouts
+from parity.backends import deepgemm
+from parity.cases import IndexerCase, build_inputs, valid_lengths
+from parity.harness import failed_checks, run_cell
+
+CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")
+SM100, SM90 = (10, 0), (9, 0)
+JUNK = 7.0  # what the fake leaves past a row's length when it does not clean
+
+
+def reference_logits(q, kv_cache, weights, block_table, row_lens, max_len):
+    keys, scales = layouts.split_kv_cache(kv_cache, q.dtype)
+    B, n, H, D = q.shape
+    bs = kv_cache.shape[1]
+    t = torch.arange(max_len)
+    blocks = block_table.long()[:, (t // bs).clamp(max=block_table.shape[1] - 1)]
+    k = keys.float()[blocks, t % bs] * scales[blocks, t % bs][..., None]
+    s = torch.einsum("bnhd,btd->bnht", q.float(), k).relu()
+    return (s * weights.view(B, n, H, 1)).sum(2).reshape(B * n, max_len)
+
+
+def fake_release(generation: str, max_next_n: int | None = None):
+    """generation: '1d' (2025-09), '1d2d' (2025-11), '2d' (2026-04, fp8_fp4_paged_mqa_logits)."""
+    calls = []
+    mod = types.ModuleType("deep_gemm")
+    mod.__file__, mod.__version__ = f"<fake deep_gemm {generation}>", {"1d": "2.1.0", "1d2d": "2.1.1", "2d": "2.6.1"}[generation]
+
+    def get_paged_mqa_logits_metadata(context_lens, block_kv, num_sms, indices=None):
+        if generation == "1d" and context_lens.dim() != 1:
+            raise RuntimeError("Assertion error (attention.hpp:153): get_shape<1>(context_lens)")
+        if generation == "2d" and context_lens.dim() != 2:
+            raise RuntimeError("Assertion error (attention.hpp:199): context_lens.dim() == 2")
+        assert context_lens.dtype == torch.int32 and context_lens.is_contiguous() and block_kv in (32, 64)
+        calls.append(("meta", context_lens.clone()))
+        meta = torch.zeros(num_sms + 1, 2, dtype=torch.int32)
+        meta[0] = torch.tensor([int(context_lens.sum()), context_lens.numel()])  # ties the schedule to its lens
+        return meta
+
+    def logits_fn(q, kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
+                  clean_logits=False, logits_dtype=torch.float32, indices=None):
+        if generation == "2d":
+            assert isinstance(q, tuple) and q[1] is None, "fp8_fp4 takes q as (values, scales)"
+            q = q[0]
+        B, n = q.shape[:2]
+        assert q.is_contiguous() and weights.is_contiguous() and weights.shape == (B * n, q.shape[2])
+        if max_next_n and n > max_next_n:
+            raise RuntimeError(f"Assertion error: next_n == 1 or next_n == 2 (got {n})")
+        two_d = context_lens.dim() == 2
+        if clean_logits and two_d:
+            raise RuntimeError("Assertion error (attention.hpp:421): not is_context_lens_2d")
+        assert schedule_meta[0].tolist() == [int(context_lens.sum()), context_lens.numel()], "stale schedule"
+        calls.append(("logits", n, two_d, clean_logits, logits_dtype))
+        rows = context_lens.reshape(-1) if two_d else valid_lengths(context_lens, n)
+        aligned = (max_context_len + 255) // 256 * 256
+        full = torch.full((B * n, aligned), float("nan"), dtype=logits_dtype)  # DeepGEMM's own row stride
+        logits = reference_logits(q, kv_cache, weights, block_table, rows, max_context_len)
+        beyond = torch.arange(max_context_len)[None, :] >= rows.view(-1, 1).long()
+        full[:, :max_context_len] = logits.masked_fill(beyond, float("-inf") if clean_logits else JUNK)
+        return full[:, :max_context_len]
+
+    mod.get_paged_mqa_logits_metadata = get_paged_mqa_logits_metadata
+    mod.get_num_sms = lambda: 4
+    setattr(mod, "fp8_fp4_paged_mqa_logits" if generation == "2d" else "fp8_paged_mqa_logits", logits_fn)
+    return mod, calls
+
+
+def backend_for(generation, arch=SM100, max_next_n=None, **opts):
+    mod, calls = fake_release(generation, max_next_n)
+    backend = deepgemm.DeepGemmBackend(mod, arch=arch, **opts)
+    return backend, calls
+
+
+@pytest.mark.parametrize("generation,two_d,cleaned", [("1d", False, True), ("1d2d", False, True), ("2d", True, False)])
+@pytest.mark.parametrize("buffer", ["exact", "padded"])
+def test_each_generation_passes_parity(generation, two_d, cleaned, buffer):
+    backend, calls = backend_for(generation)
+    result = run_cell(backend, "fused", buffer, CASE, "cpu")
+    assert result["status"] == "pass", failed_checks(result)
+    inp = build_inputs(CASE)
+    lens = next(c[1] for c in calls if c[0] == "meta")
+    want = valid_lengths(inp.context_lens, 2).view(2, 2) if two_d else inp.context_lens
+    assert torch.equal(lens, want.to(torch.int32))
+    assert [c[2:4] for c in calls if c[0] == "logits"] == [(two_d, cleaned)] * 2
+    info = backend.describe()
+    assert (info["context_lens_2d"], info["clean_logits"], info["q_as_tuple"]) == (two_d, cleaned, generation == "2d")
+    assert (deepgemm.NOT_CLEANED in info["caveats"]) == (not cleaned)
+
+
+def test_noclean_never_asks_deepgemm_to_clean():
+    backend, calls = backend_for("1d2d", clean_logits=False)
+    assert backend.name == "deepgemm:noclean"
+    assert run_cell(backend, "fused", "padded", CASE, "cpu")["status"] == "pass"
+    assert {c[3] for c in calls if c[0] == "logits"} == {False}
+    assert deepgemm.NOT_CLEANED in backend.describe()["caveats"]
+
+
+def test_clean_is_refused_where_the_release_cannot_clean():
+    backend, _ = backend_for("2d", clean_logits=True)
+    assert "rejects clean_logits" in backend.unsupported("fused", build_inputs(CASE))
+    backend, calls = backend_for("1d", clean_logits=True)
+    assert run_cell(backend, "fused", "exact", CASE, "cpu")["status"] == "pass"
+    assert {c[3] for c in calls if c[0] == "logits"} == {True}
+
+
+def test_junk_left_past_the_lengths_is_caught_when_not_masked():
+    backend, _ = backend_for("2d")
+    real_prepare = backend.prepare
+
+    def unmasked(path, inputs):
+        p = real_prepare(path, inputs)
+        p.beyond = None  # planted: copy DeepGEMM's uncleaned output as it is
+        return p
+
+    backend.prepare = unmasked
+    result = run_cell(backend, "fused", "exact", CASE, "cpu")
+    assert result["status"] == "fail" and any(c.startswith("mask") for c in failed_checks(result))
+
+
+def test_a_swapped_argument_fails():
+    mod, _ = fake_release("2d")
+    real = mod.fp8_fp4_paged_mqa_logits
+    mod.fp8_fp4_paged_mqa_logits = lambda q, kv, w, *rest: real(q, kv, w.flip(0), *rest)
+    result = run_cell(deepgemm.DeepGemmBackend(mod, arch=SM100), "fused", "exact", CASE, "cpu")
+    assert result["status"] == "fail" and any(c.startswith("values") for c in failed_checks(result))
+
+
+@pytest.mark.parametrize("generation", ["1d", "2d"])
+def test_split_runs_next_n_4_as_two_calls_on_sm90(generation):
+    case = IndexerCase(batch=2, next_n=4, heads=32, block_size=64, max_model_len=300, context="random")
+    backend, _ = backend_for(generation, arch=SM90, max_next_n=2)
+    assert "next_n <= 2" in backend.unsupported("fused", build_inputs(case))
+    backend, calls = backend_for(generation, arch=SM90, max_next_n=2, split_next_n=True)
+    assert backend.unsupported("fused", build_inputs(case)) is None
+    result = run_cell(backend, "fused", "padded", case, "cpu")
+    assert result["status"] == "pass", failed_checks(result)
+    assert [c[1] for c in calls if c[0] == "logits"] == [2, 2, 2, 2]  # two slices, two harness calls
+
+
+def test_prepare_holds_the_schedule_and_run_prepared_repeats():
+    backend, calls = backend_for("2d")
+    inp = build_inputs(CASE)
+    p = backend.prepare("fused", inp)
+    assert [c[0] for c in calls] == ["meta"]
+    first = backend.run_prepared(p)
+    again = backend.run_prepared(p)
+    assert [c[0] for c in calls] == ["meta", "logits", "logits"]
+    assert torch.equal(first[0], again[0])
+    out = torch.full((inp.rows, inp.max_model_len), float("-inf"))
+    backend.finish(p, first, out)
+    assert torch.isneginf(out[0, int(valid_lengths(inp.context_lens, 2)[0]):]).all()
+
+
+def test_logits_dtype_goes_to_the_fp4_api_only():
+    backend, calls = backend_for("2d", logits_dtype="bfloat16")
+    inp = build_inputs(CASE)
+    out = torch.full((inp.rows, inp.max_model_len), float("-inf"))
+    backend.run("fused", inp, out)
+    assert calls[-1][4] is torch.bfloat16 and backend.name == "deepgemm:bf16"
+    backend, _ = backend_for("1d2d", logits_dtype="bfloat16")
+    assert "no logits_dtype" in backend.unsupported("fused", inp)
+    with pytest.raises(ValueError, match="logits_dtype must be one of"):
+        deepgemm.DeepGemmBackend(None, "x", logits_dtype="fp16")
+
+
+def test_reasons():
+    inp = build_inputs(CASE)
+    assert "not importable" in deepgemm.DeepGemmBackend(None, "deep_gemm not importable: X").unsupported("fused", inp)
+    assert "NVIDIA" in deepgemm.make_backend(module=fake_release("2d")[0]).unsupported("fused", inp)  # CPU inputs
+    empty = types.ModuleType("deep_gemm")
+    assert "has no fp8_paged_mqa_logits" in deepgemm.make_backend(module=empty).unsupported("fused", inp)
+    backend, _ = backend_for("2d", arch=SM90)
+    assert "no stage1 path" in backend.unsupported("stage1", inp)
+    assert "heads in (32, 64), got 8" in backend.unsupported("fused", inp)
+    big = build_inputs(IndexerCase(heads=64, block_size=16))
+    assert "block_kv in (64,), got 16" in backend.unsupported("fused", big)
+    assert "sm90 and sm100" in backend_for("2d", arch=(8, 0))[0].unsupported("fused", inp)
+    assert "e4m3fn only" in backend.unsupported("fused", build_inputs(IndexerCase(fp8="e4m3fnuz")))
+
+
+def test_describe_before_any_call_says_who_writes_the_mask():
+    assert deepgemm.NOT_CLEANED in backend_for("2d")[0].describe()["caveats"]  # the fp4 API never cleans
+    assert deepgemm.NOT_CLEANED in backend_for("1d2d", clean_logits=False)[0].describe()["caveats"]
+    assert backend_for("1d2d")[0].describe()["clean_logits"] is None  # learnt at the first call
+
+
+def test_describe_says_its_stores_are_not_guarded():
+    for backend in (backend_for("1d")[0], deepgemm.DeepGemmBackend(None, "missing")):
+        info = backend.describe()
+        assert info["guarded_stores"] is False and deepgemm.UNGUARDED in info["caveats"]
+
+
+def test_registered_variants():
+    from parity.backends import load_backend
+    names = {s: load_backend(s).name for s in ("deepgemm", "deepgemm:noclean", "deepgemm:clean", "deepgemm:split")}
+    assert names == {"deepgemm": "deepgemm", "deepgemm:noclean": "deepgemm:noclean",
+                     "deepgemm:clean": "deepgemm:clean", "deepgemm:split": "deepgemm:split"}
