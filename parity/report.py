@@ -79,6 +79,8 @@ def summary_table(report: dict) -> str:
     for name, info in report.get("backends", {}).items():
         if info.get("status") not in (None, "ok"):
             lines.append(f"\nbackend {name}: {info['status']}: {info.get('message', '')}")
+        for caveat in info.get("caveats", []):  # what the checks cannot see for this backend
+            lines.append(f"\nbackend {name}: note: {caveat}")
     total = counts(report)
     lines.append(f"\n{total.get('pass', 0)} passed, {total.get('fail', 0)} failed, {total.get('error', 0)} errors, "
                  f"{total.get('skip', 0)} skipped")

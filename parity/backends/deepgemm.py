@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parity.cases import IndexerInputs, valid_lengths
+from parity.cases import IndexerInputs
 
 # deepseek-ai/DeepGEMM history of the paged MQA logits call (first commit of each).
 GENERATIONS = {
@@ -112,8 +112,10 @@ class DeepGemmBackend:
             return f"DeepGEMM runs on NVIDIA GPUs only, not on {inputs.device.type}"
         if inputs.q_fp8.dtype != torch.float8_e4m3fn:
             return "DeepGEMM takes fp8 e4m3fn only (e4m3fnuz is an AMD format)"
-        if self.logits_dtype != torch.float32 and not self.fp4_api:
+        if (self.logits_dtype != torch.float32 or inputs.logits_dtype != torch.float32) and not self.fp4_api:
             return "this deep_gemm has no fp8_fp4_paged_mqa_logits, so no logits_dtype (its logits are fp32)"
+        if inputs.logits_dtype not in LOGITS_DTYPES.values():
+            return f"DeepGEMM writes float32 or bfloat16 logits, not {inputs.logits_dtype}"
         if self.clean_mode is True and self.fp4_api:
             return ("clean_logits: this release takes only 2-D context_lens and rejects clean_logits with them "
                     "(use deepgemm or deepgemm:noclean)")
@@ -143,6 +145,8 @@ class DeepGemmBackend:
             return [self.context_lens_2d]
         return [True, False] if self.fp4_api or self.clean_mode is False else [False, True]
 
+    per_row_lengths = True  # 2-D context_lens are DeepGEMM's own form
+
     def _chunks(self, inputs: IndexerInputs) -> list[tuple[int, int]]:
         step = LIMITS.get(self._arch(inputs.device)[0], {}).get("max_next_n") if self.split else None
         step = step or inputs.next_n
@@ -151,9 +155,11 @@ class DeepGemmBackend:
     def prepare(self, path: str, inputs: IndexerInputs) -> Prepared:
         """Arguments and schedule metadata for one call (kernels of their own: keep them out of timing)."""
         n, B, H = inputs.next_n, inputs.batch, inputs.heads
-        rows_2d = valid_lengths(inputs.context_lens, n).to(torch.int32).view(B, n)
+        rows_2d = inputs.row_lens.to(torch.int32).view(B, n)
         sms = self._num_sms(inputs.device)
         last, order = None, self._lens_order()
+        if inputs.context_lens_2d is not None:
+            order = [True]  # per-row lengths have no 1-D form
         for two_d in order:
             chunks = []
             try:
@@ -184,10 +190,11 @@ class DeepGemmBackend:
     def run_prepared(self, p: Prepared) -> list[torch.Tensor]:
         """DeepGEMM's kernel only; returns its own output tensors (one per next_n slice)."""
         i = p.inputs
+        dtype = i.logits_dtype if i.logits_dtype != torch.float32 else self.logits_dtype
         out = []
         for q, w, lens, meta, _ in p.chunks:
             args = (q, i.kv_cache, w, lens, i.block_tables, meta, i.max_model_len, p.clean)
-            out.append(self.logits_fn(*args, self.logits_dtype) if self.fp4_api else self.logits_fn(*args))
+            out.append(self.logits_fn(*args, dtype) if self.fp4_api else self.logits_fn(*args))
         return out
 
     def finish(self, p: Prepared, logits: list[torch.Tensor], out: torch.Tensor) -> None:
