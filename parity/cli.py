@@ -1,4 +1,4 @@
-"""``python -m parity run | diff | selftest | bench | list``.
+"""``python -m parity run | diff | report | selftest | bench | list``.
 
 ``run`` executes each backend in its own child process (unless ``--in-process``), so a backend that
 crashes the interpreter or hangs is reported as such and the other backends still run.
@@ -90,6 +90,14 @@ def cmd_run(args) -> int:
     args.path = args.path or list(PATHS)
     args.buffer = args.buffer or list(BUFFER_KINDS)
     args.device = args.device or default_device()
+    if args.html:  # before the run: a missing extra must not cost a whole run
+        from parity import html_report
+
+        try:
+            html_report.require_matplotlib()
+        except html_report.MissingExtra as exc:
+            print(f"parity run --html: {exc}", file=sys.stderr)
+            return 2
     report = rep.new_report(args.device, args.level, sys.argv[1:])
     for spec in args.backend:
         (_run_backend_in_process if args.in_process else _run_backend_isolated)(args, spec, report)
@@ -101,6 +109,10 @@ def cmd_run(args) -> int:
         print(rep.summary_table(report))
         if args.out:
             print(f"report: {args.out}")
+    if args.html:
+        html_report.write_html(args.html, report, name=args.out or "run")
+        if not args.quiet:
+            print(f"html: {args.html}")
     c = rep.counts(report)
     broken = any(v.get("status") in ("crashed", "hung") for v in report["backends"].values())
     return 1 if c.get("fail") or c.get("error") or broken else 0
@@ -143,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pad", type=int, default=DEFAULT_PAD, help="padding columns of the padded buffer")
     r.add_argument("--aiter-path", help="aiter source tree or install dir to load the aiter backend from")
     r.add_argument("--out", help="JSON report path")
+    r.add_argument("--html", help="also write a self-contained HTML page (summary, buffer maps); needs the 'report' extra")
     r.add_argument("--timeout", type=float, default=3600, help="seconds before a backend is declared hung")
     r.add_argument("--in-process", action="store_true", help="run backends in this process (no crash isolation)")
     r.add_argument("--quiet", action="store_true")
@@ -153,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("b")
     d.add_argument("--json", help="also write the diff as JSON")
     d.set_defaults(func=cmd_diff)
+    h = sub.add_parser("report", help="summarize a JSON report; --html: a self-contained page with buffer maps")
+    h.add_argument("report", help="JSON report of 'run'")
+    h.add_argument("--html", help="write the HTML page here (needs the 'report' extra: matplotlib)")
+    h.add_argument("--diff", metavar="BASE", help="also show what changed from report BASE to this one")
+    h.set_defaults(func=lambda a: __import__("parity.html_report", fromlist=["cmd_report"]).cmd_report(a))
     s = sub.add_parser("selftest", help="run the planted-fault backends; every fault must be caught")
     s.set_defaults(func=lambda a: __import__("parity.selftest", fromlist=["main"]).main([]))
     b = sub.add_parser("bench", help="benchmark against the memory-bandwidth floor", add_help=False)
