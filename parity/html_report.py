@@ -120,7 +120,21 @@ def map_png(m: dict, title: str = "") -> bytes:
         fig.suptitle(title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
+    return _paletted(buf.getvalue())
+
+
+def _paletted(png: bytes) -> bytes:
+    """The PNG on a fixed palette, the class colours exactly plus a grey ramp for the text: a quarter
+    of the RGBA size, and no class colour merged away as an adaptive palette might."""
+    from PIL import Image  # a dependency of matplotlib
+
+    rgb = [int(c[i:i + 2], 16) for c in COLORS.values() for i in (1, 3, 5)]
+    rgb += [v for g in range(0, 256, 8) for v in (g, g, g)] + [255, 255, 255]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(rgb + [0] * (768 - len(rgb)))
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(palette=palette, dither=0).save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _failed(result: dict) -> list[dict]:
