@@ -72,10 +72,10 @@ def map_png(m: dict, title: str = "") -> bytes:
     grid, ends = render.decode(m, "grid"), render.decode(m, "ends")
     labels = m["grid"]["labels"]
     n = grid.shape[0]
-    height = 1.75 + min(12.0, max(0.8, 0.2 * n))  # inches: 0.55 above the panels, 1.2 below for the legend
+    height = 1.9 + min(12.0, max(0.8, 0.2 * n))  # inches: 0.7 above the panels, 1.2 below for the legend
     fig = Figure(figsize=(FIG_WIDTH_IN, height), dpi=DPI)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(1, 2, width_ratios=(3, 1), wspace=0.05, left=0.16, right=0.99, top=1 - 0.55 / height,
+    gs = fig.add_gridspec(1, 2, width_ratios=(3, 1), wspace=0.08, left=0.16, right=0.98, top=1 - 0.7 / height,
                           bottom=1.2 / height)
     ax, az = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
     cb, pitch, cols = m["grid"]["col_bin"], m["pitch"], m["cols"]
@@ -104,14 +104,17 @@ def map_png(m: dict, title: str = "") -> bytes:
     marks = [(e["left"], "end"), (e["left"] + pad, "pad end")] if pad else [(e["left"], "end")]
     for x, _ in marks:
         az.axvline(x, color="#333333", lw=0.6, ls="--")
-    az.set_xticks([0] + [x for x, _ in marks], [f"-{e['left']}"] + [name for _, name in marks], fontsize=7)
+    first = [(0, f"-{e['left']}")] if e["left"] >= 0.15 * width else []  # room for its label
+    az.set_xticks([x for x, _ in first + marks], [name for _, name in first + marks], fontsize=7)
     az.set_yticks([])
     az.set_title("zoom: each row's logical end", fontsize=8)
     if e["row_bin"] == 1 and len(m["strays"]) <= 48:
         for s in m["strays"]:
             if s.get("overshoot_cols") and s["from_row"] is not None:
-                az.text(e["left"] + min(s["overshoot_cols"], e["right"]), s["from_row"] + 0.5,
-                        f" +{s['overshoot_cols']}", fontsize=6, va="center", ha="left", color="#000000")
+                inside = s["overshoot_cols"] < e["right"] * 0.8  # else label it at the panel's right edge
+                az.text(e["left"] + (s["overshoot_cols"] if inside else e["right"]), s["from_row"] + 0.5,
+                        f" +{s['overshoot_cols']} ", fontsize=6, va="center", ha="left" if inside else "right",
+                        color="#000000")
     present = [c for c in classes if c in m["counts"] or c == "correct"]
     fig.legend([Patch(facecolor=COLORS[c], edgecolor="#999999", lw=0.4) for c in present],
                [f"{LABELS.get(c, c)} ({m['counts'].get(c, 0)})" for c in present], loc="lower center", ncol=3,
