@@ -8,7 +8,8 @@
 #
 # Environment: BASE_URL, MODEL (server runs), BASELINE (default: a baseline made by a reference run
 # of the embedded model), LIMIT (default 20 for the embedded model; empty = all 1319), ARTIFACTS
-# (default artifacts/gsm8k), CONFIDENCE (0.95), FLOOR, GSM8K_DATA_DIR, EXTRA_RUN_ARGS, SERVE_ARGS
+# (default artifacts/gsm8k), CONFIDENCE (0.95), FLOOR, GSM8K_DATA_DIR (GSM8K JSONL for machines without
+# network; default: lm-eval's hub dataset), EXTRA_RUN_ARGS, SERVE_ARGS
 # (embedded server options, e.g. "--backend triton --buffer padded").
 # Exit status: the gate's (0 pass, 1 regression, 2 unusable input), or the run's failure.
 set -euo pipefail
@@ -16,7 +17,6 @@ up() { python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1]
 cd "$(dirname "$0")/.."
 ART="${ARTIFACTS:-artifacts/gsm8k}"
 mkdir -p "$ART"
-export GSM8K_DATA_DIR="${GSM8K_DATA_DIR:-$(cd .. && pwd)/shared/data/gsm8k}"
 CONF=(--confidence "${CONFIDENCE:-0.95}")
 [[ -n "${FLOOR:-}" ]] && CONF+=(--floor "$FLOOR")
 

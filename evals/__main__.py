@@ -1,4 +1,4 @@
-"""python -m evals gsm8k run|gate|compare|baseline, python -m evals serve."""
+"""python -m evals gsm8k run|gate|compare|baseline|export-data, python -m evals serve."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = gsub.add_parser("run", help="run lm-eval's gsm8k task (embedded model unless --base-url)")
     r.add_argument("--out", default="runs/gsm8k", help="run directory (default runs/gsm8k)")
-    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir (default $GSM8K_DATA_DIR, else "
-                   "../shared/data/gsm8k beside the checkout, else lm-eval's hub dataset from the local cache)")
+    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir with train.jsonl and test.jsonl (default "
+                   "$GSM8K_DATA_DIR, else lm-eval's hub dataset openai/gsm8k: network or the local cache)")
     r.add_argument("--limit", type=int, default=None, help="first N test questions (smoke runs)")
     r.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--model", default=None, help="served model name (with --base-url)")
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
     b.add_argument("--no-samples", action="store_true")
 
+    x = gsub.add_parser("export-data", help="write the hub dataset as train.jsonl/test.jsonl for offline machines")
+    x.add_argument("dir", help="output directory (then: --data-dir DIR or GSM8K_DATA_DIR=DIR)")
+    x.add_argument("--revision", default=None, help="hub revision (commit) to export (default: the latest)")
+
     s = sub.add_parser("serve", help="serve the embedded model on an OpenAI-compatible /v1/completions")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from evals.data import DataUnavailable
     from evals.gate import UNUSABLE, Unusable
 
     try:
@@ -90,6 +95,8 @@ def main(argv=None) -> int:
             if not embedded and not args.model:
                 raise SystemExit("--model is required with --base-url (the name the server serves)")
             return gsm8k.run(args)
+        if args.action == "export-data":
+            return _export(args)
         from evals.gate import gate, load_baseline, load_run, make_baseline
 
         if args.action == "gate":
@@ -108,10 +115,22 @@ def main(argv=None) -> int:
     except Unusable as exc:
         print(f"UNUSABLE INPUT: {exc}", file=sys.stderr)
         return UNUSABLE
-    except ValueError as exc:
+    except (ValueError, DataUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return UNUSABLE
     return 2
+
+
+def _export(args) -> int:
+    from evals import data, gsm8k
+
+    cfg = gsm8k.task_config(None)
+    rec = data.export(Path(args.dir), cfg["dataset_path"], cfg.get("dataset_name"), args.revision)
+    for s in data.SPLITS:
+        print(f"{args.dir}/{s}.jsonl: {rec['rows'][s]} rows, sha256 {rec['sha256'][s]}")
+    print(f"from {rec['dataset']} ({rec['config']}) at revision {rec['revision']}; "
+          f"use it with --data-dir {args.dir} or {data.DATA_ENV}={args.dir}")
+    return 0
 
 
 def _serve(args) -> int:

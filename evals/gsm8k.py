@@ -6,7 +6,6 @@ localhost. A run directory holds ``results.json`` (lm-eval's results), ``samples
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -15,39 +14,18 @@ import time
 import traceback
 from pathlib import Path
 
+from evals.data import hub_record, load_hub, local_record, resolve_data_dir
+
 TASK = "gsm8k"
-DATA_ENV = "GSM8K_DATA_DIR"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # lm-eval writes this for a response the server returned as null; the default (empty string)
 # would be indistinguishable from a model that answered nothing.
 NULL_RESPONSE = "<<evals: server returned no text>>"
 RESULTS, SAMPLES, MANIFEST, REQUESTS = "results.json", f"samples_{TASK}.jsonl", "run.json", "server_requests.jsonl"
 
 
-def resolve_data_dir(arg: str | None) -> Path | None:
-    """``--data-dir``, else ``$GSM8K_DATA_DIR``, else ``../shared/data/gsm8k`` beside the checkout
-    when it exists, else None (lm-eval's hub dataset, from the local cache only: runs are offline)."""
-    raw = arg or os.environ.get(DATA_ENV)
-    if raw:
-        path = Path(raw).expanduser()
-        path = path if path.is_absolute() else (Path.cwd() / path)
-    else:
-        path = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
-        if not path.is_dir():
-            return None
-    missing = [f for f in ("train.jsonl", "test.jsonl") if not (path / f).is_file()]
-    if missing:
-        raise ValueError(f"--data-dir / ${DATA_ENV} = {path}: missing {missing} (GSM8K JSONL with "
-                         "'question' and 'answer' fields)")
-    return path.resolve()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def task_config(data_dir: Path | None) -> dict:
-    """lm-eval's gsm8k config, unchanged except for where its documents come from."""
+    """lm-eval's gsm8k config, unchanged except for where its documents come from: its hub dataset
+    (``dataset_path``/``dataset_name``), or the JSONL files of ``data_dir``."""
     import lm_eval.tasks
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -105,21 +83,31 @@ def completions_url(base_url: str, chat: bool) -> str:
     return url + want
 
 
+def data_source(data_dir: Path | None) -> dict:
+    """The manifest's record of the documents. For the hub dataset this loads it first (network, or
+    the local cache when the user's environment is offline), so a machine that has neither stops
+    here with what to do, raising :class:`DataUnavailable`, before a server starts."""
+    if data_dir is not None:
+        return local_record(data_dir)
+    cfg = task_config(None)
+    dataset, config = cfg["dataset_path"], cfg.get("dataset_name")
+    ds, commit = load_hub(dataset, config)
+    return hub_record(ds, dataset, config, commit)
+
+
 def run(args) -> int:
     """Returns 0 when lm-eval finished and every artifact was written, 1 otherwise (run.json still
-    written, with status "failed" and the error)."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    written, with status "failed" and the error). Raises :class:`DataUnavailable` (nothing written)
+    when there is no data to run on."""
     os.environ.setdefault("LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER", NULL_RESPONSE)
+    data_dir = resolve_data_dir(args.data_dir)
+    data = data_source(data_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS, SAMPLES, MANIFEST, REQUESTS):
         (out / stale).unlink(missing_ok=True)
-    data_dir = resolve_data_dir(args.data_dir)
     manifest = {"schema": 1, "status": "running", "task": TASK, "limit": args.limit, "started": _now(),
-                "command": [sys.executable, "-m", "evals", *sys.argv[1:]], "hardware": hardware(),
-                "data": ({"dir": str(data_dir), "sha256": {f: _sha256(data_dir / f) for f in ("train.jsonl", "test.jsonl")}}
-                         if data_dir else {"hub": "openai/gsm8k (local cache; runs are offline)"}),
+                "command": [sys.executable, "-m", "evals", *sys.argv[1:]], "hardware": hardware(), "data": data,
                 "kernel": {"backend": args.kernel_backend, "build": args.kernel_build}}
     t0 = time.time()
     server = None

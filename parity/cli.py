@@ -1,4 +1,4 @@
-"""``python -m parity run | diff | selftest | bench | list``.
+"""``python -m parity run | diff | report | selftest | bench | list``.
 
 ``run`` executes each backend in its own child process (unless ``--in-process``), so a backend that
 crashes the interpreter or hangs is reported as such and the other backends still run.
@@ -64,6 +64,14 @@ def cmd_run(args) -> int:
     if why := usage_error(args):
         print(f"parity run: error: {why}", file=sys.stderr)
         return runner.EXIT_UNUSABLE
+    if args.html:  # before the run: a missing extra must not cost a whole run
+        from parity import html_report
+
+        try:
+            html_report.require_matplotlib()
+        except html_report.MissingExtra as exc:
+            print(f"parity run --html: {exc}", file=sys.stderr)
+            return runner.EXIT_UNUSABLE
     requested = args.backend is not None
     specs = args.backend or list(DEFAULT_BACKENDS)
     device = args.device or default_device()
@@ -87,6 +95,10 @@ def cmd_run(args) -> int:
         print(rep.summary_table(report))
         if args.out:
             print(f"report: {args.out}")
+    if args.html:
+        html_report.write_html(args.html, report, name=args.out or "run")
+        if not args.quiet:
+            print(f"html: {args.html}")
     for line in why:
         print(f"parity run: {line}", file=sys.stderr)
     verdict = {0: "clean", 1: "findings", 2: "UNUSABLE (what was asked for could not be judged)"}[code]
@@ -133,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="JSON report path")
     r.add_argument("--timeout", type=float, default=900,
                    help="seconds without a finished cell before a backend is declared hung (default 900)")
+    r.add_argument("--html", help="also write a self-contained HTML page (summary, buffer maps); needs the 'report' extra")
     r.add_argument("--in-process", action="store_true", help="run backends in this process (no crash isolation)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-progress", dest="progress", action="store_false")
@@ -143,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("b")
     d.add_argument("--json", help="also write the diff as JSON")
     d.set_defaults(func=cmd_diff)
+    h = sub.add_parser("report", help="summarize a JSON report; --html: a self-contained page with buffer maps")
+    h.add_argument("report", help="JSON report of 'run'")
+    h.add_argument("--html", help="write the HTML page here (needs the 'report' extra: matplotlib)")
+    h.add_argument("--diff", metavar="BASE", help="also show what changed from report BASE to this one")
+    h.set_defaults(func=lambda a: __import__("parity.html_report", fromlist=["cmd_report"]).cmd_report(a))
     s = sub.add_parser("selftest", help="run the planted-fault backends; every fault must be caught")
     s.set_defaults(func=lambda a: __import__("parity.selftest", fromlist=["main"]).main([]))
     b = sub.add_parser("bench", help="benchmark against the memory-bandwidth floor", add_help=False)

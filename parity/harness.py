@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import torch
 
-from parity import checks, topk
+from parity import checks, render, topk
 from parity.backends.base import Backend
 from parity.buffers import DEFAULT_PAD, guarded_buffer
 from parity.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
@@ -151,6 +151,9 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     findings.append(_check_inputs_untouched(before, inputs))
     result["findings"] += [f.to_dict() for f in findings]
     result["status"] = "pass" if all(f["ok"] for f in result["findings"]) else "fail"
+    if result["status"] == "fail":  # what the first call left in its guarded buffer, for the report's picture
+        result["map"] = render.buffer_map(first, ref2d, ctx2d, case.fp8, magnitude=mag2d, row_len=row_len2d,
+                                          causal_tail=inputs.next_n)
     result["seconds"] = times
     return result
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity import report
+from parity import render, report
 from parity.backends.aiter import NOT_RUNNABLE, find_build, make_backend
 from parity.cases import IndexerCase, build_inputs
 from parity.harness import run_cell
@@ -120,6 +120,14 @@ def test_exact_buffer_next_row_loses_leading_columns(pypi):
     assert mask["rows"] == [1]
     assert mask["per_row"][1] == {"first_cols": list(range(1, 9)), "count": over - 1,
                                                  "spurious_finite": 0, "spurious_neg_inf": over - 1}
+    # The report's picture: row 1's first 12 columns are row 0's overshoot, and the zoom on row 0's
+    # end shows the same 12 columns after it.
+    m = r["map"]
+    assert [(x["from_row"], x.get("overshoot_cols"), x["lands"]) for x in m["strays"]] == [(0, over, {"next_row": over})]
+    row1 = render.decode(m)[m["grid"]["labels"].index(f"row 1 (ctx {ctx[1]})")].tolist()
+    assert row1[:over + 1] == [render.NEXT_ROW] * over + [render.CORRECT]
+    left = m["ends"]["left"]
+    assert render.decode(m, "ends")[0][left:left + over + 1].tolist() == [render.NEXT_ROW] * over + [render.CORRECT]
 
 
 def test_padded_buffer_takes_the_overshoot_and_rows_match(pypi):
@@ -127,6 +135,10 @@ def test_padded_buffer_takes_the_overshoot_and_rows_match(pypi):
     assert failing(r) == ["oob"], r["findings"]
     assert finding(r, "oob")["details"]["landed"] == {"row_padding": {"count": 12, "rows": [0], "max_overshoot_cols": 12}}
     assert finding(r, "values")["ok"] and finding(r, "mask")["ok"]
+    m = r["map"]
+    assert [(x["from_row"], x.get("overshoot_cols"), x["lands"]) for x in m["strays"]] == [(0, 12, {"row_padding": 12})]
+    row0 = render.decode(m)[m["grid"]["labels"].index(f"row 0 (ctx {MML})")].tolist()
+    assert row0[MML - 1:MML + 13] == [render.CORRECT] + [render.ROW_PADDING] * 12 + [render.SENTINEL]
 
 
 def test_last_row_overshoot_leaves_the_allocation(pypi):
@@ -134,6 +146,8 @@ def test_last_row_overshoot_leaves_the_allocation(pypi):
     over = overshoot(build_inputs(OOB_LAST).context_lens.tolist()[-1])
     assert over == 12 and failing(r) == ["oob"], r["findings"]
     assert finding(r, "oob")["details"]["landed"] == {"outside_allocation_after": {"count": over, "max_overshoot_cols": over}}
+    assert [(x["from_row"], x.get("overshoot_cols"), x["lands"]) for x in r["map"]["strays"]] == [
+        (1, over, {"outside_allocation": over})]
 
 
 # --- finding 2: causal rule for next_n > 1 (SPEC section 1) ------------------------------------------

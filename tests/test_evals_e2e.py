@@ -1,8 +1,10 @@
 """GSM8K end to end: lm-eval's gsm8k task over real HTTP against the embedded model, gated; and the
 planted overshoot fault, which ``compare`` must flag with an exact logits buffer and not with a
-padded one. Marked slow (they run by default; ``-m "not slow"`` skips them). ~30 s on 2 cores."""
+padded one. Marked slow (they run by default; ``-m "not slow"`` skips them). ~15 s on 2 cores.
+The documents are the suite's own GSM8K-format fixture (tests/data/gsm8k), so these run anywhere."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -10,31 +12,24 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from evals.__main__ import main
-from evals.gsm8k import resolve_data_dir
 
 pytestmark = pytest.mark.slow
-LIMIT = ["--limit", "3", "--max-gen-toks", "16"]
-
-
-def _data_dir():
-    try:
-        return resolve_data_dir(None)
-    except ValueError:
-        return None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="GSM8K JSONL not found: set GSM8K_DATA_DIR (CI: ../shared/data/gsm8k)")
+DATA = Path(__file__).parent / "data" / "gsm8k"
+LIMIT = ["--limit", "3", "--max-gen-toks", "16", "--data-dir", str(DATA)]
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
+    offline = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     assert main(["gsm8k", "run", "--out", str(out), *LIMIT]) == 0
+    # A run never forces offline mode: that is the user's choice (and would stop hub runs).
+    assert {k: os.environ.get(k) for k in offline} == offline
     return out
 
 
@@ -65,7 +60,6 @@ def server():
         proc.wait(timeout=10)
 
 
-@needs_data
 def test_lm_eval_over_http_then_gate(reference_run, server, tmp_path, capsys):
     run = tmp_path / "http"
     rc = main(["gsm8k", "run", "--out", str(run), "--base-url", server + "/v1", "--model", "tiny-indexer-lm",
@@ -74,6 +68,8 @@ def test_lm_eval_over_http_then_gate(reference_run, server, tmp_path, capsys):
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["status"] == "ok" and manifest["n"] == 3 and manifest["num_fewshot"] == 5
     assert manifest["server"]["models"]["data"][0]["id"] == "tiny-indexer-lm"  # reached over HTTP
+    assert manifest["data"]["source"] == "local" and manifest["data"]["dir"] == str(DATA.resolve())
+    assert manifest["data"]["files"]["test"]["sha256"] == hashlib.sha256((DATA / "test.jsonl").read_bytes()).hexdigest()
     lines = [json.loads(x) for x in (run / "samples_gsm8k.jsonl").read_text().splitlines()]
     assert sorted({(r["doc_id"], r["filter"]) for r in lines}) == [
         (d, f) for d in range(3) for f in ("flexible-extract", "strict-match")]
@@ -91,7 +87,6 @@ def test_lm_eval_over_http_then_gate(reference_run, server, tmp_path, capsys):
     assert "3/3 identical" in capsys.readouterr().out
 
 
-@needs_data
 def test_planted_overshoot_diverges_with_exact_buffer_only(reference_run, tmp_path, capsys):
     fault = ["--backend", "fault:unmasked_chunk_store"]
     exact, padded = tmp_path / "exact", tmp_path / "padded"
@@ -116,7 +111,6 @@ def test_planted_overshoot_diverges_with_exact_buffer_only(reference_run, tmp_pa
     assert "3/3 identical" in out and "verdict: AGREE" in out
 
 
-@needs_data
 def test_correct_kernel_differs_only_at_ties(reference_run, tmp_path, capsys):
     """A backend inside the value tolerance may pick another member at a near-tied k-th value; compare
     must trace each such difference to a top-k tie and still agree."""
