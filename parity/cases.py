@@ -362,50 +362,9 @@ def row_lengths(context_lens: torch.Tensor, next_n: int, context_lens_2d: torch.
     return valid_lengths(context_lens, next_n)
 
 
-# --- grids ------------------------------------------------------------------------------------
+def __getattr__(name):  # the case grids live in parity.grids (which imports this module)
+    if name in ("quick_cases", "full_cases", "stress_cases", "cases_for_level", "LEVELS"):
+        from parity import grids
 
-def quick_cases() -> list[IndexerCase]:
-    """Small cases covering every edge pattern, four of them at H=64; fast enough for the Triton interpreter."""
-    C = IndexerCase
-    return [
-        C(batch=3, next_n=2, block_size=64, context="ctx_eq_max"),
-        C(batch=3, next_n=2, block_size=64, context="ctx_eq_max_first"),
-        C(batch=2, next_n=4, block_size=16, context="ctx_eq_next_n"),
-        C(batch=1, next_n=1, block_size=64, context="random"),
-        C(batch=4, next_n=1, block_size=1, max_model_len=130, context="random"),
-        C(batch=2, next_n=3, block_size=16, context="block_multiple"),
-        C(batch=2, next_n=2, block_size=64, context="block_multiple_plus1"),
-        C(batch=2, next_n=2, block_size=64, context="block_multiple_minus1"),
-        C(batch=3, next_n=4, block_size=64, context="near_max", max_model_len=300),
-        C(batch=2, next_n=2, block_size=16, context="random", fp8="e4m3fnuz"),
-        C(batch=2, next_n=1, block_size=64, context="ctx_eq_max", max_model_len=1000, fp8="e4m3fnuz"),
-        C(batch=3, next_n=2, block_size=16, context="random", max_model_len=777, seed=1),
-        # DeepSeek-V3.2's real head count: builds whose stage1 wants H % 32 or H % 64 == 0 (aiter)
-        # must be exercised at quick level too, at block sizes 64 and 1, with rows ending at max_model_len.
-        C(batch=2, next_n=1, heads=64, block_size=64, max_model_len=320, context="ctx_eq_max_first"),
-        C(batch=2, next_n=2, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max"),
-        C(batch=2, next_n=3, heads=64, block_size=64, max_model_len=320, context="ctx_eq_max"),
-        C(batch=2, next_n=4, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max_first"),
-    ]
-
-
-def full_cases() -> list[IndexerCase]:
-    """The quick grid plus every named edge at DSv3.2 shape (H=64, D=128) and larger lengths."""
-    C = IndexerCase
-    extra = []
-    for bs in (1, 16, 64):
-        for n in (1, 2, 4):
-            for ctx in CONTEXT_PATTERNS:
-                mml = 130 if bs == 1 else 1000
-                extra.append(C(batch=3, next_n=n, heads=64, block_size=bs, max_model_len=mml, context=ctx, topk=128))
-    extra += [
-        C(batch=1, next_n=4, heads=64, block_size=64, max_model_len=4097, context="ctx_eq_max", topk=2048),
-        C(batch=5, next_n=2, heads=64, block_size=64, max_model_len=2600, context="random", topk=2048, fp8="e4m3fnuz"),
-    ]
-    return quick_cases() + extra
-
-
-def cases_for_level(level: str) -> list[IndexerCase]:
-    if level not in ("quick", "full"):
-        raise ValueError(f"parity level must be 'quick' or 'full', got {level!r}")
-    return quick_cases() if level == "quick" else full_cases()
+        return getattr(grids, name)
+    raise AttributeError(f"module 'parity.cases' has no attribute {name!r}")

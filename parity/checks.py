@@ -225,6 +225,8 @@ def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor
         only_mask = mask.where & ~(values.where if values.where is not None else torch.zeros_like(mask.where))
         bad &= ~(tail & only_mask)
     leading = {r: int(torch.nonzero(bad[r]).max()) + 1 for r in torch.nonzero(bad[:, 0]).flatten().tolist()}
+    if not leading:
+        return None, None
     unreachable = sorted(r for r in leading if r == 0 or _reach(ctx[r - 1], cols) <= 0)
     if unreachable:
         return None, (f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's "

@@ -16,7 +16,7 @@ from parity import report as rep
 from parity import runner
 from parity.backends import DEFAULT_BACKENDS, PATHS
 from parity.buffers import BUFFER_KINDS, DEFAULT_PAD
-from parity.cases import cases_for_level
+from parity.grids import LEVELS, REPEATS, cases_for_level, repeats_for
 
 
 def default_device() -> str:
@@ -51,6 +51,8 @@ def usage_error(args) -> str | None:
     """The first bad option of ``run``, named, before anything runs."""
     if args.pad < 0:
         return f"--pad must be >= 0 (padding columns of the padded buffer), got {args.pad}"
+    if args.repeats is not None and args.repeats < 1:
+        return f"--repeats must be >= 1 (calls per cell), got {args.repeats}"
     if not args.timeout > 0:
         return f"--timeout must be > 0 seconds, got {args.timeout}"
     if args.device is not None and (why := check_device(args.device)):
@@ -80,7 +82,8 @@ def cmd_run(args) -> int:
     for spec in specs:
         plan = runner.RunPlan(spec=spec, requested=requested, cases=cases, paths=args.path or list(PATHS),
                               buffers=args.buffer or list(BUFFER_KINDS), device=device, pad=args.pad,
-                              timeout=args.timeout, options=backend_options(args, spec), progress=args.progress)
+                              timeout=args.timeout, options=backend_options(args, spec), progress=args.progress,
+                              repeats=args.repeats or repeats_for(args.level, device))
         info, results = runner.run_here(plan) if args.in_process else runner.run_isolated(plan)
         report["backends"][spec] = {**info, "requested": requested}
         report["results"].extend(results)
@@ -125,8 +128,9 @@ def cmd_list(args) -> int:
 
     print("backends:", ", ".join(n for n in registered_names() if not n.startswith("fault:")))
     print("planted faults:", ", ".join(n for n in registered_names() if n.startswith("fault:")))
-    for level in ("quick", "full"):
-        print(f"{level}: {len(cases_for_level(level))} cases")
+    for level in LEVELS:
+        print(f"{level}: {len(cases_for_level(level))} cases, {REPEATS[level]} calls per cell on a GPU "
+              f"({repeats_for(level, 'cpu')} on the CPU)")
     return 0
 
 
@@ -137,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", action="append", help=f"registered name, pkg.mod:factory or file.py[:factory] "
                                                       f"(repeatable; default {', '.join(DEFAULT_BACKENDS)})")
     r.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    r.add_argument("--level", choices=("quick", "full"), default="quick")
+    r.add_argument("--level", choices=LEVELS, default="quick",
+                   help="quick (CI), full (every edge at H=64), stress (the bug classes seen in the wild; 20 calls a cell)")
+    r.add_argument("--repeats", type=int, default=None,
+                   help="calls per cell, each compared bitwise with the first (default: 2; 20 at --level stress "
+                        "on a GPU)")
     r.add_argument("--path", action="append", choices=PATHS)
     r.add_argument("--buffer", action="append", choices=BUFFER_KINDS)
     r.add_argument("--pad", type=int, default=DEFAULT_PAD, help="padding columns of the padded buffer")

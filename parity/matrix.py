@@ -11,9 +11,10 @@ from parity.pytest_plugin import worker_device
 
 
 @pytest.mark.parity
-def test_parity(parity_cell, parity_backend):
+def test_parity(parity_cell, parity_backend, parity_repeats):
     spec, path, buffer, case, device = parity_cell
-    result = run_cell(parity_backend(spec), path, buffer, case, worker_device(device), backend_name=spec)
+    result = run_cell(parity_backend(spec), path, buffer, case, worker_device(device), backend_name=spec,
+                      repeats=parity_repeats)
     if result["status"] == "skip":
         pytest.skip(result["reason"])
     failed = [f"{f['check']}: {f['summary']}" for f in result["findings"] if not f["ok"]]

@@ -25,7 +25,8 @@ def pytest_addoption(parser):
     g.addoption("--backend", action="append", default=None,
                 help="backend to check: registered name, pkg.mod:factory or file.py[:factory] (repeatable)")
     g.addoption("--device", action="append", default=None, help="cpu, cuda, cuda:1 ... (repeatable; default: all)")
-    g.addoption("--parity-level", choices=("quick", "full"), default=None, help="case grid (default quick)")
+    g.addoption("--parity-level", choices=("quick", "full", "stress"), default=None,
+                help="case grid (default quick); stress also calls each cell 20 times")
     g.addoption("--aiter-path", default=None, help="aiter source tree or install dir for the aiter backend")
 
 
@@ -84,7 +85,7 @@ def pytest_generate_tests(metafunc):
 
     from parity.backends import PATHS
     from parity.buffers import BUFFER_KINDS
-    from parity.cases import cases_for_level
+    from parity.grids import cases_for_level
 
     cfg = metafunc.config
     backends = cfg.getoption("--backend") or default_backends()
@@ -118,6 +119,14 @@ def _backend(spec: str, aiter_path: str | None):
 
     opts = {"aiter_path": aiter_path} if spec == "aiter" and aiter_path else {}
     return load_backend(spec, **opts)
+
+
+@pytest.fixture
+def parity_repeats(request, parity_cell) -> int:
+    """Calls per cell at the run's level and the cell's device (each compared bitwise with the first)."""
+    from parity.grids import repeats_for
+
+    return repeats_for(request.config.getoption("--parity-level") or "quick", parity_cell[-1])
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ class RunPlan:
     timeout: float  # seconds without a finished cell before the backend is declared hung
     options: dict = field(default_factory=dict)  # backend factory options (aiter_path ...)
     progress: bool = True
+    repeats: int = 2  # calls per cell (each compared bitwise with the first)
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
         return [(p, b, c) for c in self.cases for p in self.paths for b in self.buffers]
@@ -67,7 +68,7 @@ def run_in_process(plan: RunPlan, stream) -> None:
     for i, (path, buf, case) in enumerate(cells, 1):
         cid = f"{backend.name}-{path}-{buf}-{case.id}"
         _emit(stream, {"start": cid})
-        result = run_cell(backend, path, buf, case, plan.device, pad=plan.pad)
+        result = run_cell(backend, path, buf, case, plan.device, pad=plan.pad, repeats=plan.repeats)
         _emit(stream, {"result": result})
         if plan.progress:
             note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]

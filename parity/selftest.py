@@ -39,9 +39,10 @@ class Planted:
     check: str  # the check meant to catch it
     bug_class: str
     where: Callable[[dict], bool]  # the finding points at the right place
+    repeats: int = 2
 
     def run(self) -> tuple[bool, str]:
-        result = run_cell(load_backend(f"fault:{self.fault}"), self.path, self.buffer, self.case)
+        result = run_cell(load_backend(f"fault:{self.fault}"), self.path, self.buffer, self.case, repeats=self.repeats)
         caught = bool(_finding(result, self.check)) and self.where(result)
         detail = "; ".join(f["summary"] for f in _finding(result, self.check))[:200]
         return caught, detail or f"status {result['status']}, {self.check} check passed"
@@ -86,6 +87,47 @@ PLANTED = [
     Planted("raises", "fused", "exact", C(batch=1, next_n=1), "error",
             "a backend that raises is reported, the run goes on", lambda r: r["status"] == "error"),
 ]
+
+
+def _stress(case_id: str) -> IndexerCase:
+    from parity.grids import stress_cases
+
+    return next(c for c in stress_cases() if c.id == case_id)
+
+
+def _dummy_rows_named(r: dict) -> bool:
+    return any(f["details"].get("dummy_rows_written") for f in _finding(r, "mask"))
+
+
+# The bug classes seen in the wild (the stress level), on its CPU-sized cases.
+PLANTED_STRESS = [
+    Planted("writes_dummy_rows", "fused", "exact", _stress("B4-n2-bs64-dummy_rows-H64-mml320"), "mask",
+            "wild: context_len 0/1 rows written (CUDA-graph padding)", _dummy_rows_named),
+    Planted("writes_dummy_rows", "stage1", "padded", _stress("B2-n3-bs16-all_dummy"), "mask",
+            "wild: a whole batch of dummy rows written", _dummy_rows_named),
+    Planted("offset_wraps", "fused", "exact", _stress("B2-n2-bs16-ctx_eq_max-mml300-blk600"), "values",
+            "wild: block byte offsets wrap (proxy of int32 past 2 GiB)", lambda r: bool(_rows_of(r, "values"))),
+    Planted("batch_stride_over_64", "fused", "exact", _stress("B65-n1-bs16-random-mml48"), "values",
+            "wild: batch over 64 reads the wrong block-table row", lambda r: _rows_of(r, "values") == {64}),
+    Planted("block_table_cap", "fused", "exact", _stress("B2-n2-bs16-near_max-mml1000"), "values",
+            "wild: block table read capped (proxy of the >325K off-by-one)",
+            lambda r: all(c >= 32 * 16 for f in _finding(r, "values") for v in f["details"]["per_row"].values()
+                          for c in v["first_cols"])),
+    Planted("ignores_row_lengths", "fused", "exact", _stress("B3-n2-bs64-random-H64-mml320-perrow"), "mask",
+            "wild: per-row context lengths ignored", lambda r: bool(_rows_of(r, "mask"))),
+    Planted("bf16_writes_fp32", "fused", "padded", _stress("B3-n2-bs64-ctx_eq_max_first-H64-mml320-bf16"), "oob",
+            "wild: bf16 logits stored as fp32 (guard bands in bf16)",
+            lambda r: _landed(r, "row_padding").get("max_overshoot_cols", 0) > 0),
+    Planted("rare_race", "fused", "exact", _stress("B2-n3-bs16-near_max-H64-mml300"), "determinism",
+            "wild: a race that loses 1 call in 7 (20 repeats)",
+            lambda r: any(f["details"].get("run") == 7 for f in _finding(r, "determinism")), repeats=20),
+    Planted("drops_tie_group", "fused", "exact", _stress("B2-n2-bs64-random-H64-mml1000-ties"), "values",
+            "wild: a near-tied group at the k-th place pushed down", lambda r: bool(_rows_of(r, "values"))),
+    Planted("odd_next_n_reads_next_q", "fused", "exact", _stress("B3-n3-bs64-ctx_eq_max_first-H64-mml320"), "values",
+            "wild: odd next_n reads the next row's q", lambda r: _rows_of(r, "values") <= {2, 5, 8}
+            and bool(_rows_of(r, "values"))),
+]
+PLANTED += PLANTED_STRESS
 
 
 def main(argv: list[str] | None = None) -> int:

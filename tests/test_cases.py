@@ -4,7 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from parity.cases import CONTEXT_PATTERNS, IndexerCase, build_inputs, full_cases, quick_cases, validate_inputs
+from parity.cases import CONTEXT_PATTERNS, IndexerCase, build_inputs, validate_inputs
+from parity.grids import full_cases, quick_cases, stress_cases
 
 
 def test_quick_grid_size_and_edges():
@@ -82,3 +83,57 @@ def _bad(**changes):
 def test_bad_inputs_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         validate_inputs(_bad(**changes))
+
+
+# --- the stress level: one group of cases per bug class seen in the wild -----------------------------
+
+def test_stress_grid_covers_every_class():
+    stress = stress_cases()
+    lens = {c.id: build_inputs(c, compact=True).context_lens.tolist() for c in stress if not c.gpu_only}
+    assert any(0 in v and 1 in v for v in lens.values()) and any(set(v) <= {0, 1} for v in lens.values())
+    assert {65, 96, 128, 256} <= {c.batch for c in stress}
+    big = [c for c in stress if c.block_id_floor * (c.block_size * (c.head_dim + 4)) >= 2**31]
+    assert big and all(c.gpu_only for c in big)
+    assert 163840 in {c.max_model_len for c in stress} and any(c.max_model_len > 2**18 for c in stress)
+    assert any(c.row_lens == "per_row" for c in stress) and any(c.logits_dtype == "bfloat16" for c in stress)
+    assert any(c.topk_mode == "near_ties" for c in stress)
+    assert {1, 16, 64} <= {c.block_size for c in stress if c.next_n == 3 and c.heads == 64}
+
+
+def test_rows_with_no_valid_position_are_legal_and_empty():
+    case = IndexerCase(batch=4, next_n=2, context="dummy_rows")
+    inp = build_inputs(case)
+    validate_inputs(inp)
+    assert inp.context_lens.tolist()[:3] == [0, 1, case.max_model_len]
+    assert inp.row_lens.tolist()[:4] == [0, 0, 0, 1]  # context 1, next_n 2: only the last row sees position 0
+
+
+def test_per_row_lengths_are_drawn_within_each_context_and_end_at_it():
+    inp = build_inputs(IndexerCase(batch=5, next_n=3, row_lens="per_row"))
+    c2, ctx = inp.context_lens_2d, inp.context_lens
+    assert c2.dtype == torch.int32 and tuple(c2.shape) == (5, 3)
+    assert bool((c2 >= 0).all() and (c2 <= ctx[:, None]).all()) and c2[:, -1].tolist() == ctx.tolist()
+    assert inp.row_lens.tolist() == c2.reshape(-1).tolist()
+
+
+def test_high_block_ids_move_the_blocks_not_the_logits():
+    from parity.reference import reference_logits
+
+    case = IndexerCase(batch=2, next_n=2, block_size=16, context="ctx_eq_max", block_id_floor=600)
+    high, compact = build_inputs(case), build_inputs(case, compact=True)
+    used = high.block_tables[:, : -(-case.max_model_len // 16)]
+    assert int(used.min()) >= 600 and high.kv_cache.shape[0] == compact.kv_cache.shape[0] + 600
+    validate_inputs(high)
+    assert torch.equal(reference_logits(high), reference_logits(compact))
+
+
+def test_near_ties_sit_at_the_kth_place():
+    from parity.reference import reference_logits
+
+    case = IndexerCase(batch=2, next_n=2, heads=64, max_model_len=1000, topk_mode="near_ties", topk=64)
+    ref = reference_logits(build_inputs(case))
+    for r in (1, 3):  # the last row of each sequence
+        v = ref[r][torch.isfinite(ref[r])].sort(descending=True).values
+        kth = v[case.topk - 1]
+        tied = (v - kth).abs() <= 1e-5 * kth.abs()  # a few float32 ulps
+        assert int(tied.sum()) >= case.topk // 4 and bool(tied[case.topk]), (r, v[case.topk - 3:case.topk + 3])

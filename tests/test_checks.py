@@ -205,3 +205,43 @@ def test_padded_run_of_the_same_cell_withdraws_or_confirms_the_attribution():
     reconcile([exact, padded])
     nxt = next(f for f in exact["findings"] if f["check"] == "oob" and "next_row" in f["details"]["landed"])
     assert nxt["details"]["confirmed_by"] == padded["id"]
+
+
+def test_a_rare_race_needs_the_stress_levels_repeats():
+    """Two calls agree; the seventh of twenty does not (why the stress level calls each cell 20 times)."""
+    from parity.backends import load_backend
+
+    case = IndexerCase(batch=2, next_n=1)
+    two = run_cell(load_backend("fault:rare_race"), "fused", "exact", case, repeats=2)
+    twenty = run_cell(load_backend("fault:rare_race"), "fused", "exact", case, repeats=20)
+    assert two["status"] == "pass"
+    det = next(f for f in twenty["findings"] if f["check"] == "determinism")
+    assert not det["ok"] and det["details"]["run"] == 7 and det["details"]["runs"] == 20
+
+
+def test_bf16_guard_bands_count_bf16_elements():
+    buf = guarded_buffer((2,), 50, "exact", "cpu", dtype=torch.bfloat16)
+    assert buf.storage.dtype == torch.bfloat16 and checks.check_out_of_bounds(buf, torch.tensor([50, 50])).ok
+    buf.storage[buf.guard + 2 * 50 + 4] = 1.0  # the 5th bf16 element past the last row
+    f = checks.check_out_of_bounds(buf, torch.tensor([50, 50]))
+    assert not f.ok and f.details["landed"]["outside_allocation_after"]["max_overshoot_cols"] == 5
+
+
+def test_bf16_values_get_the_rounding_of_bf16_and_no_more():
+    ref = torch.linspace(1, 100, 50, dtype=torch.float64).view(1, 50)
+    rounded = ref.to(torch.bfloat16)
+    assert checks.check_values(rounded, ref, torch.tensor([50]), "e4m3fn").ok
+    worse = rounded.clone()
+    worse[0, 49] = torch.nextafter(torch.nextafter(worse[0, 49].float(), torch.tensor(0.0)), torch.tensor(0.0)).to(
+        torch.bfloat16) - 2  # several bf16 ulps off at the row max
+    assert not checks.check_values(worse, ref, torch.tensor([50]), "e4m3fn").ok
+
+
+def test_a_row_with_no_valid_position_must_stay_all_minus_inf():
+    ref = torch.full((2, 10), float("-inf"), dtype=torch.float64)
+    ref[1, :3] = 1.0
+    out = ref.float().clone()
+    out[0, 7] = 0.5  # past context_len (3) of a row with context 3 but no valid position
+    f = checks.check_mask(out, ref, torch.tensor([3, 3]), torch.tensor([0, 3]))
+    assert not f.ok and f.details["dummy_rows_written"] == [0]
+    assert checks.check_mask(out, ref, torch.tensor([3, 3])).ok  # without row lengths: an allowed write

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from parity.backends import load_backend
-from parity.cases import IndexerCase, build_inputs, quick_cases
+from parity.cases import IndexerCase, build_inputs
+from parity.grids import quick_cases
 from parity.harness import failed_checks, run_cell
 
 pytest.importorskip("triton")

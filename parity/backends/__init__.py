@@ -35,6 +35,12 @@ for _fault in ("unmasked_chunk_store", "causal_off_by_one", "ignores_stride0", "
                "fp8_flavour_misread", "racy_write", "raises", "aborts", "hangs"):
     register(f"fault:{_fault}", lambda _f=_fault, **kw: _lazy("parity.backends.faults:make_backend")(fault=_f, **kw))
 
+# Planted faults of the bug classes seen in the wild (the stress level; parity.backends.faults_stress).
+for _fault in ("writes_dummy_rows", "offset_wraps", "batch_stride_over_64", "block_table_cap", "ignores_row_lengths",
+               "bf16_writes_fp32", "rare_race", "drops_tie_group", "odd_next_n_reads_next_q"):
+    register(f"fault:{_fault}",
+             lambda _f=_fault, **kw: _lazy("parity.backends.faults_stress:make_backend")(fault=_f, **kw))
+
 DEFAULT_BACKENDS = ("torch", "triton")
 
 __all__ = ["PATHS", "Backend", "SimpleBackend", "load_backend", "register", "registered_names", "DEFAULT_BACKENDS"]

@@ -64,7 +64,8 @@ class TritonBackend(SimpleBackend):
                  upcast: str = "auto"):
         import triton
 
-        super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED})
+        super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
+                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
         if block_t < 16 or block_t & (block_t - 1):
             raise ValueError(f"block_t must be a power of two >= 16, got {block_t}")
         if programs < 0 or ctas_per_sm < 1:
@@ -107,8 +108,8 @@ class TritonBackend(SimpleBackend):
         B, n, H, D = inputs.q_fp8.shape
         rows, cols = B * n, inputs.max_model_len
         want = (H, rows, cols) if path == "stage1" else (rows, cols)
-        if tuple(out.shape) != want or out.dtype != torch.float32 or out.stride(-1) != 1:
-            raise ValueError(f"out must be float32 {want} with stride(-1) == 1, got {out.dtype} "
+        if tuple(out.shape) != want or out.dtype not in self.logits_dtypes or out.stride(-1) != 1:
+            raise ValueError(f"out must be float32 or bfloat16 {want} with stride(-1) == 1, got {out.dtype} "
                              f"{tuple(out.shape)} strides {out.stride()}")
         cache = inputs.kv_cache_preshuffled if path == "preshuffle" else inputs.kv_cache
         if cache is None:
@@ -134,11 +135,13 @@ class TritonBackend(SimpleBackend):
             FLAT=o["flat"] and path == "preshuffle" and bs >= o["block_t"],
             EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
+            PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
         programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))
         self.last_launch = paged_mqa_logits_kernel[(min(n_tiles, programs),)](
-            q, keys, scales, inputs.weights.contiguous(), inputs.context_lens, table, out,
+            q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
+            inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table, out,
             table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
             layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, **consts)
         if not o["programs"] and key not in self._resident:  # later calls: no more than fit at once

@@ -117,14 +117,24 @@ def _rows_q(q_ptr, w_ptr, row0, g, d, c, NEXT_N: tl.constexpr, H: tl.constexpr, 
 
 
 @triton.jit
-def _rows_out(s, w, scale, t, end, causal0, out_b, stride_oh, stride_or, g, c, NEXT_N: tl.constexpr,
+def _row_limit(lens_b, causal0, i, NEXT_N: tl.constexpr, PER_ROW: tl.constexpr):
+    """Valid positions of speculative rows ``i``: each row's own length (2-D context_lens), or the
+    causal diagonal ``context_len - next_n + 1 + i``."""
+    if PER_ROW:
+        return tl.load(lens_b + i, mask=i < NEXT_N, other=0)
+    return causal0 + i
+
+
+@triton.jit
+def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, g, c, NEXT_N: tl.constexpr,
               H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, RD: tl.constexpr,
-              STAGE1: tl.constexpr):
-    """relu, weights, (fused) head sum and the masked store of one row group's dot ``s``."""
+              STAGE1: tl.constexpr, PER_ROW: tl.constexpr):
+    """relu, weights, (fused) head sum and the masked store of one row group's dot ``s`` (stored in the
+    output's dtype: float32, or bf16)."""
     if STAGE1:
         ci, ch = g * RD + c // BLOCK_H, c % BLOCK_H
         v = tl.maximum(s * scale[:, None], 0.0) * w[None, :]
-        v = tl.where(t[:, None] < causal0 + ci[None, :], v, float("-inf"))
+        v = tl.where(t[:, None] < _row_limit(lens_b, causal0, ci, NEXT_N, PER_ROW)[None, :], v, float("-inf"))
         ptrs = out_b + ch[None, :].to(tl.int64) * stride_oh + ci[None, :] * stride_or + t[:, None]
         tl.store(ptrs, v, mask=(t < end)[:, None] & ((ci < NEXT_N) & (ch < H))[None, :])
     else:
@@ -132,18 +142,19 @@ def _rows_out(s, w, scale, t, end, causal0, out_b, stride_oh, stride_or, g, c, N
         logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, RD)
         i = g * RD + tl.arange(0, RD)
         ptrs = out_b + i[None, :] * stride_or + t[:, None]
-        tl.store(ptrs, tl.where(t[:, None] < causal0 + i[None, :], logit, float("-inf")),
+        lim = _row_limit(lens_b, causal0, i, NEXT_N, PER_ROW)
+        tl.store(ptrs, tl.where(t[:, None] < lim[None, :], logit, float("-inf")),
                  mask=(t[:, None] < end) & (i[None, :] < NEXT_N))
 
 
 @triton.jit
 def paged_mqa_logits_kernel(
-    q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, table_ptr, out_ptr,
+    q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
-    GROUPS: tl.constexpr,
+    GROUPS: tl.constexpr, PER_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
@@ -170,6 +181,7 @@ def paged_mqa_logits_kernel(
         if GROUPS > 1:
             q1, w1 = _rows_q(q_ptr, w_ptr, row0, 1, d, c, NEXT_N, H, D, BLOCK_H, RD, UPCAST, EXP_BIAS)
         out_b = out_ptr + row0 * stride_or
+        lens_b = lens_ptr + row0  # per-row lengths (PER_ROW only)
         causal0 = ctx - NEXT_N + 1  # row i sees t < causal0 + i
         for t0 in tl.range(t_lo, t_hi, BLOCK_T, num_stages=NUM_STAGES):
             blk = blk_next
@@ -179,9 +191,9 @@ def paged_mqa_logits_kernel(
             k = _to_dot(k, UPCAST, EXP_BIAS)
             t = t0 + tl.arange(0, BLOCK_T)
             s = tl.dot(k, q0)  # (BLOCK_T, RD * BLOCK_H)
-            _rows_out(s, w0, scale, t, end, causal0, out_b, stride_oh, stride_or, 0, c, NEXT_N, H, BLOCK_H,
-                      BLOCK_T, RD, STAGE1)
+            _rows_out(s, w0, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, 0, c, NEXT_N, H, BLOCK_H,
+                      BLOCK_T, RD, STAGE1, PER_ROW)
             if GROUPS > 1:  # the same key tile, the other half of the rows: half the accumulator registers
                 s = tl.dot(k, q1)
-                _rows_out(s, w1, scale, t, end, causal0, out_b, stride_oh, stride_or, 1, c, NEXT_N, H, BLOCK_H,
-                          BLOCK_T, RD, STAGE1)
+                _rows_out(s, w1, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, 1, c, NEXT_N, H,
+                          BLOCK_H, BLOCK_T, RD, STAGE1, PER_ROW)

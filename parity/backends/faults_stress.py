@@ -1,0 +1,184 @@
+"""Planted faults of the bug classes this kernel has had in the wild (the stress level), one each:
+torch paths with one bug apiece, so that ``python -m parity selftest`` proves the stress cases and
+checks catch every class, and point at the place."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from parity.backends.faults import _Fault
+from parity.backends.torch_ref import head_logits
+
+
+class WritesDummyRows(_Fault):
+    """A row with no valid position (a context_len 0 or 1 sequence padding a captured batch) gets
+    the logit of position 0 anyway, read through the sequence's first block-table entry, as a
+    schedule that assumes every row has work would."""
+
+    def __init__(self):
+        super().__init__("writes_dummy_rows")
+
+    def run(self, path, inputs, out):
+        super().run(path, inputs, out)
+        empty = torch.nonzero(inputs.row_lens == 0).flatten().tolist()
+        if not empty:
+            return
+        some = replace(inputs, context_lens=torch.full_like(inputs.context_lens, inputs.next_n), context_lens_2d=None)
+        for r in empty:
+            b = r // inputs.next_n
+            h = head_logits(some, b, preshuffled=(path == "preshuffle"))[..., inputs.next_n - 1, 0]
+            out[..., r, 0] = h if path == "stage1" else h.sum()
+
+
+class OffsetWraps(_Fault):
+    """Computes a block's byte offset ``block_id * block_bytes`` in ``bits``-bit arithmetic, so that
+    blocks past ``2**bits`` bytes are read from the wrapped offset (aiter's varctx path: int32 at
+    block index >= 254201 for 8448-byte blocks). The CPU proxy wraps at 2**20 bytes."""
+
+    def __init__(self, bits: int = 20):
+        super().__init__("offset_wraps")
+        self.bits = bits
+
+    def logits(self, path, inputs, b):
+        key = "kv_cache_preshuffled" if path == "preshuffle" else "kv_cache"
+        cache = getattr(inputs, key)
+        nb, bs, _, width = cache.shape
+        block = bs * width
+        flat = cache.reshape(-1)
+        wrapped = torch.stack([flat[(p * block) % (1 << self.bits):][:block] for p in range(nb)])
+        return super().logits(path, replace(inputs, **{key: wrapped.view_as(cache)}), b)
+
+
+class BatchStrideOver64(_Fault):
+    """Sequences past the 64th read the block-table row 64 earlier (a per-batch stride that only
+    holds for the first 64: aiter's regression tests for batch > 64)."""
+
+    def __init__(self):
+        super().__init__("batch_stride_over_64")
+
+    def logits(self, path, inputs, b):
+        if b < 64:
+            return super().logits(path, inputs, b)
+        tables = inputs.block_tables.clone()
+        tables[b] = inputs.block_tables[b - 64]
+        return super().logits(path, replace(inputs, block_tables=tables), b)
+
+
+class BlockTableCap(_Fault):
+    """Reads at most ``cap`` block-table entries; later tokens re-read the last entry it kept (an
+    off-by-one in a block-table buffer sized below max_model_len: vLLM #46074, above ~325K tokens).
+    The CPU proxy caps at 32 blocks."""
+
+    def __init__(self, cap: int = 32):
+        super().__init__("block_table_cap")
+        self.cap = cap
+
+    def logits(self, path, inputs, b):
+        tables = inputs.block_tables.clone()
+        if tables.shape[1] > self.cap:
+            tables[:, self.cap:] = tables[:, self.cap - 1:self.cap]
+        return super().logits(path, replace(inputs, block_tables=tables), b)
+
+
+class IgnoresRowLengths(_Fault):
+    """Applies the causal diagonal whatever the per-row lengths (2-D context_lens) say."""
+
+    def __init__(self):
+        super().__init__("ignores_row_lengths")
+
+    def logits(self, path, inputs, b):
+        return super().logits(path, replace(inputs, context_lens_2d=None), b)
+
+
+class Bf16WritesFp32(_Fault):
+    """Stores float32 logits through a bf16 output pointer (an output dtype it ignores): each row's
+    stores run twice the row's bytes, over the next row or past the allocation, and the values read
+    back as garbage."""
+
+    def __init__(self):
+        super().__init__("bf16_writes_fp32", paths=("fused", "preshuffle"))
+
+    def run(self, path, inputs, out):
+        if out.dtype != torch.bfloat16:
+            return super().run(path, inputs, out)
+        as_fp32 = torch.empty(0, dtype=torch.float32, device=out.device).set_(out.untyped_storage())
+        for b in range(inputs.batch):
+            rows = self.logits(path, inputs, b).float()
+            for i in range(inputs.next_n):
+                start = out.storage_offset() + (b * inputs.next_n + i) * out.stride(0)
+                if start % 2:
+                    raise RuntimeError("planted fault needs 4-byte aligned rows")
+                as_fp32[start // 2: start // 2 + rows.shape[-1]] = rows[i]
+
+
+class RareRace(_Fault):
+    """A racing store that loses one call in seven: two runs agree, twenty do not."""
+
+    def __init__(self):
+        super().__init__("rare_race")
+        self.calls = 0
+
+    def run(self, path, inputs, out):
+        super().run(path, inputs, out)
+        self.calls += 1
+        if self.calls % 7 == 0:
+            row0 = out[0, 0] if out.dim() == 3 else out[0]  # a view: the store lands in out
+            finite = torch.nonzero(torch.isfinite(row0)).flatten()
+            if finite.numel():
+                c = int(finite[0])
+                row0[c] = torch.nextafter(row0[c], torch.tensor(float("inf"), dtype=out.dtype))
+
+
+class DropsTieGroup(_Fault):
+    """Breaks a near-tied group at the k-th place by pushing it down: every logit within 1e-5
+    (relative) of the row's k-th largest loses a quarter of its value, so the group leaves the top-k.
+    (Swapping tied members for the next positions is what any kernel may do; the value check sees
+    the group's wrong logits, and the top-k check forgives only the swaps within the tie band.)"""
+
+    def __init__(self):
+        super().__init__("drops_tie_group", paths=("fused", "preshuffle"))
+
+    def logits(self, path, inputs, b):
+        h = super().logits(path, inputs, b)
+        k = inputs.case.topk if inputs.case is not None else 64
+        for i in range(h.shape[0]):
+            row = h[i]
+            finite = row[torch.isfinite(row)]
+            if finite.numel() <= k:
+                continue
+            kth = torch.topk(finite, k).values[-1]
+            group = torch.isfinite(row) & ((row - kth).abs() <= 1e-5 * kth.abs())
+            if int(group.sum()) > 1:
+                row[group] -= 0.25 * kth.abs()
+        return h
+
+
+class OddNextNReadsNextQ(_Fault):
+    """With an odd next_n the last speculative row reads q one row further on (the next sequence's
+    first row; zeros past the batch): an out-of-bounds read that only odd next_n reaches."""
+
+    def __init__(self):
+        super().__init__("odd_next_n_reads_next_q")
+
+    def logits(self, path, inputs, b):
+        n = inputs.next_n
+        if n % 2 == 0:
+            return super().logits(path, inputs, b)
+        flat = inputs.q_fp8.view(-1, *inputs.q_fp8.shape[2:])  # (B * next_n, H, D)
+        r = b * n + n  # one past this sequence's last row
+        q = inputs.q_fp8.clone()
+        q[b, n - 1] = flat[r] if r < flat.shape[0] else torch.zeros_like(flat[0])
+        return super().logits(path, replace(inputs, q_fp8=q), b)
+
+
+FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
+          (WritesDummyRows, OffsetWraps, BatchStrideOver64, BlockTableCap, IgnoresRowLengths, Bf16WritesFp32,
+           RareRace, DropsTieGroup, OddNextNReadsNextQ)}
+
+
+def make_backend(fault: str = "writes_dummy_rows"):
+    if fault not in FAULTS:
+        raise ValueError(f"fault must be one of {sorted(FAULTS)}, got {fault!r}")
+    return FAULTS[fault]()
+
