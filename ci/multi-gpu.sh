@@ -56,7 +56,7 @@ now() { date +%s.%N; }
 timed() {  # NAME COMMAND...: runs it with cold caches of its own under the timeout; sets WALL (seconds)
   local name=$1; shift
   local t0 t1 rc; t0=$(now)
-  TRITON_CACHE_DIR="$SCRATCH/triton-$name" PARITY_CACHE_DIR="$SCRATCH/ref-$name" timeout "$T" "$@" \
+  TRITON_CACHE_DIR="$SCRATCH/triton-$name" PARITY_CACHE_DIR="$SCRATCH/ref-$name" timeout -k 10 "$T" "$@" \
     > "$OUT_DIR/$name.txt" 2>&1
   rc=$?; t1=$(now)
   WALL=$("$PY" -c "print(f'{$t1 - $t0:.1f}')")
@@ -127,7 +127,7 @@ EOF
 
 echo -e "\n## python -m parity run --level $LEVEL --device cuda (one process per GPU per backend)" >> "$S"
 t0=$(now)
-TRITON_CACHE_DIR="$SCRATCH/triton-run" PARITY_CACHE_DIR="$SCRATCH/ref-run" timeout 140 \
+TRITON_CACHE_DIR="$SCRATCH/triton-run" PARITY_CACHE_DIR="$SCRATCH/ref-run" timeout -k 10 140 \
   "$PY" -m parity run "${bargs[@]}" --level "$LEVEL" --device cuda --no-progress --timeout 120 --out "$OUT_DIR/run.json" \
   > "$OUT_DIR/run.md" 2>&1
 rc=$?; t1=$(now)
@@ -146,7 +146,7 @@ for k, n in sorted(c.items()):
 EOF
 
 echo -e "\n## tests/test_scale.py on two GPUs" >> "$S"
-TRITON_CACHE_DIR="$SCRATCH/triton-test" timeout 80 "$PY" -m pytest -q -p no:cacheprovider "${plugin[@]}" \
+TRITON_CACHE_DIR="$SCRATCH/triton-test" timeout -k 10 80 "$PY" -m pytest -q -p no:cacheprovider "${plugin[@]}" \
   tests/test_scale.py -k "own_gpu or explicit_device" -rA > "$OUT_DIR/gpu-test.txt" 2>&1 || status=1
 grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/gpu-test.txt" | tail -n 5 >> "$S"
 

@@ -52,8 +52,8 @@ def _plugin_args() -> list[str]:
 
 def _cells_by_worker(tmp_path, env, *args):
     xml = tmp_path / "cells.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_args(), "-q", "-n", "2",
-                           "-m", "parity",
+    quiet = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:anyio"]  # startup
+    proc = subprocess.run([sys.executable, "-m", "pytest", *quiet, *_plugin_args(), "-q", "-n", "2", "-m", "parity",
                            "--device", "cuda", "--junitxml", str(xml), "-o", "junit_family=xunit1", *args],
                           cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
