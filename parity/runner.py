@@ -172,12 +172,17 @@ class _Child:
 
 def run_isolated_many(plans: list[RunPlan]) -> list[tuple[dict, list[dict]]]:
     """Run each plan in a child process of its own, all at once; (backend info, results) per plan."""
+    # The children run in sessions of their own (a hang is killed with its group), so a CI timeout's
+    # SIGTERM to this process would not reach them: turn it into an exit that kills them first.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory() as tmp:
-        children = [_Child(plan, tmp, str(i)) for i, plan in enumerate(plans)]
+        children = []
         try:
+            children += [_Child(plan, tmp, str(i)) for i, plan in enumerate(plans)]
             while any([c.poll() for c in children]):
                 time.sleep(0.2)
         finally:  # interrupted: leave no child running
+            signal.signal(signal.SIGTERM, previous)
             for c in children:
                 if c.proc.poll() is None:
                     os.killpg(c.proc.pid, signal.SIGKILL)
