@@ -1,4 +1,4 @@
-"""``python -m parity run | diff | report | selftest | bench | list``.
+"""``python -m parity run | merge | diff | report | selftest | bench | list``.
 
 ``run`` executes each backend in its own child process (unless ``--in-process``), so a backend that
 crashes the interpreter or hangs is reported as such and the other backends still run.
@@ -12,8 +12,9 @@ import sys
 
 import torch
 
+from parity import devices
 from parity import report as rep
-from parity import runner
+from parity import runner, shards
 from parity.backends import DEFAULT_BACKENDS, PATHS
 from parity.buffers import BUFFER_KINDS, DEFAULT_PAD
 from parity.grids import LEVELS, REPEATS, cases_for_level, repeats_for
@@ -40,10 +41,11 @@ def check_device(value: str) -> str | None:
         return None
     if dev.type != "cuda":
         return f"--device {value!r}: the suite runs on cpu or cuda (HIP GPUs are cuda in torch), not {dev.type}"
-    if not torch.cuda.is_available():
+    gpus = devices.gpu_count()
+    if not gpus:
         return f"--device {value!r}: no CUDA/HIP GPU is visible to torch {torch.__version__}"
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        return f"--device {value!r}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+    if dev.index is not None and dev.index >= gpus:
+        return f"--device {value!r}: only {gpus} GPU(s) visible (cuda:0..cuda:{gpus - 1})"
     return None
 
 
@@ -59,7 +61,34 @@ def usage_error(args) -> str | None:
         return why
     if args.aiter_path and not os.path.isdir(args.aiter_path):
         return f"--aiter-path {args.aiter_path!r} is not a directory (expected one containing aiter/)"
+    if args.shard is not None:
+        try:
+            shards.parse_shard(args.shard)
+        except ValueError as exc:
+            return str(exc)
     return None
+
+
+def gpu_fan_out(args, device: str) -> list[str]:
+    """The GPUs a backend's cells are spread over: every visible one for a plain ``cuda``, in child
+    processes (``--in-process`` keeps one process, and so one GPU)."""
+    n = devices.gpu_count()
+    if device != "cuda" or args.in_process or n < 2:
+        return []
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def shard_record(args, specs: list[str], every: list[str]) -> tuple[list[str] | None, dict | None]:
+    """(cell keys of this machine's shard, the report's record of it), or (None, None) unsharded."""
+    if args.shard is None:
+        return None, None
+    k, n = shards.parse_shard(args.shard)
+    mine = [key for key, path, case_id in every if shards.shard_of(path, case_id, n) == k]
+    keys = [key for key, _, _ in every]
+    names = [shards.backend_label(spec) for spec in specs]
+    return mine, {"index": k, "count": n, "matrix_cells": len(keys) * len(specs), "backends": names,
+                  "matrix_digest": shards.matrix_digest(keys, names),
+                  "assigned": [f"{name}:{key}" for name in names for key in mine]}
 
 
 def cmd_run(args) -> int:
@@ -79,12 +108,23 @@ def cmd_run(args) -> int:
     device = args.device or default_device()
     report = rep.new_report(device, args.level, sys.argv[1:])
     cases = cases_for_level(args.level)
+    paths, buffers = args.path or list(PATHS), args.buffer or list(BUFFER_KINDS)
+    every = [(shards.cell_key(p, b, c.id), p, c.id) for c in cases for p in paths for b in buffers]
+    select, shard = shard_record(args, specs, every)
+    if shard:
+        report["shard"] = shard
+    gpus = gpu_fan_out(args, device)
     for spec in specs:
-        plan = runner.RunPlan(spec=spec, requested=requested, cases=cases, paths=args.path or list(PATHS),
-                              buffers=args.buffer or list(BUFFER_KINDS), device=device, pad=args.pad,
-                              timeout=args.timeout, options=backend_options(args, spec), progress=args.progress,
+        plan = runner.RunPlan(spec=spec, requested=requested, cases=cases, paths=paths, buffers=buffers,
+                              device=device, pad=args.pad, timeout=args.timeout,
+                              options=backend_options(args, spec), progress=args.progress, select=select,
                               repeats=args.repeats or repeats_for(args.level, device))
-        info, results = runner.run_here(plan) if args.in_process else runner.run_isolated(plan)
+        if args.in_process:
+            info, results = runner.run_here(plan)
+        elif gpus:
+            info, results = runner.run_on_gpus(plan, gpus)
+        else:
+            info, results = runner.run_isolated(plan)
         report["backends"][spec] = {**info, "requested": requested}
         report["results"].extend(results)
     runner.reconcile(report["results"])
@@ -123,6 +163,33 @@ def cmd_diff(args) -> int:
     return rep.DIFF_EXIT[d["verdict"]]
 
 
+def cmd_merge(args) -> int:
+    """Shard reports of one matrix -> one report; exit as ``run`` would have for the whole matrix,
+    2 when the shards are not the whole matrix exactly once (the report then says why)."""
+    loaded = []
+    for path in args.reports:
+        try:
+            loaded.append((path, rep.load(path)))
+        except ValueError as exc:
+            print(f"parity merge: {exc}", file=sys.stderr)
+            return runner.EXIT_UNUSABLE
+    merged = shards.merge_reports(loaded)
+    code, why = runner.judge(merged)
+    merged["verdict"] = {"exit_code": code, "reasons": why}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(merged, fh, indent=1)
+    if not args.quiet:
+        print(rep.summary_table(merged))
+        print(f"merged {len(loaded)} reports into {args.out}")
+    for line in why:
+        print(f"parity merge: {line}", file=sys.stderr)
+    verdict = {0: "clean", 1: "findings", 2: "UNUSABLE (the shards are not the whole matrix, or it could "
+                                             "not be judged)"}[code]
+    print(f"verdict: {verdict} (exit {code})", file=sys.stderr)
+    return code
+
+
 def cmd_list(args) -> int:
     from parity.backends import registered_names
 
@@ -157,7 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--in-process", action="store_true", help="run backends in this process (no crash isolation)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-progress", dest="progress", action="store_false")
+    r.add_argument("--shard", metavar="K/N", help="run only shard K of N of the matrix (the same cells on every "
+                                                  "machine); join the reports with `merge`")
     r.set_defaults(func=cmd_run)
+    m = sub.add_parser("merge", help="join the reports of `run --shard K/N` into one; exit 2 when a shard is "
+                                     "missing or given twice")
+    m.add_argument("reports", nargs="+", help="shard reports (JSON) of one matrix, every shard once")
+    m.add_argument("--out", required=True, help="merged JSON report path")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_merge)
     d = sub.add_parser("diff", help="is report B at least as good as report A? exit 1 on a regression, "
                                     "2 when a side cannot be judged")
     d.add_argument("a")

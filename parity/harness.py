@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import torch
 
-from parity import checks, render, topk
+from parity import checks, refcache, render, topk
 from parity.backends.base import Backend
 from parity.buffers import DEFAULT_PAD, guarded_buffer
 from parity.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
@@ -20,10 +20,17 @@ def cell_id(backend: str, path: str, buffer: str, case: IndexerCase) -> str:
     return f"{backend}-{path}-{buffer}-{case.id}"
 
 
+def _reference_heads(case: IndexerCase) -> dict[str, torch.Tensor]:
+    inp = build_inputs(case, "cpu", compact=True)  # the same logits without gigabytes of filler blocks
+    return {"heads": reference_head_logits(inp), "mags": reference_head_logits(inp, magnitude=True)}
+
+
+# The runners order cells case by case (pytest_plugin, runner), so a small cache per process hits;
+# the disk cache shares a case's reference between processes (xdist workers, per-GPU children).
 @functools.lru_cache(maxsize=8)
 def _reference(case: IndexerCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    inp = build_inputs(case, "cpu", compact=True)  # the same logits without gigabytes of filler blocks
-    heads, mags = reference_head_logits(inp), reference_head_logits(inp, magnitude=True)
+    ref = refcache.cached(case, _reference_heads)
+    heads, mags = ref["heads"], ref["mags"]
     return heads, heads.sum(0), mags, mags.sum(0)
 
 

@@ -54,22 +54,19 @@ def pytest_configure(config):
     for value in config.getoption("--device") or ():
         if (why := _device_error(value)) is not None:
             raise pytest.UsageError(why)
+    from parity import devices
+
+    # Pin each worker to its GPU before anything opens a context: a Triton launch goes to the
+    # current device, so a worker left on cuda:0 would share GPU 0 with gw0 (see parity.devices).
+    wants_gpu = any(v.startswith("cuda") for v in config.getoption("--device") or ["cuda"])
+    if workers > 1 and wants_gpu and devices.gpu_count():
+        devices.pin(devices.worker_device("cuda"))
 
 
 def _device_error(value: str) -> str | None:
     from parity.cli import check_device
 
     return check_device(value)
-
-
-def worker_device(kind: str) -> str:
-    """Under xdist each worker takes its own GPU (gw0 -> cuda:0, gw1 -> cuda:1, ...)."""
-    import torch
-
-    if kind != "cuda" or not torch.cuda.is_available():
-        return kind
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return f"cuda:{int(worker[2:] or 0) % torch.cuda.device_count()}"
 
 
 def default_backends() -> list[str]:
@@ -81,22 +78,24 @@ def default_backends() -> list[str]:
 def pytest_generate_tests(metafunc):
     if MATRIX_FIXTURE not in metafunc.fixturenames:
         return
-    import torch
-
     from parity.backends import PATHS
     from parity.buffers import BUFFER_KINDS
     from parity.grids import cases_for_level
+    from parity.devices import gpu_count
 
     cfg = metafunc.config
     backends = cfg.getoption("--backend") or default_backends()
-    devices = cfg.getoption("--device") or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = cfg.getoption("--device") or (["cpu", "cuda"] if gpu_count() else ["cpu"])
     cases = cases_for_level(cfg.getoption("--parity-level") or "quick")
     params, ids = [], []
+    # Case by case: the cells of a case are neighbours, so the float64 reference and the inputs a
+    # worker builds for a case serve all of its cells (a per-process cache of a few cases hits),
+    # and pytest-split's contiguous groups and xdist's chunks keep a case together.
     for dev in devices:
-        for backend in backends:
-            for path in PATHS:
-                for buf in BUFFER_KINDS:
-                    for case in cases:
+        for case in cases:
+            for backend in backends:
+                for path in PATHS:
+                    for buf in BUFFER_KINDS:
                         params.append((backend, path, buf, case, dev))
                         suffix = f"-{dev}" if len(devices) > 1 else ""
                         ids.append(f"{backend}-{path}-{buf}-{case.id}{suffix}")

@@ -101,10 +101,26 @@ def load(path: str) -> dict:
 BROKEN = ("unavailable", "crashed", "hung")
 
 
+def _coverage(report: dict) -> str:
+    shard = report.get("shard")
+    return f"shard {shard['index']}/{shard['count']}" if shard and shard["count"] > 1 else "the whole matrix"
+
+
+def coverage_reasons(a: dict, b: dict) -> list[str]:
+    """A merge of shards that is not the whole matrix exactly once, or one shard against a report of
+    another coverage, would make a smaller comparison look like the whole one."""
+    reasons = [f"{side}: incomplete merge of shards: {why}" for side, rep in (("A", a), ("B", b))
+               for why in rep.get("incomplete", [])]
+    if _coverage(a) != _coverage(b):
+        reasons.append(f"A covers {_coverage(a)}, B {_coverage(b)}: merge the shards "
+                       "(python -m parity merge) before comparing")
+    return reasons
+
+
 def unusable_reasons(a: dict, b: dict) -> list[str]:
     """Why two reports cannot be compared, one line each (empty when they can): a side whose backend
     did not load, crashed or hung, or that has no judged cells for a backend the other side judged."""
-    reasons = []
+    reasons = coverage_reasons(a, b)
     judged = {}
     for side, rep in (("A", a), ("B", b)):
         for spec, info in rep.get("backends", {}).items():

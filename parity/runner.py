@@ -1,11 +1,13 @@
 """Runs the parity matrix for ``python -m parity run``: each backend in its own child process, whose
 results stream back one JSON line per cell, so that a backend which crashes the interpreter or hangs
-is reported as such, with the cell it was in, and the cells it finished are kept.
+is reported as such, with the cell it was in, and the cells it finished are kept. With several
+GPUs (``--device cuda``) a backend's cells are spread over one child process per GPU.
 
 The verdict of a run, as the CLI's exit code:
 
 * 2 (unusable): a backend the user asked for could not be judged: it did not load, or every one of
-  its cells was skipped; or nothing at all was judged.
+  its cells was skipped; or nothing at all was judged; or a merge of shard reports is not the whole
+  matrix exactly once.
 * 1 (findings): a cell failed or errored, or a backend crashed or hung.
 * 0: every judged cell passed.
 """
@@ -18,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from parity import devices, shards
 from parity.backends import load_backend
 from parity.cases import IndexerCase
 from parity.checks import cross_check_next_row
@@ -43,9 +46,15 @@ class RunPlan:
     options: dict = field(default_factory=dict)  # backend factory options (aiter_path ...)
     progress: bool = True
     repeats: int = 2  # calls per cell (each compared bitwise with the first)
+    select: list[str] | None = None  # cell keys (shards.cell_key) to run; None: every cell
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
-        return [(p, b, c) for c in self.cases for p in self.paths for b in self.buffers]
+        """Case by case, so that a case's reference and inputs serve all of its cells."""
+        every = [(p, b, c) for c in self.cases for p in self.paths for b in self.buffers]
+        if self.select is None:
+            return every
+        keep = set(self.select)
+        return [cell for cell in every if shards.cell_key(cell[0], cell[1], cell[2].id) in keep]
 
 
 def _emit(stream, record: dict) -> None:
@@ -55,7 +64,9 @@ def _emit(stream, record: dict) -> None:
 
 def run_in_process(plan: RunPlan, stream) -> None:
     """Load the backend and run its cells here, writing JSON lines to ``stream``: one ``backend``
-    record, then ``start``/``result`` records per cell."""
+    record, then ``start``/``result`` records per cell. Each cell runs with ``plan.device`` current
+    and records where its launches ran (``ran_on``)."""
+    devices.pin(plan.device)
     try:
         backend = load_backend(plan.spec, **plan.options)
         info = backend.describe() if hasattr(backend, "describe") else {}
@@ -68,12 +79,17 @@ def run_in_process(plan: RunPlan, stream) -> None:
     for i, (path, buf, case) in enumerate(cells, 1):
         cid = f"{backend.name}-{path}-{buf}-{case.id}"
         _emit(stream, {"start": cid})
-        result = run_cell(backend, path, buf, case, plan.device, pad=plan.pad, repeats=plan.repeats)
+        probe = devices.OnDevice(backend, plan.device)
+        with devices.current(plan.device):
+            result = run_cell(probe, path, buf, case, devices.placement(plan.device), pad=plan.pad,
+                              repeats=plan.repeats)
+        result.update(device=plan.device, ran_on=probe.ran_on())
         _emit(stream, {"result": result})
         if plan.progress:
             note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]
-            print(f"[{backend.name} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: {result['status']} "
-                  f"{note}", file=sys.stderr, flush=True)
+            where = f" {plan.device}" if ":" in plan.device else ""  # one of several GPUs
+            print(f"[{backend.name}{where} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: "
+                  f"{result['status']} {note}", file=sys.stderr, flush=True)
 
 
 def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None]:
@@ -115,37 +131,88 @@ def child_main(plan_path: str, stream_path: str) -> int:
     return 0
 
 
+class _Child:
+    """One child process running a plan, streaming its cells into a file."""
+
+    def __init__(self, plan: RunPlan, tmp: str, tag: str):
+        self.plan, self.hung = plan, False
+        self.stream, plan_path = os.path.join(tmp, f"cells-{tag}.jsonl"), os.path.join(tmp, f"plan-{tag}.json")
+        write_plan(plan, plan_path)
+        self.proc = subprocess.Popen([sys.executable, "-m", "parity", "_run-backend", plan_path, self.stream],
+                                     start_new_session=True)
+        self.last_size, self.last_change = -1, time.monotonic()
+
+    def poll(self) -> bool:
+        """True while it runs; a child without a finished cell for ``plan.timeout`` seconds is killed."""
+        if self.proc.poll() is not None:
+            return False
+        size = os.path.getsize(self.stream) if os.path.exists(self.stream) else 0
+        if size != self.last_size:
+            self.last_size, self.last_change = size, time.monotonic()
+        elif time.monotonic() - self.last_change > self.plan.timeout:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.hung = True
+            return False
+        return True
+
+    def outcome(self) -> tuple[dict, list[dict]]:
+        info, results, started = _read_stream(self.stream)
+        info = dict(info or {"status": "unavailable", "message": "the backend process wrote nothing"})
+        where = f" in cell {started}" if started else ""
+        done = f"; {len(results)} cells finished before it"
+        if self.hung:
+            info.update(status="hung", message=f"no cell finished for {self.plan.timeout:g} s{where}; killed{done}")
+        elif self.proc.returncode != 0 and info.get("status") == "ok":
+            code = self.proc.returncode
+            how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+            info.update(status="crashed", message=f"process died{where}: {how}{done}")
+        if started and info["status"] in ("crashed", "hung"):
+            info["cell"] = started
+        return info, results
+
+
+def run_isolated_many(plans: list[RunPlan]) -> list[tuple[dict, list[dict]]]:
+    """Run each plan in a child process of its own, all at once; (backend info, results) per plan."""
+    # The children run in sessions of their own (a hang is killed with its group), so a CI timeout's
+    # SIGTERM to this process would not reach them: turn it into an exit that kills them first.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    with tempfile.TemporaryDirectory() as tmp:
+        children = []
+        try:
+            children += [_Child(plan, tmp, str(i)) for i, plan in enumerate(plans)]
+            while any([c.poll() for c in children]):
+                time.sleep(0.2)
+        finally:  # interrupted: leave no child running
+            signal.signal(signal.SIGTERM, previous)
+            for c in children:
+                if c.proc.poll() is None:
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                    c.proc.wait()
+        return [c.outcome() for c in children]
+
+
 def run_isolated(plan: RunPlan) -> tuple[dict, list[dict]]:
     """Run ``plan`` in a child process; returns (backend info, results). A child that dies or makes
     no progress for ``plan.timeout`` seconds is reported with the cell it was in."""
-    with tempfile.TemporaryDirectory() as tmp:
-        stream, plan_path = os.path.join(tmp, "cells.jsonl"), os.path.join(tmp, "plan.json")
-        write_plan(plan, plan_path)
-        proc = subprocess.Popen([sys.executable, "-m", "parity", "_run-backend", plan_path, stream],
-                                start_new_session=True)
-        last_size, last_change, hung = -1, time.monotonic(), False
-        while proc.poll() is None:
-            size = os.path.getsize(stream) if os.path.exists(stream) else 0
-            if size != last_size:
-                last_size, last_change = size, time.monotonic()
-            elif time.monotonic() - last_change > plan.timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                hung = True
-                break
-            time.sleep(0.2)
-        info, results, started = _read_stream(stream)
-    info = dict(info or {"status": "unavailable", "message": "the backend process wrote nothing"})
-    where = f" in cell {started}" if started else ""
-    done = f"; {len(results)} cells finished before it"
-    if hung:
-        info.update(status="hung", message=f"no cell finished for {plan.timeout:g} s{where}; killed{done}")
-    elif proc.returncode != 0 and info.get("status") == "ok":
-        code = proc.returncode
-        how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
-        info.update(status="crashed", message=f"process died{where}: {how}{done}")
-    if started and info["status"] in ("crashed", "hung"):
-        info["cell"] = started
+    return run_isolated_many([plan])[0]
+
+
+def _case_weight(case: IndexerCase) -> float:
+    return case.heads * case.rows * case.max_model_len  # the reference's and the checks' size
+
+
+def run_on_gpus(plan: RunPlan, gpus: list[str]) -> tuple[dict, list[dict]]:
+    """``plan`` spread over ``gpus`` (``cuda:0`` ...), one child process per GPU with whole cases; a
+    crash or hang in one is reported with its GPU and cell, the others' cells are kept."""
+    parts = [p for p in shards.split_by_case(plan.cells(), _case_weight, len(gpus))]
+    plans = [replace(plan, device=gpu, select=[shards.cell_key(p, b, c.id) for p, b, c in cells])
+             for gpu, cells in zip(gpus, parts) if cells]
+    outcomes = run_isolated_many(plans)
+    info = shards.merge_infos([(p.device, i) for p, (i, _) in zip(plans, outcomes)])
+    order = {shards.cell_key(p, b, c.id): n for n, (p, b, c) in enumerate(plan.cells())}
+    results = sorted((r for _, rs in outcomes for r in rs),
+                     key=lambda r: order.get(shards.cell_key(r["path"], r["buffer"], r["case"]["id"]), len(order)))
     return info, results
 
 
@@ -171,7 +238,8 @@ def reconcile(results: list[dict]) -> None:
 
 def judge(report: dict) -> tuple[int, list[str]]:
     """Exit code of a finished run and the lines that explain it."""
-    unusable, findings, notes = [], [], []
+    # A merge of shards that is not the whole matrix exactly once cannot be judged as if it were.
+    unusable, findings, notes = [f"incomplete merge: {why}" for why in report.get("incomplete", [])], [], []
     judged: dict[str, int] = {}
     for r in report["results"]:
         if r["status"] != "skip":

@@ -1,0 +1,367 @@
+"""Scaling out: each xdist worker on its own GPU, the CLI over the GPUs of a host, shards over
+machines (pytest-split groups and ``run --shard K/N``) merged back into one report, and the float64
+reference computed once per case and shared on disk.
+
+Without GPUs the device tests run on stand-in GPUs (``PARITY_FAKE_GPUS``, see parity.devices): what
+they prove is the plumbing (worker -> device, the device current at each launch); the ``gpu``
+variants prove the same on real GPUs and skip without two."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from parity import devices, harness, refcache, shards
+from parity.cases import IndexerCase
+from parity.grids import cases_for_level
+from parity.cli import main
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+BACKEND = textwrap.dedent('''
+    from parity.backends.faults import UnmaskedChunkStore
+    from parity.backends.torch_ref import TorchBackend
+
+    def make_backend():
+        b = {cls}()
+        b.name = "mybuild"
+        return b
+''')
+two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                              reason="needs two GPUs")
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_ADDOPTS", devices.FAKE_ENV)}
+    return {**env, **extra}
+
+
+# --- each worker on its own device -------------------------------------------------------------
+
+def _plugin_args() -> list[str]:
+    """``-p parity.pytest_plugin`` where the package is on PYTHONPATH but not installed (no entry point)."""
+    from importlib.metadata import entry_points
+
+    return [] if any(e.value == "parity.pytest_plugin" for e in entry_points(group="pytest11")) \
+        else ["-p", "parity.pytest_plugin"]
+
+
+def _cells_by_worker(tmp_path, env, *args):
+    xml = tmp_path / "cells.xml"
+    quiet = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:anyio"]  # startup
+    proc = subprocess.run([sys.executable, "-m", "pytest", *quiet, *_plugin_args(), "-q", "-n", "2", "-m", "parity",
+                           "--device", "cuda", "--junitxml", str(xml), "-o", "junit_family=xunit1", *args],
+                          cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    cells = []
+    for case in ET.parse(xml).iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if case.find("skipped") is None:
+            cells.append({"id": case.get("name"), **props})
+    return cells
+
+
+def _assert_each_worker_on_its_own_device(cells, output_device):
+    workers = {c["worker"] for c in cells}
+    assert workers == {"gw0", "gw1"}, f"both workers must run cells, got {workers}"
+    for c in cells:
+        want = f"cuda:{int(c['worker'][2:])}"
+        assert c["device"] == want, c
+        assert c["worker_current"] == want, f"worker {c['worker']} not pinned to {want} between cells"
+        assert c["ran_on_current"] == want, f"{c['id']} launched with {c['ran_on_current']} current, not {want}"
+        assert c["ran_on_output"] == output_device(want), c
+
+
+def test_each_xdist_worker_launches_on_its_own_stand_in_gpu(tmp_path):
+    """Two workers, two (stand-in) GPUs: every cell launched with its worker's GPU current."""
+    cells = _cells_by_worker(tmp_path, _env(**{devices.FAKE_ENV: "2"}), "--backend", "torch",
+                             "-k", "fused-exact and (B1-n1-bs64 or B4-n1-bs1 or B2-n4-bs16 or B3-n4-bs64)")
+    assert len(cells) == 4
+    _assert_each_worker_on_its_own_device(cells, lambda want: "cpu")
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_each_xdist_worker_launches_on_its_own_gpu(tmp_path):
+    cells = _cells_by_worker(tmp_path, _env(), "--backend", "torch", "--backend", "triton", "-k", "exact")
+    _assert_each_worker_on_its_own_device(cells, lambda want: want)
+
+
+def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypatch):
+    monkeypatch.setenv(devices.FAKE_ENV, "3")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw4")
+    assert devices.worker_device("cuda") == "cuda:1" and devices.worker_device("cuda:2") == "cuda:2"
+    assert devices.worker_device("cpu") == "cpu"
+    seen = []
+
+    class Spy:
+        name = "spy"
+
+        def run(self, path, inputs, out):
+            seen.append(devices.current_device("cuda"))
+
+    devices.pin("cuda:1")
+    probe = devices.OnDevice(Spy(), "cuda:2")
+    probe.run("fused", None, torch.empty(1))
+    assert seen == ["cuda:2"] and probe.ran_on() == {"current": ["cuda:2"], "output": ["cpu"]}
+    assert devices.current_device("cuda") == "cuda:1", "the worker's own device is current again after the cell"
+
+
+# --- the CLI over the GPUs of a host -----------------------------------------------------------
+
+def _run_cli(tmp_path, name, *args):
+    out = tmp_path / f"{name}.json"
+    code = main(["run", "--out", str(out), "--no-progress", "--quiet", *args])
+    return code, json.loads(out.read_text())
+
+
+def test_cli_spreads_a_backend_over_the_gpus_and_a_crash_on_one_keeps_the_others(tmp_path, monkeypatch):
+    """Two (stand-in) GPUs, one child process each, whole cases each; the backend aborts in one case:
+    that GPU's process is reported crashed with its cell, every cell of the other GPU is kept."""
+    monkeypatch.setenv(devices.FAKE_ENV, "2")
+    cases = cases_for_level("quick")
+    victim = cases[5].id
+    backend = tmp_path / "dies_on_one_case.py"
+    backend.write_text(textwrap.dedent(f'''
+        import os
+        from parity.backends.torch_ref import TorchBackend
+
+        class DiesOnOneCase(TorchBackend):
+            def run(self, path, inputs, out):
+                if inputs.case.id == {victim!r}:
+                    os.abort()
+                return super().run(path, inputs, out)
+
+        def make_backend():
+            return DiesOnOneCase()
+    '''))
+    code, report = _run_cli(tmp_path, "crash", "--device", "cuda", "--backend", str(backend), "--path", "fused",
+                            "--buffer", "exact")
+    info = report["backends"][str(backend)]
+    assert code == 1 and info["status"] == "crashed"
+    assert info["cell"] == f"torch-fused-exact-{victim}" and "SIGABRT" in info["message"]
+    crashed_gpu = info["message"].split(": ")[0]
+    assert crashed_gpu in ("cuda:0", "cuda:1"), info["message"]
+    ran = {}
+    for r in report["results"]:
+        assert r["status"] == "pass" and r["ran_on"]["current"] == [r["device"]], r["id"]
+        ran.setdefault(r["device"], []).append(r["case"]["id"])
+    # The split is whole cases: the crashed GPU's cases up to the victim, and the other GPU's all.
+    from parity.runner import _case_weight
+
+    parts = [[c.id for _, _, c in part] for part in
+             shards.split_by_case([("fused", "exact", c) for c in cases], _case_weight, 2)]
+    assert sorted(parts[0] + parts[1]) == sorted(c.id for c in cases) and all(parts)
+    doomed = parts[0] if victim in parts[0] else parts[1]
+    other = "cuda:1" if crashed_gpu == "cuda:0" else "cuda:0"
+    assert ran.get(crashed_gpu, []) == doomed[:doomed.index(victim)]
+    assert sorted(ran[other]) == sorted(parts[1] if doomed is parts[0] else parts[0])
+
+
+# --- shards: pytest-split and run --shard ------------------------------------------------------
+
+class _Collected:
+    def __init__(self):
+        self.ids = []
+
+    def pytest_collection_finish(self, session):
+        self.ids = [item.nodeid for item in session.items]
+
+
+def _collect(*args):
+    seen = _Collected()
+    code = pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-m", "parity",
+                        "--parity-level", "quick", "--rootdir", str(CHECKOUT), *args], plugins=[seen])
+    assert code == 0
+    return seen.ids
+
+
+def test_pytest_split_groups_are_the_whole_matrix_once_with_cases_together(monkeypatch):
+    monkeypatch.chdir(CHECKOUT)
+    whole = _collect()
+    groups = [_collect("--splits", "3", "--group", str(g), "--durations-path", str(CHECKOUT / ".test_durations"))
+              for g in (1, 2, 3)]
+    assert all(groups) and sorted(sum(groups, [])) == sorted(whole)
+    assert len(whole) == len(set(whole))
+    # the committed durations cover the matrix, so the groups are balanced by time, not by count
+    durations = json.loads((CHECKOUT / ".test_durations").read_text())
+    assert set(whole) <= set(durations), "regenerate .test_durations (see README)"
+    # the cells of a case are neighbours in the collection, so a worker's case caches hit
+    case_of = [nid.split("[", 1)[1].split("-", 3)[3] for nid in whole]
+    runs = [c for i, c in enumerate(case_of) if i == 0 or case_of[i - 1] != c]
+    assert len(runs) == len(set(case_of))
+
+
+@pytest.mark.parametrize("level", ["quick", "full"])
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_cli_shards_are_the_whole_matrix_once_and_keep_twins_together(level, n):
+    from parity.backends import PATHS
+    from parity.buffers import BUFFER_KINDS
+
+    cells = [(p, b, c.id) for c in cases_for_level(level) for p in PATHS for b in BUFFER_KINDS]
+    picked = [cell for k in range(1, n + 1) for cell in cells if shards.shard_of(cell[0], cell[2], n) == k]
+    assert sorted(picked) == sorted(cells)
+    twins = {(p, c): {shards.shard_of(p, c, n) for b in BUFFER_KINDS} for p, _, c in cells}
+    assert all(len(s) == 1 for s in twins.values())
+    if n == 3:
+        sizes = [sum(shards.shard_of(p, c, n) == k for p, _, c in cells) for k in (1, 2, 3)]
+        assert min(sizes) > len(cells) / 3 / 2, f"a hash that lumps cells together: {sizes}"
+
+
+def test_a_cells_shard_is_the_same_in_every_process():
+    """Not Python's hash(), which is salted per process."""
+    code = "from parity.shards import shard_of; print([shard_of(p, 'B3-n2-bs64-ctx_eq_max', 5) for p in " \
+           "('stage1', 'fused', 'preshuffle')])"
+    outs = {subprocess.run([sys.executable, "-c", code], env=_env(PYTHONHASHSEED=seed), cwd=CHECKOUT,
+                           capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    here = str([shards.shard_of(p, "B3-n2-bs64-ctx_eq_max", 5) for p in ("stage1", "fused", "preshuffle")])
+    assert outs == {here + "\n"}
+
+
+def test_bad_shard_option_is_named(capsys):
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        assert main(["run", "--shard", bad, "--backend", "torch"]) == 2
+        assert "--shard must be K/N" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """Two builds (good, planted fault), each run whole and as 3 shards (quick level, fused path,
+    exact buffer: the fault then damages the next row)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    out = {}
+    for build, cls in (("good", "TorchBackend"), ("bad", "UnmaskedChunkStore")):
+        spec = tmp / f"{build}.py"
+        spec.write_text(BACKEND.format(cls=cls))
+        for shard in (None, "1/3", "2/3", "3/3"):
+            name = f"{build}-{shard.replace('/', 'of') if shard else 'whole'}"
+            path = tmp / f"{name}.json"
+            args = ["run", "--in-process", "--backend", str(spec), "--path", "fused", "--buffer", "exact",
+                    "--out", str(path), "--no-progress", "--quiet"] + (["--shard", shard] if shard else [])
+            out[name] = (main(args), path)
+    return tmp, out
+
+
+def _merge(tmp, out, build, shard_names, capsys):
+    merged = tmp / f"{build}-merged-{'-'.join(shard_names)}.json"
+    code = main(["merge", *[str(out[f"{build}-{s}"][1]) for s in shard_names], "--out", str(merged), "--quiet"])
+    capsys.readouterr()
+    return code, merged
+
+
+def _diff(a, b, capsys):
+    code = main(["diff", str(a), str(b)])
+    return code, capsys.readouterr().out
+
+
+def test_merged_shards_give_the_verdicts_of_one_unsharded_run(builds, capsys):
+    tmp, out = builds
+    assert out["good-whole"][0] == 0 and out["bad-whole"][0] == 1
+    merged = {}
+    for build in ("good", "bad"):
+        code, merged[build] = _merge(tmp, out, build, ["1of3", "2of3", "3of3"], capsys)
+        assert code == out[f"{build}-whole"][0], f"merge of {build} shards exits as the unsharded run"
+        whole = json.loads(out[f"{build}-whole"][1].read_text())["results"]
+        got = json.loads(merged[build].read_text())["results"]
+        summary = lambda rs: sorted((r["id"], r["status"], tuple(harness.failed_checks(r))) for r in rs)  # noqa: E731
+        assert summary(got) == summary(whole)
+        assert all(json.loads(out[f"{build}-{s}"][1].read_text())["results"] for s in ("1of3", "2of3", "3of3"))
+    code_whole, text_whole = _diff(out["good-whole"][1], out["bad-whole"][1], capsys)
+    code_merged, text_merged = _diff(merged["good"], merged["bad"], capsys)
+    assert code_whole == code_merged == 1
+    regressions = lambda text: sorted(l for l in text.splitlines() if ": pass -> fail" in l)  # noqa: E731
+    assert regressions(text_merged) == regressions(text_whole) and regressions(text_whole)
+    assert _diff(merged["good"], merged["good"], capsys)[0] == 0
+
+
+def test_a_missing_shard_makes_the_merge_unusable(builds, capsys):
+    tmp, out = builds
+    code, merged = _merge(tmp, out, "bad", ["1of3", "3of3"], capsys)
+    report = json.loads(merged.read_text())
+    assert code == 2 and any("missing shard(s) 2/3" in why for why in report["incomplete"])
+    assert report["verdict"]["exit_code"] == 2
+    code, text = _diff(out["good-whole"][1], merged, capsys)
+    assert code == 2 and "UNUSABLE" in text and "missing shard" in text
+
+
+def test_a_duplicate_shard_makes_the_merge_unusable(builds, capsys):
+    tmp, out = builds
+    code, merged = _merge(tmp, out, "good", ["1of3", "2of3", "2of3", "3of3"], capsys)
+    report = json.loads(merged.read_text())
+    assert code == 2 and any("shard 2/3 given twice" in why for why in report["incomplete"])
+    code, text = _diff(out["good-whole"][1], merged, capsys)
+    assert code == 2 and "UNUSABLE" in text
+
+
+def test_a_lone_shard_is_not_compared_with_a_whole_run(builds, capsys):
+    _, out = builds
+    code, text = _diff(out["good-whole"][1], out["bad-2of3"][1], capsys)
+    assert code == 2 and "merge the shards" in text
+    assert _diff(out["good-2of3"][1], out["bad-2of3"][1], capsys)[0] == 1  # shard against the same shard
+
+
+def test_a_shard_of_another_matrix_makes_the_merge_unusable(builds, capsys):
+    tmp, out = builds
+    other = tmp / "other-matrix.json"
+    assert main(["run", "--in-process", "--backend", "torch", "--path", "fused", "--buffer", "padded",
+                 "--shard", "2/3", "--out", str(other), "--no-progress", "--quiet"]) in (0, 1)
+    code = main(["merge", str(out["good-1of3"][1]), str(other), str(out["good-3of3"][1]),
+                 "--out", str(tmp / "mixed.json"), "--quiet"])
+    report = json.loads((tmp / "mixed.json").read_text())
+    assert code == 2 and any("different matrices" in why for why in report["incomplete"])
+
+
+# --- the reference, once per case --------------------------------------------------------------
+
+def test_reference_is_computed_once_per_case_and_shared_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv(refcache.ENV, str(tmp_path))
+    calls = []
+    real = harness.reference_head_logits
+    monkeypatch.setattr(harness, "reference_head_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    case = IndexerCase(batch=2, next_n=2, max_model_len=200)
+    harness._reference.cache_clear()
+    first = harness._reference(case)
+    harness._reference.cache_clear()  # another process: nothing in memory, the file on disk
+    again = harness._reference(case)
+    assert len(calls) == 2, "heads and magnitudes, computed once"
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    inp = harness.build_inputs(case, "cpu")
+    assert torch.equal(first[0], real(inp)), "what the cache returns is the float64 reference itself"
+    files = list(tmp_path.glob("ref-*/*.pt"))
+    assert len(files) == 1 and not list(tmp_path.glob("ref-*/.tmp-*"))
+    harness._reference.cache_clear()
+    harness._reference(IndexerCase(batch=2, next_n=2, max_model_len=200, seed=3))
+    assert len(list(tmp_path.glob("ref-*/*.pt"))) == 2, "keyed by every field of the case"
+    harness._reference.cache_clear()
+
+
+def test_a_damaged_cache_file_is_recomputed_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.setenv(refcache.ENV, str(tmp_path))
+    case = IndexerCase(batch=1, next_n=1, max_model_len=100)
+    compute = lambda c: {"x": torch.arange(3.0)}  # noqa: E731
+    refcache.cached(case, compute)
+    (path,) = tmp_path.glob("ref-*/*.pt")
+    path.write_bytes(b"not a tensor file")
+    assert torch.equal(refcache.cached(case, compute)["x"], torch.arange(3.0))
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3.0)), "rewritten"
+
+
+def test_a_change_to_the_code_starts_a_new_cache_version(tmp_path, monkeypatch):
+    monkeypatch.setenv(refcache.ENV, str(tmp_path))
+    case = IndexerCase(batch=1, next_n=1, max_model_len=100)
+
+    def one(c):
+        return {"x": torch.ones(1)}
+
+    def two(c):
+        return {"x": torch.ones(1) * 2}
+
+    assert refcache.cached(case, one)["x"].item() == 1 and refcache.cached(case, two)["x"].item() == 2
+    assert len(list(tmp_path.glob("ref-*"))) == 2
+    monkeypatch.setenv(refcache.ENV, "off")
+    assert refcache.cache_root() is None and refcache.cached(case, two)["x"].item() == 2
