@@ -146,7 +146,7 @@ class Shims(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             mod = load_file(file, private_name(self.build, name))
             self.modules[name] = mod
             return mod
-        if (self.build.root / rel).is_dir():
+        if (self.build.root / rel).is_dir() or any(m.startswith(name + ".") for m in self.modules):
             pkg = types.ModuleType(name)
             pkg.__path__ = []
             return pkg
@@ -224,30 +224,29 @@ def load_from_files(build: AiterBuild, layout: Layout) -> Loaded:
     modules["aiter"] = root_pkg
     kernel_names = {module_name(build.root, p) for p in layout.kernel_files}
     gluon_error = None
+    shims: list[Shims] = []
     for name in sorted(kernel_names):
         if ".gluon." not in name and "._gluon_kernels." not in name:
             continue
         try:  # the installed Triton may lack Gluon, or this Gluon may not define AMD layouts
             modules[name] = _load_with(build, modules, kernel_names, lambda: load_file(
-                build.root / Path(*name.split(".")).with_suffix(".py"), private_name(build, name)))
+                build.root / Path(*name.split(".")).with_suffix(".py"), private_name(build, name)), shims)
         except Exception as exc:
             gluon_error = f"{type(exc).__name__}: {exc}"
             modules[name] = _unrunnable_module(name, gluon_error)
-    wrappers, imported = {}, []
+    wrappers = {}
     for path in layout.wrapper_files:
         name = module_name(build.root, path)
-        shims = []
         wrappers[name] = _load_with(build, modules, kernel_names,
                                     lambda: load_file(path, private_name(build, name)), shims)
-        imported += shims[0].imported
+    imported = [n for s in shims for n in s.imported]
     kernels = {n: m for n, m in modules.items() if getattr(m, "__file__", None)}  # from the build's files
     return Loaded(wrappers, kernels, standins, sorted(set(imported)), interpreting(), gluon_error)
 
 
-def _load_with(build, modules, from_files, load, out: list | None = None):
+def _load_with(build, modules, from_files, load, out: list):
     shims = Shims(build, modules, from_files)
-    if out is not None:
-        out.append(shims)
+    out.append(shims)
     saved = {n: m for n, m in sys.modules.items() if n == "aiter" or n.startswith("aiter.")}
     for n in saved:
         del sys.modules[n]
