@@ -57,6 +57,11 @@ def _call(backend: Backend, path: str, inputs: IndexerInputs, buf) -> float:
     return time.perf_counter() - t0
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of its width, on its device: NaN payloads and -0.0 compare exactly."""
+    return t.view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
 def _input_tensors(inputs: IndexerInputs) -> dict[str, torch.Tensor]:
     names = ("q_fp8", "kv_cache", "kv_cache_preshuffled", "weights", "context_lens", "block_tables")
     return {n: getattr(inputs, n).clone() for n in names if getattr(inputs, n) is not None}
@@ -116,6 +121,8 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
         if first is None:
             first = buf
             continue
+        if torch.equal(_bits(buf.storage), _bits(first.storage)):
+            continue  # the same bits everywhere, guards included: nothing new for either check to see
         if later_oob is None:
             oob = checks.check_out_of_bounds(buf, ctx2d)
             if not oob.ok:
@@ -127,7 +134,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
                 determinism.summary = determinism.summary.replace("run 2 of 2", f"run {run} of {repeats}")
                 determinism.details.update(run=run, runs=repeats)
         del buf
-    if determinism is not None and determinism.ok:
+    if len(times) > 1 and (determinism is None or determinism.ok):
         determinism = checks.Finding("determinism", True, f"{len(times)} runs bitwise equal", {"runs": len(times)})
     ref_heads, ref, mag_heads, mag = _reference(case)
     out2d = first.view.reshape(-1, cols)
