@@ -210,12 +210,36 @@ def test_a_variant_the_build_lacks_is_refused(tmp_path):
         AiterBackend(find_build(str(tmp_path)), "varctx")
 
 
-def test_varctx_needs_a_gpu_for_the_builds_schedule(tmp_path):
-    root = make_tree(tmp_path, "main", extra="def deepgemm_fp8_paged_mqa_logits_schedule(*a):\n"
-                                               "    return torch.empty(1, device='cuda')")
+def test_varctx_needs_a_gpu_where_the_builds_schedule_allocates_on_cuda(tmp_path):
+    root = make_tree(tmp_path, "main")
+    wrapper = root / "aiter/ops/triton/attention/pa_mqa_logits.py"
+    wrapper.write_text(wrapper.read_text().replace("device=context_lens.device", 'device="cuda"'))  # as main has it
     varctx = AiterBackend(find_build(str(root)), "varctx")
-    assert varctx.paths == ("fused", "preshuffle")
+    assert varctx.name == "aiter-varctx" and varctx.paths == ("fused", "preshuffle")
     assert varctx.unsupported("fused", build_inputs(SPECULATIVE)).startswith(NOT_RUNNABLE)
+
+
+def test_main_varctx_on_the_triton_path_drops_trailing_splits(main_tree, monkeypatch):
+    """main's wrapper, given a VarCtxSchedule, launches TotalCuCount * WavePerEU programs while its Triton
+    kernel still gives each row SplitKV pieces: the pieces past the grid never run."""
+    monkeypatch.setenv("CU_NUM", "4")
+    varctx = AiterBackend(find_build(str(main_tree)), "varctx")
+    case = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, max_model_len=600, context="ctx_eq_max")
+    tiles = case.batch * case.next_n
+    split = (max(1, 4 // tiles) + 4) // 5 * 5 * 2  # the wrapper's SplitKV at 4 CUs: 10 pieces per row
+    launched = 4 * 2 // tiles  # pieces per row the 8 programs cover
+    want = {}
+    for b, ctx in enumerate(build_inputs(case).context_lens.tolist()):
+        computed = launched * math.ceil(math.ceil(ctx / 256) / split) * 256  # columns those pieces hold
+        for i in range(case.next_n):
+            valid = ctx - case.next_n + i + 1
+            if valid > computed:
+                want[b * case.next_n + i] = (computed, valid - computed)
+    assert want, "the case must have a row longer than the launched pieces"
+    r = run_cell(varctx, "fused", "padded", case, "cpu")
+    assert failing(r)[0] == "mask", r["findings"]
+    got = finding(r, "mask")["details"]["per_row"]
+    assert {int(k): (v["first_cols"][0], v["spurious_neg_inf"]) for k, v in got.items()} == want
 
 
 # --- the 0.1.7 layout ------------------------------------------------------------------------------------

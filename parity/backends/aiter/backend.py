@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 import traceback
 
@@ -163,6 +164,13 @@ class AiterBackend:
             cache, kv_indices = per_token_view(inputs)
         return (inputs.q_fp8, cache, inputs.weights, None, lens, kv_indices, inputs.max_model_len), kwargs
 
+    def _schedule_needs_cuda(self) -> bool:
+        try:
+            source = inspect.getsource(self.function(disc.SCHEDULE))
+        except (OSError, TypeError):
+            return True
+        return bool(re.search(r"""device\s*=\s*['"]cuda['"]""", source))
+
     def _schedule(self, inputs: IndexerInputs):
         return self.function(disc.SCHEDULE)(inputs.batch, inputs.next_n, inputs.context_lens, inputs.max_model_len)
 
@@ -210,7 +218,7 @@ class AiterBackend:
                 return "preshuffle needs block_size and head_dim multiples of 16"
         if dev not in self.device_types:
             return f"aiter on ROCm runs on the GPU only, not on {dev}"
-        if self.variant == "varctx" and dev != "cuda":
+        if self.variant == "varctx" and dev != "cuda" and self._schedule_needs_cuda():
             return (f"{NOT_RUNNABLE}: this build's {disc.SCHEDULE} allocates its result on 'cuda' (hard-coded), "
                     "so the varctx variant needs a GPU")
         if self.mode == "files":

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every variant of two aiter builds, then the comparison: the run behind the "aiter builds" notes.
+#
+# usage: ci/aiter-builds.sh OUT_DIR TREE [--level quick|full] [--device DEV] [--path P]...
+#
+#   TREE   a directory containing aiter/ (e.g. a ROCm/aiter checkout); compared against the installed build
+# Writes OUT_DIR/{installed,tree}-{paged,ragged,varctx}.json, OUT_DIR/compare/ (compare-builds.sh) and
+# OUT_DIR/summary.txt (counts per backend/path/status and the diff verdict). Exit 0 unless a step broke.
+set -uo pipefail
+
+[[ $# -ge 2 ]] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+out="$1" tree="$(cd "$2" && pwd)"; shift 2
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$out"
+cd "$repo"
+py="${PYTHON:-python}"
+env_cpu=()
+if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  env_cpu=(TRITON_INTERPRET=1)  # Triton must see it before it is imported
+fi
+
+declare -A factory=([paged]=aiter [ragged]=parity.backends.aiter:make_ragged_backend
+                    [varctx]=parity.backends.aiter:make_varctx_backend)
+for build in installed tree; do
+  for variant in paged ragged varctx; do
+    dest="$out/$build-$variant.json"
+    aiter_env=()
+    [[ $build == tree ]] && aiter_env=(PARITY_AITER_PATH="$tree")
+    echo "== $build $variant" >&2
+    # exit 1 (cells failed) is a finding; a build without the variant leaves no results, also a finding
+    env "${env_cpu[@]}" "${aiter_env[@]}" "$py" -m parity run --backend "${factory[$variant]}" --out "$dest" \
+        --quiet --no-progress "$@" || true
+  done
+done
+
+mkdir -p "$out/compare"
+echo "== compare-builds installed $tree" >&2
+ci/compare-builds.sh --out-dir "$out/compare" "$@" installed "$tree" > "$out/compare/diff.txt" 2>&1
+echo "compare-builds exit $?" >> "$out/compare/diff.txt"
+
+"$py" - "$out" > "$out/summary.txt" <<'PY'
+import collections, json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+for f in sorted(out.glob("*-*.json")):
+    r = json.loads(f.read_text())
+    for spec, info in r.get("backends", {}).items():
+        print(f"{f.stem}: {info.get('status')} {info.get('version', '')} {info.get('message', '')}".rstrip())
+    counts = collections.Counter((x["path"], x["status"]) for x in r.get("results", []))
+    for (path, status), n in sorted(counts.items()):
+        print(f"  {path:10s} {status:5s} {n}")
+diff = (out / "compare" / "diff.txt").read_text().splitlines()
+print("\n".join(line for line in diff if line.startswith(("verdict", "regressions", "fixed", "compare-builds"))))
+PY
+cat "$out/summary.txt"
