@@ -138,6 +138,10 @@ def test_main_path_reasons(main):
     assert "ZeroDivisionError at `split = " in main.unsupported("stage1", inp)  # 16 heads < ChunkQ 64
     assert main.unsupported("stage1", build_inputs(STAGE1)) is None
     assert main.unsupported("preshuffle", inp).startswith(NOT_RUNNABLE)
+    bf16 = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, logits_dtype="bfloat16")
+    assert "float32 logits" in main.unsupported("fused", build_inputs(bf16))
+    per_row = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, row_lens="per_row")
+    assert "2-D context_lens" in main.unsupported("fused", build_inputs(per_row))
 
 
 # --- the wrapper that reads its launch result ----------------------------------------------------------

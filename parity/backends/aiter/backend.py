@@ -67,6 +67,8 @@ def ragged_view(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor, torc
 
 class AiterBackend:
     fp8_flavours = ("e4m3fn", "e4m3fnuz")
+    logits_dtypes = (torch.float32,)  # aiter's wrappers write float32 logits only
+    per_row_lengths = False  # they take 1-D context_lens and derive each row's length causally
 
     def __init__(self, build: disc.AiterBuild, variant: str = "paged"):
         if variant not in VARIANTS:
@@ -211,6 +213,10 @@ class AiterBackend:
                 return f"this aiter build ({self.build.version}) has no preshuffle path (no Preshuffle argument)"
             return f"this aiter build ({self.build.version}) exposes no {path} wrapper for the {self.variant} variant"
         dev = inputs.device.type
+        if getattr(inputs, "logits_dtype", torch.float32) not in self.logits_dtypes:
+            return f"aiter's wrappers write float32 logits, not {inputs.logits_dtype}"
+        if getattr(inputs, "context_lens_2d", None) is not None:
+            return "aiter's wrappers take 1-D context_lens, no per-row context lengths (2-D context_lens)"
         if path == "preshuffle":
             if self.mode != "rocm":
                 return f"{NOT_RUNNABLE}: aiter's preshuffle path is a Gluon kernel for AMD GPUs"
