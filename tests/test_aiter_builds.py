@@ -17,6 +17,7 @@ import torch
 
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
 from parity.backends.aiter import backend as backend_mod
+from parity.backends.aiter.launch import LaunchLog, Watched
 from parity.cases import IndexerCase, build_inputs
 from parity.harness import run_cell
 
@@ -152,6 +153,21 @@ def test_any_other_read_of_none_is_an_error(tmp_path, where):
     make_tree(tmp_path, "main", **{where: "getattr(None, 'hash')"})
     r = run_cell(AiterBackend(find_build(str(tmp_path))), "fused", "exact", FIRST_AT_MAX, "cpu")
     assert r["status"] == "error" and "'NoneType' object has no attribute 'hash'" in r["findings"][0]["summary"]
+
+
+def test_amd_only_launch_options_are_dropped_only_when_compiling_for_another_target():
+    """main passes waves_per_eu to its Triton launches; Triton for NVIDIA rejects unknown options."""
+    got = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: got.append(kwargs)
+
+    for drop in (False, True):
+        log = LaunchLog(drop_amd_options=drop)
+        Watched("_deepgemm_fp8_paged_mqa_logits", Kernel(), log)[(1,)](0, waves_per_eu=2, ChunkK=256)
+        assert log.dropped == ({"waves_per_eu": 2} if drop else {})
+    assert got == [{"waves_per_eu": 2, "ChunkK": 256}, {"ChunkK": 256}]
 
 
 # --- findings on main's behaviour -----------------------------------------------------------------
