@@ -260,7 +260,9 @@ def test_main_stage1_stores_whole_256_column_chunks(main):
     assert failing(padded) == ["oob"], padded["findings"]
     assert finding(padded, "oob")["details"]["landed"]["row_padding"]["count"] == STAGE1_CASE.heads * sum(over)
     exact = run_cell(main, "stage1", "exact", STAGE1_CASE, DEVICE)
-    assert "mask" in failing(exact) and "oob" in failing(exact)
+    assert "oob" in failing(exact)
+    if DEVICE == "cpu":  # programs run in order: a row's last chunk lands after the next row's first
+        assert "mask" in failing(exact)
     if over[-1]:
         assert finding(exact, "oob", "outside_allocation_after")["details"]["landed"]["outside_allocation_after"] == {
             "count": over[-1], "max_overshoot_cols": over[-1]}
