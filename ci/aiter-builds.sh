@@ -3,7 +3,8 @@
 #
 # usage: [VARIANTS="paged ragged varctx"] ci/aiter-builds.sh OUT_DIR TREE [--level quick|full] [--device DEV]
 #                                                                       [--path P]...
-#   TREE   a directory containing aiter/ (e.g. a ROCm/aiter checkout); compared against the installed build
+#   TREE   a directory containing aiter/ (e.g. a ROCm/aiter checkout); compared against the installed build,
+#          or against BASE=DIR (another directory containing aiter/, e.g. an unpacked wheel) when set
 # Writes OUT_DIR/{installed,tree}-VARIANT.json, OUT_DIR/diff.txt (`parity diff` of the two paged reports:
 # what ci/compare-builds.sh prints, without running the builds a second time) and OUT_DIR/summary.txt.
 set -uo pipefail
@@ -25,6 +26,7 @@ for build in installed tree; do
   for variant in ${VARIANTS:-paged ragged varctx}; do
     dest="$out/$build-$variant.json"
     aiter_env=()  # installed: the package, whatever the caller's environment says
+    [[ $build == installed && -n "${BASE:-}" ]] && aiter_env=(PARITY_AITER_PATH="$(cd "$BASE" && pwd)")
     [[ $build == tree ]] && aiter_env=(PARITY_AITER_PATH="$tree")
     echo "== $build $variant" >&2
     # exit 1 (cells failed) is a finding; a build without the variant leaves no results, also a finding
