@@ -7,7 +7,8 @@
   under ``_triton_kernels/attention/``, Gluon kernels in ``gluon/pa_mqa_logits.py``; paged cache with
   ``KVBlockSize``; ChunkK 256; SplitKV from the CU count; fused stores masked by ``max_model_len``,
   stage1 stores unmasked; the causal rule ``t <= context_len - next_n + i`` for the paged kernels and
-  ``t <= context_len - i`` for the ragged ones; the fused wrapper returns a value read from its launch.
+  ``t <= context_len - i`` for the ragged ones; the fused wrapper returns a value read from its launch,
+  and given a ``VarCtxSchedule`` launches ``TotalCuCount * WavePerEU`` programs on its Triton path.
 
 The kernels and wrappers are ours: one Triton kernel whose constexpr switches reproduce those
 store/mask behaviours, and wrappers with the builds' signatures (facts, not code). ``rocm=True``
@@ -175,6 +176,11 @@ def deepgemm_fp8_paged_mqa_logits_stage1(q_fp8, kv_cache_fp8, weights, out_qk, c
     _deepgemm_fp8_paged_mqa_logits_stage1[(B * n * split,)](*a, **kw)
 
 
+def deepgemm_fp8_paged_mqa_logits_schedule(batch_size, next_n, context_lens, max_model_len, ChunkK=256,
+                                           TotalCuCount=None, WavePerEU=2):
+    return torch.ones(1, dtype=torch.int32, device=context_lens.device)  # read only by Gluon kernels
+
+
 def deepgemm_fp8_paged_mqa_logits(q_fp8, kv_cache, weights, out_logits, context_lens, kv_indices, max_model_len,
                                   Preshuffle=False, KVBlockSize=1, ChunkK=256, TotalCuCount=None, WavePerEU=2,
                                   VarCtxSchedule=None):
@@ -190,7 +196,9 @@ def deepgemm_fp8_paged_mqa_logits(q_fp8, kv_cache, weights, out_logits, context_
     {before}
     a, kw = _args(q_fp8, keys, scales, context_lens, context_lens, kv_indices, weights, out_logits, max_model_len,
                   split, ChunkK, KVBlockSize, False, False, True, True, waves_per_eu=WavePerEU)
-    kernel = _deepgemm_fp8_paged_mqa_logits[(B * n * split,)](*a, **kw)
+    # With a VarCtx schedule the grid is one program per CU wave, the work split stays SplitKV per row.
+    grid = (TotalCuCount * WavePerEU,) if VarCtxSchedule is not None else (B * n * split,)
+    kernel = _deepgemm_fp8_paged_mqa_logits[grid](*a, **kw)
     {after}
     return kernel.hash
 '''

@@ -1,5 +1,6 @@
 """The aiter backend on the user's aiter build (installed ``amd-aiter`` or ``--aiter-path``), and the
-findings the suite must report for the PyPI build amd-aiter 0.1.7.post2.dev18 (SPEC sections 1, 4).
+findings the suite must report for the PyPI build amd-aiter 0.1.7.post2.dev18 (SPEC sections 1, 4)
+and for ROCm/aiter main at e4048607 (run with ``--aiter-path`` at such a checkout; skipped otherwise).
 
 Without ROCm the build's Triton kernels run through its own wrapper, on the GPU when there is one,
 else under the Triton interpreter (the parity plugin sets TRITON_INTERPRET=1). Expected values below come
@@ -22,6 +23,7 @@ from parity.harness import run_cell
 pytest.importorskip("triton")
 
 PYPI = "0.1.7.post2.dev18"
+MAIN = "e4048607a535ace3a2b51ded31b1c8c2d45c0879"  # ROCm/aiter main, 2026-08-22
 CHUNK_K = 64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEADS = 16  # small enough for the interpreter
@@ -204,8 +206,75 @@ def test_fixed_build_passes_and_the_diff_shows_it(pypi, fixed):
 
 
 def test_fixer_refuses_a_kernel_it_does_not_know(tmp_path):
-    src = tmp_path / "src" / "aiter/ops/triton/_triton_kernels"
-    src.mkdir(parents=True)
-    (src / "pa_mqa_logits.py").write_text("# a different kernel\n")
-    with pytest.raises(ValueError, match="not found"):
+    src = tmp_path / "src" / "aiter/ops/triton"
+    (src / "_triton_kernels").mkdir(parents=True)
+    (src / "pa_mqa_logits.py").write_text("def deepgemm_fp8_paged_mqa_logits(q):\n    pass\n")
+    (src / "_triton_kernels/pa_mqa_logits.py").write_text("def _deepgemm_fp8_paged_mqa_logits(q):\n    pass\n")
+    with pytest.raises(ValueError, match="none of its patterns was found"):
         _load_fixer().make_fixed_build(tmp_path / "src", tmp_path / "dst", ("store",))
+
+
+# --- ROCm/aiter main at e4048607: its kernels' masks, read from its source ------------------------------
+# _deepgemm_fp8_paged_mqa_logits (fused): ChunkK 256, causal ``t <= context_length - next_n + pid_next_n``,
+# store masked by ``< max_model_len``. _deepgemm_fp8_paged_mqa_logits_stage1: the same rule, store unmasked.
+# The *_ragged_k kernels keep ``t <= context_length - pid_next_n``; the fused one masks its store.
+
+MAIN_CHUNK_K = 256
+
+
+@pytest.fixture(scope="module")
+def main(aiter, build):
+    if MAIN not in (build.version or ""):
+        pytest.skip(f"findings recorded for ROCm/aiter {MAIN[:8]}; the build at {build.root} is {build.version}")
+    return aiter
+
+
+def test_main_paths_reasons_and_launch(main):
+    assert main.paths == ("stage1", "fused", "preshuffle")
+    inp = build_inputs(IndexerCase(heads=8, block_size=16), DEVICE)
+    assert "ZeroDivisionError at `SplitKV = " in main.unsupported("stage1", inp)  # heads // ChunkQ (64) == 0
+    assert main.unsupported("stage1", build_inputs(IndexerCase(heads=64), DEVICE)) is None
+    assert main.unsupported("preshuffle", inp).startswith(NOT_RUNNABLE)
+    cfg = main.launch_config("fused", inp)["_deepgemm_fp8_paged_mqa_logits"][0]
+    cu = main.describe()["stand_ins"]["aiter.ops.triton.utils.device_info.get_num_sms"]["returned"]
+    split = (max(1, cu // inp.rows) + 4) // 5 * 5 * 2  # the wrapper's rule, WavePerEU = 2
+    assert cfg["constexprs"]["ChunkK"] == MAIN_CHUNK_K and cfg["constexprs"]["SplitKV"] == split, cfg
+
+
+def test_main_fused_masks_its_store_and_uses_the_spec_causal_rule(main):
+    for case in (OOB_FIRST, OOB_LAST, *MASK_CASES):
+        r = run_cell(main, "fused", "exact", case, DEVICE)
+        assert r["status"] == "pass", (case.id, failing(r), r["findings"])
+    if DEVICE == "cpu":  # the wrapper's last line reads the launch result, None under the interpreter
+        assert any("TRITON_INTERPRET" in t["why"] for t in main.describe()["tolerated_after_launch"])
+
+
+STAGE1_CASE = IndexerCase(batch=2, next_n=1, heads=64, block_size=64, max_model_len=MML, context="ctx_eq_max_first")
+
+
+def test_main_stage1_stores_whole_256_column_chunks(main):
+    ctx = build_inputs(STAGE1_CASE).context_lens.tolist()
+    over = [max(0, math.ceil(c / MAIN_CHUNK_K) * MAIN_CHUNK_K - MML) for c in ctx]
+    assert over[0] == 12
+    padded = run_cell(main, "stage1", "padded", STAGE1_CASE, DEVICE)
+    assert failing(padded) == ["oob"], padded["findings"]
+    assert finding(padded, "oob")["details"]["landed"]["row_padding"]["count"] == STAGE1_CASE.heads * sum(over)
+    exact = run_cell(main, "stage1", "exact", STAGE1_CASE, DEVICE)
+    assert "oob" in failing(exact)
+    if DEVICE == "cpu":  # programs run in order: a row's last chunk lands after the next row's first
+        assert "mask" in failing(exact)
+    if over[-1]:
+        assert finding(exact, "oob", "outside_allocation_after")["details"]["landed"]["outside_allocation_after"] == {
+            "count": over[-1], "max_overshoot_cols": over[-1]}
+
+
+@pytest.mark.parametrize("case", MASK_CASES, ids=lambda c: c.id)
+def test_main_ragged_kernels_keep_the_old_causal_rule(main, build, case):
+    ragged = make_backend(str(build.root), "ragged")
+    r = run_cell(ragged, "fused", "padded", case, DEVICE)
+    ctx = build_inputs(case).context_lens.tolist()
+    rows = {b * case.next_n + i for b, c in enumerate(ctx) for i in range(case.next_n)
+            if aiter_minus_spec(c, case.next_n, i)[0] != aiter_minus_spec(c, case.next_n, i)[1]}
+    assert failing(r) == ["mask"], r["findings"]  # no overshoot: the ragged fused store is masked
+    assert {int(k) for k in finding(r, "mask")["details"]["per_row"]} == rows
+

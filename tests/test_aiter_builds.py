@@ -17,6 +17,7 @@ import torch
 
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
 from parity.backends.aiter import backend as backend_mod
+from parity.backends.aiter.launch import LaunchLog, Watched
 from parity.cases import IndexerCase, build_inputs
 from parity.harness import run_cell
 
@@ -138,6 +139,10 @@ def test_main_path_reasons(main):
     assert "ZeroDivisionError at `split = " in main.unsupported("stage1", inp)  # 16 heads < ChunkQ 64
     assert main.unsupported("stage1", build_inputs(STAGE1)) is None
     assert main.unsupported("preshuffle", inp).startswith(NOT_RUNNABLE)
+    bf16 = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, logits_dtype="bfloat16")
+    assert "float32 logits" in main.unsupported("fused", build_inputs(bf16))
+    per_row = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, row_lens="per_row")
+    assert "2-D context_lens" in main.unsupported("fused", build_inputs(per_row))
 
 
 # --- the wrapper that reads its launch result ----------------------------------------------------------
@@ -148,6 +153,21 @@ def test_any_other_read_of_none_is_an_error(tmp_path, where):
     make_tree(tmp_path, "main", **{where: "getattr(None, 'hash')"})
     r = run_cell(AiterBackend(find_build(str(tmp_path))), "fused", "exact", FIRST_AT_MAX, "cpu")
     assert r["status"] == "error" and "'NoneType' object has no attribute 'hash'" in r["findings"][0]["summary"]
+
+
+def test_amd_only_launch_options_are_dropped_only_when_compiling_for_another_target():
+    """main passes waves_per_eu to its Triton launches; Triton for NVIDIA rejects unknown options."""
+    got = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: got.append(kwargs)
+
+    for drop in (False, True):
+        log = LaunchLog(drop_amd_options=drop)
+        Watched("_deepgemm_fp8_paged_mqa_logits", Kernel(), log)[(1,)](0, waves_per_eu=2, ChunkK=256)
+        assert log.dropped == ({"waves_per_eu": 2} if drop else {})
+    assert got == [{"waves_per_eu": 2, "ChunkK": 256}, {"ChunkK": 256}]
 
 
 # --- findings on main's behaviour -----------------------------------------------------------------
@@ -210,12 +230,36 @@ def test_a_variant_the_build_lacks_is_refused(tmp_path):
         AiterBackend(find_build(str(tmp_path)), "varctx")
 
 
-def test_varctx_needs_a_gpu_for_the_builds_schedule(tmp_path):
-    root = make_tree(tmp_path, "main", extra="def deepgemm_fp8_paged_mqa_logits_schedule(*a):\n"
-                                               "    return torch.empty(1, device='cuda')")
+def test_varctx_needs_a_gpu_where_the_builds_schedule_allocates_on_cuda(tmp_path):
+    root = make_tree(tmp_path, "main")
+    wrapper = root / "aiter/ops/triton/attention/pa_mqa_logits.py"
+    wrapper.write_text(wrapper.read_text().replace("device=context_lens.device", 'device="cuda"'))  # as main has it
     varctx = AiterBackend(find_build(str(root)), "varctx")
-    assert varctx.paths == ("fused", "preshuffle")
+    assert varctx.name == "aiter-varctx" and varctx.paths == ("fused", "preshuffle")
     assert varctx.unsupported("fused", build_inputs(SPECULATIVE)).startswith(NOT_RUNNABLE)
+
+
+def test_main_varctx_on_the_triton_path_drops_trailing_splits(main_tree, monkeypatch):
+    """main's wrapper, given a VarCtxSchedule, launches TotalCuCount * WavePerEU programs while its Triton
+    kernel still gives each row SplitKV pieces: the pieces past the grid never run."""
+    monkeypatch.setenv("CU_NUM", "4")
+    varctx = AiterBackend(find_build(str(main_tree)), "varctx")
+    case = IndexerCase(batch=2, next_n=2, heads=16, head_dim=32, block_size=16, max_model_len=600, context="ctx_eq_max")
+    tiles = case.batch * case.next_n
+    split = (max(1, 4 // tiles) + 4) // 5 * 5 * 2  # the wrapper's SplitKV at 4 CUs: 10 pieces per row
+    launched = 4 * 2 // tiles  # pieces per row the 8 programs cover
+    want = {}
+    for b, ctx in enumerate(build_inputs(case).context_lens.tolist()):
+        computed = launched * math.ceil(math.ceil(ctx / 256) / split) * 256  # columns those pieces hold
+        for i in range(case.next_n):
+            valid = ctx - case.next_n + i + 1
+            if valid > computed:
+                want[b * case.next_n + i] = (computed, valid - computed)
+    assert want, "the case must have a row longer than the launched pieces"
+    r = run_cell(varctx, "fused", "padded", case, "cpu")
+    assert failing(r)[0] == "mask", r["findings"]
+    got = finding(r, "mask")["details"]["per_row"]
+    assert {int(k): (v["first_cols"][0], v["spurious_neg_inf"]) for k, v in got.items()} == want
 
 
 # --- the 0.1.7 layout ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 import traceback
 
@@ -66,6 +67,8 @@ def ragged_view(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor, torc
 
 class AiterBackend:
     fp8_flavours = ("e4m3fn", "e4m3fnuz")
+    logits_dtypes = (torch.float32,)  # aiter's wrappers write float32 logits only
+    per_row_lengths = False  # they take 1-D context_lens and derive each row's length causally
 
     def __init__(self, build: disc.AiterBuild, variant: str = "paged"):
         if variant not in VARIANTS:
@@ -163,6 +166,13 @@ class AiterBackend:
             cache, kv_indices = per_token_view(inputs)
         return (inputs.q_fp8, cache, inputs.weights, None, lens, kv_indices, inputs.max_model_len), kwargs
 
+    def _schedule_needs_cuda(self) -> bool:
+        try:
+            source = inspect.getsource(self.function(disc.SCHEDULE))
+        except (OSError, TypeError):
+            return True
+        return bool(re.search(r"""device\s*=\s*['"]cuda['"]""", source))
+
     def _schedule(self, inputs: IndexerInputs):
         return self.function(disc.SCHEDULE)(inputs.batch, inputs.next_n, inputs.context_lens, inputs.max_model_len)
 
@@ -203,6 +213,10 @@ class AiterBackend:
                 return f"this aiter build ({self.build.version}) has no preshuffle path (no Preshuffle argument)"
             return f"this aiter build ({self.build.version}) exposes no {path} wrapper for the {self.variant} variant"
         dev = inputs.device.type
+        if getattr(inputs, "logits_dtype", torch.float32) not in self.logits_dtypes:
+            return f"aiter's wrappers write float32 logits, not {inputs.logits_dtype}"
+        if getattr(inputs, "context_lens_2d", None) is not None:
+            return "aiter's wrappers take 1-D context_lens, no per-row context lengths (2-D context_lens)"
         if path == "preshuffle":
             if self.mode != "rocm":
                 return f"{NOT_RUNNABLE}: aiter's preshuffle path is a Gluon kernel for AMD GPUs"
@@ -210,7 +224,7 @@ class AiterBackend:
                 return "preshuffle needs block_size and head_dim multiples of 16"
         if dev not in self.device_types:
             return f"aiter on ROCm runs on the GPU only, not on {dev}"
-        if self.variant == "varctx" and dev != "cuda":
+        if self.variant == "varctx" and dev != "cuda" and self._schedule_needs_cuda():
             return (f"{NOT_RUNNABLE}: this build's {disc.SCHEDULE} allocates its result on 'cuda' (hard-coded), "
                     "so the varctx variant needs a GPU")
         if self.mode == "files":

@@ -127,7 +127,7 @@ def scan(build: AiterBuild) -> Layout:
             continue
         if "deepgemm_fp8_paged_mqa_logits" not in text:
             continue
-        for name in _DEF.findall(text):
+        for name in dict.fromkeys(_DEF.findall(text)):
             found.setdefault(name, []).append(path)
     layout = Layout()
     for name, paths in found.items():
