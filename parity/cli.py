@@ -26,7 +26,7 @@ def default_device() -> str:
 
 def backend_options(args, spec: str) -> dict:
     opts = {}
-    if spec == "aiter" and args.aiter_path:
+    if spec.split(":")[0] == "aiter" and args.aiter_path:
         opts["aiter_path"] = args.aiter_path
     return opts
 
@@ -55,6 +55,8 @@ def usage_error(args) -> str | None:
         return f"--pad must be >= 0 (padding columns of the padded buffer), got {args.pad}"
     if args.repeats is not None and args.repeats < 1:
         return f"--repeats must be >= 1 (calls per cell), got {args.repeats}"
+    if args.max_crashes < 0:
+        return f"--max-crashes must be >= 0, got {args.max_crashes}"
     if not args.timeout > 0:
         return f"--timeout must be > 0 seconds, got {args.timeout}"
     if args.device is not None and (why := check_device(args.device)):
@@ -118,7 +120,8 @@ def cmd_run(args) -> int:
         plan = runner.RunPlan(spec=spec, requested=requested, cases=cases, paths=paths, buffers=buffers,
                               device=device, pad=args.pad, timeout=args.timeout,
                               options=backend_options(args, spec), progress=args.progress, select=select,
-                              repeats=args.repeats or repeats_for(args.level, device))
+                              repeats=args.repeats or repeats_for(args.level, device),
+                              max_crashes=args.max_crashes)
         if args.in_process:
             info, results = runner.run_here(plan)
         elif gpus:
@@ -221,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=900,
                    help="seconds without a finished cell before a backend is declared hung (default 900)")
     r.add_argument("--html", help="also write a self-contained HTML page (summary, buffer maps); needs the 'report' extra")
+    r.add_argument("--max-crashes", type=int, default=8,
+                   help="cells that may crash a backend's process (a GPU memory fault): after each, its case is "
+                        "marked not run and a fresh process resumes with the next case (default 8; 0: stop)")
     r.add_argument("--in-process", action="store_true", help="run backends in this process (no crash isolation)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-progress", dest="progress", action="store_false")

@@ -104,19 +104,24 @@ def pytest_generate_tests(metafunc):
 
 @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect, so they apply to the matrix too
 def pytest_collection_modifyitems(session, config, items):
-    if not matrix_wanted(config) or any(MATRIX_FIXTURE in getattr(i, "fixturenames", ()) for i in items):
-        return
-    from parity import matrix
+    if matrix_wanted(config) and not any(MATRIX_FIXTURE in getattr(i, "fixturenames", ()) for i in items):
+        from parity import matrix
 
-    module = pytest.Module.from_parent(session, path=Path(matrix.__file__))
-    items.extend(session.genitems(module))
+        module = pytest.Module.from_parent(session, path=Path(matrix.__file__))
+        items.extend(session.genitems(module))
+    # Under `--dist loadgroup` a case's cells stay in one worker: its Triton kernels compile there
+    # once, not in every worker at the same moment, and its reference is computed once.
+    for item in items:
+        cell = getattr(item, "callspec", None) and item.callspec.params.get(MATRIX_FIXTURE)
+        if cell:
+            item.add_marker(pytest.mark.xdist_group(cell[3].id))
 
 
 @functools.lru_cache(maxsize=None)
 def _backend(spec: str, aiter_path: str | None):
     from parity.backends import load_backend
 
-    opts = {"aiter_path": aiter_path} if spec == "aiter" and aiter_path else {}
+    opts = {"aiter_path": aiter_path} if spec.split(":")[0] == "aiter" and aiter_path else {}
     return load_backend(spec, **opts)
 
 

@@ -46,6 +46,7 @@ class RunPlan:
     options: dict = field(default_factory=dict)  # backend factory options (aiter_path ...)
     progress: bool = True
     repeats: int = 2  # calls per cell (each compared bitwise with the first)
+    max_crashes: int = 8  # cells that may crash the process, each followed by a fresh one resuming
     select: list[str] | None = None  # cell keys (shards.cell_key) to run; None: every cell
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
@@ -85,11 +86,25 @@ def run_in_process(plan: RunPlan, stream) -> None:
                               repeats=plan.repeats)
         result.update(device=plan.device, ran_on=probe.ran_on())
         _emit(stream, {"result": result})
+        if _context_lost(result):  # every later cell of this process would fail the same way
+            _emit(stream, {"context_lost": cid})
+            return
+    if hasattr(backend, "describe"):  # what the cells taught it (stand-ins called, launches adapted)
+        _emit(stream, {"backend": {"status": "ok", "name": backend.name, **backend.describe()}})
         if plan.progress:
             note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]
             where = f" {plan.device}" if ":" in plan.device else ""  # one of several GPUs
             print(f"[{backend.name}{where} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: "
                   f"{result['status']} {note}", file=sys.stderr, flush=True)
+
+
+STICKY = ("illegal memory access", "CUDA error: an illegal", "unspecified launch failure", "misaligned address",
+          "hipErrorIllegalAddress", "device-side assert")
+
+
+def _context_lost(result: dict) -> bool:
+    """A GPU fault leaves the process's device context unusable (CUDA's sticky errors)."""
+    return any(f["check"] == "error" and any(s in f["summary"] for s in STICKY) for f in result.get("findings", []))
 
 
 def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None]:
@@ -110,6 +125,9 @@ def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None]:
             elif "result" in rec:
                 results.append(rec["result"])
                 started = None
+            elif "context_lost" in rec:
+                started = rec["context_lost"]
+                results[-1]["context_lost"] = True
     return info, results, started
 
 
@@ -172,6 +190,74 @@ class _Child:
         return info, results
 
 
+class _Supervised:
+    """A plan run by child processes one after the other: when one dies in a cell (a GPU memory fault,
+    an abort) or loses its device context, that cell is recorded as crashed, the other cells of its
+    case as not run, and a fresh process resumes with the next case, so one bad cell does not take the
+    rest of the run down (up to ``plan.max_crashes`` times)."""
+
+    def __init__(self, plan: RunPlan, tmp: str, tag: str):
+        self.plan, self.tmp, self.tag = plan, tmp, tag
+        self.results, self.crashes, self.info, self.first_how = [], [], None, ""
+        self.child = _Child(plan, tmp, f"{tag}-0")
+
+    def poll(self) -> bool:
+        if self.child.poll():
+            return True
+        info, results = self.child.outcome()
+        self.results += results
+        self.info = self.info if self.info and info.get("status") == "ok" else info
+        lost = bool(results) and results[-1].get("context_lost")
+        cell = info.get("cell") or (results[-1]["id"] if lost else None)
+        if cell is None or info.get("status") == "hung" or (info.get("status") == "ok" and not lost):
+            return False
+        how = info.get("message", "") if not lost else "the device context was lost (a GPU memory fault)"
+        if not lost:  # the process died inside the cell: the cell gets a result saying so
+            self.results.append(_cell_result(self.plan, cell, f"crashed: {how}"))
+        self.first_how = self.first_how or how
+        self.crashes.append(cell)
+        done = {r["id"] for r in self.results}
+        name, crashed_case = next((cell[: -len(f"-{p}-{b}-{c.id}")], c.id) for p, b, c in self.plan.cells()
+                                  if cell.endswith(f"-{p}-{b}-{c.id}"))
+        rest = []
+        for p, b, c in self.plan.cells():
+            cid = f"{name}-{p}-{b}-{c.id}"
+            if cid in done:
+                continue
+            if c.id == crashed_case:  # the rest of a case that crashed the process is not run
+                self.results.append(_cell_result(self.plan, cid, f"not run: {cell} crashed the process"))
+                continue
+            rest.append(shards.cell_key(p, b, c.id))
+        if not rest or len(self.crashes) > self.plan.max_crashes:
+            return False
+        self.child = _Child(replace(self.plan, select=rest), self.tmp, f"{self.tag}-{len(self.crashes)}")
+        return True
+
+    def outcome(self) -> tuple[dict, list[dict]]:
+        info = dict(self.info or {})
+        if self.crashes:
+            left = len(self.plan.cells()) - len(self.results)
+            info.update(status="crashed", cell=self.crashes[0], crashed_cells=self.crashes,
+                        message=f"{len(self.crashes)} cells crashed the process, the first {self.crashes[0]}: "
+                                f"{self.first_how}; a fresh process resumed after each"
+                                + (f"; {left} cells not run" if left > 0 else ""))
+        return info, self.results
+
+    @property
+    def proc(self):
+        return self.child.proc
+
+
+def _cell_result(plan: RunPlan, cid: str, why: str) -> dict:
+    """An error result for a cell the process died in, or did not run because of that."""
+    for path, buf, case in plan.cells():
+        if cid.endswith(f"-{path}-{buf}-{case.id}"):
+            return {"id": cid, "backend": cid[: -len(f"-{path}-{buf}-{case.id}")], "path": path, "buffer": buf,
+                    "case": {**case.__dict__, "id": case.id}, "device": plan.device, "status": "error",
+                    "findings": [{"check": "error", "ok": False, "summary": why, "details": {}}]}
+    raise KeyError(cid)
+
+
 def run_isolated_many(plans: list[RunPlan]) -> list[tuple[dict, list[dict]]]:
     """Run each plan in a child process of its own, all at once; (backend info, results) per plan."""
     # The children run in sessions of their own (a hang is killed with its group), so a CI timeout's
@@ -180,7 +266,7 @@ def run_isolated_many(plans: list[RunPlan]) -> list[tuple[dict, list[dict]]]:
     with tempfile.TemporaryDirectory() as tmp:
         children = []
         try:
-            children += [_Child(plan, tmp, str(i)) for i, plan in enumerate(plans)]
+            children += [_Supervised(plan, tmp, str(i)) for i, plan in enumerate(plans)]
             while any([c.poll() for c in children]):
                 time.sleep(0.2)
         finally:  # interrupted: leave no child running

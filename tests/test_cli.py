@@ -240,3 +240,46 @@ def test_compare_builds_says_unusable_when_a_build_does_not_load(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "verdict: UNUSABLE: A: backend aiter unavailable" in proc.stdout
     assert "aiter None from None" not in proc.stderr and "aiter build not judged (unavailable)" in proc.stderr
+
+
+CRASHES_ON_ONE_CASE = textwrap.dedent('''
+    import os
+    from parity.backends.torch_ref import TorchBackend
+
+    class CrashesOnOneCase(TorchBackend):
+        """Aborts (as a GPU memory fault does) in the cells of one case, or raises CUDA's sticky error."""
+        def run(self, path, inputs, out):
+            if inputs.case.context == "ctx_eq_max_first" and inputs.case.batch == 3:
+                if os.environ.get("PARITY_TEST_STICKY"):
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                os.abort()
+            super().run(path, inputs, out)
+
+    def make_backend():
+        b = CrashesOnOneCase()
+        b.name = "crashy"
+        return b
+''')
+
+
+@pytest.mark.parametrize("sticky", [False, True], ids=["abort", "context-lost"])
+def test_a_cell_that_crashes_the_process_does_not_take_the_rest_down(tmp_path, monkeypatch, sticky):
+    path = tmp_path / "crashy.py"
+    path.write_text(CRASHES_ON_ONE_CASE)
+    if sticky:
+        monkeypatch.setenv("PARITY_TEST_STICKY", "1")
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "parity", "run", "--backend", str(path), "--path", "fused",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    by_id = {r["id"]: r for r in report["results"]}
+    first = "crashy-fused-exact-B3-n2-bs64-ctx_eq_max_first"
+    assert report["backends"][str(path)]["status"] == "crashed" and report["backends"][str(path)]["cell"] == first
+    assert by_id[first]["status"] == "error"
+    assert "not run: " + first in by_id["crashy-fused-padded-B3-n2-bs64-ctx_eq_max_first"]["findings"][0]["summary"]
+    if not sticky:
+        assert "SIGABRT" in by_id[first]["findings"][0]["summary"]
+    # every other case ran in a fresh process after the crash, and passed
+    others = [r for r in report["results"] if "ctx_eq_max_first" not in r["id"] or "B3-n2" not in r["id"]]
+    assert len(others) == len(report["results"]) - 2 and all(r["status"] == "pass" for r in others)

@@ -10,6 +10,8 @@ _LAZY = {
     "torch": "parity.backends.torch_ref:make_backend",
     "triton": "parity.backends.triton_kernels:make_backend",
     "aiter": "parity.backends.aiter:make_backend",
+    "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
+    "aiter:varctx": "parity.backends.aiter:make_varctx_backend",
     "deepgemm": "parity.backends.deepgemm:make_backend",
     "deepgemm:clean": "parity.backends.deepgemm:make_clean_backend",
     "deepgemm:noclean": "parity.backends.deepgemm:make_noclean_backend",
