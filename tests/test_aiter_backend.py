@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+from findings import failing, finding
 import torch
 
 from parity import render, report
@@ -62,17 +63,6 @@ def pypi(aiter, build):
     if build.version != PYPI:
         pytest.skip(f"findings recorded for amd-aiter {PYPI}; the build at {build.root} is {build.version}")
     return aiter
-
-
-def finding(result, check, landed=None):
-    found = [f for f in result["findings"] if f["check"] == check
-             and (landed is None or landed in f["details"].get("landed", {}))]
-    assert found, f"no {check} finding{' landed in ' + landed if landed else ''}: {result['findings']}"
-    return found[0]
-
-
-def failing(result):
-    return sorted({f["check"] for f in result["findings"] if not f["ok"]})
 
 
 def overshoot(ctx: int) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from findings import failing, finding
 import torch
 
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
@@ -47,17 +48,6 @@ def main_tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def main(main_tree):
     return AiterBackend(find_build(str(main_tree)))
-
-
-def finding(result, check, landed=None):
-    found = [f for f in result["findings"] if f["check"] == check
-             and (landed is None or landed in f["details"].get("landed", {}))]
-    assert found, f"no {check} finding{' landed in ' + landed if landed else ''}: {result['findings']}"
-    return found[0]
-
-
-def failing(result):
-    return sorted({f["check"] for f in result["findings"] if not f["ok"]})
 
 
 def overshoot(ctx: int, chunk: int) -> int:

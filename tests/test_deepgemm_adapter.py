@@ -5,6 +5,7 @@ misread argument, a wrong context_lens layout or a missing -inf shows up as a fa
 import types
 
 import pytest
+from fake_kernels import paged_logits
 import torch
 
 from parity import layouts
@@ -15,17 +16,6 @@ from parity.harness import failed_checks, run_cell
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")
 SM100, SM90 = (10, 0), (9, 0)
 JUNK = 7.0  # what the fake leaves past a row's length when it does not clean
-
-
-def reference_logits(q, kv_cache, weights, block_table, row_lens, max_len):
-    keys, scales = layouts.split_kv_cache(kv_cache, q.dtype)
-    B, n, H, D = q.shape
-    bs = kv_cache.shape[1]
-    t = torch.arange(max_len)
-    blocks = block_table.long()[:, (t // bs).clamp(max=block_table.shape[1] - 1)]
-    k = keys.float()[blocks, t % bs] * scales[blocks, t % bs][..., None]
-    s = torch.einsum("bnhd,btd->bnht", q.float(), k).relu()
-    return (s * weights.view(B, n, H, 1)).sum(2).reshape(B * n, max_len)
 
 
 def fake_release(generation: str, max_next_n: int | None = None):
@@ -62,7 +52,7 @@ def fake_release(generation: str, max_next_n: int | None = None):
         rows = context_lens.reshape(-1) if two_d else valid_lengths(context_lens, n)
         aligned = (max_context_len + 255) // 256 * 256
         full = torch.full((B * n, aligned), float("nan"), dtype=logits_dtype)  # DeepGEMM's own row stride
-        logits = reference_logits(q, kv_cache, weights, block_table, rows, max_context_len)
+        logits = paged_logits(q, kv_cache, weights, block_table, rows, max_context_len, masked=False)
         beyond = torch.arange(max_context_len)[None, :] >= rows.view(-1, 1).long()
         full[:, :max_context_len] = logits.masked_fill(beyond, float("-inf") if clean_logits else JUNK)
         return full[:, :max_context_len]

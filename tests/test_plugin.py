@@ -1,6 +1,7 @@
 """The pytest plugin as a user meets it: installed with the package, run from a directory that is
 not this checkout, with the backend given as ``--backend X`` or ``--backend=X``."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -69,8 +70,12 @@ def test_installed_package_brings_the_plugin(tmp_path, user_repo):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = str(env_dir / "bin" / "python")
+    # a copy of the sources: building in place would leave build/ and *.egg-info in the checkout
+    src = tmp_path / "src"
+    shutil.copytree(CHECKOUT, src, ignore=shutil.ignore_patterns(".git", "build", "third_party", ".whl", "*.egg-info",
+                                                                 ".pytest_cache", "__pycache__", "runs", "reports"))
     install = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-                              "--no-build-isolation", str(CHECKOUT)], capture_output=True, text=True, timeout=600)
+                              "--no-build-isolation", str(src)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     where = subprocess.run([python, "-c", "import parity; print(parity.__file__)"], cwd=user_repo,
                            capture_output=True, text=True, timeout=120)

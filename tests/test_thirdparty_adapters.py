@@ -6,6 +6,7 @@ import textwrap
 import types
 
 import pytest
+from fake_kernels import paged_logits
 import torch
 
 from parity import layouts
@@ -18,19 +19,6 @@ from parity.harness import failed_checks, run_cell
 from parity.topk import compare_topk, topk_reference
 
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")
-
-
-def paged_logits(q, kv_cache, weights, block_table, row_lens, max_len):
-    """The fake kernels' own arithmetic: row r sees positions < row_lens[r]."""
-    keys, scales = layouts.split_kv_cache(kv_cache, q.dtype)
-    B, n, H, D = q.shape
-    bs = kv_cache.shape[1]
-    t = torch.arange(max_len)
-    blocks = block_table.long()[:, (t // bs).clamp(max=block_table.shape[1] - 1)]
-    k = keys.float()[blocks, t % bs] * scales[blocks, t % bs][..., None]  # (B, T, D)
-    s = torch.einsum("bnhd,btd->bnht", q.float(), k).relu()
-    out = (s * weights.view(B, n, H, 1)).sum(2).reshape(B * n, max_len)
-    return out.masked_fill(t[None, :] >= row_lens.view(-1, 1).long(), float("-inf"))
 
 
 def fake_deep_gemm(name="fp8_paged_mqa_logits", accepts_2d=True):
