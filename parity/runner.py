@@ -199,11 +199,14 @@ class _Supervised:
     def __init__(self, plan: RunPlan, tmp: str, tag: str):
         self.plan, self.tmp, self.tag = plan, tmp, tag
         self.results, self.crashes, self.info, self.first_how = [], [], None, ""
-        self.child = _Child(plan, tmp, f"{tag}-0")
+        self.child, self.finished = _Child(plan, tmp, f"{tag}-0"), False
 
     def poll(self) -> bool:
+        if self.finished:
+            return False
         if self.child.poll():
             return True
+        self.finished = True  # until a fresh child resumes below
         info, results = self.child.outcome()
         self.results += results
         self.info = self.info if self.info and info.get("status") == "ok" else info
@@ -231,6 +234,7 @@ class _Supervised:
         if not rest or len(self.crashes) > self.plan.max_crashes:
             return False
         self.child = _Child(replace(self.plan, select=rest), self.tmp, f"{self.tag}-{len(self.crashes)}")
+        self.finished = False
         return True
 
     def outcome(self) -> tuple[dict, list[dict]]:
