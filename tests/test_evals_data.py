@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_no_data_dir_means_the_hub_even_beside_a_shared_folder(tmp_path, monkeypatch):
-    shared = tmp_path / "shared" / "data" / "gsm8k"
-    shared.mkdir(parents=True)
+    # the development layout: GSM8K beside the checkout, which the product must not look for
+    beside = tmp_path.joinpath("shared", "data", "gsm8k")
+    beside.mkdir(parents=True)
     for s in data.SPLITS:
-        (shared / f"{s}.jsonl").write_text((FIXTURE / f"{s}.jsonl").read_text())
+        (beside / f"{s}.jsonl").write_text((FIXTURE / f"{s}.jsonl").read_text())
     (tmp_path / "checkout").mkdir()
     monkeypatch.chdir(tmp_path / "checkout")
     monkeypatch.delenv(data.DATA_ENV, raising=False)
