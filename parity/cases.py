@@ -360,11 +360,3 @@ def row_lengths(context_lens: torch.Tensor, next_n: int, context_lens_2d: torch.
     if context_lens_2d is not None:
         return context_lens_2d.reshape(-1).long()
     return valid_lengths(context_lens, next_n)
-
-
-def __getattr__(name):  # the case grids live in parity.grids (which imports this module)
-    if name in ("quick_cases", "full_cases", "stress_cases", "cases_for_level", "LEVELS"):
-        from parity import grids
-
-        return getattr(grids, name)
-    raise AttributeError(f"module 'parity.cases' has no attribute {name!r}")

@@ -10,7 +10,6 @@ import io
 import json
 import math
 import sys
-from collections import Counter
 
 import torch
 
@@ -145,17 +144,8 @@ def _failed(result: dict) -> list[dict]:
 
 
 def _summary(report: dict) -> str:
-    groups: dict[tuple, Counter] = {}
-    checks: dict[tuple, Counter] = {}
-    for r in report["results"]:
-        key = (r["backend"], r["path"], r["buffer"])
-        groups.setdefault(key, Counter())[r["status"]] += 1
-        for f in _failed(r):
-            checks.setdefault(key, Counter())[f["check"]] += 1
     rows = []
-    for key in sorted(groups):
-        c = groups[key]
-        fails = ", ".join(f"{k} x{v}" for k, v in sorted(checks.get(key, {}).items())) or "-"
+    for key, c, fails in rep.summary_rows(report):
         cls = "bad" if c["fail"] or c["error"] else "good"
         rows.append(f"<tr class='{cls}'>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in
                                                   (*key, c["pass"], c["fail"], c["error"], c["skip"], fails)) + "</tr>")

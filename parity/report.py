@@ -62,8 +62,8 @@ def _failed(result: dict) -> set[str]:
     return {f["check"] for f in result.get("findings", []) if not f["ok"]}
 
 
-def summary_table(report: dict) -> str:
-    """One line per backend x path x buffer: cells passed/failed/skipped and which checks failed."""
+def summary_rows(report: dict) -> list[tuple[tuple[str, str, str], Counter, str]]:
+    """Per backend x path x buffer: the cells' statuses and which checks failed ("oob x3, mask x1")."""
     groups: dict[tuple, Counter] = {}
     failing: dict[tuple, Counter] = {}
     for r in report["results"]:
@@ -71,10 +71,14 @@ def summary_table(report: dict) -> str:
         groups.setdefault(key, Counter())[r["status"]] += 1
         for c in _failed(r):
             failing.setdefault(key, Counter())[c] += 1
+    return [(key, groups[key], ", ".join(f"{k} x{v}" for k, v in sorted(failing.get(key, {}).items())) or "-")
+            for key in sorted(groups)]
+
+
+def summary_table(report: dict) -> str:
+    """One line per backend x path x buffer: cells passed/failed/skipped and which checks failed."""
     lines = ["| backend | path | buffer | pass | fail | error | skip | failing checks |", "|---|---|---|---|---|---|---|---|"]
-    for key in sorted(groups):
-        c = groups[key]
-        f = ", ".join(f"{k} x{v}" for k, v in sorted(failing.get(key, {}).items())) or "-"
+    for key, c, f in summary_rows(report):
         lines.append(f"| {' | '.join(key)} | {c['pass']} | {c['fail']} | {c['error']} | {c['skip']} | {f} |")
     for name, info in report.get("backends", {}).items():
         if info.get("status") not in (None, "ok"):

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
-from findings import failing, finding
+from findings import failing, finding, old_causal_rule_mask
 import torch
 
 from parity import render, report
@@ -68,11 +68,6 @@ def pypi(aiter, build):
 def overshoot(ctx: int) -> int:
     """Columns past max_model_len that this build's last 64-column chunk of a row stores."""
     return max(0, math.ceil(ctx / CHUNK_K) * CHUNK_K - MML)
-
-
-def aiter_minus_spec(ctx: int, next_n: int, i: int) -> tuple[int, int]:
-    """In-context valid lengths of row i: (this build: t <= ctx - i, SPEC: t <= ctx - next_n + i)."""
-    return min(ctx, ctx - i + 1), ctx - next_n + i + 1
 
 
 # --- the build, found and described ----------------------------------------------------------------
@@ -148,16 +143,7 @@ def test_last_row_overshoot_leaves_the_allocation(pypi):
 def test_causal_rule_differs_for_speculative_rows(pypi, case):
     r = run_cell(pypi, "fused", "padded", case, DEVICE)
     ctx = build_inputs(case).context_lens.tolist()
-    want = {}
-    for b, c in enumerate(ctx):
-        for i in range(case.next_n):
-            got_len, spec_len = aiter_minus_spec(c, case.next_n, i)
-            if got_len != spec_len:
-                lo, hi = sorted((got_len, spec_len))
-                gained = got_len > spec_len
-                want[b * case.next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
-                                             "spurious_finite": (hi - lo) if gained else 0,
-                                             "spurious_neg_inf": 0 if gained else hi - lo}
+    want = old_causal_rule_mask(ctx, case.next_n)
     assert 0 in want and want[0]["spurious_finite"] == case.next_n - 1  # row 0 gains positions
     mask = finding(r, "mask")
     assert not mask["ok"] and {int(k): v for k, v in mask["details"]["per_row"].items()} == want
@@ -262,9 +248,7 @@ def test_main_stage1_stores_whole_256_column_chunks(main):
 def test_main_ragged_kernels_keep_the_old_causal_rule(main, build, case):
     ragged = make_backend(str(build.root), "ragged")
     r = run_cell(ragged, "fused", "padded", case, DEVICE)
-    ctx = build_inputs(case).context_lens.tolist()
-    rows = {b * case.next_n + i for b, c in enumerate(ctx) for i in range(case.next_n)
-            if aiter_minus_spec(c, case.next_n, i)[0] != aiter_minus_spec(c, case.next_n, i)[1]}
+    want = old_causal_rule_mask(build_inputs(case).context_lens.tolist(), case.next_n)
     assert failing(r) == ["mask"], r["findings"]  # no overshoot: the ragged fused store is masked
-    assert {int(k) for k in finding(r, "mask")["details"]["per_row"]} == rows
+    assert {int(k) for k in finding(r, "mask")["details"]["per_row"]} == set(want)
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from findings import failing, finding
+from findings import failing, finding, old_causal_rule_mask
 import torch
 
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
@@ -190,26 +190,12 @@ def test_main_stage1_stores_whole_256_column_chunks(main):
                            for r, v in spilled.items()), spilled
 
 
-def aiter_minus_spec(ctx: int, next_n: int, i: int) -> tuple[int, int]:
-    """Valid lengths of row i: (ragged kernels: t <= ctx - i, SPEC: t <= ctx - next_n + i)."""
-    return min(ctx, ctx - i + 1), ctx - next_n + i + 1
-
-
 def test_main_ragged_kernels_keep_the_old_causal_rule(main_tree):
     ragged = AiterBackend(find_build(str(main_tree)), "ragged")
     assert ragged.name == "aiter-ragged" and ragged.paths == ("stage1", "fused")
     assert "prefix_sum_context_lens" in ragged.describe()["contract"]
     r = run_cell(ragged, "fused", "exact", SPECULATIVE, "cpu")
-    ctx = build_inputs(SPECULATIVE).context_lens.tolist()
-    want = {}
-    for b, c in enumerate(ctx):
-        for i in range(SPECULATIVE.next_n):
-            got_len, spec_len = aiter_minus_spec(c, SPECULATIVE.next_n, i)
-            if got_len != spec_len:
-                lo, hi = sorted((got_len, spec_len))
-                want[b * SPECULATIVE.next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
-                                                    "spurious_finite": hi - lo if got_len > spec_len else 0,
-                                                    "spurious_neg_inf": 0 if got_len > spec_len else hi - lo}
+    want = old_causal_rule_mask(build_inputs(SPECULATIVE).context_lens.tolist(), SPECULATIVE.next_n)
     assert failing(r) == ["mask"], r["findings"]  # the ragged fused store is masked: no overshoot
     assert {int(k): v for k, v in finding(r, "mask")["details"]["per_row"].items()} == want
 
