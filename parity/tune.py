@@ -12,7 +12,7 @@ import torch
 
 from parity import checks
 from parity.backends import load_backend
-from parity.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs
+from parity.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs, timed_call
 
 
 def check(device, shape: Shape) -> str:
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     bw = copy_bandwidth(device)
     floor_us = shape.bytes_moved("fused") / (bw * 1e9) * 1e6
     sets = [make_inputs(shape, device) for _ in range(4)]
-    outs = [torch.full((B * n, ctx), float("-inf"), device=device) for _ in sets]
+    outs = [torch.full((B * n, ctx), float("-inf"), device=device) for _ in sets]  # one per set: no reuse
     if args.profile:
         be = load_backend("triton")
         for path in ("fused", "preshuffle"):
@@ -79,8 +79,13 @@ def main(argv=None) -> int:
         for path in ("fused", "preshuffle"):
             try:
                 be.run(path, sets[0], outs[0])  # compile; errors surface here, not in the capture
-                torch.cuda.synchronize()
-                res.append(graph_time_ms(be, path, sets, outs, device) * 1e3)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                call, _ = timed_call(be, path, sets, outs)
+                ms = graph_time_ms(call, len(sets), device)
+                if ms is None:
+                    raise RuntimeError("CUDA-graph capture failed")
+                res.append(ms * 1e3)
             except Exception as exc:  # noqa: BLE001
                 res.append(float("nan"))
                 print(f"{name} {path}: {type(exc).__name__}: {str(exc)[:120]}")
