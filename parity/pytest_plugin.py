@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "parity: the backend x path x buffer x case x device matrix")
     if not matrix_wanted(config) and not config.pluginmanager.hasplugin("parity_repo_conftest"):
         return
+    if _xdist_controller(config):
+        # The controller runs no test: importing torch here (seconds with a CUDA build) would only
+        # delay the start of the workers, so it checks --device with the driver alone.
+        for value in config.getoption("--device") or ():
+            if (why := _controller_device_error(value)) is not None:
+                raise pytest.UsageError(why)
+        return
     import torch
 
     # Triton decides at decoration time whether to interpret; without a GPU the interpreter is
@@ -61,6 +69,44 @@ def pytest_configure(config):
     wants_gpu = any(v.startswith("cuda") for v in config.getoption("--device") or ["cuda"])
     if workers > 1 and wants_gpu and devices.gpu_count():
         devices.pin(devices.worker_device("cuda"))
+
+
+def _xdist_controller(config) -> bool:
+    """This process hands the tests to xdist workers (``-n N``, N > 0) and runs none itself."""
+    return not os.environ.get("PYTEST_XDIST_WORKER") and (getattr(config.option, "dist", "no") or "no") != "no"
+
+
+def _driver_gpu_count() -> int | None:
+    """GPUs the CUDA (or HIP) driver shows this process, asked without torch; None: no driver found."""
+    import ctypes
+
+    if raw := os.environ.get("PARITY_FAKE_GPUS"):
+        return int(raw) if raw.isdigit() else None
+    for lib, init, count in (("libcuda.so.1", "cuInit", "cuDeviceGetCount"),
+                             ("libamdhip64.so", None, "hipGetDeviceCount")):
+        try:
+            driver = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        n = ctypes.c_int(0)
+        if (init and getattr(driver, init)(0) != 0) or getattr(driver, count)(ctypes.byref(n)) != 0:
+            return 0  # e.g. CUDA_VISIBLE_DEVICES="" or no device: the driver reports an error
+        return n.value
+    return None
+
+
+def _controller_device_error(value: str) -> str | None:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        return f"--device {value!r} is not a device the suite runs on: expected cpu, cuda or cuda:N"
+    if value == "cpu":
+        return None
+    gpus = _driver_gpu_count()
+    if gpus is None:  # no driver library to ask: torch's answer, at torch's cost
+        return _device_error(value)
+    if not gpus:
+        return f"--device {value!r}: no CUDA/HIP GPU is visible to this process"
+    index = int(value.partition(":")[2] or 0)
+    return f"--device {value!r}: only {gpus} GPU(s) visible (cuda:0..cuda:{gpus - 1})" if index >= gpus else None
 
 
 def _device_error(value: str) -> str | None:

@@ -92,6 +92,27 @@ def test_each_xdist_worker_launches_on_its_own_gpu(tmp_path):
     _assert_each_worker_on_its_own_device(cells, lambda want: want)
 
 
+def test_the_xdist_controller_imports_no_torch_and_checks_the_device_by_the_driver(tmp_path):
+    """The controller runs no cell: torch (seconds with a CUDA build) would only delay its workers."""
+    (tmp_path / "controller_probe.py").write_text(textwrap.dedent('''
+        import json, os, sys
+
+        def pytest_xdist_setupnodes(config, specs):  # called in the controller only
+            with open(os.environ["PROBE_OUT"], "w") as f:
+                json.dump({"torch": "torch" in sys.modules}, f)
+    '''))
+    env = _env(**{devices.FAKE_ENV: "2", "PROBE_OUT": str(tmp_path / "probe.json"),
+                  "PYTHONPATH": os.pathsep.join([str(tmp_path), str(CHECKOUT)])})
+    cells = _cells_by_worker(tmp_path, env, "-p", "controller_probe", "--backend", "torch",
+                             "-k", "fused-exact and (B1-n1-bs64 or B2-n4-bs16)")
+    assert len(cells) == 2
+    assert json.loads((tmp_path / "probe.json").read_text()) == {"torch": False}
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_args(), "-n", "2",
+                          "-m", "parity", "--device", "cuda:2"], cwd=CHECKOUT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 4 and "--device 'cuda:2': only 2 GPU(s) visible" in bad.stderr, bad.stderr[-2000:]
+
+
 def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypatch):
     monkeypatch.setenv(devices.FAKE_ENV, "3")
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw4")
