@@ -26,7 +26,7 @@ from parity import devices, shards
 from parity.backends import load_backend
 from parity.cases import IndexerCase
 from parity.checks import cross_check_next_row
-from parity.harness import failed_checks, run_cell
+from parity.harness import failed_checks, precompile, run_cell
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 
@@ -76,6 +76,10 @@ def run_in_process(plan: RunPlan, stream) -> None:
         _emit(stream, {"backend": {"status": "unavailable", "message": f"{type(exc).__name__}: {exc}"}})
         return
     cells = plan.cells()
+    if not plan.device.startswith("cpu"):
+        with devices.current(plan.device):  # one child per GPU shares the host's cores
+            precompile(backend, cells, devices.placement(plan.device), pad=plan.pad,
+                       threads=max(1, (os.cpu_count() or 1) // max(1, devices.gpu_count())))
     t0 = time.time()
     for i, (path, buf, case) in enumerate(cells, 1):
         cid = f"{backend.name}-{path}-{buf}-{case.id}"

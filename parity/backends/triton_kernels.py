@@ -100,9 +100,8 @@ class TritonBackend(SimpleBackend):
         # Triton on NVIDIA has no e4m3fnuz type at all; elsewhere a native fp8 load may be missing too.
         return UPCASTS["decode"]
 
-    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
-
+    def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
+        """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         B, n, H, D = inputs.q_fp8.shape
@@ -139,14 +138,31 @@ class TritonBackend(SimpleBackend):
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
         programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))
-        self.last_launch = paged_mqa_logits_kernel[(min(n_tiles, programs),)](
-            q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
-            inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table, out,
-            table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
-            layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, **consts)
-        if not o["programs"] and key not in self._resident:  # later calls: no more than fit at once
-            fits = _programs_per_sm(self.last_launch, inputs.device) or o["ctas_per_sm"]
-            self._resident[key] = min(o["ctas_per_sm"], fits) * _num_sms(inputs.device)
+        args = (q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
+                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
+                out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
+                layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq)
+        return (min(n_tiles, programs),), args, consts, key
+
+    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+        from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
+
+        grid, args, consts, key = self._launch(path, inputs, out)
+        self.last_launch = paged_mqa_logits_kernel[grid](*args, **consts)
+        if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
+            fits = _programs_per_sm(self.last_launch, inputs.device) or self.opts["ctas_per_sm"]
+            self._resident[key] = min(self.opts["ctas_per_sm"], fits) * _num_sms(inputs.device)
+
+    def precompile(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+        """Compile, without launching, the kernel that ``run`` would launch for these arguments (inside
+        Triton's asynchronous compile mode the compile goes to that mode's executor). The interpreter
+        compiles nothing."""
+        if INTERPRETED:
+            return
+        from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
+
+        grid, args, consts, _ = self._launch(path, inputs, out)
+        paged_mqa_logits_kernel.warmup(*args, grid=grid, **consts)
 
 
 import triton  # noqa: E402  (after INTERPRETED is read; the kernel module imports it too)
