@@ -148,8 +148,22 @@ def pytest_runtest_call(item):
     PROFILE.tests += 1
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session):
+    """The end of a run (seen: 0.8 s in every process) with cProfile on: the top of it goes to the log."""
+    import cProfile
+    import io
+    import pstats
+
     _event("sessionfinish")
+    prof = cProfile.Profile()
+    prof.enable()
+    yield
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumtime").print_stats(12)
+    _log({"kind": "sessionfinish_profile", "pid": os.getpid(),
+          "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "text": out.getvalue()[-3000:]})
 
 
 def pytest_unconfigure(config):

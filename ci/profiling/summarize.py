@@ -44,3 +44,13 @@ for name, comp in variants.items():
     errs = [x for x in open(dict(a.split('=', 1) for a in sys.argv[1:])[name]) if '"error"' in x]
     if errs:
         print("listener errors:", errs[:2])
+
+print("\n### the end of each run (cProfile of pytest_sessionfinish, one process per run and worker kind)")
+for arg in sys.argv[1:]:
+    name, path = arg.split("=", 1)
+    seen = set()
+    for x in (json.loads(line) for line in open(path)):
+        if x["kind"] == "sessionfinish_profile" and x["worker"][:2] not in seen:
+            seen.add(x["worker"][:2])
+            body = [ln for ln in x["text"].splitlines() if ln.strip()][:18]
+            print(f"\n{name} {x['worker']}:\n" + "\n".join(body))
