@@ -48,6 +48,7 @@ class RunPlan:
     repeats: int = 2  # calls per cell (each compared bitwise with the first)
     max_crashes: int = 8  # cells that may crash the process, each followed by a fresh one resuming
     select: list[str] | None = None  # cell keys (shards.cell_key) to run; None: every cell
+    share: int = 1  # processes running at once on this host's cores (one per GPU)
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
         """Case by case, so that a case's reference and inputs serve all of its cells."""
@@ -68,6 +69,11 @@ def run_in_process(plan: RunPlan, stream) -> None:
     record, then ``start``/``result`` records per cell. Each cell runs with ``plan.device`` current
     and records where its launches ran (``ran_on``)."""
     devices.pin(plan.device)
+    threads = max(1, (os.cpu_count() or 1) // plan.share)
+    if plan.share > 1:  # torch's default, a thread per core in every process, oversubscribes the cores
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         backend = load_backend(plan.spec, **plan.options)
         info = backend.describe() if hasattr(backend, "describe") else {}
@@ -77,9 +83,8 @@ def run_in_process(plan: RunPlan, stream) -> None:
         return
     cells = plan.cells()
     if not plan.device.startswith("cpu"):
-        with devices.current(plan.device):  # one child per GPU shares the host's cores
-            precompile(backend, cells, devices.placement(plan.device), pad=plan.pad,
-                       threads=max(1, (os.cpu_count() or 1) // max(1, devices.gpu_count())))
+        with devices.current(plan.device):
+            precompile(backend, cells, devices.placement(plan.device), pad=plan.pad, threads=threads)
     t0 = time.time()
     for i, (path, buf, case) in enumerate(cells, 1):
         cid = f"{backend.name}-{path}-{buf}-{case.id}"
@@ -90,16 +95,16 @@ def run_in_process(plan: RunPlan, stream) -> None:
                               repeats=plan.repeats)
         result.update(device=plan.device, ran_on=probe.ran_on())
         _emit(stream, {"result": result})
-        if _context_lost(result):  # every later cell of this process would fail the same way
-            _emit(stream, {"context_lost": cid})
-            return
-    if hasattr(backend, "describe"):  # what the cells taught it (stand-ins called, launches adapted)
-        _emit(stream, {"backend": {"status": "ok", "name": backend.name, **backend.describe()}})
         if plan.progress:
             note = result.get("reason", "") if result["status"] == "skip" else "; ".join(failed_checks(result))[:160]
             where = f" {plan.device}" if ":" in plan.device else ""  # one of several GPUs
             print(f"[{backend.name}{where} {i}/{len(cells)} {time.time() - t0:6.1f}s] {result['id']}: "
                   f"{result['status']} {note}", file=sys.stderr, flush=True)
+        if _context_lost(result):  # every later cell of this process would fail the same way
+            _emit(stream, {"context_lost": cid})
+            return
+    if hasattr(backend, "describe"):  # what the cells taught it (stand-ins called, launches adapted)
+        _emit(stream, {"backend": {"status": "ok", "name": backend.name, **backend.describe()}})
 
 
 STICKY = ("illegal memory access", "CUDA error: an illegal", "unspecified launch failure", "misaligned address",
@@ -302,6 +307,7 @@ def run_on_gpus(plan: RunPlan, gpus: list[str]) -> tuple[dict, list[dict]]:
     parts = [p for p in shards.split_by_case(plan.cells(), _case_weight, len(gpus))]
     plans = [replace(plan, device=gpu, select=[shards.cell_key(p, b, c.id) for p, b, c in cells])
              for gpu, cells in zip(gpus, parts) if cells]
+    plans = [replace(p, share=len(plans)) for p in plans]
     outcomes = run_isolated_many(plans)
     info = shards.merge_infos([(p.device, i) for p, (i, _) in zip(plans, outcomes)])
     order = {shards.cell_key(p, b, c.id): n for n, (p, b, c) in enumerate(plan.cells())}

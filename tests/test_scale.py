@@ -141,6 +141,30 @@ def _run_cli(tmp_path, name, *args):
     return code, json.loads(out.read_text())
 
 
+def test_cli_children_on_several_gpus_share_the_cores(tmp_path, monkeypatch):
+    """One child per GPU: each gets its share of the host's cores for torch's CPU threads (the float64
+    reference, the checks), not torch's default of every core, which several children oversubscribe."""
+    monkeypatch.setenv(devices.FAKE_ENV, "2")
+    log = tmp_path / "threads.txt"
+    backend = tmp_path / "counts_threads.py"
+    backend.write_text(textwrap.dedent(f'''
+        import torch
+        from parity.backends.torch_ref import TorchBackend
+
+        class CountsThreads(TorchBackend):
+            def run(self, path, inputs, out):
+                open({str(log)!r}, "a").write(f"{{torch.get_num_threads()}}\\n")
+                return super().run(path, inputs, out)
+
+        def make_backend():
+            return CountsThreads()
+    '''))
+    code, report = _run_cli(tmp_path, "threads", "--device", "cuda", "--backend", str(backend), "--path", "fused",
+                            "--buffer", "exact", "--shard", "1/4")
+    assert code == 0 and {r["device"] for r in report["results"]} == {"cuda:0", "cuda:1"}
+    assert set(log.read_text().split()) == {str(max(1, (os.cpu_count() or 1) // 2))}
+
+
 def test_cli_spreads_a_backend_over_the_gpus_and_a_crash_on_one_keeps_the_others(tmp_path, monkeypatch):
     """Two (stand-in) GPUs, one child process each, whole cases each; the backend aborts in one case:
     that GPU's process is reported crashed with its cell, a fresh one resumes after it, and every cell
