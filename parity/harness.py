@@ -6,6 +6,7 @@ import functools
 import os
 import time
 import traceback
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -87,13 +88,19 @@ def _new_buffer(path: str, buffer: str, inputs: IndexerInputs, pad: int):
     return guarded_buffer(lead, inputs.max_model_len, buffer, inputs.device, pad=pad, dtype=inputs.logits_dtype)
 
 
-def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, threads: int | None = None) -> int:
+def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, threads: int | None = None,
+               share: tuple[int, int] = (0, 1)) -> int:
     """Compile at once, on ``threads`` threads, the kernels that ``cells`` ((path, buffer, case) triples, run
     by :func:`run_cell` with the same ``device`` and ``pad``) will launch, where the backend can say which
     (a ``precompile(path, inputs, out)`` method) and Triton compiles asynchronously (its
     ``AsyncCompileMode``, Triton >= 3.4). Compiled one by one inside the first cells that need them, the
-    full level's 66 kernels took 42 of a 67 s run on an H100. A compile that fails here is left to its
-    cell to report. Returns the number of launches handed to the compiler."""
+    full level's 66 kernels took 42 of a 67 s run on an H100.
+
+    ``share=(k, n)``: n processes precompile for the same cells (xdist workers: each collects every cell
+    and is handed its own as the run goes); this one compiles every n-th distinct kernel (by the backend's
+    ``variant``), the others the rest, into the Triton cache on disk that they share, from where each
+    loads the others' kernels when its cells first launch them. A compile that fails here is left to its
+    cell to report. Returns the number of kernels handed to the compiler."""
     hook = getattr(backend, "precompile", None)
     if not callable(hook):
         return 0
@@ -101,10 +108,11 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:
         return 0
+    variant = getattr(backend, "variant", None)
     by_case: dict[IndexerCase, list[tuple[str, str]]] = {}
     for path, buffer, case in cells:
         by_case.setdefault(case, []).append((path, buffer))
-    submitted = 0
+    seen, submitted = set(), 0
     pool = ThreadPoolExecutor(max(1, threads or min(16, os.cpu_count() or 1)), thread_name_prefix="precompile")
     try:
         try:
@@ -121,7 +129,12 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
                     if backend.unsupported(path, inputs):
                         continue
                     try:
-                        hook(path, inputs, _new_buffer(path, buffer, inputs, pad).view)
+                        out = _new_buffer(path, buffer, inputs, pad).view
+                        key = repr(variant(path, inputs, out)) if callable(variant) else (path, buffer, case.id)
+                        if key in seen or (callable(variant) and zlib.crc32(key.encode()) % share[1] != share[0]):
+                            continue
+                        seen.add(key)
+                        hook(path, inputs, out)
                         submitted += 1
                     except Exception:  # noqa: BLE001
                         pass

@@ -163,10 +163,11 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.xdist_group(cell[3].id))
 
 
-def pytest_runtestloop(session):
+@pytest.hookimpl(trylast=True)  # after xdist has sent its collection: the controller schedules meanwhile
+def pytest_collection_finish(session):
     """Before the first cell: compile every Triton kernel the run's cells will launch, in parallel (see
-    parity.harness.precompile). Each xdist worker compiles for all the cells it collected, not only those
-    it will be sent: the controller hands them out as the run goes."""
+    parity.harness.precompile). xdist workers each collect every cell, so each compiles its share of
+    the kernels into the Triton cache they share."""
     config = session.config
     if config.option.collectonly or _xdist_controller(config) or not matrix_wanted(config):
         return
@@ -174,22 +175,22 @@ def pytest_runtestloop(session):
     for item in session.items:
         cell = getattr(item, "callspec", None) and item.callspec.params.get(MATRIX_FIXTURE)
         if cell and not cell[4].startswith("cpu"):
-            from parity import devices
-
-            cells.setdefault((cell[0], devices.worker_device(cell[4])), []).append(cell[1:4])
+            cells.setdefault((cell[0], cell[4]), []).append(cell[1:4])
     if not cells:
         return
     from parity import devices, harness
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    for (spec, dev), wanted in cells.items():
+    share = (devices.worker_index(), workers) if workers > 1 else (0, 1)
+    for (spec, device), wanted in cells.items():
         try:
             backend = _backend(spec, config.getoption("--aiter-path"))
         except Exception:  # noqa: BLE001  (its cells report it)
             continue
+        dev = devices.worker_device(device)
         with devices.current(dev):
-            harness.precompile(backend, wanted, devices.placement(dev), threads=threads)
+            harness.precompile(backend, wanted, devices.placement(dev),
+                               threads=max(1, (os.cpu_count() or 1) // workers), share=share)
 
 
 @functools.lru_cache(maxsize=None)

@@ -46,6 +46,24 @@ def test_precompile_sees_each_cell_launch_exactly_as_run_cell_makes_it():
     assert set(spy.compiled) == set(spy.launched), set(spy.compiled) ^ set(spy.launched)
 
 
+class SpyWithVariants(Spy):
+    def variant(self, path, inputs, out):  # kernels differ by path and row pitch here, not by case
+        return path, out.stride()
+
+
+def test_workers_sharing_a_cache_compile_each_kernel_once_between_them():
+    cells = _cells()
+    workers = [SpyWithVariants() for _ in range(2)]
+    counts = [harness.precompile(w, cells, "cpu", threads=2, share=(k, 2)) for k, w in enumerate(workers)]
+    mine = [{(c[0], c[3]) for c in w.compiled} for w in workers]
+    every = mine[0] | mine[1]
+    assert counts == [len(w.compiled) for w in workers] and all(counts)
+    assert len(workers[0].compiled) + len(workers[1].compiled) == len(every), "a kernel compiled twice"
+    alone = SpyWithVariants()
+    harness.precompile(alone, cells, "cpu", threads=2)
+    assert {(c[0], c[3]) for c in alone.compiled} == every and len(alone.compiled) == len(every) < len(cells)
+
+
 def test_a_failing_precompile_is_left_to_its_cell():
     spy = Spy(fail_path="fused")
     submitted = harness.precompile(spy, _cells(), "cpu", threads=2)
@@ -65,7 +83,8 @@ def test_after_precompile_no_cell_compiles_a_kernel(tmp_path, monkeypatch):
     monkeypatch.setattr(triton.knobs.compilation, "listener", lambda **kw: compiles.append(kw.get("cache_hit")))
     backend, cells = make_backend(), [(p, b, c) for c in cases_for_level("full")[:12]
                                       for p in ("stage1", "fused", "preshuffle") for b in ("exact", "padded")]
-    submitted = harness.precompile(backend, cells, "cuda", threads=8)
+    # Two halves, as two xdist workers split them: together they leave no kernel to compile in a cell.
+    submitted = sum(harness.precompile(backend, cells, "cuda", threads=8, share=(k, 2)) for k in range(2))
     before = len(compiles)
     results = [harness.run_cell(backend, p, b, c, "cuda", repeats=1) for p, b, c in cells]
     assert submitted > 0 and before > 0
@@ -110,7 +129,11 @@ def test_the_cli_child_precompiles_its_cells_before_the_first(tmp_path, monkeypa
     assert events == ["compile fused"] * ran + ["run fused"] * (2 * ran), events
 
 
-def test_the_pytest_plugin_precompiles_the_collected_cells_before_the_first(tmp_path):
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_the_pytest_plugin_precompiles_the_collected_cells_before_the_first(tmp_path, xdist):
+    """In each process that runs cells (xdist workers too: their own hook runs the test loop, so the
+    precompile must come before it, at the end of collection)."""
+    import collections
     import os
     import subprocess
     import sys
@@ -122,25 +145,32 @@ def test_the_pytest_plugin_precompiles_the_collected_cells_before_the_first(tmp_
     log = tmp_path / "events.txt"
     backend = tmp_path / "logged.py"
     backend.write_text(textwrap.dedent(f'''
+        import os
         from parity.backends.torch_ref import TorchBackend
 
         class Logged(TorchBackend):
             def precompile(self, path, inputs, out):
-                open({str(log)!r}, "a").write("compile " + inputs.case.id + "\\n")
+                open({str(log)!r}, "a").write(f"{{os.getpid()}} compile {{inputs.case.id}}\\n")
 
             def run(self, path, inputs, out):
-                open({str(log)!r}, "a").write("run " + inputs.case.id + "\\n")
+                open({str(log)!r}, "a").write(f"{{os.getpid()}} run {{inputs.case.id}}\\n")
                 return super().run(path, inputs, out)
 
         def make_backend():
             return Logged()
     '''))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, devices.FAKE_ENV: "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "parity",
-                           "--device", "cuda", f"--backend={backend}", "-k", "fused-exact and B1-n1"],
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, devices.FAKE_ENV: "2"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "parity", *xdist,
+                           "--device", "cuda", f"--backend={backend}", "-k", "fused-exact and (B1-n1 or B2-n4)"],
                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    events = log.read_text().split("\n")[:-1]
-    cases = sorted({e.split()[1] for e in events})
-    assert cases and events == [f"compile {c}" for c in cases] + [f"run {c}" for c in cases for _ in range(2)], events
+    by_pid = collections.defaultdict(list)
+    for line in log.read_text().splitlines():
+        pid, what, case = line.split()
+        by_pid[pid].append((what, case))
+    assert len(by_pid) == (2 if xdist else 1), dict(by_pid)
+    for events in by_pid.values():
+        compiled = [c for w, c in events if w == "compile"]
+        ran = [c for w, c in events if w == "run"]
+        assert ran and set(ran) <= set(compiled) and events[:len(compiled)] == [("compile", c) for c in compiled]

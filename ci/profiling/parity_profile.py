@@ -90,6 +90,8 @@ def pytest_configure(config):
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):  # noqa: F811  (the last configure hook: the parity plugin's imports are done)
     _event("configure_last")
+    if not os.environ.get("PYTEST_XDIST_WORKER") and (getattr(config.option, "dist", "no") or "no") != "no":
+        return  # the xdist controller runs no cell: importing parity (torch) here would delay its workers
     try:
         import triton
 

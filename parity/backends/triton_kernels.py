@@ -153,6 +153,14 @@ class TritonBackend(SimpleBackend):
             fits = _programs_per_sm(self.last_launch, inputs.device) or self.opts["ctas_per_sm"]
             self._resident[key] = min(self.opts["ctas_per_sm"], fits) * _num_sms(inputs.device)
 
+    def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
+        """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
+        (tensors by dtype and 16-byte alignment, integers by == 1 and divisibility by 16)."""
+        _, args, consts, _ = self._launch(path, inputs, out)
+        spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0)
+                     for a in args)
+        return tuple(consts.items()), spec
+
     def precompile(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         """Compile, without launching, the kernel that ``run`` would launch for these arguments (inside
         Triton's asynchronous compile mode the compile goes to that mode's executor). The interpreter
