@@ -9,6 +9,7 @@ import torch  # noqa: E402
 from parity import harness  # noqa: E402
 from parity.backends.torch_ref import TorchBackend  # noqa: E402
 from parity.grids import cases_for_level  # noqa: E402
+from logging_backend import write_logging_backend  # noqa: E402
 
 
 def _launch(path, inputs, out):
@@ -96,29 +97,12 @@ def test_after_precompile_no_cell_compiles_a_kernel(tmp_path, monkeypatch):
 def test_the_cli_child_precompiles_its_cells_before_the_first(tmp_path, monkeypatch):
     """``parity run`` on a (stand-in) GPU: the child process hands its cells to the precompile hook first."""
     import json
-    import textwrap
 
     from parity import devices
     from parity.cli import main
 
     log = tmp_path / "events.txt"
-    backend = tmp_path / "logged.py"
-    backend.write_text(textwrap.dedent(f'''
-        from parity.backends.torch_ref import TorchBackend
-
-        class Logged(TorchBackend):
-            def precompile(self, path, inputs, out):
-                open({str(log)!r}, "a").write("compile " + path + "\\n")
-
-            def run(self, path, inputs, out):
-                open({str(log)!r}, "a").write("run " + path + "\\n")
-                return super().run(path, inputs, out)
-
-        def make_backend():
-            b = Logged()
-            b.name = "logged"
-            return b
-    '''))
+    backend = write_logging_backend(tmp_path / "logged.py", log, "run {path}", "compile {path}")
     monkeypatch.setenv(devices.FAKE_ENV, "1")
     out = tmp_path / "r.json"
     code = main(["run", "--backend", str(backend), "--device", "cuda", "--path", "fused", "--buffer", "exact",
@@ -137,28 +121,13 @@ def test_the_pytest_plugin_precompiles_the_collected_cells_before_the_first(tmp_
     import os
     import subprocess
     import sys
-    import textwrap
     from pathlib import Path
 
     from parity import devices
 
     log = tmp_path / "events.txt"
-    backend = tmp_path / "logged.py"
-    backend.write_text(textwrap.dedent(f'''
-        import os
-        from parity.backends.torch_ref import TorchBackend
-
-        class Logged(TorchBackend):
-            def precompile(self, path, inputs, out):
-                open({str(log)!r}, "a").write(f"{{os.getpid()}} compile {{inputs.case.id}}\\n")
-
-            def run(self, path, inputs, out):
-                open({str(log)!r}, "a").write(f"{{os.getpid()}} run {{inputs.case.id}}\\n")
-                return super().run(path, inputs, out)
-
-        def make_backend():
-            return Logged()
-    '''))
+    backend = write_logging_backend(tmp_path / "logged.py", log, "{os.getpid()} run {inputs.case.id}",
+                                    "{os.getpid()} compile {inputs.case.id}")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, devices.FAKE_ENV: "2"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "parity", *xdist,
                            "--device", "cuda", f"--backend={backend}", "-k", "fused-exact and (B1-n1 or B2-n4)"],

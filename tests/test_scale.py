@@ -20,6 +20,7 @@ from parity import devices, harness, refcache, shards
 from parity.cases import IndexerCase
 from parity.grids import cases_for_level
 from parity.cli import main
+from logging_backend import write_logging_backend
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 BACKEND = textwrap.dedent('''
@@ -146,19 +147,7 @@ def test_cli_children_on_several_gpus_share_the_cores(tmp_path, monkeypatch):
     reference, the checks), not torch's default of every core, which several children oversubscribe."""
     monkeypatch.setenv(devices.FAKE_ENV, "2")
     log = tmp_path / "threads.txt"
-    backend = tmp_path / "counts_threads.py"
-    backend.write_text(textwrap.dedent(f'''
-        import torch
-        from parity.backends.torch_ref import TorchBackend
-
-        class CountsThreads(TorchBackend):
-            def run(self, path, inputs, out):
-                open({str(log)!r}, "a").write(f"{{torch.get_num_threads()}}\\n")
-                return super().run(path, inputs, out)
-
-        def make_backend():
-            return CountsThreads()
-    '''))
+    backend = write_logging_backend(tmp_path / "counts_threads.py", log, "{torch.get_num_threads()}")
     code, report = _run_cli(tmp_path, "threads", "--device", "cuda", "--backend", str(backend), "--path", "fused",
                             "--buffer", "exact", "--shard", "1/4")
     assert code == 0 and {r["device"] for r in report["results"]} == {"cuda:0", "cuda:1"}
