@@ -11,8 +11,9 @@
 #   ci/multi-gpu.sh OUT_DIR
 #   env: PYTHON (default python3), LEVEL (default full), BACKENDS (default "torch triton"),
 #        PYTEST_TIMEOUT (default 140 s per pytest run), DIST (xdist's --dist, default loadgroup: the
-#        plugin groups the matrix's cells by case, so that a case's Triton kernels compile in one worker
-#        and its reference is computed once), STEPS (default "pytest run gputest").
+#        plugin groups the matrix's cells by case, so that a case's reference is computed once; the
+#        Triton kernels are compiled before the first cell, each worker its share), STEPS (default
+#        "pytest run gputest"), PYTEST_ADDOPTS (e.g. "-p no:hypothesispytest", for both runs).
 #        A dry run of the script without GPUs:
 #        PARITY_FAKE_GPUS=2 LEVEL=quick BACKENDS=torch ci/multi-gpu.sh /tmp/dry (parity.devices)
 # Leaves OUT_DIR/{summary.md, single.txt, xdist.txt, xdist.xml, smi-gpu.csv, smi-apps.csv, run.json,
