@@ -16,6 +16,7 @@ from parity import devices
 from parity import report as rep
 from parity import runner, shards
 from parity.backends import DEFAULT_BACKENDS, PATHS
+from parity.device_names import device_error
 from parity.buffers import BUFFER_KINDS, DEFAULT_PAD
 from parity.grids import LEVELS, REPEATS, cases_for_level, repeats_for
 
@@ -33,20 +34,7 @@ def backend_options(args, spec: str) -> dict:
 
 def check_device(value: str) -> str | None:
     """Why ``value`` cannot be used as ``--device`` here, or None."""
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError):
-        return f"--device {value!r} is not a device: expected cpu, cuda or cuda:N"
-    if dev.type == "cpu":
-        return None
-    if dev.type != "cuda":
-        return f"--device {value!r}: the suite runs on cpu or cuda (HIP GPUs are cuda in torch), not {dev.type}"
-    gpus = devices.gpu_count()
-    if not gpus:
-        return f"--device {value!r}: no CUDA/HIP GPU is visible to torch {torch.__version__}"
-    if dev.index is not None and dev.index >= gpus:
-        return f"--device {value!r}: only {gpus} GPU(s) visible (cuda:0..cuda:{gpus - 1})"
-    return None
+    return device_error(value, devices.gpu_count, f"torch {torch.__version__}")
 
 
 def usage_error(args) -> str | None:

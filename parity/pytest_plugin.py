@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -96,17 +95,17 @@ def _driver_gpu_count() -> int | None:
 
 
 def _controller_device_error(value: str) -> str | None:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
-        return f"--device {value!r} is not a device the suite runs on: expected cpu, cuda or cuda:N"
-    if value == "cpu":
-        return None
-    gpus = _driver_gpu_count()
-    if gpus is None:  # no driver library to ask: torch's answer, at torch's cost
-        return _device_error(value)
-    if not gpus:
-        return f"--device {value!r}: no CUDA/HIP GPU is visible to this process"
-    index = int(value.partition(":")[2] or 0)
-    return f"--device {value!r}: only {gpus} GPU(s) visible (cuda:0..cuda:{gpus - 1})" if index >= gpus else None
+    from parity.device_names import device_error
+
+    def gpus() -> int:
+        count = _driver_gpu_count()
+        if count is None:  # no driver library to ask: torch's answer, at torch's cost
+            from parity.devices import gpu_count
+
+            return gpu_count()
+        return count
+
+    return device_error(value, gpus, "this process")
 
 
 def _device_error(value: str) -> str | None:
