@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -190,6 +192,47 @@ def pytest_collection_finish(session):
         with devices.current(dev):
             harness.precompile(backend, wanted, devices.placement(dev),
                                threads=max(1, (os.cpu_count() or 1) // workers), share=share)
+
+
+# hypothesis' pytest plugin (installed wherever hypothesis is) imports the whole hypothesis package in
+# its terminal summary, in every process, whether or not a test used it: 1.2-2.5 s at the end of each
+# run on the H100 machine, paid after the last cell, and in series (workers, then the controller) under
+# xdist. A process that never imported hypothesis ran no hypothesis test and wrote no observation, so
+# that summary has nothing to say there; the xdist controller cannot know (its workers ran the tests),
+# but it sits idle while they run and can import hypothesis meanwhile.
+HYPOTHESIS_PLUGIN = "hypothesispytest"
+_hypothesis_import: threading.Thread | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    global _hypothesis_import
+    config = session.config
+    if (matrix_wanted(config) and _xdist_controller(config) and "hypothesis" not in sys.modules
+            and config.pluginmanager.get_plugin(HYPOTHESIS_PLUGIN) is not None):
+        _hypothesis_import = threading.Thread(target=_import_quietly, args=("hypothesis",),
+                                              name="parity-hypothesis-import", daemon=True)
+        _hypothesis_import.start()
+
+
+@pytest.hookimpl(tryfirst=True)  # inside the terminal reporter's wrapper: before its summary hooks run
+def pytest_sessionfinish(session):
+    config = session.config
+    if not matrix_wanted(config):
+        return
+    if _hypothesis_import is not None:
+        _hypothesis_import.join(timeout=120)
+    elif not _xdist_controller(config) and "hypothesis" not in sys.modules:
+        plugin = config.pluginmanager.get_plugin(HYPOTHESIS_PLUGIN)
+        if plugin is not None:
+            config.pluginmanager.unregister(plugin)
+
+
+def _import_quietly(name: str) -> None:
+    try:
+        __import__(name)
+    except Exception:  # noqa: BLE001  (the summary that needs it imports it again and reports)
+        pass
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,5 +1,7 @@
 """The pytest plugin as a user meets it: installed with the package, run from a directory that is
 not this checkout, with the backend given as ``--backend X`` or ``--backend=X``."""
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -84,3 +86,63 @@ def test_installed_package_brings_the_plugin(tmp_path, user_repo):
         proc = _pytest(python, user_repo, "-m", "parity", *args, "-k", "stage1-padded")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         assert proc.stdout.splitlines()[-1].startswith("16 passed"), proc.stdout[-500:]
+
+
+# Records, in the process it names, whether hypothesis is imported when the terminal summary starts
+# (before hypothesis' own summary hook, which imports it) and whether hypothesis' plugin is still there.
+HYPOTHESIS_PROBE = textwrap.dedent('''
+    import json, os, sys
+    import pytest
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_terminal_summary(config):
+        me = os.environ.get("PYTEST_XDIST_WORKER", "controller" if getattr(config.option, "dist", "no") != "no"
+                            else "main")
+        with open(os.environ["PROBE_OUT"], "a") as f:
+            f.write(json.dumps({"process": me, "imported": "hypothesis" in sys.modules,
+                                "plugin": config.pluginmanager.get_plugin("hypothesispytest") is not None}) + "\\n")
+''')
+needs_hypothesis = pytest.mark.skipif(importlib.util.find_spec("hypothesis") is None
+                                      or importlib.util.find_spec("xdist") is None,
+                                      reason="hypothesis and pytest-xdist not installed")
+
+
+def _probe(user_repo, tmp_path, *args):
+    (user_repo / "hypothesis_probe.py").write_text(HYPOTHESIS_PROBE)
+    out = tmp_path / "probe.jsonl"
+    os.environ["PROBE_OUT"] = str(out)
+    try:
+        proc = _pytest(sys.executable, user_repo, "-p", "hypothesis_probe", "-m", "parity", "--backend", "torch",
+                       "-k", "fused-exact-B1-n1", *args)
+    finally:
+        del os.environ["PROBE_OUT"]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return {r["process"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+
+@needs_hypothesis
+def test_a_run_without_hypothesis_tests_does_not_import_it_at_the_end(user_repo, tmp_path):
+    seen = _probe(user_repo, tmp_path)
+    assert seen["main"] == {"process": "main", "imported": False, "plugin": False}
+
+
+@needs_hypothesis
+def test_a_run_that_used_hypothesis_keeps_its_summary(user_repo, tmp_path):
+    (user_repo / "test_prop.py").write_text(textwrap.dedent('''
+        import pytest
+        from hypothesis import given, strategies as st
+
+        @pytest.mark.parity
+        @given(st.integers())
+        def test_prop(x):
+            assert x == x
+    '''))
+    seen = _probe(user_repo, tmp_path, "-k", "fused-exact-B1-n1 or test_prop")
+    assert seen["main"] == {"process": "main", "imported": True, "plugin": True}
+
+
+@needs_hypothesis
+def test_xdist_controller_imports_hypothesis_while_workers_run(user_repo, tmp_path):
+    seen = _probe(user_repo, tmp_path, "-n", "1")
+    assert seen["controller"] == {"process": "controller", "imported": True, "plugin": True}
+    assert seen["gw0"]["imported"] is False and seen["gw0"]["plugin"] is False
