@@ -9,7 +9,6 @@ from parity.backends.base import PATHS, Backend, SimpleBackend, load_backend, re
 _LAZY = {
     "torch": "parity.backends.torch_ref:make_backend",
     "triton": "parity.backends.triton_kernels:make_backend",
-    "triton:mma": "parity.backends.triton_kernels:make_mma_sum_backend",
     "aiter": "parity.backends.aiter:make_backend",
     "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
     "aiter:varctx": "parity.backends.aiter:make_varctx_backend",

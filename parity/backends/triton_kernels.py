@@ -57,12 +57,11 @@ class TritonBackend(SimpleBackend):
     fewer where the compiled kernel does not fit that many per multiprocessor) persistent programs sharing
     the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
     (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
-    ('auto', 'fp8', 'fp16', 'fp32', 'decode'); ``head_sum`` of the fused paths: 'fma' (float32 on the
-    CUDA cores) or 'mma' (a second dot, relu(s) rounded to bf16: fewer instructions, less exact)."""
+    ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 3, num_warps: int = 4,
                  num_stages: int = 3, flat: bool = True, max_dot_n: int = 128,
-                 upcast: str = "auto", head_sum: str = "fma"):
+                 upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
@@ -75,11 +74,9 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
-        if head_sum not in ("fma", "mma"):
-            raise ValueError(f"head_sum must be 'fma' or 'mma', got {head_sum!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
                          num_stages=num_stages, flat=flat, max_dot_n=max_dot_n,
-                         upcast=upcast, head_sum=head_sum)
+                         upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
         self._resident: dict = {}  # compiled-kernel key -> programs that fit on the device at once
@@ -137,7 +134,7 @@ class TritonBackend(SimpleBackend):
             FLAT=o["flat"] and path == "preshuffle" and bs >= o["block_t"],
             EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
-            PER_ROW=inputs.context_lens_2d is not None, MMA_SUM=o["head_sum"] == "mma" and not stage1,
+            PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
         programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))
@@ -181,10 +178,3 @@ import triton  # noqa: E402  (after INTERPRETED is read; the kernel module impor
 
 def make_backend(**options) -> TritonBackend:
     return TritonBackend(**options)
-
-
-def make_mma_sum_backend(**options) -> TritonBackend:
-    """``triton:mma``: the heads summed on the tensor cores (a row of its own in the benchmark)."""
-    backend = TritonBackend(**{"head_sum": "mma", **options})
-    backend.name = "triton:mma"
-    return backend

@@ -25,13 +25,6 @@ of 16-byte runs. Gathered row by row instead, the preshuffled tile ran 1.45x slo
 an H100 (48 against 33 us at the bar's shape); copied flat, both run alike. The backend uses it for the
 preshuffled layout only: plain rows are contiguous already, and the pass through registers made the
 plain tile slower (41.5 against 33.4 us).
-
-The head sum runs on the CUDA cores in float32 (relu, weight, add: about three instructions per logit
-and head, as much issue time as the fp8 products take on the tensor cores at next_n = 4). ``MMA_SUM``
-moves it to the tensor cores instead: relu(s) rounded to bf16, times the weights laid out block-diagonally
-(column j holds row j's heads) and split into bf16 hi + lo parts so that only relu(s) is rounded. That
-costs up to 2**-8 of each term (inside the suite's tolerance, which scales with the summed terms, but
-not exact): an option of the backend (``head_sum='mma'``, ``triton:mma``), not its default.
 """
 from __future__ import annotations
 
@@ -124,16 +117,6 @@ def _rows_q(q_ptr, w_ptr, row0, g, d, c, NEXT_N: tl.constexpr, H: tl.constexpr, 
 
 
 @triton.jit
-def _weights_block_diag(w, c, BLOCK_H: tl.constexpr):
-    """``(RD * BLOCK_H, 16)`` bf16 operands ``hi + lo`` with column j holding row j's weights (w[c] where
-    c // BLOCK_H == j, else 0): the split keeps 16 bits of each weight's mantissa."""
-    on = (c // BLOCK_H)[:, None] == tl.arange(0, 16)[None, :]
-    hi = tl.where(on, w[:, None], 0.0).to(tl.bfloat16)
-    lo = (tl.where(on, w[:, None], 0.0) - hi.to(tl.float32)).to(tl.bfloat16)
-    return hi, lo
-
-
-@triton.jit
 def _row_limit(lens_b, causal0, i, NEXT_N: tl.constexpr, PER_ROW: tl.constexpr):
     """Valid positions of speculative rows ``i``: each row's own length (2-D context_lens), or the
     causal diagonal ``context_len - next_n + 1 + i``."""
@@ -145,32 +128,15 @@ def _row_limit(lens_b, causal0, i, NEXT_N: tl.constexpr, PER_ROW: tl.constexpr):
 @triton.jit
 def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, g, c, NEXT_N: tl.constexpr,
               H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, RD: tl.constexpr,
-              STAGE1: tl.constexpr, PER_ROW: tl.constexpr, w_hi, w_lo, MMA_SUM: tl.constexpr,
-              UPCAST: tl.constexpr):
+              STAGE1: tl.constexpr, PER_ROW: tl.constexpr):
     """relu, weights, (fused) head sum and the masked store of one row group's dot ``s`` (stored in the
-    output's dtype: float32, or bf16). ``MMA_SUM``: the head sum as a second dot, relu(s) in bf16 against
-    the block-diagonal weights ``w_hi + w_lo`` (see the module docstring)."""
+    output's dtype: float32, or bf16)."""
     if STAGE1:
         ci, ch = g * RD + c // BLOCK_H, c % BLOCK_H
         v = tl.maximum(s * scale[:, None], 0.0) * w[None, :]
         v = tl.where(t[:, None] < _row_limit(lens_b, causal0, ci, NEXT_N, PER_ROW)[None, :], v, float("-inf"))
         ptrs = out_b + ch[None, :].to(tl.int64) * stride_oh + ci[None, :] * stride_or + t[:, None]
         tl.store(ptrs, v, mask=(t < end)[:, None] & ((ci < NEXT_N) & (ch < H))[None, :])
-    elif MMA_SUM:
-        if UPCAST == 2:  # the interpreter, whose bf16 dot is wrong (Triton 3.9): the same operands in fp32
-            p = tl.maximum(s.to(tl.bfloat16).to(tl.float32), 0.0)
-            logit = tl.dot(p, w_lo.to(tl.float32), tl.dot(p, w_hi.to(tl.float32), input_precision="ieee"),
-                           input_precision="ieee")
-        else:
-            p = tl.maximum(s.to(tl.bfloat16), 0.0)
-            logit = tl.dot(p, w_lo, tl.dot(p, w_hi))
-        logit = logit * scale[:, None]  # (BLOCK_T, 16): column j is row g * RD + j
-        j = tl.arange(0, 16)
-        i = g * RD + j
-        ptrs = out_b + i[None, :] * stride_or + t[:, None]
-        lim = _row_limit(lens_b, causal0, i, NEXT_N, PER_ROW)
-        tl.store(ptrs, tl.where(t[:, None] < lim[None, :], logit, float("-inf")),
-                 mask=(t[:, None] < end) & ((j < RD) & (i < NEXT_N))[None, :])
     else:
         x = tl.reshape(tl.maximum(s, 0.0) * w[None, :], (BLOCK_T, RD, BLOCK_H))
         logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, RD)
@@ -188,7 +154,7 @@ def paged_mqa_logits_kernel(
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
-    GROUPS: tl.constexpr, PER_ROW: tl.constexpr, MMA_SUM: tl.constexpr,
+    GROUPS: tl.constexpr, PER_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
@@ -214,11 +180,6 @@ def paged_mqa_logits_kernel(
         q1, w1 = q0, w0
         if GROUPS > 1:
             q1, w1 = _rows_q(q_ptr, w_ptr, row0, 1, d, c, NEXT_N, H, D, BLOCK_H, RD, UPCAST, EXP_BIAS)
-        w0_hi, w0_lo, w1_hi, w1_lo = w0, w0, w1, w1
-        if MMA_SUM:
-            w0_hi, w0_lo = _weights_block_diag(w0, c, BLOCK_H)
-            if GROUPS > 1:
-                w1_hi, w1_lo = _weights_block_diag(w1, c, BLOCK_H)
         out_b = out_ptr + row0 * stride_or
         lens_b = lens_ptr + row0  # per-row lengths (PER_ROW only)
         causal0 = ctx - NEXT_N + 1  # row i sees t < causal0 + i
@@ -231,8 +192,8 @@ def paged_mqa_logits_kernel(
             t = t0 + tl.arange(0, BLOCK_T)
             s = tl.dot(k, q0)  # (BLOCK_T, RD * BLOCK_H)
             _rows_out(s, w0, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, 0, c, NEXT_N, H, BLOCK_H,
-                      BLOCK_T, RD, STAGE1, PER_ROW, w0_hi, w0_lo, MMA_SUM, UPCAST)
+                      BLOCK_T, RD, STAGE1, PER_ROW)
             if GROUPS > 1:  # the same key tile, the other half of the rows: half the accumulator registers
                 s = tl.dot(k, q1)
                 _rows_out(s, w1, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, 1, c, NEXT_N, H,
-                          BLOCK_H, BLOCK_T, RD, STAGE1, PER_ROW, w1_hi, w1_lo, MMA_SUM, UPCAST)
+                          BLOCK_H, BLOCK_T, RD, STAGE1, PER_ROW)
