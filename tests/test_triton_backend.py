@@ -69,3 +69,16 @@ def test_cpu_without_interpreter_is_unsupported():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "TRITON_INTERPRET" in out.stdout
+
+
+@pytest.mark.parametrize("batch, mml, programs", [(1, 512, 2), (2, 512, 4), (5, 512, 6)])
+def test_few_tiles_get_fewer_programs(batch, mml, programs):
+    """Each program should get at least 4 tiles of 64 tokens (its q load paid back), with at least one
+    program per multiprocessor (2 on the CPU) and at most ctas_per_sm (3) per multiprocessor."""
+    case = IndexerCase(batch=batch, next_n=2, max_model_len=mml, block_size=64)
+    inputs = build_inputs(case, "cpu")
+    out = torch.empty(batch * 2, mml)
+    grid, *_ = load_backend("triton")._launch("fused", inputs, out)
+    assert grid == (programs,)
+    grid, *_ = load_backend("triton", programs=7)._launch("fused", inputs, out)
+    assert grid == (min(7, batch * mml // 64),)

@@ -52,9 +52,16 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
     return max(1, min(by_regs, by_smem, by_warps))
 
 
+# A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): over fewer
+# tiles than this that load is not paid back. B8-n2-ctx8192 on an H100 (8 x 128 tiles of 64 tokens):
+# 7.7 us with 2 programs per SM (3.9 tiles each), 8.2 us with 3 (2.6 tiles), 8.2-8.4 us with 1.
+MIN_TILES_PER_PROGRAM = 4
+
+
 class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors,
-    fewer where the compiled kernel does not fit that many per multiprocessor) persistent programs sharing
+    fewer where the compiled kernel does not fit that many per multiprocessor or where a program would get
+    fewer than ``MIN_TILES_PER_PROGRAM`` tiles, but never fewer than one per multiprocessor) persistent programs sharing
     the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
     (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
     ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
@@ -137,7 +144,8 @@ class TritonBackend(SimpleBackend):
             PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
-        programs = o["programs"] or self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device))
+        programs = o["programs"] or min(self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device)),
+                                        max(_num_sms(inputs.device), n_tiles // MIN_TILES_PER_PROGRAM))
         args = (q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
