@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default="2,3,4")
     p.add_argument("--flat", default="1", help="preshuffle: 0: key tiles copied row by row; 1: as contiguous runs")
     p.add_argument("--upcast", default="auto")
-    p.add_argument("--tma", default="auto", help="auto, 0, 1 or a list: key tiles through TMA descriptors")
     p.add_argument("--max-dot-n", default="128", help="columns (rows x heads) above which the rows go through two dots")
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--top", type=int, default=14, help="rows printed, best first")
@@ -71,12 +70,12 @@ def main(argv=None) -> int:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
-    for bt, ctas, warps, stages, flat, up, dot_n, tma in itertools.product(
+    for bt, ctas, warps, stages, flat, up, dot_n in itertools.product(
             ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.flat),
-            args.upcast.split(","), ints(args.max_dot_n), args.tma.split(",")):
-        name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} {up} n{dot_n} tma-{tma}"
+            args.upcast.split(","), ints(args.max_dot_n)):
+        name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} {up} n{dot_n}"
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
-                          flat=bool(flat), upcast=up, max_dot_n=dot_n, tma=None if tma == "auto" else tma == "1")
+                          flat=bool(flat), upcast=up, max_dot_n=dot_n)
         res, regs = [], []
         for path in ("fused", "preshuffle"):
             try:

@@ -33,7 +33,6 @@ VARIANTS = [
     {"flat": False},  # key tiles gathered row by row even where a tile sits in one block
     {"num_stages": 1, "block_t": 32},  # no multi-buffering
     {"max_dot_n": 16},  # speculative rows split over two dots
-    {"tma": True, "block_t": 16},  # key tiles through tensor descriptors (the interpreter has them too)
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 
@@ -83,21 +82,3 @@ def test_few_tiles_get_fewer_programs(batch, mml, programs):
     assert grid == (programs,)
     grid, *_ = load_backend("triton", programs=7)._launch("fused", inputs, out)
     assert grid == (min(7, batch * mml // 64),)
-
-
-def test_tma_asked_for_on_a_layout_it_cannot_copy_is_an_error():
-    case = next(c for c in CASES if c.block_size == 16)
-    inputs = build_inputs(case, "cpu")
-    out = torch.empty(case.batch * case.next_n, case.max_model_len)
-    with pytest.raises(ValueError, match="tma=True: block_size 16 does not hold whole tiles of 64 tokens"):
-        load_backend("triton", tma=True)._launch("fused", inputs, out)
-
-
-@pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability() < (9, 0) or torch.version.hip is not None,
-                    reason="TMA: NVIDIA compute capability 9.0 or later")
-def test_tma_is_the_default_on_hopper_where_the_layout_allows():
-    for case in (CASES[0], next(c for c in CASES if c.block_size == 16)):
-        inputs = build_inputs(case, DEVICE)
-        out = torch.empty(case.batch * case.next_n, case.max_model_len, device=DEVICE)
-        _, _, consts, _ = load_backend("triton")._launch("fused", inputs, out)
-        assert consts["TMA"] is (case.block_size >= 64), case.id

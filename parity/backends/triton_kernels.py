@@ -52,43 +52,6 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
     return max(1, min(by_regs, by_smem, by_warps))
 
 
-def tma_reason(device: torch.device | None, cache: torch.Tensor, block_t: int) -> str | None:
-    """Why key tiles of ``cache`` ``(blocks, block_size, 1, D + 4)`` cannot be copied by TMA, or None: it
-    needs an NVIDIA GPU of compute capability 9 or later (not asked when ``device`` is None), one cache
-    block holding whole tiles, and 16-byte aligned rows, tiles and scales (a descriptor's base, strides
-    and box)."""
-    if device is not None:
-        if INTERPRETED or device.type != "cuda" or torch.version.hip:
-            return "TMA is an NVIDIA GPU unit"
-        if torch.cuda.get_device_capability(device) < (9, 0):
-            return "TMA needs compute capability 9.0 or later"
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:
-        return "this Triton has no tensor descriptors"
-    bs, width = cache.shape[1], cache.shape[-1]
-    d = width - 4
-    if bs < block_t or bs % block_t:
-        return f"block_size {bs} does not hold whole tiles of {block_t} tokens"
-    if d % 16 or d > 256 or (bs * width) % 16 or cache.data_ptr() % 16:
-        return f"head_dim {d}, block bytes {bs * width} or the cache's address is not 16-byte aligned"
-    return None
-
-
-def _descriptors(cache: torch.Tensor, dtype: torch.dtype, block_t: int):
-    """TMA descriptors of a contiguous cache ``(blocks, block_size, 1, D + 4)``: keys as ``(blocks, block_size,
-    D)`` bytes in tiles of ``(1, block_t, D)``, scales as ``(blocks, block_size)`` float32 in ``(1, block_t)``;
-    both step over whole blocks (keys, then scales, per block)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    blocks, bs, _, width = cache.shape
-    d, block_bytes = width - 4, bs * width
-    rows = cache.view(torch.uint8).view(blocks, block_bytes)
-    keys = TensorDescriptor(rows.view(dtype), [blocks, bs, d], [block_bytes, d, 1], [1, block_t, d])
-    scales = rows.view(torch.float32)[:, bs * d // 4:]
-    return keys, TensorDescriptor(scales, [blocks, bs], [block_bytes // 4, 1], [1, block_t])
-
-
 # A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): over fewer
 # tiles than this that load is not paid back. B8-n2-ctx8192 on an H100 (8 x 128 tiles of 64 tokens):
 # 7.7 us with 2 programs per SM (3.9 tiles each), 8.2 us with 3 (2.6 tiles), 8.2-8.4 us with 1.
@@ -101,12 +64,11 @@ class TritonBackend(SimpleBackend):
     fewer than ``MIN_TILES_PER_PROGRAM`` tiles, but never fewer than one per multiprocessor) persistent programs sharing
     the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
     (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
-    ('auto', 'fp8', 'fp16', 'fp32', 'decode'); ``tma``: key tiles copied by the Tensor Memory Accelerator
-    through descriptors of the cache (None: wherever :func:`tma_reason` finds nothing against it)."""
+    ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 3, num_warps: int = 4,
                  num_stages: int = 3, flat: bool = True, max_dot_n: int = 128,
-                 upcast: str = "auto", tma: bool | None = None):
+                 upcast: str = "auto"):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
@@ -121,7 +83,7 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
                          num_stages=num_stages, flat=flat, max_dot_n=max_dot_n,
-                         upcast=upcast, tma=tma)
+                         upcast=upcast)
         self.info.update(self.opts)
         self.last_launch = None
         self._resident: dict = {}  # compiled-kernel key -> programs that fit on the device at once
@@ -163,8 +125,7 @@ class TritonBackend(SimpleBackend):
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
-        flat_cache = cache.contiguous()
-        flat = flat_cache.view(-1)
+        flat = cache.contiguous().view(-1)
         keys = flat.view(as_dtype)
         scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
         q = inputs.q_fp8.contiguous().view(as_dtype)
@@ -182,11 +143,6 @@ class TritonBackend(SimpleBackend):
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
-        if o["tma"] and (why := tma_reason(None, flat_cache, o["block_t"])):  # asked for (the device is the user's call)
-            raise ValueError(f"tma=True: {why}")
-        consts["TMA"] = o["tma"] if o["tma"] is not None else tma_reason(inputs.device, flat_cache, o["block_t"]) is None
-        if consts["TMA"]:
-            keys, scales = _descriptors(flat_cache, as_dtype, o["block_t"])
         key = (str(inputs.device), *consts.items())
         programs = o["programs"] or min(self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device)),
                                         max(_num_sms(inputs.device), n_tiles // MIN_TILES_PER_PROGRAM))
@@ -209,9 +165,8 @@ class TritonBackend(SimpleBackend):
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
         (tensors by dtype and 16-byte alignment, integers by == 1 and divisibility by 16)."""
         _, args, consts, _ = self._launch(path, inputs, out)
-        spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
-                     else (a == 1, a % 16 == 0) if isinstance(a, int)
-                     else (type(a).__name__, str(a.base.dtype), tuple(a.block_shape)) for a in args)
+        spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0)
+                     for a in args)
         return tuple(consts.items()), spec
 
     def precompile(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:

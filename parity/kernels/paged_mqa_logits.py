@@ -25,11 +25,6 @@ of 16-byte runs. Gathered row by row instead, the preshuffled tile ran 1.45x slo
 an H100 (48 against 33 us at the bar's shape); copied flat, both run alike. The backend uses it for the
 preshuffled layout only: plain rows are contiguous already, and the pass through registers made the
 plain tile slower (41.5 against 33.4 us).
-
-With ``TMA`` (NVIDIA sm90+, a cache block holding whole tiles) ``k_ptr`` and ``scale_ptr`` are tensor
-descriptors and a tile is one bulk copy of the Tensor Memory Accelerator instead of per-thread
-``cp.async`` copies: a bare read of the same bytes ran 6-7 % faster that way on an H100 (B64-n2-ctx8192
-27.4 against 29.2 us). It copies whole tiles; tokens past the context come in too and are never stored.
 """
 from __future__ import annotations
 
@@ -79,40 +74,32 @@ def _tile_blocks(table_row_ptr, t0, table_cols, BS: tl.constexpr, BLOCK_T: tl.co
 
 @triton.jit
 def _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D: tl.constexpr, BS: tl.constexpr,
-              BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr, TMA: tl.constexpr):
+              BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr):
     """``(BLOCK_T, D)`` keys and ``(BLOCK_T,)`` fp32 scales of tokens ``t0 + [0, BLOCK_T)`` in blocks ``blk``
-    (zeros past ``end``, except through TMA). Preshuffled blocks hold 16-token groups stored as (d // 16, t % 16, d % 16)."""
-    if TMA:  # k_ptr, scale_ptr: descriptors of the keys (blocks, BS, D) and the scales (blocks, BS);
-        # a whole tile is copied, tokens past ``end`` included (their logits are never stored)
-        k = tl.reshape(k_ptr.load([blk, t0 % BS, 0]), (BLOCK_T, D))
+    (zeros past ``end``). Preshuffled blocks hold 16-token groups stored as (d // 16, t % 16, d % 16)."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    blk = blk.to(tl.int64)
+    j = t % BS
+    if FLAT:
+        i = tl.arange(0, BLOCK_T * D)
+        if PRESHUFFLE:
+            tok = t0 + (i // (16 * D)) * 16 + (i // 16) % 16
+        else:
+            tok = t0 + i // D
+        k = tl.load(k_ptr + blk * block_bytes + (t0 % BS) * D + i, mask=tok < end, other=0.0)
         if PRESHUFFLE:
             k = tl.permute(tl.reshape(k, (BLOCK_T // 16, D // 16, 16, 16)), (0, 2, 1, 3))
-            k = tl.reshape(k, (BLOCK_T, D))
-        scale = tl.reshape(scale_ptr.load([blk, t0 % BS]), (BLOCK_T,))
+        k = tl.reshape(k, (BLOCK_T, D))
     else:
-        t = t0 + tl.arange(0, BLOCK_T)
-        blk = blk.to(tl.int64)
-        j = t % BS
-        if FLAT:
-            i = tl.arange(0, BLOCK_T * D)
-            if PRESHUFFLE:
-                tok = t0 + (i // (16 * D)) * 16 + (i // 16) % 16
-            else:
-                tok = t0 + i // D
-            k = tl.load(k_ptr + blk * block_bytes + (t0 % BS) * D + i, mask=tok < end, other=0.0)
-            if PRESHUFFLE:
-                k = tl.permute(tl.reshape(k, (BLOCK_T // 16, D // 16, 16, 16)), (0, 2, 1, 3))
-            k = tl.reshape(k, (BLOCK_T, D))
+        d = tl.arange(0, D)
+        if PRESHUFFLE:
+            row = blk * block_bytes + (j // 16) * (16 * D) + (j % 16) * 16
+            col = tl.max_contiguous(tl.multiple_of((d // 16) * 256 + d % 16, 16), 16)
         else:
-            d = tl.arange(0, D)
-            if PRESHUFFLE:
-                row = blk * block_bytes + (j // 16) * (16 * D) + (j % 16) * 16
-                col = tl.max_contiguous(tl.multiple_of((d // 16) * 256 + d % 16, 16), 16)
-            else:
-                row = blk * block_bytes + j * D
-                col = d
-            k = tl.load(k_ptr + row[:, None] + col[None, :], mask=(t < end)[:, None], other=0.0)
-        scale = tl.load(scale_ptr + blk * (block_bytes // 4) + scale_base + j, mask=t < end, other=0.0)
+            row = blk * block_bytes + j * D
+            col = d
+        k = tl.load(k_ptr + row[:, None] + col[None, :], mask=(t < end)[:, None], other=0.0)
+    scale = tl.load(scale_ptr + blk * (block_bytes // 4) + scale_base + j, mask=t < end, other=0.0)
     return k, scale
 
 
@@ -167,7 +154,7 @@ def paged_mqa_logits_kernel(
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
-    GROUPS: tl.constexpr, PER_ROW: tl.constexpr, TMA: tl.constexpr,
+    GROUPS: tl.constexpr, PER_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
@@ -200,7 +187,7 @@ def paged_mqa_logits_kernel(
             blk = blk_next
             blk_next = _tile_blocks(table_row, t0 + BLOCK_T, table_cols, BS, BLOCK_T)
             k, scale = _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D, BS, BLOCK_T,
-                                 PRESHUFFLE, FLAT, TMA)
+                                 PRESHUFFLE, FLAT)
             k = _to_dot(k, UPCAST, EXP_BIAS)
             t = t0 + tl.arange(0, BLOCK_T)
             s = tl.dot(k, q0)  # (BLOCK_T, RD * BLOCK_H)

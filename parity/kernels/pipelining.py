@@ -21,7 +21,7 @@ POINTERS = {"q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "w_p
             "ctx_ptr": "*i32", "lens_ptr": "*i32", "table_ptr": "*i32", "out_ptr": "*fp32"}
 # the bar's shape (H=64, D=128, block_size 64, next_n 2), fp8 dot
 BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, PRESHUFFLE=False,
-                      FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False, TMA=False)
+                      FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False)
 
 
 def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
