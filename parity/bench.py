@@ -216,14 +216,20 @@ def _fits(shape: Shape, path: str, device, sets: int) -> bool:
     return sets * per_set + shape.out_bytes(path) * 3 < 0.7 * free  # torch path temporaries
 
 
+def rotation_sets(shape: Shape, path: str) -> int:
+    """How many input sets a timing of ``shape`` rotates over: together several times any current L2 (at
+    most 8), so that no call finds its keys in the cache the call before left there."""
+    in_bytes = shape.bytes_moved("fused") - shape.out_bytes("fused")
+    return max(1, min(8, math.ceil(ROTATE_BYTES / (in_bytes + shape.out_bytes(path)))))
+
+
 def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
                 warmup_ms: float, rep_ms: float, tflops: float | None = None) -> list[dict]:
     """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors."""
     rows = []
     read_us = None
     for path in paths:
-        in_bytes = shape.bytes_moved("fused") - shape.out_bytes("fused")
-        n_sets = max(1, min(8, math.ceil(ROTATE_BYTES / (in_bytes + shape.out_bytes(path)))))
+        n_sets = rotation_sets(shape, path)
         if not _fits(shape, path, device, n_sets):
             n_sets = 1
             if not _fits(shape, path, device, 1):
