@@ -71,10 +71,10 @@ def test_cpu_without_interpreter_is_unsupported():
     assert "TRITON_INTERPRET" in out.stdout
 
 
-@pytest.mark.parametrize("batch, mml, programs", [(1, 512, 2), (2, 512, 4), (5, 512, 6)])
-def test_few_tiles_get_fewer_programs(batch, mml, programs):
-    """Each program should get at least 4 tiles of 64 tokens (its q load paid back), with at least one
-    program per multiprocessor (2 on the CPU) and at most ctas_per_sm (3) per multiprocessor."""
+@pytest.mark.parametrize("batch, mml, programs", [(1, 512, 4), (2, 512, 4), (3, 512, 6), (5, 512, 6)])
+def test_few_tiles_get_one_program_fewer_per_multiprocessor(batch, mml, programs):
+    """ctas_per_sm (3) programs per multiprocessor (2 on the CPU), one fewer where each would get fewer
+    than 4 tiles of 64 tokens (fewer than 24 tiles here); an explicit ``programs`` is taken as given."""
     case = IndexerCase(batch=batch, next_n=2, max_model_len=mml, block_size=64)
     inputs = build_inputs(case, "cpu")
     out = torch.empty(batch * 2, mml)

@@ -52,16 +52,17 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
     return max(1, min(by_regs, by_smem, by_warps))
 
 
-# A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): over fewer
-# tiles than this that load is not paid back. B8-n2-ctx8192 on an H100 (8 x 128 tiles of 64 tokens):
-# 7.7 us with 2 programs per SM (3.9 tiles each), 8.2 us with 3 (2.6 tiles), 8.2-8.4 us with 1.
+# A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): where the
+# tiles would give each of ctas_per_sm programs per SM fewer than this many, one program fewer per SM
+# runs faster. H100, next_n 2, ctx 8192, benchmark rotation (programs per SM 3 / 2 / 1, us): B4 (1.3 tiles
+# per program at 3) 5.94 / 5.54 / 5.90; B8 (2.6) 8.86 / 8.40 / 9.46; B16 (5.2) 12.26 / 12.12 / 14.42.
 MIN_TILES_PER_PROGRAM = 4
 
 
 class TritonBackend(SimpleBackend):
     """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors,
-    fewer where the compiled kernel does not fit that many per multiprocessor or where a program would get
-    fewer than ``MIN_TILES_PER_PROGRAM`` tiles, but never fewer than one per multiprocessor) persistent programs sharing
+    fewer where the compiled kernel does not fit that many per multiprocessor, one fewer per multiprocessor
+    where each would get fewer than ``MIN_TILES_PER_PROGRAM`` tiles) persistent programs sharing
     the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
     (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
     ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
@@ -144,8 +145,11 @@ class TritonBackend(SimpleBackend):
             PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
+        per_sm = o["ctas_per_sm"]
+        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * _num_sms(inputs.device):
+            per_sm -= 1
         programs = o["programs"] or min(self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device)),
-                                        max(_num_sms(inputs.device), n_tiles // MIN_TILES_PER_PROGRAM))
+                                        per_sm * _num_sms(inputs.device))
         args = (q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
