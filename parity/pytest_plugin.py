@@ -217,11 +217,13 @@ def pytest_sessionstart(session):
 
 @pytest.hookimpl(tryfirst=True)  # inside the terminal reporter's wrapper: before its summary hooks run
 def pytest_sessionfinish(session):
+    global _hypothesis_import
     config = session.config
     if not matrix_wanted(config):
         return
     if _hypothesis_import is not None:
         _hypothesis_import.join(timeout=120)
+        _hypothesis_import = None  # a later session in this process (pytester) starts afresh
     elif not _xdist_controller(config) and "hypothesis" not in sys.modules:
         plugin = config.pluginmanager.get_plugin(HYPOTHESIS_PLUGIN)
         if plugin is not None:
