@@ -145,11 +145,10 @@ class TritonBackend(SimpleBackend):
             PER_ROW=inputs.context_lens_2d is not None,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         key = (str(inputs.device), *consts.items())
-        per_sm = o["ctas_per_sm"]
-        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * _num_sms(inputs.device):
+        sms, per_sm = _num_sms(inputs.device), o["ctas_per_sm"]
+        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
             per_sm -= 1
-        programs = o["programs"] or min(self._resident.get(key, o["ctas_per_sm"] * _num_sms(inputs.device)),
-                                        per_sm * _num_sms(inputs.device))
+        programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
         args = (q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
