@@ -44,10 +44,9 @@ def pytest_configure(config):
         return
     if _xdist_controller(config):
         # The controller runs no test: importing torch here (seconds with a CUDA build) would only
-        # delay the start of the workers, so it checks --device with the driver alone.
-        for value in config.getoption("--device") or ():
-            if (why := _controller_device_error(value)) is not None:
-                raise pytest.UsageError(why)
+        # delay the start of the workers, so it checks --device with the driver alone, and even that
+        # (cuInit: 0.45 s on an H100 host) runs beside the start of the workers (pytest_sessionstart).
+        _start_controller_device_check(config)
         return
     import torch
 
@@ -94,6 +93,48 @@ def _driver_gpu_count() -> int | None:
             return 0  # e.g. CUDA_VISIBLE_DEVICES="" or no device: the driver reports an error
         return n.value
     return None
+
+
+_DEVICE_CHECK = pytest.StashKey[tuple]()
+
+
+def _start_controller_device_check(config) -> None:
+    """Judges the form of each --device now, and on a thread the GPUs it names (the driver's count)."""
+    from parity.device_names import device_error
+
+    gpu_values = []
+    for value in config.getoption("--device") or ():
+        if (why := device_error(value, lambda: 1 << 30, "")) is not None:  # the form alone: any index passes
+            raise pytest.UsageError(why)
+        if value != "cpu":
+            gpu_values.append(value)
+    if not gpu_values:
+        return
+    found: list[str] = []
+
+    def check() -> None:
+        try:
+            found.extend(why for v in gpu_values if (why := _controller_device_error(v)) is not None)
+        except Exception as exc:  # noqa: BLE001  (the workers check again with torch)
+            found.append(f"--device: the GPU count could not be read: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=check, name="parity-device-check", daemon=True)
+    thread.start()
+    config.stash[_DEVICE_CHECK] = (thread, found)
+
+
+def _finish_controller_device_check(session) -> None:
+    """After xdist has started its workers: a --device the driver rejects stops them and the run."""
+    thread, found = session.config.stash.get(_DEVICE_CHECK, (None, None))
+    if thread is None:
+        return
+    thread.join()
+    del session.config.stash[_DEVICE_CHECK]
+    if found:
+        dsession = session.config.pluginmanager.get_plugin("dsession")
+        if dsession is not None:
+            dsession.pytest_sessionfinish()  # its own shutdown of the workers it has started
+        raise pytest.UsageError(found[0])
 
 
 def _controller_device_error(value: str) -> str | None:
@@ -204,7 +245,7 @@ HYPOTHESIS_PLUGIN = "hypothesispytest"
 _hypothesis_import: threading.Thread | None = None
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionstart(session):
     global _hypothesis_import
     config = session.config
@@ -213,6 +254,9 @@ def pytest_sessionstart(session):
         _hypothesis_import = threading.Thread(target=_import_quietly, args=("hypothesis",),
                                               name="parity-hypothesis-import", daemon=True)
         _hypothesis_import.start()
+    result = yield  # xdist's controller starts its workers here
+    _finish_controller_device_check(session)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)  # inside the terminal reporter's wrapper: before its summary hooks run

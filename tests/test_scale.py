@@ -114,6 +114,42 @@ def test_the_xdist_controller_imports_no_torch_and_checks_the_device_by_the_driv
     assert bad.returncode == 4 and "--device 'cuda:2': only 2 GPU(s) visible" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_the_controllers_driver_check_runs_while_its_workers_start(tmp_path):
+    """cuInit takes the controller 0.45 s on an H100 host: the workers must not wait for it, and a
+    --device it rejects must still stop the run with that message (and exit 4)."""
+    (tmp_path / "slow_driver.py").write_text(textwrap.dedent('''
+        import json, os, time
+        import parity.pytest_plugin as plugin
+
+        def slow_count():
+            time.sleep(1.5)
+            with open(os.environ["PROBE_OUT"] + ".driver", "w") as f:
+                json.dump(time.time(), f)
+            return 2
+
+        plugin._driver_gpu_count = slow_count  # the probe loads before the parity plugin configures
+
+        def pytest_xdist_setupnodes(config, specs):
+            with open(os.environ["PROBE_OUT"] + ".spawn", "w") as f:
+                json.dump(time.time(), f)
+    '''))
+    probe = tmp_path / "probe"
+    env = _env(**{"PROBE_OUT": str(probe), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(CHECKOUT)])})
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "slow_driver", *_plugin_args(),
+            "-n", "2", "-m", "parity", "--backend", "torch"]
+    bad = subprocess.run([*base, "--device", "cuda:2"], cwd=CHECKOUT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 4 and "--device 'cuda:2': only 2 GPU(s) visible" in bad.stderr, bad.stderr[-2000:]
+    assert Path(f"{probe}.spawn").exists(), "the controller waited for the driver before it set up any worker"
+    spawned = json.loads(Path(f"{probe}.spawn").read_text())
+    checked = json.loads(Path(f"{probe}.driver").read_text())
+    assert spawned < checked - 0.5, f"workers set up {checked - spawned:.2f} s before the driver answered"
+    malformed = subprocess.run([*base, "--device", "gpu0"], cwd=CHECKOUT, env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert malformed.returncode == 4 and "expected cpu, cuda or cuda:N" in malformed.stderr
+    assert "bringing up nodes" not in malformed.stdout, "a malformed --device is refused before any worker starts"
+
+
 def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypatch):
     monkeypatch.setenv(devices.FAKE_ENV, "3")
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw4")
