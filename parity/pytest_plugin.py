@@ -48,6 +48,11 @@ def pytest_configure(config):
         # (cuInit: 0.45 s on an H100 host) runs beside the start of the workers (pytest_sessionstart).
         _start_controller_device_check(config)
         return
+    gpu_values = [v for v in config.getoption("--device") or ["cuda"] if v.startswith("cuda")]
+    if matrix_wanted(config) and gpu_values and not os.environ.get("PARITY_FAKE_GPUS"):
+        # cuInit and the GPU's context (0.45 s and more on an H100 host) while torch imports (seconds):
+        # ctypes lets go of the GIL, and torch later finds the driver up and the context made.
+        threading.Thread(target=_open_gpu_early, args=(gpu_values[0],), name="parity-cuda-init", daemon=True).start()
     import torch
 
     # Triton decides at decoration time whether to interpret; without a GPU the interpreter is
@@ -74,6 +79,30 @@ def pytest_configure(config):
 def _xdist_controller(config) -> bool:
     """This process hands the tests to xdist workers (``-n N``, N > 0) and runs none itself."""
     return not os.environ.get("PYTEST_XDIST_WORKER") and (getattr(config.option, "dist", "no") or "no") != "no"
+
+
+def _open_gpu_early(device: str) -> int | None:
+    """Initializes the CUDA driver and retains the primary context of the GPU this process will run
+    ``device`` on (an xdist worker's own GPU for ``cuda``, see parity.devices.worker_device); the
+    context torch makes current later is that same one. Returns the index, or None (no CUDA driver,
+    no such GPU: torch then reports what is wrong)."""
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return None
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        index = int(device.partition(":")[2]) if ":" in device else \
+            (int(worker[2:]) if worker[2:].isdigit() else 0) % count.value
+        handle, ctx = ctypes.c_int(0), ctypes.c_void_p()
+        if index >= count.value or driver.cuDeviceGet(ctypes.byref(handle), index) != 0 \
+                or driver.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), handle) != 0:
+            return None
+        return index
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _driver_gpu_count() -> int | None:

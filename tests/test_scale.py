@@ -150,6 +150,50 @@ def test_the_controllers_driver_check_runs_while_its_workers_start(tmp_path):
     assert "bringing up nodes" not in malformed.stdout, "a malformed --device is refused before any worker starts"
 
 
+class _FakeDriver:
+    """libcuda.so.1 as ctypes sees it: records which device's primary context was retained."""
+
+    def __init__(self, gpus: int):
+        self.gpus, self.retained = gpus, []
+
+    def cuInit(self, flags):
+        return 0
+
+    def cuDeviceGetCount(self, ref):
+        ref._obj.value = self.gpus
+        return 0
+
+    def cuDeviceGet(self, ref, index):
+        ref._obj.value = 100 + index  # a handle is not the index
+        return 0
+
+    def cuDevicePrimaryCtxRetain(self, ref, handle):
+        self.retained.append(handle.value - 100)
+        return 0
+
+
+def test_each_process_opens_the_context_of_the_gpu_it_will_run_on_while_torch_imports(monkeypatch):
+    import ctypes
+
+    from parity import pytest_plugin
+
+    driver = _FakeDriver(gpus=2)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: driver)
+    monkeypatch.setenv(devices.FAKE_ENV, "2")  # worker_device's count: the same two GPUs
+    for worker, device, want in (("gw3", "cuda", 1), ("gw0", "cuda", 0), ("gw1", "cuda:0", 0), ("", "cuda:1", 1)):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        assert pytest_plugin._open_gpu_early(device) == want, (worker, device)
+        assert devices.worker_device(device) == f"cuda:{want}", "the context opened is where the cells run"
+    assert driver.retained == [1, 0, 0, 1]
+    assert pytest_plugin._open_gpu_early("cuda:2") is None, "no GPU 2 of 2: left to torch to report"
+
+    def no_driver(name):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert pytest_plugin._open_gpu_early("cuda") is None
+
+
 def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypatch):
     monkeypatch.setenv(devices.FAKE_ENV, "3")
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw4")
