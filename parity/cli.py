@@ -49,6 +49,10 @@ def usage_error(args) -> str | None:
         return f"--timeout must be > 0 seconds, got {args.timeout}"
     if args.device is not None and (why := check_device(args.device)):
         return why
+    try:
+        devices.cpu_threads()
+    except ValueError as exc:
+        return str(exc)
     if args.aiter_path and not os.path.isdir(args.aiter_path):
         return f"--aiter-path {args.aiter_path!r} is not a directory (expected one containing aiter/)"
     if args.shard is not None:

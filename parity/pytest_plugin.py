@@ -59,15 +59,18 @@ def pytest_configure(config):
     # the only way a Triton kernel runs at all.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    # xdist workers share the machine's cores: torch's default of one thread per core in every
-    # worker oversubscribes them, and its spinning threads then cost more than they compute.
+    from parity import devices
+
+    # A thread per core (torch's default) costs a matrix process more than it computes, and xdist
+    # workers share the cores: see devices.cpu_threads.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        torch.set_num_threads(devices.cpu_threads(workers))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     for value in config.getoption("--device") or ():
         if (why := _device_error(value)) is not None:
             raise pytest.UsageError(why)
-    from parity import devices
 
     # Pin each worker to its GPU before anything opens a context: a Triton launch goes to the
     # current device, so a worker left on cuda:0 would share GPU 0 with gw0 (see parity.devices).
@@ -261,7 +264,7 @@ def pytest_collection_finish(session):
         dev = devices.worker_device(device)
         with devices.current(dev):
             harness.precompile(backend, wanted, devices.placement(dev),
-                               threads=max(1, (os.cpu_count() or 1) // workers), share=share)
+                               threads=devices.cpu_threads(workers), share=share)
 
 
 # hypothesis' pytest plugin (installed wherever hypothesis is) imports the whole hypothesis package in

@@ -69,11 +69,10 @@ def run_in_process(plan: RunPlan, stream) -> None:
     record, then ``start``/``result`` records per cell. Each cell runs with ``plan.device`` current
     and records where its launches ran (``ran_on``)."""
     devices.pin(plan.device)
-    threads = max(1, (os.cpu_count() or 1) // plan.share)
-    if plan.share > 1:  # torch's default, a thread per core in every process, oversubscribes the cores
-        import torch
+    threads = devices.cpu_threads(plan.share)  # not torch's thread per core: see devices.cpu_threads
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         backend = load_backend(plan.spec, **plan.options)
         info = backend.describe() if hasattr(backend, "describe") else {}

@@ -19,7 +19,7 @@ from parity.cases import IndexerCase
 from parity.grids import cases_for_level
 from parity.cli import main
 from logging_backend import write_logging_backend
-from xdist_runs import CHECKOUT, cells_by_worker, clean_env
+from xdist_runs import CHECKOUT, cells_by_worker, clean_env, plugin_args
 
 BACKEND = textwrap.dedent('''
     from parity.backends.faults import UnmaskedChunkStore
@@ -80,6 +80,49 @@ def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypa
     probe.run("fused", None, torch.empty(1))
     assert seen == ["cuda:2"] and probe.ran_on() == {"current": ["cuda:2"], "output": ["cpu"]}
     assert devices.current_device("cuda") == "cuda:1", "the worker's own device is current again after the cell"
+
+
+def test_the_processes_of_a_host_share_its_cores_up_to_the_thread_cap(monkeypatch):
+    monkeypatch.delenv(devices.THREADS_ENV, raising=False)
+    for cores, share, want in ((64, 1, 16), (64, 4, 16), (64, 8, 8), (32, 2, 16), (2, 1, 2), (2, 4, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert devices.cpu_threads(share) == want, (cores, share)
+    monkeypatch.setenv(devices.THREADS_ENV, "40")
+    assert devices.cpu_threads(4) == 40, "the variable overrides the split and the cap"
+    monkeypatch.setenv(devices.THREADS_ENV, "0")
+    with pytest.raises(ValueError, match="PARITY_CPU_THREADS must be a positive number of threads, got '0'"):
+        devices.cpu_threads()
+
+
+def test_a_bad_thread_count_is_a_usage_error_of_pytest_and_of_the_cli(tmp_path):
+    env = clean_env(**{devices.THREADS_ENV: "many"})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugin_args(), "-m", "parity",
+                           "--device", "cpu", "-k", "B1-n1"], cwd=CHECKOUT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 4 and "PARITY_CPU_THREADS must be a positive number" in proc.stderr, proc.stderr[-1500:]
+    cli = subprocess.run([sys.executable, "-m", "parity", "run", "--backend", "torch", "--device", "cpu",
+                          "--out", str(tmp_path / "r.json")], cwd=CHECKOUT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 2 and "PARITY_CPU_THREADS must be a positive number" in cli.stderr + cli.stdout
+
+
+def test_a_matrix_process_runs_torch_on_the_capped_thread_count(tmp_path):
+    (tmp_path / "threads_probe.py").write_text(textwrap.dedent('''
+        import json, os
+        import torch
+
+        def pytest_collection_finish(session):
+            with open(os.environ["PROBE_OUT"], "w") as f:
+                json.dump(torch.get_num_threads(), f)
+    '''))
+    probe = tmp_path / "threads.json"
+    env = clean_env(PROBE_OUT=str(probe), PYTHONPATH=os.pathsep.join([str(tmp_path), str(CHECKOUT)]),
+                    **{devices.THREADS_ENV: "3"})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "threads_probe",
+                           *plugin_args(), "-m", "parity", "--device", "cpu", "--backend", "torch", "--co", "-q"],
+                          cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    assert json.loads(probe.read_text()) == 3
 
 
 # --- the CLI over the GPUs of a host -----------------------------------------------------------
