@@ -164,8 +164,11 @@ def _finish_controller_device_check(session) -> None:
     del session.config.stash[_DEVICE_CHECK]
     if found:
         dsession = session.config.pluginmanager.get_plugin("dsession")
-        if dsession is not None:
-            dsession.pytest_sessionfinish()  # its own shutdown of the workers it has started
+        if dsession is not None:  # its own shutdown of the workers it has started
+            try:
+                dsession.pytest_sessionfinish()
+            except TypeError:  # older pytest-xdist releases take the session
+                dsession.pytest_sessionfinish(session)
         raise pytest.UsageError(found[0])
 
 
