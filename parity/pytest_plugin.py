@@ -79,6 +79,22 @@ def pytest_configure(config):
         devices.pin(devices.worker_device("cuda"))
 
 
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # the hook is xdist's; without xdist it is never called
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` for a matrix run on GPUs: a worker per GPU the run uses (xdist's own answer is a
+    worker per CPU core: on a 128-core host with 8 GPUs, 16 processes per GPU, each importing torch and
+    holding a CUDA context). Asked of the driver, not torch (the controller imports no torch).
+    ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not matrix_wanted(config):
+        return None
+    values = config.getoption("--device") or ["cuda"]  # no --device: every device present, GPUs included
+    if not any(v.startswith("cuda") for v in values):
+        return None
+    if "cuda" not in values:  # explicit GPUs only: one worker each
+        return len({v for v in values if v.startswith("cuda:")})
+    return _driver_gpu_count() or None  # no driver or no GPU: xdist's default, and --device reports it
+
+
 def _xdist_controller(config) -> bool:
     """This process hands the tests to xdist workers (``-n N``, N > 0) and runs none itself."""
     return not os.environ.get("PYTEST_XDIST_WORKER") and (getattr(config.option, "dist", "no") or "no") != "no"

@@ -82,6 +82,31 @@ def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypa
     assert devices.current_device("cuda") == "cuda:1", "the worker's own device is current again after the cell"
 
 
+def test_n_auto_gives_a_gpu_matrix_run_a_worker_per_gpu(tmp_path):
+    """xdist's ``-n auto`` is a worker per core; on a GPU host that is many processes per GPU."""
+    (tmp_path / "workers_probe.py").write_text(textwrap.dedent('''
+        import json, os
+
+        def pytest_xdist_setupnodes(config, specs):
+            with open(os.environ["PROBE_OUT"], "a") as f:
+                f.write(json.dumps(len(specs)) + "\\n")
+    '''))
+    probe = tmp_path / "workers.jsonl"
+    env = clean_env(PROBE_OUT=str(probe), PYTHONPATH=os.pathsep.join([str(tmp_path), str(CHECKOUT)]),
+                    **{devices.FAKE_ENV: "3"})
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "workers_probe", *plugin_args(), "-q",
+            "-n", "auto", "-m", "parity", "--backend", "torch", "-k", "fused-exact-B1-n1-bs64-random"]
+    for device in (["--device", "cuda"], [], ["--device", "cuda:0", "--device", "cuda:2"], ["--device", "cpu"]):
+        proc = subprocess.run([*base, *device], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import types
+    from xdist.plugin import pytest_xdist_auto_num_workers as xdist_auto
+
+    cores = xdist_auto(types.SimpleNamespace(option=types.SimpleNamespace(numprocesses="auto")))
+    seen = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert seen == [3, 3, 2, cores], "a worker per stand-in GPU, per named GPU; a CPU run keeps one per core"
+
+
 def test_the_processes_of_a_host_share_its_cores_up_to_the_thread_cap(monkeypatch):
     monkeypatch.delenv(devices.THREADS_ENV, raising=False)
     for cores, share, want in ((64, 1, 16), (64, 4, 16), (64, 8, 8), (32, 2, 16), (2, 1, 2), (2, 4, 1)):
