@@ -86,10 +86,12 @@ def test_n_auto_gives_a_gpu_matrix_run_a_worker_per_gpu(tmp_path):
     """xdist's ``-n auto`` is a worker per core; on a GPU host that is many processes per GPU."""
     (tmp_path / "workers_probe.py").write_text(textwrap.dedent('''
         import json, os
+        import pytest
 
-        def pytest_xdist_setupnodes(config, specs):
+        def pytest_xdist_setupnodes(config, specs):  # the count is all this test needs: start none
             with open(os.environ["PROBE_OUT"], "a") as f:
                 f.write(json.dumps(len(specs)) + "\\n")
+            pytest.exit("workers counted", returncode=0)
     '''))
     probe = tmp_path / "workers.jsonl"
     env = clean_env(PROBE_OUT=str(probe), PYTHONPATH=os.pathsep.join([str(tmp_path), str(CHECKOUT)]),
