@@ -249,7 +249,10 @@ def pytest_collection_modifyitems(session, config, items):
         module = pytest.Module.from_parent(session, path=Path(matrix.__file__))
         items.extend(session.genitems(module))
     # Under `--dist loadgroup` a case's cells stay in one worker: its Triton kernels compile there
-    # once, not in every worker at the same moment, and its reference is computed once.
+    # once, not in every worker at the same moment, and its reference is computed once. Without
+    # xdist the mark is unknown (a warning, an error under --strict-markers).
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         cell = getattr(item, "callspec", None) and item.callspec.params.get(MATRIX_FIXTURE)
         if cell:

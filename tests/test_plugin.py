@@ -59,6 +59,14 @@ def test_bad_device_is_a_usage_error(user_repo):
     assert proc.returncode == 4 and "--device 'tpu'" in proc.stderr
 
 
+def test_the_matrix_runs_under_strict_markers_without_xdist(user_repo):
+    """The plugin groups a case's cells for xdist's loadgroup; without xdist that mark is unknown."""
+    backend = str(user_repo / "my_backend.py")
+    proc = _pytest(sys.executable, user_repo, "-p", "no:xdist", "--strict-markers", "-m", "parity",
+                   "--backend", backend, "-k", "fused-exact-B1-n1")
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-1000:]
+
+
 def test_a_run_that_does_not_ask_for_the_matrix_does_not_get_it(user_repo):
     (user_repo / "test_theirs.py").write_text("def test_theirs():\n    assert 1 + 1 == 2\n")
     proc = _pytest(sys.executable, user_repo)

@@ -82,6 +82,18 @@ def test_a_cell_on_an_explicit_device_launches_with_that_device_current(monkeypa
     assert devices.current_device("cuda") == "cuda:1", "the worker's own device is current again after the cell"
 
 
+def test_loadgroup_keeps_the_cells_of_a_case_in_one_worker(tmp_path):
+    """A case's reference and kernels are built once, by the one worker that runs all of its cells."""
+    cells = cells_by_worker(tmp_path, clean_env(**{devices.FAKE_ENV: "2"}), "--backend", "torch", "--dist", "loadgroup",
+                            "-k", "B1-n1-bs64 or B2-n4-bs16 or B4-n1-bs1 or B3-n4-bs64")
+    workers_of: dict[str, set] = {}
+    for c in cells:
+        case = c["id"].split("[", 1)[1].split("-", 3)[3]  # test_parity[torch-fused-exact-<case>]
+        workers_of.setdefault(case, set()).add(c["worker"])
+    assert len(workers_of) == 4 and len(cells) > 12, (len(workers_of), len(cells))
+    assert all(len(w) == 1 for w in workers_of.values()), workers_of
+
+
 def test_n_auto_gives_a_gpu_matrix_run_a_worker_per_gpu(tmp_path):
     """xdist's ``-n auto`` is a worker per core; on a GPU host that is many processes per GPU."""
     (tmp_path / "workers_probe.py").write_text(textwrap.dedent('''
