@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from parity.device_names import worker_index  # noqa: F401  (torch-free, re-exported)
+
 FAKE_ENV = "PARITY_FAKE_GPUS"
 _fake_current = 0
 
@@ -59,12 +61,6 @@ def cpu_threads(share: int = 1) -> int:
 def _index(device: str) -> int | None:
     dev = torch.device(device)
     return None if dev.type != "cuda" else (dev.index or 0)
-
-
-def worker_index() -> int:
-    """This xdist worker's number (gw3 -> 3); 0 outside xdist."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(worker[2:] or 0) if worker.startswith("gw") else 0
 
 
 def worker_device(kind: str) -> str:

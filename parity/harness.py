@@ -3,7 +3,6 @@ buffers, and apply every check. pytest and the CLI both call :func:`run_cell`.""
 from __future__ import annotations
 
 import functools
-import os
 import time
 import traceback
 import zlib
@@ -12,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from parity import checks, refcache, render, topk
+from parity import checks, devices, refcache, render, topk
 from parity.backends.base import Backend
 from parity.buffers import DEFAULT_PAD, guarded_buffer
 from parity.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
@@ -113,7 +112,7 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
     for path, buffer, case in cells:
         by_case.setdefault(case, []).append((path, buffer))
     seen, submitted = set(), 0
-    pool = ThreadPoolExecutor(max(1, threads or min(16, os.cpu_count() or 1)), thread_name_prefix="precompile")
+    pool = ThreadPoolExecutor(threads or devices.cpu_threads(), thread_name_prefix="precompile")
     try:
         try:
             mode = AsyncCompileMode(pool, ignore_errors=True)

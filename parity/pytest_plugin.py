@@ -48,7 +48,7 @@ def pytest_configure(config):
         # (cuInit: 0.45 s on an H100 host) runs beside the start of the workers (pytest_sessionstart).
         _start_controller_device_check(config)
         return
-    gpu_values = [v for v in config.getoption("--device") or ["cuda"] if v.startswith("cuda")]
+    gpu_values = [v for v in config.getoption("--device") or ["cuda"] if v.startswith("cuda")]  # none: all devices
     if matrix_wanted(config) and gpu_values and not os.environ.get("PARITY_FAKE_GPUS"):
         # cuInit and the GPU's context (0.45 s and more on an H100 host) while torch imports (seconds):
         # ctypes lets go of the GIL, and torch later finds the driver up and the context made.
@@ -74,8 +74,7 @@ def pytest_configure(config):
 
     # Pin each worker to its GPU before anything opens a context: a Triton launch goes to the
     # current device, so a worker left on cuda:0 would share GPU 0 with gw0 (see parity.devices).
-    wants_gpu = any(v.startswith("cuda") for v in config.getoption("--device") or ["cuda"])
-    if workers > 1 and wants_gpu and devices.gpu_count():
+    if workers > 1 and gpu_values and devices.gpu_count():
         devices.pin(devices.worker_device("cuda"))
 
 
@@ -107,21 +106,21 @@ def _open_gpu_early(device: str) -> int | None:
     no such GPU: torch then reports what is wrong)."""
     import ctypes
 
+    from parity.device_names import worker_index
+
+    count = _driver_gpu_count()  # cuInit, and the GPUs this process sees
+    index = int(device.partition(":")[2] or worker_index() % (count or 1))
+    if not count or index >= count:
+        return None
     try:
-        driver = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-            return None
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-        index = int(device.partition(":")[2]) if ":" in device else \
-            (int(worker[2:]) if worker[2:].isdigit() else 0) % count.value
+        driver = ctypes.CDLL("libcuda.so.1")  # loaded already, unless the GPUs are HIP's
         handle, ctx = ctypes.c_int(0), ctypes.c_void_p()
-        if index >= count.value or driver.cuDeviceGet(ctypes.byref(handle), index) != 0 \
+        if driver.cuDeviceGet(ctypes.byref(handle), index) != 0 \
                 or driver.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), handle) != 0:
             return None
-        return index
-    except (OSError, AttributeError, ValueError):
+    except (OSError, AttributeError):
         return None
+    return index
 
 
 def _driver_gpu_count() -> int | None:
@@ -148,11 +147,11 @@ _DEVICE_CHECK = pytest.StashKey[tuple]()
 
 def _start_controller_device_check(config) -> None:
     """Judges the form of each --device now, and on a thread the GPUs it names (the driver's count)."""
-    from parity.device_names import device_error
+    from parity.device_names import form_error
 
     gpu_values = []
     for value in config.getoption("--device") or ():
-        if (why := device_error(value, lambda: 1 << 30, "")) is not None:  # the form alone: any index passes
+        if (why := form_error(value)) is not None:
             raise pytest.UsageError(why)
         if value != "cpu":
             gpu_values.append(value)
