@@ -27,8 +27,8 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 # Our package, so that pytest finds the plugin's entry point (offline: no dependency is fetched).
 "$PY" -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/setup.txt" 2>&1 \
   || echo "pip install -e . failed: pytest gets -p parity.pytest_plugin" >> "$OUT/setup.txt"
-PLUGIN=(); "$PY" -c 'import importlib.metadata as m; import sys; sys.exit(0 if any(e.name == "parity" for e in m.entry_points(group="pytest11")) else 1)' || PLUGIN=(-p parity.pytest_plugin)
-ls .whl/*.whl >/dev/null 2>&1 && "$PY" -m pip install -q --no-index --find-links .whl pytest-xdist execnet pytest-split >> "$OUT/setup.txt" 2>&1
+source ci/lib.sh; parity_plugin_args
+ensure_xdist "$OUT/setup.txt" || true  # only the steps that use xdist need it
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader >> "$OUT/setup.txt" 2>&1
 
 # step LANE NAME TIMEOUT CMD...: runs CMD with at most min(TIMEOUT, what is left) seconds.

@@ -67,10 +67,8 @@ for b in "${backends[@]}"; do bargs+=(--backend "$b"); done
 
 if want parity; then
   step "pytest -m parity --device cuda (torch, triton; quick)"
-  # Without the package installed (PYTHONPATH only) its pytest11 entry point is absent: load the plugin by name.
-  plugin=(); "$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if any(e.value == "parity.pytest_plugin"
-    for e in m.entry_points(group="pytest11")) else 1)' || plugin=(-p parity.pytest_plugin)
-  timeout 240 "$PY" -m pytest "${plugin[@]}" -m parity -q -p no:cacheprovider --device cuda --backend torch --backend triton \
+  source ci/lib.sh; parity_plugin_args
+  timeout 240 "$PY" -m pytest "${PLUGIN[@]}" -m parity -q -p no:cacheprovider --device cuda --backend torch --backend triton \
     > "$OUT_DIR/pytest-parity.txt" 2>&1 || status=1
   tail -n 3 "$OUT_DIR/pytest-parity.txt" | tee -a "$S"
 fi

@@ -39,22 +39,11 @@ status=0
 } > "$S" 2>&1
 GPUS=$("$PY" -c 'from parity.devices import gpu_count; print(gpu_count())')
 
-missing=$("$PY" - <<'EOF'
-import importlib.util
-print(" ".join(n for m, n in (("xdist", "pytest-xdist"), ("execnet", "execnet"), ("pytest_split", "pytest-split"))
-               if importlib.util.find_spec(m) is None))
-EOF
-)
-if [ -n "$missing" ]; then
-  "$PY" -m pip install -q --no-index --find-links .whl $missing >> "$S" 2>&1 \
-    || { echo "cannot install $missing from .whl/ (carry it: download with pip download pytest-xdist execnet pytest-split -d .whl --no-deps)" | tee -a "$S"; exit 2; }
-fi
-# Without the package installed (PYTHONPATH only) its pytest11 entry point is absent: load the plugin by name.
-plugin=()
-"$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if any(e.value == "parity.pytest_plugin"
-  for e in m.entry_points(group="pytest11")) else 1)' || plugin=(-p parity.pytest_plugin)
+source ci/lib.sh
+ensure_xdist "$S" || exit 2
+parity_plugin_args
 bargs=(); for b in ${BACKENDS:-torch triton}; do bargs+=(--backend "$b"); done
-matrix=(-m parity -q -p no:cacheprovider "${plugin[@]}" --device cuda --parity-level "$LEVEL" "${bargs[@]}")
+matrix=(-m parity -q -p no:cacheprovider "${PLUGIN[@]}" --device cuda --parity-level "$LEVEL" "${bargs[@]}")
 
 now() { date +%s.%N; }
 timed() {  # NAME COMMAND...: runs it with cold caches of its own under the timeout; sets WALL (seconds)
@@ -154,7 +143,7 @@ fi
 
 if [[ "$STEPS" == *" gputest "* ]]; then
 echo -e "\n## tests/test_scale.py on two GPUs" >> "$S"
-TRITON_CACHE_DIR="$SCRATCH/triton-test" timeout -k 10 80 "$PY" -m pytest -q -p no:cacheprovider "${plugin[@]}" \
+TRITON_CACHE_DIR="$SCRATCH/triton-test" timeout -k 10 80 "$PY" -m pytest -q -p no:cacheprovider "${PLUGIN[@]}" \
   tests/test_scale.py -k "own_gpu or explicit_device" -rA > "$OUT_DIR/gpu-test.txt" 2>&1 || status=1
 grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$OUT_DIR/gpu-test.txt" | tail -n 5 >> "$S"
 fi

@@ -7,7 +7,7 @@
 #   reference cache), xdist-cold, xdist-warm (likewise).
 #
 #   ci/profile-xdist.sh OUT_DIR      env: PYTHON, LEVEL (full), BACKENDS ("torch triton"), T (150 s a run),
-#                                    RUNS (default "single-cold single-warm xdist-cold xdist-warm"), DIST (load)
+#                                    RUNS (default "single-cold single-warm xdist-cold xdist-warm"), DIST (loadgroup)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:?usage: ci/profile-xdist.sh OUT_DIR}"; mkdir -p "$OUT_DIR"; OUT_DIR="$(cd "$OUT_DIR" && pwd)"
@@ -15,13 +15,11 @@ PY="${PYTHON:-python3}"; T="${T:-150}"; LEVEL="${LEVEL:-full}"
 export PYTHONPATH="$PWD/ci/profiling:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 SCRATCH="$(mktemp -d)"
 GPUS=$("$PY" -c 'from parity.devices import gpu_count; print(gpu_count())')
-"$PY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("xdist") else 1)' \
-  || "$PY" -m pip install -q --no-index --find-links .whl pytest-xdist execnet pytest-split
-plugin=()
-"$PY" -c 'import importlib.metadata as m, sys; sys.exit(0 if any(e.value == "parity.pytest_plugin"
-  for e in m.entry_points(group="pytest11")) else 1)' || plugin=(-p parity.pytest_plugin)
+source ci/lib.sh
+ensure_xdist /dev/stderr || exit 2
+parity_plugin_args
 bargs=(); for b in ${BACKENDS:-torch triton}; do bargs+=(--backend "$b"); done
-matrix=(-m parity -q -p no:cacheprovider "${plugin[@]}" -p parity_profile --device cuda --parity-level "$LEVEL" "${bargs[@]}")
+matrix=(-m parity -q -p no:cacheprovider "${PLUGIN[@]}" -p parity_profile --device cuda --parity-level "$LEVEL" "${bargs[@]}")
 S="$OUT_DIR/profile.md"
 { echo "# profile $(date -u +%FT%TZ), $GPUS GPUs, $(nproc) CPUs"
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)
@@ -31,7 +29,7 @@ except ImportError as e: print("no async compile:", e)'; } > "$S" 2>&1
 logs=()
 for run in ${RUNS:-single-cold single-warm xdist-cold xdist-warm}; do
   mode=${run%-*}; temp=${run#*-}
-  extra=(); [ "$mode" = xdist ] && extra=(-n "$GPUS" --dist "${DIST:-load}")
+  extra=(); [ "$mode" = xdist ] && extra=(-n "$GPUS" --dist "${DIST:-loadgroup}")
   rm -rf "$SCRATCH/ref"; mkdir -p "$SCRATCH/ref"
   [ "$temp" = cold ] && rm -rf "$SCRATCH/triton-$mode"
   log="$OUT_DIR/$run.jsonl"; rm -f "$log"
