@@ -165,7 +165,7 @@ def test_loader_names_an_import_it_cannot_satisfy(tmp_path):
 
 def test_per_token_view_holds_the_same_keys():
     inp = build_inputs(IndexerCase(batch=2, next_n=1, block_size=16, context="random"))
-    cache, kv_indices = aiter_mod._per_token_view(inp)
+    cache, kv_indices = aiter_mod.per_token_view(inp)
     keys, scales = layouts.split_kv_cache(inp.kv_cache, inp.q_fp8.dtype)
     tok_keys, tok_scales = layouts.split_kv_cache(cache, inp.q_fp8.dtype)
     assert cache.shape[1:] == (1, 1, 132)

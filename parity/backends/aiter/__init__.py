@@ -23,8 +23,6 @@ from parity.backends.aiter.backend import VARIANTS, AiterBackend, per_token_view
 from parity.backends.aiter.discovery import ENV_PATH, FUSED, STAGE1, AiterBuild, find_build, scan
 from parity.backends.aiter.shims import NOT_RUNNABLE
 
-_per_token_view = per_token_view  # the name tests/test_thirdparty_adapters.py uses
-
 _BACKENDS: dict[tuple[str, str], AiterBackend] = {}  # one per (build root, variant): kernels load once
 
 
