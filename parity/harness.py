@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import time
 import traceback
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -96,9 +95,11 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
     full level's 66 kernels took 42 of a 67 s run on an H100.
 
     ``share=(k, n)``: n processes precompile for the same cells (xdist workers: each collects every cell
-    and is handed its own as the run goes); this one compiles every n-th distinct kernel (by the backend's
-    ``variant``), the others the rest, into the Triton cache on disk that they share, from where each
-    loads the others' kernels when its cells first launch them. A compile that fails here is left to its
+    and is handed its own as the run goes); this one compiles the k-th, (k+n)-th, ... distinct kernel (by
+    the backend's ``variant``, in the order the cells first need them, which is the same in every
+    process), the others the rest, into the Triton cache on disk that they share, from where each loads
+    the others' kernels when its cells first launch them. Counted this way the shares differ by at most
+    one kernel (a hash of the key would leave them as uneven as chance makes them). A compile that fails here is left to its
     cell to report. Returns the number of kernels handed to the compiler."""
     hook = getattr(backend, "precompile", None)
     if not callable(hook):
@@ -130,9 +131,11 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
                     try:
                         out = _new_buffer(path, buffer, inputs, pad).view
                         key = repr(variant(path, inputs, out)) if callable(variant) else (path, buffer, case.id)
-                        if key in seen or (callable(variant) and zlib.crc32(key.encode()) % share[1] != share[0]):
+                        if key in seen:
                             continue
                         seen.add(key)
+                        if callable(variant) and (len(seen) - 1) % share[1] != share[0]:
+                            continue
                         hook(path, inputs, out)
                         submitted += 1
                     except Exception:  # noqa: BLE001

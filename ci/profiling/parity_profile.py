@@ -25,8 +25,13 @@ T_IMPORT = time.time()
 EVENTS: dict[str, float] = {"plugin_import": T_IMPORT}
 
 
+CPU: dict[str, float] = {}  # the process's CPU seconds (all its threads) at each event
+
+
 def _event(name: str) -> None:
-    EVENTS.setdefault(name, time.time())
+    if name not in EVENTS:
+        EVENTS[name] = time.time()
+        CPU[name] = time.process_time()
 
 
 def _log(line: dict) -> None:
@@ -102,6 +107,7 @@ def pytest_configure(config):  # noqa: F811  (the last configure hook: the parit
     from parity import checks, harness, refcache, render, topk
 
     harness._call = PROFILE.timed("backend_call", harness._call)
+    harness.precompile = PROFILE.timed("precompile", harness.precompile)
     harness.build_inputs = PROFILE.timed("build_inputs", harness.build_inputs)
     refcache.cached = PROFILE.timed("reference", refcache.cached)
     for mod, names in ((checks, ("check_out_of_bounds", "check_mask", "check_values", "check_determinism")),
@@ -173,8 +179,9 @@ def pytest_unconfigure(config):
     if PROFILE.last_test:
         EVENTS["last_test"] = PROFILE.last_test
     start = _process_start()
+    CPU["unconfigure"] = time.process_time()
     _log({"kind": "events", "pid": os.getpid(), "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
-          "start": start, **EVENTS})
+          "start": start, **EVENTS, "cpu": {k: round(v, 2) for k, v in CPU.items()}})
     if not PROFILE.tests:
         return
     line = {"kind": "process", "pid": os.getpid(), "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),

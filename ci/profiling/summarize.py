@@ -4,7 +4,7 @@ import collections
 import json
 import sys
 
-COLS = ("tests", "backend_call", "compile", "compile_hit", "reference", "build_inputs", "check_values",
+COLS = ("tests", "precompile", "backend_call", "compile", "compile_hit", "reference", "build_inputs", "check_values",
         "check_mask", "check_out_of_bounds", "topk_reference", "compare_topk", "buffer_map")
 
 print("| run | worker | tests | to first test s | first->last s | " + " | ".join(c + " s" for c in COLS)
@@ -35,6 +35,8 @@ for arg in sys.argv[1:]:
         marks["exit"] = exits.get(e["pid"], float("nan"))
         print(f"- {name} {e['worker']}: start {e['start'] - t0:.1f}, "
               + ", ".join(f"{k} {v - t0:.1f}" for k, v in sorted(marks.items(), key=lambda kv: kv[1])))
+        if cpu := e.get("cpu"):  # CPU seconds of all the process's threads, at each event
+            print(f"  - CPU s: " + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: kv[1])))
 for name, comp in variants.items():
     keys = collections.Counter((x["name"], x["constants"], x["attrs"]) for x in comp)
     by_kernel = collections.Counter(x["name"] for x in comp)
