@@ -104,6 +104,10 @@ def pytest_configure(config):  # noqa: F811  (the last configure hook: the parit
     except Exception as exc:  # an older Triton: no listener, only the wrappers below
         PROFILE.sums["no_listener"] = 0.0
         PROFILE.compiles.append({"error": repr(exc)})
+    if raw := os.environ.get("PARITY_PROFILE_TORCH_THREADS"):  # torch's threads apart from the compile pool's
+        import torch
+
+        torch.set_num_threads(int(raw))
     from parity import checks, harness, refcache, render, topk
 
     harness._call = PROFILE.timed("backend_call", harness._call)
