@@ -41,9 +41,13 @@ def gpu_count() -> int:
 
 
 THREADS_ENV = "PARITY_CPU_THREADS"
-# A cell's CPU work is many small tensors and the compile pool is held up by the GIL: on a 64-core
-# host the full level took 42.5 s in one process with a thread per core, 28.6 s with 16, 28.0 with 8.
-MAX_CPU_THREADS = 16
+# A cell's CPU work is many small tensors: past 8 threads torch's thread pool spins more than it
+# computes, and it takes cores from the compile pool that runs beside it (the inputs built for the
+# precompile took 8.8 s with 16 threads, 1.3 s with 8). The full level in one process on a 16-core
+# H100 host: 35.8-39.4 s with 16 threads, 30.6-30.9 s with 8 (pool and torch alike); torch at 4, 2 and
+# 1 threads 24.8, 27.4-29.6, 31.4 s against 23.8-25.7 s at 8 on another host; on a 64-core host 42.5 s
+# with a thread per core, 28.6 s with 16, 28.0 s with 8.
+MAX_CPU_THREADS = 8
 
 
 def cpu_threads(share: int = 1) -> int:

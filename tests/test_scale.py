@@ -123,7 +123,7 @@ def test_n_auto_gives_a_gpu_matrix_run_a_worker_per_gpu(tmp_path):
 
 def test_the_processes_of_a_host_share_its_cores_up_to_the_thread_cap(monkeypatch):
     monkeypatch.delenv(devices.THREADS_ENV, raising=False)
-    for cores, share, want in ((64, 1, 16), (64, 4, 16), (64, 8, 8), (32, 2, 16), (2, 1, 2), (2, 4, 1)):
+    for cores, share, want in ((64, 1, 8), (64, 8, 8), (64, 16, 4), (32, 2, 8), (16, 1, 8), (2, 1, 2), (2, 4, 1)):
         monkeypatch.setattr(os, "cpu_count", lambda: cores)
         assert devices.cpu_threads(share) == want, (cores, share)
     monkeypatch.setenv(devices.THREADS_ENV, "40")
