@@ -99,8 +99,8 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
     the backend's ``variant``, in the order the cells first need them, which is the same in every
     process), the others the rest, into the Triton cache on disk that they share, from where each loads
     the others' kernels when its cells first launch them. Counted this way the shares differ by at most
-    one kernel (a hash of the key would leave them as uneven as chance makes them). A compile that fails here is left to its
-    cell to report. Returns the number of kernels handed to the compiler."""
+    one kernel (a hash of the key would leave them as uneven as chance makes them). A compile that fails
+    here is left to its cell to report. Returns the number of kernels handed to the compiler."""
     hook = getattr(backend, "precompile", None)
     if not callable(hook):
         return 0

@@ -63,7 +63,7 @@ def pytest_configure(config):
 
     # A thread per core (torch's default) costs a matrix process more than it computes, and xdist
     # workers share the cores: see devices.cpu_threads.
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    workers = _xdist_workers()
     try:
         torch.set_num_threads(devices.cpu_threads(workers))
     except ValueError as exc:
@@ -92,6 +92,11 @@ def pytest_xdist_auto_num_workers(config):
     if "cuda" not in values:  # explicit GPUs only: one worker each
         return len({v for v in values if v.startswith("cuda:")})
     return _driver_gpu_count() or None  # no driver or no GPU: xdist's default, and --device reports it
+
+
+def _xdist_workers() -> int:
+    """How many xdist workers share this host (1 outside xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
 def _xdist_controller(config) -> bool:
@@ -275,7 +280,7 @@ def pytest_collection_finish(session):
         return
     from parity import devices, harness
 
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    workers = _xdist_workers()
     share = (devices.worker_index(), workers) if workers > 1 else (0, 1)
     for (spec, device), wanted in cells.items():
         try:

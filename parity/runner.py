@@ -22,6 +22,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from parity import devices, shards
 from parity.backends import load_backend
 from parity.cases import IndexerCase
@@ -70,8 +72,6 @@ def run_in_process(plan: RunPlan, stream) -> None:
     and records where its launches ran (``ran_on``)."""
     devices.pin(plan.device)
     threads = devices.cpu_threads(plan.share)  # not torch's thread per core: see devices.cpu_threads
-    import torch
-
     torch.set_num_threads(threads)
     try:
         backend = load_backend(plan.spec, **plan.options)

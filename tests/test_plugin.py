@@ -8,11 +8,10 @@ import subprocess
 import sys
 import textwrap
 import venv
-from pathlib import Path
-
 import pytest
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+from xdist_runs import CHECKOUT, clean_env
+
 MY_BACKEND = textwrap.dedent('''
     from parity.backends.torch_ref import TorchBackend
 
@@ -24,9 +23,7 @@ MY_BACKEND = textwrap.dedent('''
 
 
 def _pytest(python, cwd, *args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
-                                                            "PYTEST_ADDOPTS")}
-    return subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=cwd, env=env,
+    return subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=cwd, env=clean_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

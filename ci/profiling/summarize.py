@@ -36,7 +36,7 @@ for arg in sys.argv[1:]:
         print(f"- {name} {e['worker']}: start {e['start'] - t0:.1f}, "
               + ", ".join(f"{k} {v - t0:.1f}" for k, v in sorted(marks.items(), key=lambda kv: kv[1])))
         if cpu := e.get("cpu"):  # CPU seconds of all the process's threads, at each event
-            print(f"  - CPU s: " + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: kv[1])))
+            print("  - CPU s: " + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: kv[1])))
 for name, comp in variants.items():
     keys = collections.Counter((x["name"], x["constants"], x["attrs"]) for x in comp)
     by_kernel = collections.Counter(x["name"] for x in comp)
