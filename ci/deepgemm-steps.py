@@ -11,7 +11,7 @@ Steps, in the order the host code is exercised:
   meta2d    the same on (B, next_n) lens, current device and stream set: JIT front end, nvcc, load, launch
   cublaslt  cublaslt_gemm_nt: Tensor arguments and a library call, no JIT
   jit_gemm  bf16_gemm_nt: another JIT kernel (is it the JIT in general or the paged MQA path?)
-  logits    fp8(_fp4)_paged_mqa_logits, B=4 next_n=2 H=64 D=128 block 64, against parity.reference, 20
+  logits    fp8(_fp4)_paged_mqa_logits, B=4 next_n=2 H=64 D=128 block 64, against parity.problem.reference, 20
             bitwise replays, what it leaves past each row's length without clean_logits
   parity    the adapter through the harness: a few H=64 cells of the full grid (deepgemm, deepgemm:split)
 """
@@ -113,8 +113,8 @@ def step_jit_gemm(dg):  # DeepGEMM's JIT, without the attention code
 
 
 def step_logits(dg):
-    from parity.cases import IndexerCase, build_inputs, valid_lengths
-    from parity.reference import reference_logits
+    from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+    from parity.problem.reference import reference_logits
 
     inp = build_inputs(IndexerCase(batch=4, next_n=2, heads=64, block_size=64, max_model_len=1000,
                                    context="random"), DEV)
@@ -163,8 +163,8 @@ def step_logits(dg):
 
 def step_parity(dg):
     from parity.backends import load_backend
-    from parity.cases import IndexerCase
-    from parity.harness import failed_checks, run_cell
+    from parity.problem.cases import IndexerCase
+    from parity.run.harness import failed_checks, run_cell
 
     cases = [IndexerCase(batch=3, next_n=n, heads=64, block_size=64, max_model_len=1000, context=c, topk=128)
              for n in (1, 2, 4) for c in ("random", "ctx_eq_max", "block_multiple_plus1")]

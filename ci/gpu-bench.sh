@@ -37,7 +37,7 @@ if want bench; then
 import sys
 import torch
 from parity.backends import load_backend
-from parity.bench import Shape, make_inputs, timed_call
+from parity.perf.bench import Shape, make_inputs, timed_call
 shape = Shape(2, 2, 1024)
 inp = make_inputs(shape, "cuda")
 for name in sys.argv[1:]:

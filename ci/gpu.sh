@@ -54,7 +54,7 @@ for b in aiter deepgemm vllm; do
   if "$PY" - "$b" >/dev/null 2>&1 <<'EOF'
 import sys
 from parity.backends import load_backend
-from parity.cases import IndexerCase, build_inputs
+from parity.problem.cases import IndexerCase, build_inputs
 b = load_backend(sys.argv[1])
 inp = build_inputs(IndexerCase(heads=64), "cuda")
 sys.exit(0 if any(b.unsupported(p, inp) is None for p in b.paths) else 1)

@@ -15,7 +15,7 @@
 #        Triton kernels are compiled before the first cell, each worker its share), STEPS (default
 #        "pytest run gputest"), PYTEST_ADDOPTS (e.g. "-p no:hypothesispytest", for both runs).
 #        A dry run of the script without GPUs:
-#        PARITY_FAKE_GPUS=2 LEVEL=quick BACKENDS=torch ci/multi-gpu.sh /tmp/dry (parity.devices)
+#        PARITY_FAKE_GPUS=2 LEVEL=quick BACKENDS=torch ci/multi-gpu.sh /tmp/dry (parity.run.devices)
 # Leaves OUT_DIR/{summary.md, single.txt, xdist.txt, xdist.xml, smi-gpu.csv, smi-apps.csv, run.json,
 # run.md, gpu-test.txt}. Takes about 3 minutes on 2 x H100; at most about 8 (every step has a timeout).
 set -uo pipefail
@@ -37,7 +37,7 @@ status=0
   "$PY" -c 'import os, torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
   "gpus", torch.cuda.device_count(), "cpus", os.cpu_count())'
 } > "$S" 2>&1
-GPUS=$("$PY" -c 'from parity.devices import gpu_count; print(gpu_count())')
+GPUS=$("$PY" -c 'from parity.run.devices import gpu_count; print(gpu_count())')
 
 source ci/lib.sh
 ensure_xdist "$S" || exit 2

@@ -14,7 +14,7 @@ OUT_DIR="${1:?usage: ci/profile-xdist.sh OUT_DIR}"; mkdir -p "$OUT_DIR"; OUT_DIR
 PY="${PYTHON:-python3}"; T="${T:-150}"; LEVEL="${LEVEL:-full}"
 export PYTHONPATH="$PWD/ci/profiling:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 SCRATCH="$(mktemp -d)"
-GPUS=$("$PY" -c 'from parity.devices import gpu_count; print(gpu_count())')
+GPUS=$("$PY" -c 'from parity.run.devices import gpu_count; print(gpu_count())')
 source ci/lib.sh
 ensure_xdist /dev/stderr || exit 2
 parity_plugin_args

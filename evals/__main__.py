@@ -13,7 +13,7 @@ def _model_args(p):
     g = p.add_argument_group("embedded model (used when --base-url is not given)")
     g.add_argument("--backend", default="torch", help="parity backend computing the indexer logits (default torch)")
     g.add_argument("--buffer", default="exact",
-                   help="logits buffer: exact | padded (guarded) or a parity.strategies name (default exact)")
+                   help="logits buffer: exact | padded (guarded) or a parity.contract.strategies name (default exact)")
     g.add_argument("--path", default="fused", choices=("fused", "stage1", "preshuffle"))
     g.add_argument("--model-seed", type=int, default=0)
     g.add_argument("--max-model-len", type=int, default=1000)

@@ -3,7 +3,7 @@
 Lists the questions whose correctness flipped (with the paired exact test) and the generations that
 differ. For the embedded model each differing generation is traced: its batch is replayed with A's
 indexer driving and B's computed on the very same inputs at every decode call, and B's top-k sets
-are checked against A's logits with the tie-aware comparison of ``parity.topk``. A difference that
+are checked against A's logits with the tie-aware comparison of ``parity.judge.topk``. A difference that
 is only swaps at the k-th value is a top-k tie; anything else is a kernel divergence.
 
 Exit codes: 0 every generation agrees or differs only through ties, 1 divergence beyond ties (or
@@ -45,8 +45,8 @@ def replay(a: RunScores, b: RunScores, docs: list[int], out) -> dict[int, Trace]
     import torch  # noqa: F401  (the model needs it; imported late so compare of server runs does not)
 
     from evals.model import Indexer, ModelConfig, TinyIndexerLM
-    from parity.checks import TOLERANCES
-    from parity.topk import compare_topk
+    from parity.judge.checks import TOLERANCES
+    from parity.judge.topk import compare_topk
 
     ma, mb = (r.manifest["server"]["info"] for r in (a, b))
     if ma["config"] != mb["config"]:

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends import load_backend
-from parity.buffers import guarded_buffer, sentinel_mask
-from parity.cases import IndexerInputs
-from parity.topk import topk_reference
+from parity.judge.buffers import guarded_buffer, sentinel_mask
+from parity.problem.cases import IndexerInputs
+from parity.judge.topk import topk_reference
 
 GUARDED = ("exact", "padded")
 INDEXER_PATHS = ("fused", "stage1", "preshuffle")
@@ -108,7 +108,7 @@ class Indexer:
 
     ``buffer``: ``exact`` / ``padded`` are guarded allocations (an overshoot past the last row lands
     in a guard and is counted, instead of in someone else's memory); any other name is a strategy
-    of ``parity.strategies`` (its buffers are reused across layers, as a server's are)."""
+    of ``parity.contract.strategies`` (its buffers are reused across layers, as a server's are)."""
 
     def __init__(self, backend: str = "torch", buffer: str = "exact", path: str = "fused", pad: int = 256):
         if path not in INDEXER_PATHS:
@@ -119,7 +119,7 @@ class Indexer:
         if buffer not in GUARDED:
             if path == "stage1":
                 raise ValueError(f"buffer {buffer!r}: strategies hand out 2-D buffers; stage1 needs exact or padded")
-            from parity.strategies import make_strategy  # issue 5's buffer strategies
+            from parity.contract.strategies import make_strategy  # issue 5's buffer strategies
 
             self.strategy = make_strategy(buffer)
         self.calls = 0

@@ -12,13 +12,13 @@ import sys
 
 import torch
 
-from parity import devices
-from parity import report as rep
-from parity import runner, shards
+from parity.run import devices
+from parity.reports import report as rep
+from parity.run import runner, shards
 from parity.backends import DEFAULT_BACKENDS, PATHS
-from parity.device_names import device_error
-from parity.buffers import BUFFER_KINDS, DEFAULT_PAD
-from parity.grids import LEVELS, REPEATS, cases_for_level, repeats_for
+from parity.run.device_names import device_error
+from parity.judge.buffers import BUFFER_KINDS, DEFAULT_PAD
+from parity.problem.grids import LEVELS, REPEATS, cases_for_level, repeats_for
 
 
 def default_device() -> str:
@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
         print(f"parity run: error: {why}", file=sys.stderr)
         return runner.EXIT_UNUSABLE
     if args.html:  # before the run: a missing extra must not cost a whole run
-        from parity import html_report
+        from parity.reports import html_report
 
         try:
             html_report.require_matplotlib()
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("report", help="JSON report of 'run'")
     h.add_argument("--html", help="write the HTML page here (needs the 'report' extra: matplotlib)")
     h.add_argument("--diff", metavar="BASE", help="also show what changed from report BASE to this one")
-    h.set_defaults(func=lambda a: __import__("parity.html_report", fromlist=["cmd_report"]).cmd_report(a))
+    h.set_defaults(func=lambda a: __import__("parity.reports.html_report", fromlist=["cmd_report"]).cmd_report(a))
     s = sub.add_parser("selftest", help="run the planted-fault backends; every fault must be caught")
     s.set_defaults(func=lambda a: __import__("parity.selftest", fromlist=["main"]).main([]))
     b = sub.add_parser("bench", help="benchmark against the memory-bandwidth floor", add_help=False)
@@ -257,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     # Triton kernels (ours, aiter's) run, and the report imports triton before any backend loads.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    if argv[:1] == ["_run-backend"]:  # the child process of `run` (parity.runner)
+    if argv[:1] == ["_run-backend"]:  # the child process of `run` (parity.run.runner)
         return runner.child_main(*argv[1:3])
     if argv[:1] == ["bench"]:  # the benchmark owns its own options
-        from parity import bench
+        from parity.perf import bench
 
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)

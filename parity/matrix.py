@@ -2,8 +2,8 @@
 float64 reference. The plugin (:mod:`parity.pytest_plugin`) parametrizes it and collects this module
 for ``pytest -m parity`` from any directory; ``pytest --pyargs parity.matrix`` runs it as well.
 
-One reference (parity.reference), one grid (the plugin's pytest_generate_tests), one comparison
-(parity.harness.run_cell: mask, values, out-of-bounds, top-k, determinism).
+One reference (parity.problem.reference), one grid (the plugin's pytest_generate_tests), one comparison
+(parity.run.harness.run_cell: mask, values, out-of-bounds, top-k, determinism).
 
 Each cell records where it ran as test properties (``--junitxml`` writes them): ``device`` (the
 worker's device for the cell), ``worker_current`` (the device current in the worker between
@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from parity import devices
-from parity.harness import run_cell
+from parity.run import devices
+from parity.run.harness import run_cell
 
 
 @pytest.mark.parity

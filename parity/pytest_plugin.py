@@ -59,7 +59,7 @@ def pytest_configure(config):
     # the only way a Triton kernel runs at all.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from parity import devices
+    from parity.run import devices
 
     # A thread per core (torch's default) costs a matrix process more than it computes, and xdist
     # workers share the cores: see devices.cpu_threads.
@@ -73,7 +73,7 @@ def pytest_configure(config):
             raise pytest.UsageError(why)
 
     # Pin each worker to its GPU before anything opens a context: a Triton launch goes to the
-    # current device, so a worker left on cuda:0 would share GPU 0 with gw0 (see parity.devices).
+    # current device, so a worker left on cuda:0 would share GPU 0 with gw0 (see parity.run.devices).
     if workers > 1 and gpu_values and devices.gpu_count():
         devices.pin(devices.worker_device("cuda"))
 
@@ -106,12 +106,12 @@ def _xdist_controller(config) -> bool:
 
 def _open_gpu_early(device: str) -> int | None:
     """Initializes the CUDA driver and retains the primary context of the GPU this process will run
-    ``device`` on (an xdist worker's own GPU for ``cuda``, see parity.devices.worker_device); the
+    ``device`` on (an xdist worker's own GPU for ``cuda``, see parity.run.devices.worker_device); the
     context torch makes current later is that same one. Returns the index, or None (no CUDA driver,
     no such GPU: torch then reports what is wrong)."""
     import ctypes
 
-    from parity.device_names import worker_index
+    from parity.run.device_names import worker_index
 
     count = _driver_gpu_count()  # cuInit, and the GPUs this process sees
     index = int(device.partition(":")[2] or worker_index() % (count or 1))
@@ -152,7 +152,7 @@ _DEVICE_CHECK = pytest.StashKey[tuple]()
 
 def _start_controller_device_check(config) -> None:
     """Judges the form of each --device now, and on a thread the GPUs it names (the driver's count)."""
-    from parity.device_names import form_error
+    from parity.run.device_names import form_error
 
     gpu_values = []
     for value in config.getoption("--device") or ():
@@ -193,12 +193,12 @@ def _finish_controller_device_check(session) -> None:
 
 
 def _controller_device_error(value: str) -> str | None:
-    from parity.device_names import device_error
+    from parity.run.device_names import device_error
 
     def gpus() -> int:
         count = _driver_gpu_count()
         if count is None:  # no driver library to ask: torch's answer, at torch's cost
-            from parity.devices import gpu_count
+            from parity.run.devices import gpu_count
 
             return gpu_count()
         return count
@@ -222,9 +222,9 @@ def pytest_generate_tests(metafunc):
     if MATRIX_FIXTURE not in metafunc.fixturenames:
         return
     from parity.backends import PATHS
-    from parity.buffers import BUFFER_KINDS
-    from parity.grids import cases_for_level
-    from parity.devices import gpu_count
+    from parity.judge.buffers import BUFFER_KINDS
+    from parity.problem.grids import cases_for_level
+    from parity.run.devices import gpu_count
 
     cfg = metafunc.config
     backends = cfg.getoption("--backend") or default_backends()
@@ -266,7 +266,7 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.hookimpl(trylast=True)  # after xdist has sent its collection: the controller schedules meanwhile
 def pytest_collection_finish(session):
     """Before the first cell: compile every Triton kernel the run's cells will launch, in parallel (see
-    parity.harness.precompile). xdist workers each collect every cell, so each compiles its share of
+    parity.run.harness.precompile). xdist workers each collect every cell, so each compiles its share of
     the kernels into the Triton cache they share."""
     config = session.config
     if config.option.collectonly or _xdist_controller(config) or not matrix_wanted(config):
@@ -278,7 +278,7 @@ def pytest_collection_finish(session):
             cells.setdefault((cell[0], cell[4]), []).append(cell[1:4])
     if not cells:
         return
-    from parity import devices, harness
+    from parity.run import devices, harness
 
     workers = _xdist_workers()
     share = (devices.worker_index(), workers) if workers > 1 else (0, 1)
@@ -350,7 +350,7 @@ def _backend(spec: str, aiter_path: str | None):
 @pytest.fixture
 def parity_repeats(request, parity_cell) -> int:
     """Calls per cell at the run's level and the cell's device (each compared bitwise with the first)."""
-    from parity.grids import repeats_for
+    from parity.problem.grids import repeats_for
 
     return repeats_for(request.config.getoption("--parity-level") or "quick", parity_cell[-1])
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from parity.backends import load_backend
-from parity.cases import IndexerCase
-from parity.harness import run_cell
+from parity.problem.cases import IndexerCase
+from parity.run.harness import run_cell
 
 MML = 500
 OVERSHOOT = math.ceil(MML / 256) * 256 - MML  # an unmasked 256-column chunk of a full row
@@ -90,7 +90,7 @@ PLANTED = [
 
 
 def _stress(case_id: str) -> IndexerCase:
-    from parity.grids import stress_cases
+    from parity.problem.grids import stress_cases
 
     return next(c for c in stress_cases() if c.id == case_id)
 

@@ -3,7 +3,7 @@ written from SPEC section 1 (not the reference under test, so that a fake agrees
 the adapter hands it the right arguments)."""
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 
 
 def paged_logits(q, kv_cache, weights, block_table, row_lens, max_len, masked=True):

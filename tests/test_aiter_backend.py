@@ -16,10 +16,10 @@ import pytest
 from findings import failing, finding, old_causal_rule_mask
 import torch
 
-from parity import render, report
+from parity.reports import render, report
 from parity.backends.aiter import NOT_RUNNABLE, find_build, make_backend
-from parity.cases import IndexerCase, build_inputs
-from parity.harness import run_cell
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.run.harness import run_cell
 
 pytest.importorskip("triton")
 

@@ -19,8 +19,8 @@ import torch
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
 from parity.backends.aiter import backend as backend_mod
 from parity.backends.aiter.launch import LaunchLog, Watched
-from parity.cases import IndexerCase, build_inputs
-from parity.harness import run_cell
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.run.harness import run_cell
 
 from fake_aiter import make_tree  # noqa: E402  (tests/ is on sys.path under pytest's rootdir rules)
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from parity import bench
-from parity import roofline as roofline_mod
-from parity.roofline import roofline
+from parity.perf import bench
+from parity.perf import roofline as roofline_mod
+from parity.perf.roofline import roofline
 
 
 def test_bench_cpu_smoke(tmp_path, capsys):
@@ -37,8 +37,8 @@ def test_bytes_moved_counts_keys_scales_and_logits():
 
 
 def test_make_inputs_are_valid_and_preshuffled():
-    from parity.cases import validate_inputs
-    from parity.layouts import unshuffle_kv_cache
+    from parity.problem.cases import validate_inputs
+    from parity.problem.layouts import unshuffle_kv_cache
 
     inp = bench.make_inputs(bench.Shape(batch=2, next_n=2, context=100, heads=8, head_dim=32, block_size=16),
                             "cpu", gen=torch.Generator().manual_seed(0))

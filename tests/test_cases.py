@@ -4,8 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from parity.cases import CONTEXT_PATTERNS, IndexerCase, build_inputs, validate_inputs
-from parity.grids import full_cases, quick_cases, stress_cases
+from parity.problem.cases import CONTEXT_PATTERNS, IndexerCase, build_inputs, validate_inputs
+from parity.problem.grids import full_cases, quick_cases, stress_cases
 
 
 def test_quick_grid_size_and_edges():
@@ -117,7 +117,7 @@ def test_per_row_lengths_are_drawn_within_each_context_and_end_at_it():
 
 
 def test_high_block_ids_move_the_blocks_not_the_logits():
-    from parity.reference import reference_logits
+    from parity.problem.reference import reference_logits
 
     case = IndexerCase(batch=2, next_n=2, block_size=16, context="ctx_eq_max", block_id_floor=600)
     high, compact = build_inputs(case), build_inputs(case, compact=True)
@@ -128,7 +128,7 @@ def test_high_block_ids_move_the_blocks_not_the_logits():
 
 
 def test_near_ties_sit_at_the_kth_place():
-    from parity.reference import reference_logits
+    from parity.problem.reference import reference_logits
 
     case = IndexerCase(batch=2, next_n=2, heads=64, max_model_len=1000, topk_mode="near_ties", topk=64)
     ref = reference_logits(build_inputs(case))

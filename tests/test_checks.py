@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from parity import checks
+from parity.judge import checks
 from parity.backends.base import SimpleBackend
-from parity.buffers import guarded_buffer
-from parity.cases import IndexerCase
-from parity.harness import run_cell
+from parity.judge.buffers import guarded_buffer
+from parity.problem.cases import IndexerCase
+from parity.run.harness import run_cell
 from parity.selftest import PLANTED
 
 
@@ -89,7 +89,7 @@ def test_bad_case_inputs_become_an_error_finding_not_a_crash():
             raise AssertionError
 
     case = IndexerCase(batch=1, next_n=1)
-    from parity import harness
+    from parity.run import harness
 
     harness._inputs.cache_clear()
     inp = harness._inputs(case, "cpu")
@@ -110,13 +110,13 @@ class _WritesItsCache(SimpleBackend):
 
 
 def test_backend_writing_its_inputs_is_caught_and_inputs_restored():
-    from parity import harness
+    from parity.run import harness
 
     case = IndexerCase(batch=1, next_n=1, seed=7)
     r = run_cell(_WritesItsCache(name="writes-cache"), "fused", "exact", case)
     bad = [f for f in r["findings"] if f["check"] == "inputs"]
     assert r["status"] == "fail" and bad and bad[0]["details"]["changed"] == ["kv_cache"]
-    from parity.cases import build_inputs
+    from parity.problem.cases import build_inputs
 
     assert torch.equal(harness._inputs(case, "cpu").kv_cache, build_inputs(case).kv_cache)
 
@@ -187,7 +187,7 @@ class _LeadingValueFault(SimpleBackend):
 
 
 def test_padded_run_of_the_same_cell_withdraws_or_confirms_the_attribution():
-    from parity.runner import reconcile
+    from parity.run.runner import reconcile
 
     case = IndexerCase(batch=3, next_n=2, context="ctx_eq_max_first")
     fake = _LeadingValueFault(name="leading", paths=("fused",))

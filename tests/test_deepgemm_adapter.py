@@ -8,10 +8,10 @@ import pytest
 from fake_kernels import paged_logits
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends import deepgemm
-from parity.cases import IndexerCase, build_inputs, valid_lengths
-from parity.harness import failed_checks, run_cell
+from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.run.harness import failed_checks, run_cell
 
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")
 SM100, SM90 = (10, 0), (9, 0)

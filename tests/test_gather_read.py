@@ -3,7 +3,7 @@ block in the block tables, once (under the Triton interpreter on the CPU)."""
 import pytest
 import torch
 
-from parity import bench
+from parity.perf import bench
 
 pytest.importorskip("triton")
 from parity.kernels.gather_read import gather_read  # noqa: E402

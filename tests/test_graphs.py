@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from parity.graphs import recommend, run_all, to_markdown
+from parity.contract.graphs import recommend, run_all, to_markdown
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="graph capture needs a CUDA/HIP GPU; none here")
 

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from parity import cli
-from parity import report as rep
+from parity.reports import report as rep
 from parity.backends import load_backend
-from parity.cases import IndexerCase
-from parity.harness import run_cell
+from parity.problem.cases import IndexerCase
+from parity.run.harness import run_cell
 
 pytest.importorskip("matplotlib")
 # The second case passes under the fault: max_model_len is a whole number of its 256-column chunks.

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends.torch_ref import TorchBackend
-from parity.cases import IndexerCase, build_inputs
-from parity.reference import gather_keys
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.problem.reference import gather_keys
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 64])

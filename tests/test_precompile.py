@@ -1,4 +1,4 @@
-"""Kernels compiled before the first cell (parity.harness.precompile) are the ones the cells launch: the
+"""Kernels compiled before the first cell (parity.run.harness.precompile) are the ones the cells launch: the
 precompile hook sees, for every cell, the arguments run_cell passes (on a GPU that means the same Triton
 specialization, so no cell compiles again: the gpu test counts compiles)."""
 import pytest
@@ -6,9 +6,9 @@ import pytest
 pytest.importorskip("triton.runtime._async_compile")
 import torch  # noqa: E402
 
-from parity import harness  # noqa: E402
+from parity.run import harness  # noqa: E402
 from parity.backends.torch_ref import TorchBackend  # noqa: E402
-from parity.grids import cases_for_level  # noqa: E402
+from parity.problem.grids import cases_for_level  # noqa: E402
 from logging_backend import write_logging_backend  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def test_the_cli_child_precompiles_its_cells_before_the_first(tmp_path, monkeypa
     """``parity run`` on a (stand-in) GPU: the child process hands its cells to the precompile hook first."""
     import json
 
-    from parity import devices
+    from parity.run import devices
     from parity.cli import main
 
     log = tmp_path / "events.txt"
@@ -124,7 +124,7 @@ def test_the_pytest_plugin_precompiles_the_collected_cells_before_the_first(tmp_
     import sys
     from pathlib import Path
 
-    from parity import devices
+    from parity.run import devices
 
     log = tmp_path / "events.txt"
     backend = write_logging_backend(tmp_path / "logged.py", log, "{os.getpid()} run {inputs.case.id}",

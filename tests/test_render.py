@@ -1,4 +1,4 @@
-"""Buffer maps (parity.render): a planted overshoot shows at the right rows and columns. The truth
+"""Buffer maps (parity.reports.render): a planted overshoot shows at the right rows and columns. The truth
 each map is held to is independent of the classifier: the elements where the faulty backend's
 buffer differs bit for bit from the correct backend's, and where the fault's own rule (whole
 256-column chunks stored unmasked) says its writes land."""
@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 
-from parity import render
+from parity.reports import render
 from parity.backends import load_backend
 from parity.backends.faults import CHUNK
-from parity.buffers import fill_sentinel, guarded_buffer
-from parity.cases import IndexerCase, build_inputs
-from parity.harness import _reference, run_cell
+from parity.judge.buffers import fill_sentinel, guarded_buffer
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.run.harness import _reference, run_cell
 
 CASE = IndexerCase(batch=3, next_n=2, context="ctx_eq_max_first")
 C = {name: i for i, name in enumerate(render.CLASSES)}

@@ -1,7 +1,7 @@
 """Scaling out: each xdist worker on its own GPU, the CLI over the GPUs of a host, and the float64
 reference computed once per case and shared on disk (shards over machines: test_shards.py).
 
-Without GPUs the device tests run on stand-in GPUs (``PARITY_FAKE_GPUS``, see parity.devices): what
+Without GPUs the device tests run on stand-in GPUs (``PARITY_FAKE_GPUS``, see parity.run.devices): what
 they prove is the plumbing (worker -> device, the device current at each launch); the ``gpu``
 variants prove the same on real GPUs and skip without two."""
 import json
@@ -13,9 +13,11 @@ import textwrap
 import pytest
 import torch
 
-from parity import devices, harness, refcache, shards
-from parity.cases import IndexerCase
-from parity.grids import cases_for_level
+from parity.run import devices, harness, shards
+
+from parity.problem import refcache
+from parity.problem.cases import IndexerCase
+from parity.problem.grids import cases_for_level
 from parity.cli import main
 from logging_backend import write_logging_backend
 from xdist_runs import CHECKOUT, cells_by_worker, clean_env, plugin_args
@@ -211,7 +213,7 @@ def test_cli_spreads_a_backend_over_the_gpus_and_a_crash_on_one_keeps_the_others
         assert r["status"] == "pass" and r["ran_on"]["current"] == [r["device"]], r["id"]
         ran.setdefault(r["device"], []).append(r["case"]["id"])
     # The split is whole cases: the crashed GPU's cases up to the victim, and the other GPU's all.
-    from parity.runner import _case_weight
+    from parity.run.runner import _case_weight
 
     parts = [[c.id for _, _, c in part] for part in
              shards.split_by_case([("fused", "exact", c) for c in cases], _case_weight, 2)]

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from parity import harness, shards
+from parity.run import harness, shards
 from parity.cli import main
-from parity.grids import cases_for_level
+from parity.problem.grids import cases_for_level
 from xdist_runs import CHECKOUT, clean_env
 
 BACKEND = textwrap.dedent('''
@@ -62,7 +62,7 @@ def test_pytest_split_groups_are_the_whole_matrix_once_with_cases_together(monke
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_cli_shards_are_the_whole_matrix_once_and_keep_twins_together(level, n):
     from parity.backends import PATHS
-    from parity.buffers import BUFFER_KINDS
+    from parity.judge.buffers import BUFFER_KINDS
 
     cells = [(p, b, c.id) for c in cases_for_level(level) for p in PATHS for b in BUFFER_KINDS]
     picked = [cell for k in range(1, n + 1) for cell in cells if shards.shard_of(cell[0], cell[2], n) == k]
@@ -76,7 +76,7 @@ def test_cli_shards_are_the_whole_matrix_once_and_keep_twins_together(level, n):
 
 def test_a_cells_shard_is_the_same_in_every_process():
     """Not Python's hash(), which is salted per process."""
-    code = "from parity.shards import shard_of; print([shard_of(p, 'B3-n2-bs64-ctx_eq_max', 5) for p in " \
+    code = "from parity.run.shards import shard_of; print([shard_of(p, 'B3-n2-bs64-ctx_eq_max', 5) for p in " \
            "('stage1', 'fused', 'preshuffle')])"
     outs = {subprocess.run([sys.executable, "-c", code], env=clean_env(PYTHONHASHSEED=seed), cwd=CHECKOUT,
                            capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}

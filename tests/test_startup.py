@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from parity import devices
+from parity.run import devices
 from xdist_runs import CHECKOUT, cells_by_worker, clean_env, plugin_args
 
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from parity import strategies
+from parity.contract import strategies
 from parity.backends.torch_ref import TorchBackend
-from parity.cases import IndexerCase, build_inputs
-from parity.contract import check_device, check_layer_reuse, check_rows
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.contract.contract import check_device, check_layer_reuse, check_rows
 
 ALL = sorted(strategies.STRATEGIES)
 CASE = IndexerCase(batch=2, next_n=2, heads=4, max_model_len=300, context="random")

@@ -9,14 +9,14 @@ import pytest
 from fake_kernels import paged_logits
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends import aiter as aiter_mod
 from parity.backends import vllm_ops
-from parity.buffers import guarded_buffer
-from parity.cases import IndexerCase, build_inputs, valid_lengths
-from parity.checks import TOLERANCES
-from parity.harness import failed_checks, run_cell
-from parity.topk import compare_topk, topk_reference
+from parity.judge.buffers import guarded_buffer
+from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.judge.checks import TOLERANCES
+from parity.run.harness import failed_checks, run_cell
+from parity.judge.topk import compare_topk, topk_reference
 
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")
 

@@ -8,10 +8,10 @@ import torch
 
 from parity.backends.base import SimpleBackend
 from parity.backends.torch_ref import TorchBackend
-from parity.buffers import guarded_buffer
-from parity.cases import IndexerCase
-from parity.harness import run_cell
-from parity.topk import DEFAULT_TOPK, compare_topk, topk_reference
+from parity.judge.buffers import guarded_buffer
+from parity.problem.cases import IndexerCase
+from parity.run.harness import run_cell
+from parity.judge.topk import DEFAULT_TOPK, compare_topk, topk_reference
 
 
 def numpy_topk(logits: np.ndarray, context_lens, next_n: int, k: int) -> np.ndarray:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from parity.backends import load_backend
-from parity.cases import IndexerCase, build_inputs
-from parity.grids import quick_cases
-from parity.harness import failed_checks, run_cell
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.problem.grids import quick_cases
+from parity.run.harness import failed_checks, run_cell
 
 pytest.importorskip("triton")
 
@@ -63,7 +63,7 @@ def test_rejects_wrong_out(triton_backend):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cpu refusal only matters without a GPU")
 def test_cpu_without_interpreter_is_unsupported():
-    code = ("from parity.backends import load_backend; from parity.cases import IndexerCase, build_inputs;"
+    code = ("from parity.backends import load_backend; from parity.problem.cases import IndexerCase, build_inputs;"
             "print(load_backend('triton').unsupported('fused', build_inputs(IndexerCase())))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

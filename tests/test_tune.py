@@ -3,8 +3,8 @@ checks (the Triton interpreter without a GPU)."""
 import pytest
 
 pytest.importorskip("triton")
-from parity import tune  # noqa: E402
-from parity.bench import Shape, rotation_sets  # noqa: E402
+from parity.perf import tune  # noqa: E402
+from parity.perf.bench import Shape, rotation_sets  # noqa: E402
 
 
 def test_sweep_check_passes_every_config_through_the_suite_checks():

@@ -5,7 +5,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from parity import devices
+from parity.run import devices
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -108,7 +108,10 @@ def pytest_configure(config):  # noqa: F811  (the last configure hook: the parit
         import torch
 
         torch.set_num_threads(int(raw))
-    from parity import checks, harness, refcache, render, topk
+    from parity.judge import checks, topk
+    from parity.run import harness
+    from parity.problem import refcache
+    from parity.reports import render
 
     harness._call = PROFILE.timed("backend_call", harness._call)
     harness.precompile = PROFILE.timed("precompile", harness.precompile)

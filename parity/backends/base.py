@@ -25,7 +25,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 PATHS = ("stage1", "fused", "preshuffle")
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 # deepseek-ai/DeepGEMM history of the paged MQA logits call (first commit of each).
 GENERATIONS = {

@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends.base import SimpleBackend
 from parity.backends.torch_ref import head_logits
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 CHUNK = 256  # columns one program stores at once in the buggy kernel
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends.base import SimpleBackend
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 
 def dequantized_keys(inputs: IndexerInputs, b: int, cache: torch.Tensor, preshuffled: bool) -> torch.Tensor:

@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends.base import PATHS, SimpleBackend
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

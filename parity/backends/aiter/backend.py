@@ -20,12 +20,12 @@ import traceback
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends.aiter import discovery as disc
 from parity.backends.aiter import launch
 from parity.backends.aiter.shims import NOT_RUNNABLE, load_from_files
 from parity.backends.base import PATHS
-from parity.cases import IndexerCase, IndexerInputs, build_inputs
+from parity.problem.cases import IndexerCase, IndexerInputs, build_inputs
 
 VARIANTS = {  # variant -> (backend name, {path: wrapper})
     "paged": ("aiter", {"stage1": disc.STAGE1, "fused": disc.FUSED, "preshuffle": disc.FUSED}),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from parity import layouts
-from parity.cases import IndexerInputs
+from parity.problem import layouts
+from parity.problem.cases import IndexerInputs
 
 
 def gather_keys(inp: IndexerInputs, b: int) -> tuple[torch.Tensor, torch.Tensor]:

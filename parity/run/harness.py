@@ -10,11 +10,17 @@ from dataclasses import asdict
 
 import torch
 
-from parity import checks, devices, refcache, render, topk
+from parity.judge import checks, topk
+
+from parity.run import devices
+
+from parity.problem import refcache
+
+from parity.reports import render
 from parity.backends.base import Backend
-from parity.buffers import DEFAULT_PAD, guarded_buffer
-from parity.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
-from parity.reference import reference_head_logits
+from parity.judge.buffers import DEFAULT_PAD, guarded_buffer
+from parity.problem.cases import IndexerCase, IndexerInputs, build_inputs, validate_inputs
+from parity.problem.reference import reference_head_logits
 
 
 def cell_id(backend: str, path: str, buffer: str, case: IndexerCase) -> str:

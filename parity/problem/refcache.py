@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from parity import cases, layouts, reference
+from parity.problem import cases, layouts, reference
 
 ENV = "PARITY_CACHE_DIR"
 STALE_S = 3600  # another version's directory untouched this long is removed

@@ -1,13 +1,13 @@
-"""Checks of a logits-buffer strategy (parity.strategies or a user's own allocator): the rows it
+"""Checks of a logits-buffer strategy (parity.contract.strategies or a user's own allocator): the rows it
 returns, the device it allocates on, and what a buffer reused across layers leaks."""
 from __future__ import annotations
 
 import torch
 
 from parity.backends.base import Backend
-from parity.cases import IndexerCase, build_inputs, valid_lengths
-from parity.checks import Finding, check_mask, check_values
-from parity.reference import reference_logits
+from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.judge.checks import Finding, check_mask, check_values
+from parity.problem.reference import reference_logits
 
 DSV32_LAYERS = 61
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from parity.buffers import GuardedBuffer, sentinel_mask
+from parity.judge.buffers import GuardedBuffer, sentinel_mask
 
 # (rtol of the row's max |ref|, atol). fp8 values are dequantized exactly, so the error is fp32
 # accumulation over head_dim and heads: ~1e-6 of the row max on CPU, up to ~2e-4 for GPU kernels
@@ -250,7 +250,7 @@ def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor
 
 def cross_check_next_row(exact: dict, padded: dict) -> None:
     """Weigh an exact-buffer cell's next-row attribution against the padded-buffer run of the same
-    cell (result dicts of :func:`parity.harness.run_cell`), in place. A real overshoot of row r-1
+    cell (result dicts of :func:`parity.run.harness.run_cell`), in place. A real overshoot of row r-1
     lands in that row's padding when there is padding: confirmed when it does; withdrawn, with the
     reason on the values/mask findings, when the padded run wrote nothing past any row end."""
     if padded.get("status") not in ("pass", "fail"):

@@ -6,7 +6,7 @@ A cache that reallocates for a larger bucket frees the buffer an earlier graph r
 allocator hands that block to the next tensor of its size on that stream, and replaying the earlier
 graph writes into it.
 
-    python -m parity.graphs [--out graphs.json]   # every strategy, a table and a recommendation
+    python -m parity.contract.graphs [--out graphs.json]   # every strategy, a table and a recommendation
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from dataclasses import replace
 
 import torch
 
-from parity import strategies
+from parity.contract import strategies
 from parity.backends.base import Backend
-from parity.buffers import fill_sentinel, sentinel_mask
-from parity.cases import IndexerCase, build_inputs
-from parity.checks import Finding, check_mask, check_values
-from parity.reference import reference_logits
+from parity.judge.buffers import fill_sentinel, sentinel_mask
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.judge.checks import Finding, check_mask, check_values
+from parity.problem.reference import reference_logits
 
 DEFAULT_CASE = IndexerCase(next_n=2, heads=64, max_model_len=2000, context="random")
 LAYERS = 61
@@ -189,7 +189,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m parity.graphs", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m parity.contract.graphs", description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="triton")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None, help="write the JSON result here")

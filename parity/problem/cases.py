@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 
 # Context-length patterns. Each names the edge it exercises; the builder turns it into context_lens.
 CONTEXT_PATTERNS = (

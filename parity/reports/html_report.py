@@ -1,5 +1,5 @@
 """A self-contained HTML page of a parity report: the summary table, for each failing cell a picture
-of its guarded buffer (the map :mod:`parity.render` stored in the cell) with a legend and the list
+of its guarded buffer (the map :mod:`parity.reports.render` stored in the cell) with a legend and the list
 of stray writes, and optionally the diff against a baseline report. Images are inline PNGs drawn by
 matplotlib, an optional extra (``pip install 'indexer-parity[report]'``)."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from parity import render
-from parity import report as rep
+from parity.reports import render
+from parity.reports import report as rep
 
 EXTRA = "report"
 MISSING = (f"the HTML report draws its buffer maps with matplotlib, an optional extra: "

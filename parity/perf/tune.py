@@ -1,4 +1,4 @@
-"""Tuning sweep of the Triton kernel on a GPU: ``python -m parity.tune [--shape B64-n2-ctx8192]``.
+"""Tuning sweep of the Triton kernel on a GPU: ``python -m parity.perf.tune [--shape B64-n2-ctx8192]``.
 
 First checks the kernel against the torch path on a mid-size shape (mask exact, max error over the row
 max), then times fused and preshuffle for each config and prints one short table, best first."""
@@ -10,9 +10,9 @@ import re
 
 import torch
 
-from parity import checks
+from parity.judge import checks
 from parity.backends import load_backend
-from parity.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs, rotation_sets, timed_call
+from parity.perf.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs, rotation_sets, timed_call
 
 
 def check(device, shape: Shape) -> str:

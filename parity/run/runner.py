@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from parity import devices, shards
+from parity.run import devices, shards
 from parity.backends import load_backend
-from parity.cases import IndexerCase
-from parity.checks import cross_check_next_row
-from parity.harness import failed_checks, precompile, run_cell
+from parity.problem.cases import IndexerCase
+from parity.judge.checks import cross_check_next_row
+from parity.run.harness import failed_checks, precompile, run_cell
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 

@@ -2,8 +2,8 @@
 shape), stress (the bug classes seen in the wild), and how many times each cell calls a backend."""
 from __future__ import annotations
 
-from parity import layouts
-from parity.cases import CONTEXT_PATTERNS, IndexerCase
+from parity.problem import layouts
+from parity.problem.cases import CONTEXT_PATTERNS, IndexerCase
 
 
 def quick_cases() -> list[IndexerCase]:

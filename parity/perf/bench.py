@@ -3,7 +3,7 @@
 byte floor = (fp8 keys + fp32 scales read once per sequence + logits written) / device copy bandwidth, the copy
 bandwidth measured in the same run (a large device-to-device copy, bytes read + written). compute floor = the
 fp8 products of the path (2 * B * next_n * context * H * D FLOP) / the dense fp8 matrix throughput measured in
-the same run (``parity.roofline``). roofline = the larger. Inputs rotate over several sets so that a shape
+the same run (``parity.perf.roofline``). roofline = the larger. Inputs rotate over several sets so that a shape
 smaller than the L2 cache is not timed out of the cache.
 
 A backend may split its call in two (``prepare(path, inputs) -> handle``, then ``run_prepared(handle, out)``):
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from parity import layouts
+from parity.problem import layouts
 from parity.backends import PATHS, load_backend
-from parity.cases import IndexerInputs
-from parity.roofline import Throughput, fp8_tflops, roofline
+from parity.problem.cases import IndexerInputs
+from parity.perf.roofline import Throughput, fp8_tflops, roofline
 
 HEADS, HEAD_DIM, BLOCK_SIZE = 64, 128, 64
 FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 128) for n in (1, 2, 4)]

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from parity.device_names import worker_index  # noqa: F401  (torch-free, re-exported)
+from parity.run.device_names import worker_index  # noqa: F401  (torch-free, re-exported)
 
 FAKE_ENV = "PARITY_FAKE_GPUS"
 _fake_current = 0

@@ -23,9 +23,9 @@ import math
 
 import torch
 
-from parity.buffers import GuardedBuffer, sentinel_mask
-from parity import checks
-from parity.checks import MAX_CHUNK
+from parity.judge.buffers import GuardedBuffer, sentinel_mask
+from parity.judge import checks
+from parity.judge.checks import MAX_CHUNK
 
 CLASSES = (
     "correct",  # inside context_len, value within the tolerance of the values check
@@ -58,7 +58,7 @@ def classify(storage: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     """One class code (int8) per element of the flat guarded ``storage``. ``ref`` is the float64
     reference ``(rows, cols)``; ``context_len`` (and ``row_len``, valid positions) per row;
     ``magnitude`` as for the values check. Wrong values, wrong masks and the next-row attribution are
-    the checks' own verdicts (parity.checks), so a map never disagrees with the findings it draws."""
+    the checks' own verdicts (parity.judge.checks), so a map never disagrees with the findings it draws."""
     flat = storage.detach().cpu().reshape(-1)
     rows = ref.shape[0]
     if ref.shape[1] != cols or context_len.numel() != rows:

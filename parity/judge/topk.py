@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from parity.cases import row_lengths
-from parity.checks import MAX_LISTED, Finding
+from parity.problem.cases import row_lengths
+from parity.judge.checks import MAX_LISTED, Finding
 
 DEFAULT_TOPK = 2048  # DSv3.2's index_topk
 

@@ -1,0 +1,4 @@
+"""What the kernel is asked, and the right answer: the cases and their grids, the fp8 cache layouts,
+the float64 reference and its on-disk cache.
+
+The bottom layer: it imports nothing else of ``parity``."""
