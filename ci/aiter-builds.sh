@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every variant of two aiter builds, then the comparison: the run behind the "aiter builds" notes.
+# Every variant of two aiter builds, then the comparison (docs/third-party-findings.md).
 #
 # usage: [VARIANTS="paged ragged varctx"] ci/aiter-builds.sh OUT_DIR TREE [--level quick|full] [--device DEV]
 #                                                                       [--path P]...

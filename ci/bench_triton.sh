@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tuning run of the Triton kernels on a GPU, small output: parity of the Triton backend (pytest), a
-# config sweep at the bar's shape, then the quick benchmark. Usage: ci/bench_triton.sh [OUT_DIR] [sweep args]
+# config sweep at the reference shape (B64-n2-ctx8192), then the quick benchmark.
+# Usage: ci/bench_triton.sh [OUT_DIR] [sweep args]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-bench-results}}"; shift || true

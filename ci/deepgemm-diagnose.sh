@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bisect a DeepGEMM crash on the GPU in one call (< 8 minutes), with a native backtrace where there is
-# no gdb. Builds are kept under build/deepgemm-diag/ (git-ignored, not carried) and reused on a warm
+# Bisect a DeepGEMM crash on the GPU in one run (< 8 minutes), with a native backtrace where there is
+# no gdb. Builds are kept under build/deepgemm-diag/ (git-ignored) and reused on a warm
 # machine.
 #
 #   ci/deepgemm-diagnose.sh OUT_DIR [--src DIR] [--pin DIR] [--old DIR]

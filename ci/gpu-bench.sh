@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Performance against the roofline, and vLLM's decode top-k, in one GPU call, installing nothing:
+# Performance against the roofline, and vLLM's decode top-k, in one GPU run, installing nothing:
 #   1. python -m parity bench with triton, and deepgemm / aiter where one real call of theirs survives
 #      (deepgemm and deepgemm:noclean: rows with and without clean_logits; deepgemm:split: next_n 4);
 #   2. where a vLLM source tree is given (PARITY_VLLM_SRC, default third_party/vllm-src when present):
@@ -7,7 +7,7 @@
 #
 #   ci/gpu-bench.sh [OUT_DIR]
 #   env: PYTHON (default python3), BENCH_ARGS (default --quick), PARITY_VLLM_SRC,
-#        STEPS (default "bench topk": one of them splits the work over two calls)
+#        STEPS (default "bench topk"; one of them splits the work over two runs, e.g. under a job time limit)
 # Leaves OUT_DIR/{summary.md, probe-*.txt, bench.json, bench.md, topk-build.txt, topk.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU job of a session in one call on a two-GPU host (nvidia-h100-x2), two lanes at once:
+# The GPU half of the suite and the third-party builds in one run on a two-GPU host, two lanes at once:
 #   lane 0 (GPU 0): DeepGEMM built from a source tree (ci/build-deepgemm.sh --direct --std c++20),
 #     its parity at the full and stress levels, the benchmark (triton, deepgemm, aiter) against the
 #     roofline, vLLM's decode top-k built from a source tree;
 #   lane 1 (GPU 1): torch and triton at the stress level, pytest -m parity on the GPU, aiter builds
 #     (PARITY_AITER_TREES) at the full and stress levels and their diff, the GPU contract tests.
-# Each step has a timeout and the whole call a deadline (BUDGET seconds): a step that does not fit is
+# Each step has a timeout and the whole run a deadline (BUDGET seconds): a step that does not fit is
 # skipped and says so in its lane's summary. Nothing is fetched; wheels come from .whl/.
 #
-# OUT_DIR gets summary.md and lanes.tgz (every step's log and JSON report; the device returns at most 8
-# files, so they travel as one archive).
+# OUT_DIR gets summary.md and lanes.tgz (every step's log and JSON report, as one archive: one file to
+# copy back from a GPU machine).
 #
 #   ci/gpu-lanes.sh OUT_DIR
 #   env: BUDGET (default 560), DEEPGEMM_SRC (default third_party/DeepGEMM), PARITY_VLLM_SRC,

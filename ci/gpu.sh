@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of the suite in one call, installing nothing:
+# The GPU half of the suite in one run, installing nothing:
 #   1. pytest -m parity on the GPU for our backends (torch, triton): must pass;
 #   2. python -m parity run at LEVEL for every backend present (JSON report; a third-party build's
 #      findings land here);
@@ -15,7 +15,7 @@
 #        reused on a warm machine, and put on PYTHONPATH; else an installed deep_gemm is used if any;
 #        DEEPGEMM_ARGS: more build-deepgemm.sh options, e.g. "--cutlass DIR --fmt DIR"),
 #        LEVEL (default full), BENCH_ARGS (default --quick),
-#        STEPS (default "parity run contract compare bench": a subset splits the work over calls)
+#        STEPS (default "parity run contract compare bench": a subset splits the work over several runs)
 # Leaves OUT_DIR/{summary.md, pytest-parity.txt, parity.json, parity.md, contract.txt, graphs.json,
 # compare.txt, pipelining.json, bench/{bench.json, bench.md, probe-*.txt}}; summary.md gathers the tails.
 set -uo pipefail

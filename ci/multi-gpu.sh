@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The parity matrix over every GPU of one host, measured in one call (issue 13), on a machine with
+# The parity matrix over every GPU of one host, measured in one run, on a machine with
 # no network: pytest-xdist, execnet and pytest-split come from wheels in .whl/ (git-ignored; carry it).
 #   1. pytest -m parity --device cuda --parity-level full (torch, triton) in one process, then with
 #      -n <GPUs>, each run with cold caches of its own (Triton kernels, float64 references), timed;
@@ -78,7 +78,7 @@ nvidia-smi --query-gpu=index,uuid --format=csv,noheader > "$OUT_DIR/smi-uuids.cs
   echo "|---|---|"
   echo "| one process | $single |"
   echo "| -n $GPUS | $xdist |"
-  "$PY" -c "print(f'\nratio -n $GPUS / one process: {$xdist / $single:.2f} (issue 13 asks <= 0.6)')"
+  "$PY" -c "print(f'\nratio -n $GPUS / one process: {$xdist / $single:.2f} (target <= 0.6)')"
   echo -e "\n### where the cells of the -n $GPUS run ran (junitxml properties)"
   "$PY" - "$OUT_DIR" <<'EOF'
 import collections, csv, statistics, sys, xml.etree.ElementTree as ET

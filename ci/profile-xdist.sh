@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where the time of `pytest -m parity --device cuda` goes with one process and with -n <GPUs> (issue 13):
+# Where the time of `pytest -m parity --device cuda` goes with one process and with -n <GPUs>:
 # each run with the profiling plugin ci/profiling/parity_profile.py, which logs per process the time to
 # the first test, the tests' own time, Triton compile time and count (Triton's compilation listener),
 # and the time in backend calls, references, inputs and checks. Runs, in this order:

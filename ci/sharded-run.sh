@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The parity matrix split over N machines (CI jobs) and merged back into one report (issue 13).
+# The parity matrix split over N machines (CI jobs) and merged back into one report.
 # Every job runs the same command with its own K; a cell's shard is a stable hash of its path and
 # case, so the N jobs cover the matrix exactly once whatever machines they land on.
 #

@@ -119,7 +119,7 @@ class Indexer:
         if buffer not in GUARDED:
             if path == "stage1":
                 raise ValueError(f"buffer {buffer!r}: strategies hand out 2-D buffers; stage1 needs exact or padded")
-            from parity.contract.strategies import make_strategy  # issue 5's buffer strategies
+            from parity.contract.strategies import make_strategy  # the servers' buffer strategies
 
             self.strategy = make_strategy(buffer)
         self.calls = 0

@@ -51,7 +51,7 @@ def test_pytest_split_groups_are_the_whole_matrix_once_with_cases_together(monke
     assert len(whole) == len(set(whole))
     # the committed durations cover the matrix, so the groups are balanced by time, not by count
     durations = json.loads((CHECKOUT / ".test_durations").read_text())
-    assert set(whole) <= set(durations), "regenerate .test_durations (see README)"
+    assert set(whole) <= set(durations), "regenerate .test_durations (see docs/scale-out.md)"
     # the cells of a case are neighbours in the collection, so a worker's case caches hit
     case_of = [nid.split("[", 1)[1].split("-", 3)[3] for nid in whole]
     runs = [c for i, c in enumerate(case_of) if i == 0 or case_of[i - 1] != c]

@@ -1,6 +1,6 @@
 """What a parity process pays before its first cell, where the GPUs do not divide it: the xdist
 controller imports no torch and asks the CUDA driver about --device beside its workers' start, and
-every process opens its GPU's context while torch imports (README: Scaling out)."""
+every process opens its GPU's context while torch imports (docs/scale-out.md)."""
 import json
 import os
 import subprocess

@@ -19,7 +19,7 @@ from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 # the kernel's pointer arguments and their element types; every other non-constexpr argument is i32
 POINTERS = {"q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "w_ptr": "*fp32",
             "ctx_ptr": "*i32", "lens_ptr": "*i32", "table_ptr": "*i32", "out_ptr": "*fp32"}
-# the bar's shape (H=64, D=128, block_size 64, next_n 2), fp8 dot
+# the reference shape B64-n2-ctx8192 (H=64, D=128, block_size 64, next_n 2), fp8 dot
 BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, PRESHUFFLE=False,
                       FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False)
 
@@ -27,7 +27,7 @@ BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAG
 def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
                   arch: int = 90) -> str:
     """TTGIR of ``fn`` compiled for CUDA ``sm_<arch>``. Every argument is taken as a multiple of 16, as
-    Triton specializes pointers and integers at launch (at the bar's shape all of them are)."""
+    Triton specializes pointers and integers at launch (at the reference shape all of them are)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,7 +50,8 @@ def tiles_in_flight(ttgir: str) -> dict:
 
 
 def kernel_report(num_stages: int = 3) -> dict:
-    """Tiles in flight of the project's kernel at the bar's shape, per path (plain and preshuffled)."""
+    """Tiles in flight of the project's kernel at the reference shape (B64-n2-ctx8192), per path
+    (plain and preshuffled)."""
     out = {}
     for name, extra in {"fused": {}, "preshuffle": dict(PRESHUFFLE=True, FLAT=True),
                         "preshuffle-gather": dict(PRESHUFFLE=True), "stage1": dict(STAGE1=True)}.items():

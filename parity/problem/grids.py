@@ -48,7 +48,7 @@ def full_cases() -> list[IndexerCase]:
 
 
 def stress_cases() -> list[IndexerCase]:
-    """The bugs this kernel has had in the wild, one group per class (README, "The stress level").
+    """The bugs this kernel has had in the wild, one group per class (docs/stress-level.md).
     Cases marked gpu_only are skipped on the CPU with the reason; the rest fit the 2-core CI machine."""
     C = IndexerCase
     H = dict(heads=64, topk=128)
