@@ -28,7 +28,7 @@ DEFAULT_SERVER_LENGTHS = (8192, 16384, 32768)
 EMBEDDED_FRACTIONS = (4, 2, 1)  # the embedded window's room divided by these: short, half, full
 MIN_TOPK_MULTIPLE = 2  # a length must be at least this many times top-k, or the task tests nothing
 CHARS_PER_TOKEN = 4  # the estimate when no tokenizer is named
-RECORD_EVERY = 4  # one record among this many haystack items, on average
+RECORD_EVERY = 3  # every third haystack item is a (distractor) record
 DEFAULT_N_PER_LENGTH = 100
 
 _ADJ = ("quiet", "bright", "narrow", "old", "green", "heavy", "busy", "distant", "warm", "plain")
@@ -76,39 +76,54 @@ def _record(key: int, value: int) -> str:
 
 
 def make_doc(rng: random.Random, length: int, depth: float, count) -> dict:
-    """One question whose prompt (``Question: ...\\nAnswer:``) has at most ``length`` tokens by
-    ``count``; the asked record sits at ``depth`` (0 = first item, 1 = last) of the haystack."""
-    keys = rng.sample(range(10000, 100000), k=max(4, length // 8))
-    target_key, target_value = keys[0], rng.randrange(1000, 10000)
+    """One question whose prompt (``Question: ...\nAnswer:``) has at most ``length`` tokens by
+    ``count`` and as many as fit; the asked record sits at ``depth`` (0 = first item, 1 = last)."""
+    keys = iter(rng.sample(range(10000, 100000), k=max(4, length // 8)))
+    target_key, target_value = next(keys), rng.randrange(1000, 10000)
+    target = _record(target_key, target_value)
     tail = f"\nWhat is the access code of locker {target_key}?"
-    frame = count(f"Question: {_INTRO}{tail}\nAnswer:")
-    items, budget, used = [], length - frame - count(_record(target_key, target_value) + "\n"), 0
-    ki = 1
-    while True:
-        if rng.randrange(RECORD_EVERY) == 0 and ki < len(keys):
-            value = rng.randrange(1000, 10000)
-            while value == target_value:  # the answer appears once in the prompt
+    items: list[str] = []
+
+    def add(slack: int) -> int:
+        """Appends haystack items whose token counts sum to at most ``slack``; returns how many."""
+        added = 0
+        while True:
+            key = next(keys, None) if len(items) % RECORD_EVERY == 1 else None
+            if key is not None:
                 value = rng.randrange(1000, 10000)
-            item = _record(keys[ki], value)
-            ki += 1
-        else:
-            item = _filler(rng)
-        cost = count(item + "\n")
-        if used + cost > budget:
+                while value == target_value:  # the answer appears once in the prompt
+                    value = rng.randrange(1000, 10000)
+                item = _record(key, value)
+            else:
+                item = _filler(rng)
+            cost = count(item + "\n")
+            if cost > slack:
+                return added
+            items.append(item)
+            slack -= cost
+            added += 1
+
+    def render():
+        at = round(depth * len(items))
+        question = _INTRO + "\n".join(items[:at] + [target] + items[at:]) + tail
+        return question, count(f"Question: {question}\nAnswer:"), at
+
+    add(length - count(f"Question: {_INTRO}{target}{tail}\nAnswer:"))
+    # Under BPE the pieces' counts add up only approximately: measure the whole, then trim or grow.
+    can_grow = True
+    while True:
+        question, n, at = render()
+        if n > length:
+            if not items:
+                raise ValueError(f"--context-tokens {length}: too short for a question ({n} tokens without "
+                                 f"any other record)")
+            items.pop()
+            can_grow = False  # never oscillate between one item more and one less
+            continue
+        if not can_grow or not add(length - n):
             break
-        items.append(item)
-        used += cost
-    at = round(depth * len(items))
-    items.insert(at, _record(target_key, target_value))
-    question = _INTRO + "\n".join(items) + tail
-    # Token counts of the pieces add up only approximately under BPE: trim until the whole fits.
-    while count(f"Question: {question}\nAnswer:") > length and len(items) > 1:
-        items.pop(len(items) - 1 if at != len(items) - 1 else 0)
-        at = items.index(_record(target_key, target_value))
-        question = _INTRO + "\n".join(items) + tail
-    return {"question": question, "answer": f"Locker {target_key} has access code {target_value}.\n#### {target_value}",
-            "context_tokens": length, "prompt_tokens_generated": count(f"Question: {question}\nAnswer:"),
-            "depth": round(at / max(1, len(items) - 1), 4), "key": target_key}
+    return {"question": question, "answer": f"{target}\n#### {target_value}", "context_tokens": length,
+            "prompt_tokens_generated": n, "depth": round(at / max(1, len(items)), 4), "key": target_key}
 
 
 def generate(lengths: list[int], n_per_length: int, seed: int, count) -> list[dict]:

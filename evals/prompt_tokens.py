@@ -105,7 +105,10 @@ def tokenizer_counter(spec: str):
         return lambda text: len(text.encode("utf-8"))
     try:
         from transformers import AutoTokenizer
-
+    except ImportError:
+        raise ValueError(f"--tokenizer {spec!r}: a Hugging Face tokenizer needs the transformers package "
+                         f"(pip install transformers), or give 'embedded'") from None
+    try:
         tok = AutoTokenizer.from_pretrained(spec)
     except Exception as exc:
         raise ValueError(f"--tokenizer {spec!r}: cannot load it as a Hugging Face tokenizer "
