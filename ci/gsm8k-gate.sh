@@ -31,7 +31,10 @@ else
   # The embedded model behind its own HTTP server on a free port, as a vLLM server would be.
   LIMIT="${LIMIT-20}"; LIMIT_ARGS=(); [[ -n "$LIMIT" ]] && LIMIT_ARGS=(--limit "$LIMIT")
   PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  python -m evals serve --port "$PORT" --log "$ART/server_requests.jsonl" ${SERVE_ARGS:-} >"$ART/server.log" 2>&1 &
+  # The untrained model's window (1000 tokens) is shorter than a 5-shot GSM8K prompt: without
+  # --truncate-prompts the server refuses them as vLLM would; with it, each cut is reported.
+  python -m evals serve --port "$PORT" --log "$ART/server_requests.jsonl" --truncate-prompts ${SERVE_ARGS:-} \
+    >"$ART/server.log" 2>&1 &
   SERVER_PID=$!
   trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
   for _ in $(seq 100); do up "http://127.0.0.1:$PORT/health" && break; sleep 0.2; done
@@ -40,7 +43,7 @@ else
     || { echo "gsm8k run failed; see $ART/run/run.json"; exit 2; }
   if [[ -z "${BASELINE:-}" ]]; then
     # No stored baseline for the untrained embedded model: the reference backend in process is it.
-    python -m evals gsm8k run --out "$ART/reference" "${LIMIT_ARGS[@]}"
+    python -m evals gsm8k run --out "$ART/reference" --truncate-prompts "${LIMIT_ARGS[@]}"
     python -m evals gsm8k baseline "$ART/reference" -o "$ART/baseline.json" --name embedded-reference
     BASELINE="$ART/baseline.json"
   fi

@@ -1,4 +1,5 @@
-"""python -m evals gsm8k run|gate|compare|baseline|export-data, python -m evals serve."""
+"""python -m evals gsm8k run|gate|compare|baseline|export-data, python -m evals longctx
+run|gate|compare|baseline, python -m evals serve."""
 from __future__ import annotations
 
 import argparse
@@ -17,18 +18,26 @@ def _model_args(p):
     g.add_argument("--path", default="fused", choices=("fused", "stage1", "preshuffle"))
     g.add_argument("--model-seed", type=int, default=0)
     g.add_argument("--max-model-len", type=int, default=1000)
+    g.add_argument("--truncate-prompts", action="store_true",
+                   help="left-truncate prompts that do not fit max_model_len (reported in each response and the "
+                        "run's manifest) instead of refusing them with HTTP 400 as vLLM does")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evals")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    gsm = sub.add_parser("gsm8k", help="GSM8K through lm-eval: run, gate, compare, baseline")
-    gsub = gsm.add_subparsers(dest="action", required=True)
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {value}")
+        return value
+    return parse
 
-    r = gsub.add_parser("run", help="run lm-eval's gsm8k task (embedded model unless --base-url)")
-    r.add_argument("--out", default="runs/gsm8k", help="run directory (default runs/gsm8k)")
-    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir with train.jsonl and test.jsonl (default "
-                   "$GSM8K_DATA_DIR, else lm-eval's hub dataset openai/gsm8k: network or the local cache)")
+
+def add_run_args(r, default_out: str) -> None:
+    """The flags every lm-eval run takes (gsm8k run, longctx run)."""
+    r.add_argument("--out", default=default_out, help=f"run directory (default {default_out})")
     r.add_argument("--limit", type=int, default=None, help="first N test questions (smoke runs)")
     r.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--model", default=None, help="served model name (with --base-url)")
@@ -42,36 +51,69 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="lm-eval's random seed (few-shot order uses its own, 1234)")
     r.add_argument("--kernel-backend", default=None, help="label for the manifest (server runs)")
     r.add_argument("--kernel-build", default=None, help="label for the manifest, e.g. a wheel version or commit")
+    r.add_argument("--index-topk", type=_positive_int("--index-topk"), default=None,
+                   help="the indexer's top-k the prompt lengths are measured against (default 2048 for a server, "
+                        "the embedded model's own index_topk)")
+    r.add_argument("--tokenizer", default=None,
+                   help="count prompt tokens with this Hugging Face tokenizer (name or local path) where the server's "
+                        "usage cannot be attributed to prompts (batched requests); 'embedded' = the byte tokenizer")
     _model_args(r)
 
-    g = gsub.add_parser("gate", help="gate a run against a baseline (exit 0 pass, 1 regression, 2 unusable)")
+
+def add_verdict_parsers(sub, task: str) -> None:
+    """gate, compare and baseline, the same for every task (the run directory names its task)."""
+    g = sub.add_parser("gate", help=f"gate a {task} run against a baseline (exit 0 pass, 1 regression, 2 unusable)")
     g.add_argument("run")
     g.add_argument("--baseline", required=True)
     g.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
     g.add_argument("--confidence", type=float, default=0.95)
     g.add_argument("--floor", type=float, default=None, help="absolute minimum accuracy")
+    g.add_argument("--min-share-over-topk", type=float, default=0.5,
+                   help="below this share of prompts longer than index_topk the verdict says that the accuracy "
+                        "cannot see an indexer value bug (default 0.5)")
+    g.add_argument("--require-coverage", action="store_true",
+                   help="make such a run unusable (exit 2) instead of a verdict with that warning")
 
-    c = gsub.add_parser("compare", help="paired comparison of two runs; traces embedded-model divergences")
+    c = sub.add_parser("compare", help="paired comparison of two runs; traces embedded-model divergences")
     c.add_argument("run_a")
     c.add_argument("run_b")
     c.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
     c.add_argument("--no-trace", action="store_true", help="do not replay differing generations")
 
-    b = gsub.add_parser("baseline", help="write a baseline file (with the per-sample vector) from a run")
+    b = sub.add_parser("baseline", help="write a baseline file (with the per-sample vector) from a run")
     b.add_argument("run")
     b.add_argument("-o", "--output", required=True)
     b.add_argument("--name", default=None)
     b.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
     b.add_argument("--no-samples", action="store_true")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from evals import longctx
+
+    p = argparse.ArgumentParser(prog="python -m evals")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    gsm = sub.add_parser("gsm8k", help="GSM8K through lm-eval: run, gate, compare, baseline")
+    gsub = gsm.add_subparsers(dest="action", required=True)
+
+    r = gsub.add_parser("run", help="run lm-eval's gsm8k task (embedded model unless --base-url)")
+    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir with train.jsonl and test.jsonl (default "
+                   "$GSM8K_DATA_DIR, else lm-eval's hub dataset openai/gsm8k: network or the local cache)")
+    add_run_args(r, "runs/gsm8k")
+    add_verdict_parsers(gsub, "gsm8k")
+
     x = gsub.add_parser("export-data", help="write the hub dataset as train.jsonl/test.jsonl for offline machines")
     x.add_argument("dir", help="output directory (then: --data-dir DIR or GSM8K_DATA_DIR=DIR)")
     x.add_argument("--revision", default=None, help="hub revision (commit) to export (default: the latest)")
+
+    longctx.add_parser(sub, add_run_args, add_verdict_parsers, _positive_int)
 
     s = sub.add_parser("serve", help="serve the embedded model on an OpenAI-compatible /v1/completions")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log", default=None, help="append each decoded batch to this JSONL")
+    s.add_argument("--max-body-bytes", type=_positive_int("--max-body-bytes"), default=None,
+                   help="refuse larger request bodies with HTTP 413 (default 64 MiB)")
     _model_args(s)
     return p
 
@@ -84,9 +126,11 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "serve":
             return _serve(args)
-        if args.action == "run":
-            from evals import gsm8k
+        if args.cmd == "longctx" and args.action == "generate":
+            from evals import longctx
 
+            return longctx.generate_command(args)
+        if args.action == "run":
             embedded = args.base_url is None
             if args.max_gen_toks is None:
                 args.max_gen_toks = EMBEDDED_MAX_GEN_TOKS if embedded else 256
@@ -94,13 +138,25 @@ def main(argv=None) -> int:
                 args.batch_size = 8 if embedded else 1
             if not embedded and not args.model:
                 raise SystemExit("--model is required with --base-url (the name the server serves)")
+            if args.tokenizer:
+                from evals.prompt_tokens import tokenizer_counter
+
+                tokenizer_counter(args.tokenizer)  # a name that does not load stops here, before the run
+            if args.cmd == "longctx":
+                from evals import longctx
+
+                return longctx.run(args)
+            from evals import gsm8k
+
             return gsm8k.run(args)
         if args.action == "export-data":
             return _export(args)
         from evals.gate import gate, load_baseline, load_run, make_baseline
 
         if args.action == "gate":
-            return gate(load_run(args.run, args.filter), load_baseline(args.baseline), args.confidence, args.floor)
+            run = load_run(args.run, args.filter)
+            return gate(run, load_baseline(args.baseline, run.task), args.confidence, args.floor,
+                        min_share=args.min_share_over_topk, require_coverage=args.require_coverage)
         if args.action == "compare":
             from evals.compare import compare
 
@@ -139,8 +195,12 @@ def _serve(args) -> int:
 
     model = TinyIndexerLM(ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len),
                           Indexer(args.backend, args.buffer, args.path))
-    server = ServerThread(CompletionService(model, log_path=args.log), args.host, args.port)
-    print(f"serving tiny-indexer-lm ({args.backend}, {args.buffer}, {args.path}) on {server.base_url}", flush=True)
+    service = CompletionService(model, log_path=args.log, truncate_prompts=args.truncate_prompts)
+    server = ServerThread(service, args.host, args.port, **({"max_body_bytes": args.max_body_bytes}
+                                                            if args.max_body_bytes else {}))
+    print(f"serving tiny-indexer-lm ({args.backend}, {args.buffer}, {args.path}; max_model_len "
+          f"{model.cfg.max_model_len}, prompts that do not fit: {'truncated' if args.truncate_prompts else 'refused'}) "
+          f"on {server.base_url}", flush=True)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:

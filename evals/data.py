@@ -34,6 +34,8 @@ def resolve_data_dir(arg: str | None) -> Path | None:
         return None
     path = Path(raw).expanduser()
     path = path if path.is_absolute() else (Path.cwd() / path)
+    if not path.is_dir():
+        raise ValueError(f"--data-dir / ${DATA_ENV} = {path}: no such directory")
     missing = [f"{s}.jsonl" for s in SPLITS if not (path / f"{s}.jsonl").is_file()]
     if missing:
         raise ValueError(f"--data-dir / ${DATA_ENV} = {path}: missing {missing} (GSM8K JSONL with "
@@ -41,11 +43,43 @@ def resolve_data_dir(arg: str | None) -> Path | None:
     return path.resolve()
 
 
-def local_record(data_dir: Path) -> dict:
+def check_jsonl(path: Path) -> bytes:
+    """The file's bytes, after checking that every line is a JSON object with string ``question``
+    and ``answer`` fields and an answer that ends in ``#### N`` (GSM8K's format). Raises
+    ValueError naming the file and line: lm-eval would otherwise stop mid-run with a traceback."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): expected JSON lines") from None
+    rows = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(f), str) for f in FIELDS):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with string fields "
+                             f"{' and '.join(repr(f) for f in FIELDS)}")
+        tail = doc["answer"].rsplit("####", 1)
+        if len(tail) != 2 or not tail[1].strip():
+            raise ValueError(f"{path}:{lineno}: the answer must end in '#### N' (GSM8K's format)")
+        rows += 1
+    if rows == 0:
+        raise ValueError(f"{path}: no documents (an empty file)")
+    return raw
+
+
+def local_record(data_dir: Path, splits=SPLITS) -> dict:
     files = {}
-    for s in SPLITS:
+    for s in splits:
         p = data_dir / f"{s}.jsonl"
-        raw = p.read_bytes()
+        raw = check_jsonl(p)
         files[s] = {"path": str(p), "sha256": hashlib.sha256(raw).hexdigest(), "rows": raw.count(b"\n")}
     return {"source": "local", "dir": str(data_dir), "files": files}
 

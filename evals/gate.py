@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals import stats
-from evals.gsm8k import MANIFEST, NULL_RESPONSE, RESULTS, SAMPLES, TASK
+from evals import prompt_tokens, stats
+from evals.gsm8k import MANIFEST, NULL_RESPONSE, RESULTS, TASK, samples_file
 
 PASS, REGRESSION, UNUSABLE = 0, 1, 2
 DEFAULT_FILTER = "flexible-extract"
@@ -33,6 +33,7 @@ class RunScores:
     doc_ids: list[int]
     correct: list[int]  # per doc, in doc_id order
     records: dict[int, dict]  # doc_id -> lm-eval's record for this filter
+    task: str = TASK
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -59,14 +60,15 @@ def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
     if st.get("errors"):
         raise Unusable(f"run {run_dir}: the server answered {st['errors']} request(s) with an error")
     results = _read_json(run_dir / RESULTS, "lm-eval results")
-    task = results.get("results", {}).get(TASK)
+    task_name = manifest.get("task", TASK)
+    task = results.get("results", {}).get(task_name)
     if task is None:
-        raise Unusable(f"{run_dir / RESULTS} has no {TASK!r} results")
+        raise Unusable(f"{run_dir / RESULTS} has no {task_name!r} results")
     key = f"exact_match,{filter}"
     if key not in task:
         raise Unusable(f"{run_dir / RESULTS}: no metric {key!r} (has {sorted(k for k in task if ',' in k)})")
-    n = results.get("n-samples", {}).get(TASK, {}).get("effective", task.get("sample_len"))
-    samples_path = run_dir / SAMPLES
+    n = results.get("n-samples", {}).get(task_name, {}).get("effective", task.get("sample_len"))
+    samples_path = run_dir / samples_file(task_name)
     if not samples_path.is_file():
         raise Unusable(f"run {run_dir}: per-sample records {samples_path.name} are missing")
     records: dict[int, dict] = {}
@@ -96,19 +98,20 @@ def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
     value = float(task[key])
     if abs(sum(correct) / n - value) > 1e-9:
         raise Unusable(f"run {run_dir}: per-sample records give {sum(correct)}/{n} but results say {value}")
-    return RunScores(run_dir, manifest, filter, value, n, results.get("versions", {}).get(TASK),
-                     results.get("n-shot", {}).get(TASK), doc_ids, correct, records)
+    return RunScores(run_dir, manifest, filter, value, n, results.get("versions", {}).get(task_name),
+                     results.get("n-shot", {}).get(task_name), doc_ids, correct, records, task_name)
 
 
-def load_baseline(path: str | Path) -> dict:
+def load_baseline(path: str | Path, task: str | None = None) -> dict:
+    """A baseline file, checked; ``task``: the task it must be for (default: any)."""
     path = Path(path)
     b = _read_json(path, "baseline")
     need = {"task": str, "metric": str, "value": (int, float), "n": int}
     for k, t in need.items():
         if not isinstance(b.get(k), t):
             raise Unusable(f"baseline {path}: {k!r} is missing or not {t}")
-    if b["task"] != TASK:
-        raise Unusable(f"baseline {path}: task {b['task']!r}, expected {TASK!r}")
+    if task is not None and b["task"] != task:
+        raise Unusable(f"baseline {path}: task {b['task']!r}, expected {task!r}")
     if not 0.0 <= b["value"] <= 1.0 or b["n"] < 1:
         raise Unusable(f"baseline {path}: value must be in [0, 1] and n >= 1, got {b['value']}, {b['n']}")
     s = b.get("samples")
@@ -124,8 +127,13 @@ def load_baseline(path: str | Path) -> dict:
 
 
 def gate(run: RunScores, baseline: dict, confidence: float = 0.95, floor: float | None = None,
-         out=print) -> int:
+         out=print, min_share: float = prompt_tokens.DEFAULT_MIN_SHARE, require_coverage: bool = False) -> int:
+    """``min_share``: the share of prompts longer than the indexer's top-k below which the verdict
+    says that this accuracy cannot see an indexer value bug; with ``require_coverage`` such a run
+    is unusable (exit 2) instead of a pass or regression with that warning."""
     want = f"exact_match,{run.filter}"
+    if baseline["task"] != run.task:
+        raise Unusable(f"baseline is for task {baseline['task']!r}, the run for {run.task!r}")
     if baseline["metric"] != want:
         raise Unusable(f"baseline metric {baseline['metric']!r} is not the gated metric {want!r} (use --filter)")
     if run.n != baseline["n"]:
@@ -147,7 +155,13 @@ def gate(run: RunScores, baseline: dict, confidence: float = 0.95, floor: float 
         detail = f"z {t.details['z']:.3f}; baseline counted as {base_correct}/{baseline['n']}"
     below_floor = floor is not None and run.value < floor
     regression = t.regression or below_floor
-    out(f"gsm8k gate [{run.filter}] run {run.path}")
+    shown, coverage_lines = prompt_tokens.coverage(run.manifest.get("prompt_tokens"), min_share)
+    if require_coverage and not shown:
+        for line in coverage_lines:
+            out(f"  {line}")
+        raise Unusable("--require-coverage: this run's prompts are too short for its accuracy to reflect the "
+                       f"indexer (threshold: {min_share:.0%} of prompts longer than index_topk)")
+    out(f"{run.task} gate [{run.filter}] run {run.path}")
     out(f"  run      {run.value:.4f}  ({sum(run.correct)}/{run.n})")
     out(f"  baseline {baseline['value']:.4f}  (n={baseline['n']}, {baseline.get('name', '?')})")
     out(f"  test {t.test}: difference {t.diff:+.4f}, standard error {t.stderr:.4f}, one-sided p-value {t.p_value:.4g}, "
@@ -156,13 +170,16 @@ def gate(run: RunScores, baseline: dict, confidence: float = 0.95, floor: float 
         out(f"  floor {floor:.4f}: {'BELOW' if below_floor else 'above'}")
     reason = ("below the absolute floor" if below_floor and not t.regression else
               "worse than the baseline beyond noise" if t.regression else "within noise of the baseline")
-    out(f"  decision: {'REGRESSION' if regression else 'PASS'} ({reason})")
+    for line in coverage_lines:
+        out(f"  {line}")
+    scope = "" if shown else "; accuracy only: the indexer's values were not exercised"
+    out(f"  decision: {'REGRESSION' if regression else 'PASS'} ({reason}{scope})")
     return REGRESSION if regression else PASS
 
 
 def make_baseline(run: RunScores, name: str, with_samples: bool = True, **extra) -> dict:
     p, n = run.value, run.n
-    b = {"name": name, "task": TASK, "task_version": run.task_version, "num_fewshot": run.num_fewshot,
+    b = {"name": name, "task": run.task, "task_version": run.task_version, "num_fewshot": run.num_fewshot,
          "metric": f"exact_match,{run.filter}", "value": p, "n": n,
          "stderr": math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0,
          "model": run.manifest.get("model", {}).get("name"), "limit": run.manifest.get("limit"),

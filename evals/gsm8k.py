@@ -14,6 +14,9 @@ import time
 import traceback
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
+from evals import prompt_tokens
 from evals.data import hub_record, load_hub, local_record, resolve_data_dir
 
 TASK = "gsm8k"
@@ -95,22 +98,47 @@ def data_source(data_dir: Path | None) -> dict:
     return hub_record(ds, dataset, config, commit)
 
 
-def run(args) -> int:
+class BadInput(ValueError):
+    """A flag that contradicts the run (exit 2); raised after the manifest is written."""
+
+
+@dataclass
+class TaskSpec:
+    """What ``run`` evaluates: an lm-eval task config (a dict, as lm-eval's loader reads a YAML) and
+    the manifest's record of its documents."""
+    name: str
+    config: dict
+    data: dict
+    include_path: str | None = None  # a folder of task YAMLs for lm-eval's TaskManager
+    manifest: dict = field(default_factory=dict)  # extra manifest fields (e.g. a generator's settings)
+
+
+def gsm8k_spec(args) -> TaskSpec:
+    data_dir = resolve_data_dir(args.data_dir)
+    return TaskSpec(TASK, task_config(data_dir), data_source(data_dir))
+
+
+def samples_file(task: str) -> str:
+    return f"samples_{task}.jsonl"
+
+
+def run(args, spec: TaskSpec | None = None) -> int:
     """Returns 0 when lm-eval finished and every artifact was written, 1 otherwise (run.json still
     written, with status "failed" and the error). Raises :class:`DataUnavailable` (nothing written)
-    when there is no data to run on."""
+    when there is no data to run on, :class:`BadInput` (run.json written) for a contradictory flag."""
     os.environ.setdefault("LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER", NULL_RESPONSE)
-    data_dir = resolve_data_dir(args.data_dir)
-    data = data_source(data_dir)
+    spec = spec or gsm8k_spec(args)
+    task = spec.name
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULTS, SAMPLES, MANIFEST, REQUESTS):
+    for stale in (RESULTS, samples_file(task), MANIFEST, REQUESTS):
         (out / stale).unlink(missing_ok=True)
-    manifest = {"schema": 1, "status": "running", "task": TASK, "limit": args.limit, "started": _now(),
-                "command": [sys.executable, "-m", "evals", *sys.argv[1:]], "hardware": hardware(), "data": data,
-                "kernel": {"backend": args.kernel_backend, "build": args.kernel_build}}
+    manifest = {"schema": 1, "status": "running", "task": task, "limit": args.limit, "started": _now(),
+                "command": [sys.executable, "-m", "evals", *sys.argv[1:]], "hardware": hardware(), "data": spec.data,
+                "kernel": {"backend": args.kernel_backend, "build": args.kernel_build}, **spec.manifest}
     t0 = time.time()
     server = None
+    recorder = prompt_tokens.UsageRecorder()
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -122,34 +150,49 @@ def run(args) -> int:
             url, served = server.base_url, server.service.name
             manifest["kernel"].update(backend=args.backend, buffer=args.buffer, path=args.path,
                                       build=args.kernel_build or server.service.model.indexer.describe()["backend_info"])
+            model_topk = server.service.model.cfg.index_topk
+            if args.index_topk is not None and args.index_topk != model_topk:
+                raise BadInput(f"--index-topk {args.index_topk}: the embedded model's indexer keeps "
+                               f"index_topk={model_topk} tokens; omit the flag or give {model_topk}")
+            index_topk = model_topk
         else:
             url, served = completions_url(args.base_url, args.chat), args.model
+            index_topk = args.index_topk or prompt_tokens.DEFAULT_SERVER_TOPK
         model_args = {"base_url": url, "model": served, "tokenizer_backend": None, "tokenized_requests": False,
                       "num_concurrent": args.num_concurrent, "max_retries": args.max_retries,
                       "max_gen_toks": args.max_gen_toks, "batch_size": args.batch_size, "timeout": args.timeout,
                       "seed": args.seed}
+        lm_model = "local-chat-completions" if args.chat else "local-completions"
         manifest["model"] = {"kind": "embedded" if embedded else "server", "name": served,
-                             "lm_eval_model": "local-chat-completions" if args.chat else "local-completions",
-                             "model_args": model_args}
+                             "lm_eval_model": lm_model, "model_args": model_args,
+                             "prompt_tokens_from": "lm-eval's model, subclassed to keep each response's usage"}
         manifest["seed"] = {"lm_eval": args.seed, "model": args.model_seed if embedded else None}
+        manifest["index_topk"] = index_topk
         results = lm_eval.simple_evaluate(
-            model=manifest["model"]["lm_eval_model"], model_args=model_args, tasks=[task_config(data_dir)],
-            task_manager=TaskManager(include_defaults=False), limit=args.limit, log_samples=True,
-            apply_chat_template=bool(args.chat), random_seed=args.seed)
+            model=prompt_tokens.counting_model(lm_model, recorder, **model_args), tasks=[spec.config],
+            task_manager=TaskManager(include_defaults=False, include_path=spec.include_path), limit=args.limit,
+            log_samples=True, apply_chat_template=bool(args.chat), random_seed=args.seed)
         if results is None:
             raise RuntimeError("lm_eval.simple_evaluate returned no results")
-        samples = results.pop("samples", {}).get(TASK, [])
-        with open(out / SAMPLES, "w") as f:
+        samples = results.pop("samples", {}).get(task, [])
+        with open(out / samples_file(task), "w") as f:
             for rec in samples:
                 f.write(json.dumps(rec, default=str) + "\n")
         (out / RESULTS).write_text(json.dumps(results, indent=1, default=str))
-        manifest.update(status="ok", task_version=results.get("versions", {}).get(TASK),
-                        num_fewshot=results.get("n-shot", {}).get(TASK),
-                        n=results.get("n-samples", {}).get(TASK, {}).get("effective"),
-                        metrics={k: v for k, v in results.get("results", {}).get(TASK, {}).items() if "," in k})
+        manifest["prompt_tokens"] = _prompt_token_block(args, samples, recorder, index_topk, embedded)
+        manifest.update(status="ok", task_version=results.get("versions", {}).get(task),
+                        num_fewshot=results.get("n-shot", {}).get(task),
+                        n=results.get("n-samples", {}).get(task, {}).get("effective"),
+                        metrics={k: v for k, v in results.get("results", {}).get(task, {}).items() if "," in k})
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-        if isinstance(exc, KeyboardInterrupt):
+        error = f"{type(exc).__name__}: {exc}"
+        if server is not None and server.service.last_refusal:
+            error += f" (the server refused a request: {server.service.last_refusal})"
+            if "maximum context length" in server.service.last_refusal:
+                error += ("; the embedded model's window is --max-model-len: raise it, or pass --truncate-prompts "
+                          "to cut prompts from the left (reported in run.json)")
+        manifest.update(status="failed", error=error, traceback=traceback.format_exc()[-4000:])
+        if isinstance(exc, (KeyboardInterrupt, BadInput)):
             raise
     finally:
         if server is not None:
@@ -179,15 +222,39 @@ def _start_embedded(args, out: Path):
 
     cfg = ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len)
     model = TinyIndexerLM(cfg, Indexer(args.backend, args.buffer, args.path))
-    service = CompletionService(model, log_path=str(out / REQUESTS))
+    service = CompletionService(model, log_path=str(out / REQUESTS),
+                                truncate_prompts=getattr(args, "truncate_prompts", False))
     return ServerThread(service).__enter__()
+
+
+def sample_prompt(rec: dict) -> str:
+    """The prompt lm-eval sent for a per-sample record (a chat prompt is its JSON string)."""
+    args = rec["arguments"]
+    first = args[0] if isinstance(args, (list, tuple)) else args["gen_args_0"]["arg_0"]
+    while isinstance(first, (list, tuple)):
+        first = first[0]
+    return first
+
+
+def _prompt_token_block(args, samples: list[dict], recorder, index_topk: int, embedded: bool) -> dict:
+    prompts = {rec["doc_id"]: sample_prompt(rec) for rec in samples}
+    fallback = getattr(args, "tokenizer", None) or (prompt_tokens.EMBEDDED if embedded else None)
+    per_doc = prompt_tokens.per_doc_counts(prompts, recorder, fallback)
+    note = None
+    if recorder.batched_totals and not fallback:
+        note = (f"the server reported only batch totals for {recorder.batched_totals} request(s) of "
+                f"--batch-size {args.batch_size}: pass --batch-size 1 or --tokenizer")
+    return prompt_tokens.summarize(per_doc, index_topk, note)
 
 
 def _print_summary(manifest: dict, out: Path) -> None:
     if manifest["status"] != "ok":
-        print(f"gsm8k run FAILED: {manifest.get('error')}\nartifacts: {out}")
+        print(f"{manifest['task']} run FAILED: {manifest.get('error')}\nartifacts: {out}")
         return
     m = manifest["metrics"]
     parts = [f"{k.split(',')[1]} {m[k]:.4f}" for k in sorted(m) if k.startswith("exact_match,")]
-    print(f"gsm8k n={manifest['n']} ({manifest['num_fewshot']}-shot, v{manifest['task_version']}): "
-          + ", ".join(parts) + f"  [{manifest['wall_s']} s]\nartifacts: {out}")
+    print(f"{manifest['task']} n={manifest['n']} ({manifest['num_fewshot']}-shot, v{manifest['task_version']}): "
+          + ", ".join(parts) + f"  [{manifest['wall_s']} s]")
+    for line in prompt_tokens.coverage(manifest.get("prompt_tokens"))[1]:
+        print(f"  {line}")
+    print(f"artifacts: {out}")

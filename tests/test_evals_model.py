@@ -55,7 +55,7 @@ def post(url, body):
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerThread(CompletionService(TinyIndexerLM(CFG))) as s:
+    with ServerThread(CompletionService(TinyIndexerLM(CFG), truncate_prompts=True)) as s:  # PROMPTS overflow
         yield s
 
 
@@ -72,12 +72,12 @@ def test_completions_batch_and_stop(server, reference):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"prompt": [1, 2, 3], "max_tokens": 4}, "prompt must be a string"),
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens must be an integer >= 1"),
+    ({"prompt": [1, 2, 3], "max_tokens": 4}, "prompt as token ids is not accepted"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
     ({"prompt": "x", "temperature": 0.7}, "temperature must be 0"),
-    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo and logprobs are not supported"),
-    ({"prompt": "x", "max_tokens": 400}, "leaves no room"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo is not supported"),
+    ({"prompt": "x", "max_tokens": 400}, "This model's maximum context length is 300 tokens"),
 ])
 def test_bad_requests_are_rejected(server, body, message):
     code, out = post(server.base_url, body)
-    assert code in (400, 500) and message in out["error"]["message"], out
+    assert code == 400 and message in out["error"]["message"], out
