@@ -30,11 +30,35 @@ def test_reads_every_block_of_the_tables_once(programs):
     assert got != _bytes_sum(inp, other)
 
 
+def _words_sum(inp, table) -> int:
+    words = inp.kv_cache.view(torch.uint8).reshape(inp.kv_cache.shape[0], -1).view(torch.int32)
+    return int(words[table.reshape(-1).long()].to(torch.int64).sum()) % 2**32
+
+
+@pytest.mark.parametrize("programs", [1, 5])
+def test_tma_variant_reads_every_block_once(programs):
+    """The bulk-copy variant reads the same keys and scales: its (wrapping) sum of int32 words matches the
+    blocks of the tables, and not the tables with one entry moved to another block."""
+    inp = bench.make_inputs(bench.Shape(3, 1, 256, heads=8, head_dim=128), DEVICE,
+                            gen=torch.Generator(device=DEVICE).manual_seed(0))
+    out = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    gather_read(inp.kv_cache, inp.block_tables, out, programs=programs, tma=True)
+    got = int(out[:programs].to(torch.int64).sum()) % 2**32
+    assert got == _words_sum(inp, inp.block_tables)
+    other = inp.block_tables.clone()
+    other.view(-1)[-1] = (int(other.view(-1)[-1]) + 1) % inp.kv_cache.shape[0]
+    assert got != _words_sum(inp, other)
+
+
 def test_refuses_shapes_it_cannot_tile():
     inp = bench.make_inputs(bench.Shape(1, 1, 48, heads=8, head_dim=96, block_size=16), "cpu",
                             gen=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="power-of-two key and scale bytes"):
         gather_read(inp.kv_cache, inp.block_tables, torch.zeros(4, dtype=torch.int32), programs=2)
+    inp = bench.make_inputs(bench.Shape(1, 1, 48, heads=8, head_dim=128, block_size=16), "cpu",
+                            gen=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="tma=True"):  # 16 tokens x 132 bytes: not whole rows of 128 bytes
+        gather_read(inp.kv_cache, inp.block_tables, torch.zeros(4, dtype=torch.int32), programs=2, tma=True)
 
 
 def test_markdown_shows_the_read_floor_where_measured():

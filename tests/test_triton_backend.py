@@ -33,6 +33,8 @@ VARIANTS = [
     {"flat": False},  # key tiles gathered row by row even where a tile sits in one block
     {"num_stages": 1, "block_t": 32},  # no multi-buffering
     {"max_dot_n": 16},  # speculative rows split over two dots
+    {"tma": True},  # key tiles and scales through tensor descriptors (bulk copies on a GPU)
+    {"tma": True, "block_t": 16, "max_dot_n": 16},  # several tiles per block, rows over two dots
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from parity.backends import triton_configs
 from parity.problem import layouts
 from parity.backends.base import PATHS, SimpleBackend
 from parity.problem.cases import IndexerInputs
@@ -59,35 +60,81 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
 MIN_TILES_PER_PROGRAM = 4
 
 
-class TritonBackend(SimpleBackend):
-    """Options (for tuning): ``block_t`` tokens per tile; ``programs`` (0: ``ctas_per_sm`` x multiprocessors,
-    fewer where the compiled kernel does not fit that many per multiprocessor, one fewer per multiprocessor
-    where each would get fewer than ``MIN_TILES_PER_PROGRAM`` tiles) persistent programs sharing
-    the tiles evenly; ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache block as one contiguous run
-    (else row by row); ``max_dot_n`` above which the speculative rows go through two dots; ``upcast``
-    ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
+def _tma_ok(device: torch.device, cache: torch.Tensor, block_t: int) -> bool:
+    """Whether the bulk tensor copy can fetch this cache's key tiles and scales: NVIDIA compute capability 9.0
+    or later (or the interpreter), a tile inside one block, whole rows of D bytes and of block_size floats
+    per block (``triton_configs`` describes the two views), 16-byte aligned rows and base."""
+    _, bs, _, width = cache.shape
+    D = width - layouts.SCALE_BYTES
+    if device.type == "cuda":
+        if torch.version.hip or torch.cuda.get_device_properties(device).major < 9:
+            return False
+    elif not INTERPRETED:
+        return False
+    return (bs % block_t == 0 and (bs * width) % D == 0 and D % 16 == 0 and D <= 256 and bs % 4 == 0
+            and block_t <= 256 and cache.data_ptr() % 16 == 0)
 
-    def __init__(self, block_t: int = 64, programs: int = 0, ctas_per_sm: int = 3, num_warps: int = 4,
-                 num_stages: int = 3, flat: bool = True, max_dot_n: int = 128,
-                 upcast: str = "auto"):
+
+def _descriptors(keys: torch.Tensor, scales: torch.Tensor, bs: int, D: int, block_t: int):
+    """The cache as rows of D key bytes (a tile is BLOCK_T rows) and as rows of block_size scales (a tile's
+    scales are BLOCK_T floats of one row)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = keys.view(-1, D)
+    srows = scales.view(-1, bs)
+    return (TensorDescriptor(rows, list(rows.shape), [D, 1], [block_t, D]),
+            TensorDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t]))
+
+
+class TritonBackend(SimpleBackend):
+    """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t``
+    tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel
+    does not fit that many, one fewer where each would get fewer than ``MIN_TILES_PER_PROGRAM`` tiles);
+    ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one
+    cache block as one contiguous run (else row by row); ``max_dot_n`` above which the speculative rows go
+    through two dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it;
+    ``pdl`` programmatic dependent launch (NVIDIA compute capability 9.0 and later). ``programs`` (0: from
+    ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
+
+    def __init__(self, block_t: int | None = None, programs: int = 0, ctas_per_sm: int | None = None,
+                 num_warps: int | None = None, num_stages: int | None = None, flat: bool | None = None,
+                 max_dot_n: int | None = None, upcast: str = "auto", tma: bool | None = None,
+                 pdl: bool | None = None):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
                          logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
-        if block_t < 16 or block_t & (block_t - 1):
+        if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
             raise ValueError(f"block_t must be a power of two >= 16, got {block_t}")
-        if programs < 0 or ctas_per_sm < 1:
+        if programs < 0 or (ctas_per_sm is not None and ctas_per_sm < 1):
             raise ValueError(f"programs must be >= 0 and ctas_per_sm >= 1, got {programs}, {ctas_per_sm}")
-        if num_stages < 1:
+        if num_stages is not None and num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
+            raise ValueError(f"num_warps must be a power of two, got {num_warps}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
-        self.opts = dict(block_t=block_t, programs=programs, ctas_per_sm=ctas_per_sm, num_warps=num_warps,
-                         num_stages=num_stages, flat=flat, max_dot_n=max_dot_n,
-                         upcast=upcast)
-        self.info.update(self.opts)
+        # what the caller fixed; None: the GPU's config decides
+        self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
+                          flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl)
+        self.opts = dict(programs=programs, upcast=upcast)
+        self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
         self._resident: dict = {}  # compiled-kernel key -> programs that fit on the device at once
+
+    def config(self, device: torch.device) -> tuple[dict, str]:
+        """The launch config in force on ``device``: the GPU's (cached per device) with the given options."""
+        chosen, source = triton_configs.config_for(device, INTERPRETED)
+        fixed = {k: v for k, v in self.given.items() if v is not None}
+        if fixed:
+            source += f"; given: {', '.join(f'{k}={v}' for k, v in fixed.items())}"
+        return {**chosen, **fixed}, source
+
+    def describe(self) -> dict:
+        """The options, and the config in force on the current device (the GPU when there is one)."""
+        device = torch.device("cuda") if torch.cuda.is_available() and not INTERPRETED else torch.device("cpu")
+        config, source = self.config(device)
+        return {**super().describe(), "config": config, "config_source": source}
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         if inputs.device.type == "cpu" and not INTERPRETED:
@@ -131,7 +178,8 @@ class TritonBackend(SimpleBackend):
         scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
         q = inputs.q_fp8.contiguous().view(as_dtype)
         table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
-        o = self.opts
+        o, _ = self.config(inputs.device)
+        o.update(self.opts)
         tiles_per_seq = triton.cdiv(cols, o["block_t"])
         n_tiles = B * tiles_per_seq
         stage1 = path == "stage1"
@@ -143,13 +191,18 @@ class TritonBackend(SimpleBackend):
             EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             PER_ROW=inputs.context_lens_2d is not None,
+            TMA=bool(o["tma"]) and _tma_ok(inputs.device, cache, o["block_t"]),
+            PDL=bool(o["pdl"]) and inputs.device.type == "cuda" and not INTERPRETED and not torch.version.hip,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
+        if consts["PDL"]:
+            consts["launch_pdl"] = True
+        descs = _descriptors(keys, scales, bs, D, o["block_t"]) if consts["TMA"] else (None, None)
         key = (str(inputs.device), *consts.items())
         sms, per_sm = _num_sms(inputs.device), o["ctas_per_sm"]
         if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
             per_sm -= 1
         programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
-        args = (q, keys, scales, inputs.weights.contiguous(), inputs.context_lens,
+        args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
                 layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq)
@@ -161,15 +214,17 @@ class TritonBackend(SimpleBackend):
         grid, args, consts, key = self._launch(path, inputs, out)
         self.last_launch = paged_mqa_logits_kernel[grid](*args, **consts)
         if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
-            fits = _programs_per_sm(self.last_launch, inputs.device) or self.opts["ctas_per_sm"]
-            self._resident[key] = min(self.opts["ctas_per_sm"], fits) * _num_sms(inputs.device)
+            per_sm = self.config(inputs.device)[0]["ctas_per_sm"]
+            fits = _programs_per_sm(self.last_launch, inputs.device) or per_sm
+            self._resident[key] = min(per_sm, fits) * _num_sms(inputs.device)
 
     def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
         (tensors by dtype and 16-byte alignment, integers by == 1 and divisibility by 16)."""
         _, args, consts, _ = self._launch(path, inputs, out)
-        spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0)
-                     for a in args)
+        spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                     else (a == 1, a % 16 == 0) if isinstance(a, int)
+                     else (type(a).__name__, tuple(getattr(a, "block_shape", ()))) for a in args)
         return tuple(consts.items()), spec
 
     def precompile(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:

@@ -73,10 +73,30 @@ def _tile_blocks(table_row_ptr, t0, table_cols, BS: tl.constexpr, BLOCK_T: tl.co
 
 
 @triton.jit
-def _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D: tl.constexpr, BS: tl.constexpr,
-              BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr):
+def _unshuffle(k, BLOCK_T: tl.constexpr, D: tl.constexpr):
+    """A preshuffled tile in memory order -> (token, d): 16-token groups stored as (d // 16, t % 16, d % 16)."""
+    k = tl.permute(tl.reshape(k, (BLOCK_T // 16, D // 16, 16, 16)), (0, 2, 1, 3))
+    return tl.reshape(k, (BLOCK_T, D))
+
+
+@triton.jit
+def _key_tile(k_ptr, scale_ptr, k_desc, s_desc, blk, t0, end, block_bytes, scale_base, D: tl.constexpr,
+              BS: tl.constexpr, BLOCK_T: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
+              TMA: tl.constexpr):
     """``(BLOCK_T, D)`` keys and ``(BLOCK_T,)`` fp32 scales of tokens ``t0 + [0, BLOCK_T)`` in blocks ``blk``
-    (zeros past ``end``). Preshuffled blocks hold 16-token groups stored as (d // 16, t % 16, d % 16)."""
+    (zeros past ``end``, except with ``TMA``: there rows past ``end`` hold whatever the block holds, and only
+    the stores are masked; each output row depends on its own key row alone). Preshuffled blocks hold
+    16-token groups stored as (d // 16, t % 16, d % 16).
+
+    ``TMA``: the cache seen as rows of D bytes (``k_desc``, a block is ``BS * (D + 4) / D`` rows) and as rows
+    of BS floats (``s_desc``, a block is ``(D + 4) / 4`` rows, its scales the row ``D / 4``); one bulk copy per
+    tile, issued by one thread, lands in shared memory in the layout the dot reads."""
+    if TMA:
+        k = k_desc.load([blk * ((BS * (D + 4)) // D) + t0 % BS, 0])
+        if PRESHUFFLE:
+            k = _unshuffle(k, BLOCK_T, D)
+        scale = tl.reshape(s_desc.load([blk * ((D + 4) // 4) + D // 4, t0 % BS]), (BLOCK_T,))
+        return k, scale
     t = t0 + tl.arange(0, BLOCK_T)
     blk = blk.to(tl.int64)
     j = t % BS
@@ -88,8 +108,9 @@ def _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D: tl.con
             tok = t0 + i // D
         k = tl.load(k_ptr + blk * block_bytes + (t0 % BS) * D + i, mask=tok < end, other=0.0)
         if PRESHUFFLE:
-            k = tl.permute(tl.reshape(k, (BLOCK_T // 16, D // 16, 16, 16)), (0, 2, 1, 3))
-        k = tl.reshape(k, (BLOCK_T, D))
+            k = _unshuffle(k, BLOCK_T, D)
+        else:
+            k = tl.reshape(k, (BLOCK_T, D))
     else:
         d = tl.arange(0, D)
         if PRESHUFFLE:
@@ -149,13 +170,15 @@ def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or,
 
 @triton.jit
 def paged_mqa_logits_kernel(
-    q_ptr, k_ptr, scale_ptr, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
+    q_ptr, k_ptr, scale_ptr, k_desc, s_desc, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
     NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
-    GROUPS: tl.constexpr, PER_ROW: tl.constexpr,
+    GROUPS: tl.constexpr, PER_ROW: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
+        tl.extra.cuda.gdc_wait()  # before it has finished
     pid = tl.program_id(0).to(tl.int64)
     progs = tl.num_programs(0)
     lo = pid * n_tiles // progs
@@ -186,8 +209,8 @@ def paged_mqa_logits_kernel(
         for t0 in tl.range(t_lo, t_hi, BLOCK_T, num_stages=NUM_STAGES):
             blk = blk_next
             blk_next = _tile_blocks(table_row, t0 + BLOCK_T, table_cols, BS, BLOCK_T)
-            k, scale = _key_tile(k_ptr, scale_ptr, blk, t0, end, block_bytes, scale_base, D, BS, BLOCK_T,
-                                 PRESHUFFLE, FLAT)
+            k, scale = _key_tile(k_ptr, scale_ptr, k_desc, s_desc, blk, t0, end, block_bytes, scale_base, D, BS,
+                                 BLOCK_T, PRESHUFFLE, FLAT, TMA)
             k = _to_dot(k, UPCAST, EXP_BIAS)
             t = t0 + tl.arange(0, BLOCK_T)
             s = tl.dot(k, q0)  # (BLOCK_T, RD * BLOCK_H)

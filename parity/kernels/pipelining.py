@@ -21,7 +21,10 @@ POINTERS = {"q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "w_p
             "ctx_ptr": "*i32", "lens_ptr": "*i32", "table_ptr": "*i32", "out_ptr": "*fp32"}
 # the reference shape B64-n2-ctx8192 (H=64, D=128, block_size 64, next_n 2), fp8 dot
 BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, PRESHUFFLE=False,
-                      FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False)
+                      FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False, TMA=False,
+                      PDL=False, k_desc=None, s_desc=None)
+# with TMA, the descriptors of the cache as rows of D fp8 bytes and as rows of BS fp32 scales, one tile's box each
+TMA_DESCRIPTORS = {"k_desc": "tensordesc<fp8e4nv[64, 128]>", "s_desc": "tensordesc<fp32[1, 64]>"}
 
 
 def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
@@ -34,7 +37,8 @@ def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_
 
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in constexprs}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in constexprs and not signature[n].startswith("tensordesc")}
     src = ASTSource(fn, signature, constexprs={n: v for n, v in constexprs.items() if n in names}, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))

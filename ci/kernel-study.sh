@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The Triton kernel's variants against DeepGEMM on one GPU, with Nsight Compute on both, in one call
+# (about 6 minutes on an H200):
+#   1. build DeepGEMM from DEEPGEMM_SRC (default third_party/DeepGEMM) with ci/build-deepgemm.sh --direct
+#      --std c++20, where the tree is there (about 55 s);
+#   2. python -m parity.kernel_study: every variant of parity.kernel_study.VARIANTS and DeepGEMM on the fused
+#      path at the quick shapes, preshuffle and stage1 for the base and the fastest variant, the bare reads;
+#   3. ncu (--clock-control none; speed of light, memory, compute, occupancy, launch, warp state and
+#      scheduler sections) on the base variant, the fastest and DeepGEMM at B64-n2-ctx8192 and -ctx32768.
+#
+#   ci/kernel-study.sh [OUT_DIR]
+#   env: PYTHON (default python3), DEEPGEMM_SRC, STUDY_S (seconds for step 2, default 240), NCU_S (default 100)
+# Leaves OUT_DIR/{summary.md, study.json, study.md, ncu.csv, dg-build.txt, log.txt}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-study-results}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+SRC="${DEEPGEMM_SRC:-third_party/DeepGEMM}"
+STUDY_S="${STUDY_S:-240}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+S="$OUT_DIR/summary.md"
+LOG="$OUT_DIR/log.txt"
+{
+  echo "# kernel study $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
+  "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+} > "$S" 2>&1
+
+if [ -d "$SRC" ]; then
+  t0=$SECONDS
+  timeout 180 ci/build-deepgemm.sh "$SRC" --direct --std c++20 > "$OUT_DIR/dg-build.txt" 2>&1
+  rc=$?
+  line="$(tail -n 1 "$OUT_DIR/dg-build.txt")"
+  echo "deepgemm build: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"
+  [ $rc -eq 0 ] && [[ "$line" == PYTHONPATH=* ]] && export PYTHONPATH="${line#PYTHONPATH=}:$PYTHONPATH"
+else
+  echo "deepgemm: no source tree at $SRC" | tee -a "$S"
+fi
+
+t0=$SECONDS
+timeout "$STUDY_S" "$PY" -m parity.kernel_study --out "$OUT_DIR" --deadline-s $((STUDY_S - 70)) > "$LOG" 2>&1
+echo "study: exit $? after $((SECONDS - t0)) s" | tee -a "$S"
+best="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("best_at_bar") or "")' \
+  "$OUT_DIR/study.json" 2>/dev/null)"
+variants=base
+[ -n "$best" ] && [ "$best" != base ] && variants="base,$best"
+
+if command -v ncu >/dev/null; then
+  t0=$SECONDS
+  timeout "${NCU_S:-100}" ncu --clock-control none \
+    --kernel-name regex:'paged_mqa_logits_kernel|sm90_fp8_paged_mqa_logits' \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    --csv --page details \
+    "$PY" -m parity.kernel_study --profile --variants "$variants" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
+  echo "ncu ($variants, deepgemm): exit $? after $((SECONDS - t0)) s" | tee -a "$S"
+else
+  echo "ncu: not on PATH" | tee -a "$S"
+fi
+cat "$OUT_DIR/study.md" >> "$S" 2>/dev/null
+exit 0

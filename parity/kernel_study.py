@@ -1,0 +1,276 @@
+"""One GPU call's comparison of the Triton kernel's variants with DeepGEMM, for choosing a GPU's config.
+
+    python -m parity.kernel_study --out DIR [--deadline-s 330] [--shapes 'B64-n2-*']
+    python -m parity.kernel_study --profile --variants base,tma5   # each kernel run twice, for ncu
+
+Steps, each skipped once the deadline has passed: (1) every variant on the fused path at every shape, with
+DeepGEMM where it loads (``deepgemm``; ``deepgemm:split`` at next_n > 2; ``deepgemm-pdl`` with its
+programmatic dependent launch switched on); (2) the base and the fastest variant at B64-n2-ctx8192 on the
+preshuffle and stage1 paths; (3) the bare reads (``parity.kernels.gather_read``, copy and bulk-copy forms,
+1-4 programs per multiprocessor). Writes DIR/study.json and DIR/study.md (tables: us, and per variant the
+ratio to DeepGEMM; registers, shared memory, compile seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+import torch
+
+from parity import bench
+from parity.backends import load_backend
+
+# name -> TritonBackend options; "base" is the config before this study (cp.async copies, 3 stages)
+VARIANTS = {
+    "base": dict(tma=False, num_stages=3, pdl=False),
+    "base-pdl": dict(tma=False, num_stages=3, pdl=True),
+    "tma3": dict(tma=True, num_stages=3, pdl=False),
+    "tma4": dict(tma=True, num_stages=4, pdl=False),
+    "tma6": dict(tma=True, num_stages=6, pdl=False),
+    "tma4-pdl": dict(tma=True, num_stages=4, pdl=True),
+    "tma6-pdl": dict(tma=True, num_stages=6, pdl=True),
+}
+BAR = "B64-n2-ctx8192"
+
+
+class PdlDeepGemm:
+    """DeepGEMM's adapter with its programmatic dependent launch on for the timed call only (a switch of
+    DeepGEMM's runtime, off by default, read at each launch)."""
+
+    def __init__(self, inner, switch):
+        self.inner, self.switch = inner, switch
+        self.paths, self.name = inner.paths, "deepgemm-pdl"
+
+    def unsupported(self, path, inputs):
+        return self.inner.unsupported(path, inputs)
+
+    def prepare(self, path, inputs):
+        return self.inner.prepare(path, inputs)
+
+    def run_prepared(self, handle):
+        self.switch(True)
+        try:
+            return self.inner.run_prepared(handle)
+        finally:
+            self.switch(False)
+
+    def describe(self):
+        return {**self.inner.describe(), "pdl": True}
+
+
+def deepgemm_backends(next_n: int) -> dict:
+    """The DeepGEMM rows that can run at this next_n (sm90: 1-2 in one call, more split), {} without it."""
+    dg = load_backend("deepgemm:split" if next_n > 2 else "deepgemm")
+    if getattr(dg, "reason", None):
+        return {}
+    out = {"deepgemm": dg}
+    module = getattr(dg, "dg", None)
+    switch = getattr(module, "set_pdl", None) or getattr(getattr(module, "_C", None), "set_pdl", None)
+    if callable(switch) and next_n <= 2:
+        out["deepgemm-pdl"] = PdlDeepGemm(dg, switch)
+    return out
+
+
+def kernel_facts(backend) -> dict:
+    k = getattr(backend, "last_launch", None)
+    if k is None:
+        return {}
+    meta = getattr(k, "metadata", None)
+    return {"regs": getattr(k, "n_regs", None), "spills": getattr(k, "n_spills", None),
+            "smem": getattr(meta, "shared", None)}
+
+
+def _small(shape: bench.Shape, path: str, device):
+    """An input of the same kernel specialization as ``shape`` (every size a multiple of 16), and its out."""
+    small = bench.Shape(16, shape.next_n, 1024)
+    inp = bench.make_inputs(small, device)
+    lead = (small.heads,) if path == "stage1" else ()
+    return inp, torch.full((*lead, small.batch * small.next_n, small.context), float("-inf"), device=device)
+
+
+def compile_seconds(backend, path: str, shape: bench.Shape, device) -> float:
+    """Wall seconds of the first call (Triton compiles then, unless its cache holds the kernel)."""
+    inp, out = _small(shape, path, device)
+    t0 = time.perf_counter()
+    backend.run(path, inp, out)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, threads: int = 16) -> float:
+    """Compile every (backend, path, shape) kernel at once in Triton's asynchronous compile mode; seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from triton.runtime._async_compile import AsyncCompileMode
+
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(threads)
+    try:
+        with AsyncCompileMode(pool):
+            for be in backends.values():
+                for path, shape in work:
+                    inp, out = _small(shape, path, device)
+                    be.precompile(path, inp, out)
+    except Exception as exc:  # noqa: BLE001  (a kernel that fails compiles again, and raises, in its cell)
+        print(f"precompile: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        pool.shutdown(wait=True)
+    return time.perf_counter() - t0
+
+
+def read_variants(shape: bench.Shape, device) -> list[dict]:
+    """The bare read of the shape's keys and scales in every form and program count, graph-timed."""
+    from parity.kernels.gather_read import gather_read, tma_ok
+
+    n_sets = bench.rotation_sets(shape, "fused")
+    sets = [bench.make_inputs(shape, device) for _ in range(n_sets)]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    out = torch.zeros(4 * sms, dtype=torch.int32, device=device)
+    rows = []
+    forms = [("copy", dict(num_stages=3))] + [(f"tma{s}", dict(tma=True, num_stages=s)) for s in (3, 4, 6)]
+    for form, kw in forms:
+        if kw.get("tma") and not tma_ok(sets[0].kv_cache):
+            continue
+        for per_sm in (1, 2, 3, 4):
+            try:
+                ms = bench._graph_ms(lambda i: gather_read(sets[i % n_sets].kv_cache, sets[i % n_sets].block_tables,
+                                                           out, per_sm * sms, **kw), device, calls=n_sets)
+                rows.append({"shape": shape.id, "form": form, "per_sm": per_sm, "us": ms * 1e3})
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"shape": shape.id, "form": form, "per_sm": per_sm, "error": str(exc)[:200]})
+    return rows
+
+
+def shapes_from(pattern: str | None) -> list[bench.Shape]:
+    args = argparse.Namespace(shapes=pattern, quick=True)
+    return bench.select_shapes(args, "cuda")
+
+
+def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) -> dict:
+    start = time.time()
+    late = lambda: time.time() - start > deadline_s  # noqa: E731
+    device = "cuda"
+    result = {"device": torch.cuda.get_device_name(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "copy_gbps": bench.copy_bandwidth(device), "variants": variants, "rows": [], "facts": {},
+              "reads": [], "skipped": []}
+    tflops = bench.fp8_tflops(device, bench.time_ms).tflops
+    result["fp8_tflops"] = tflops
+    triton_bes = {name: load_backend("triton", **opts) for name, opts in variants.items()}
+    shapes = shapes_from(pattern)
+    bar_shape = bench.Shape(64, 2, 8192)
+    for name in ("base", "tma4"):  # one kernel's compile time, alone (the hidden cost of a variant)
+        if name in triton_bes:
+            result["facts"][f"{name} fused n2 (alone)"] = {
+                "compile_s": compile_seconds(triton_bes[name], "fused", bar_shape, device),
+                **kernel_facts(triton_bes[name])}
+    work = [("fused", bench.Shape(1, n, 1024)) for n in sorted({s.next_n for s in shapes})]
+    work += [(path, bar_shape) for path in ("preshuffle", "stage1")]
+    result["precompile_s"] = precompile_all(triton_bes, work, device)
+    print(f"precompiled {len(work) * len(triton_bes)} kernels in {result['precompile_s']:.1f} s", flush=True)
+    for shape in shapes:
+        if late():
+            result["skipped"].append(f"fused {shape.id}: deadline")
+            continue
+        backends = {**triton_bes, **deepgemm_backends(shape.next_n)}
+        rows = bench.bench_shape(shape, backends, ["fused"], device, result["copy_gbps"], True, 25, 100, tflops)
+        for name, be in triton_bes.items():  # resources of the kernel each variant last ran
+            result["facts"].setdefault(f"{name} fused n{shape.next_n}", kernel_facts(be))
+        result["rows"] += rows
+        print(f"{shape.id}: " + ", ".join(f"{r['backend']} {r['us']:.1f}" for r in rows if "us" in r), flush=True)
+    bar = [r for r in result["rows"] if r["shape"] == BAR and "us" in r and r["backend"] in variants]
+    best = min(bar, key=lambda r: r["us"])["backend"] if bar else None
+    result["best_at_bar"] = best
+    if best and not late():
+        picks = {n: triton_bes[n] for n in dict.fromkeys(["base", best]) if n in triton_bes}
+        shape = bench.Shape(64, 2, 8192)
+        for path in ("preshuffle", "stage1"):
+            result["rows"] += bench.bench_shape(shape, picks, [path], device, result["copy_gbps"], True, 25, 100,
+                                                tflops)
+            for name, be in picks.items():
+                result["facts"][f"{name} {path} n2"] = kernel_facts(be)
+    for shape in shapes_from(pattern):
+        if late():
+            result["skipped"].append(f"reads {shape.id}: deadline")
+            continue
+        result["reads"] += read_variants(shape, device)
+    result["seconds"] = time.time() - start
+    with open(f"{out_dir}/study.json", "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(f"{out_dir}/study.md", "w") as f:
+        f.write(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    rows = [r for r in result["rows"] if "us" in r]
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    lines = [f"# Kernel study, {result['device']}, {result['started']}", "",
+             f"copy bandwidth {result['copy_gbps']:.0f} GB/s, fp8 {result.get('fp8_tflops')} TFLOP/s; "
+             f"best variant at {BAR}: {result.get('best_at_bar')}", "",
+             "| path | shape | " + " | ".join(names) + " | read |", "|---|---|" + "---:|" * (len(names) + 1)]
+    for key in dict.fromkeys((r["path"], r["shape"]) for r in rows):
+        got = {r["backend"]: r for r in rows if (r["path"], r["shape"]) == key}
+        dg = got.get("deepgemm", {}).get("us")
+        cells = []
+        for n in names:
+            us = got.get(n, {}).get("us")
+            cells.append("" if us is None else f"{us:.1f}" + (f" ({us / dg:.2f})" if dg and n != "deepgemm" else ""))
+        read = next((r.get("read_us") for r in got.values() if r.get("read_us")), None)
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {'' if read is None else f'{read:.1f}'} |")
+    lines += ["", f"(ratio to deepgemm in brackets); all variants precompiled in {result.get('precompile_s', 0):.1f} s", "", "| kernel | compile s | regs | spills | smem |",
+              "|---|---:|---:|---:|---:|"]
+    for k, v in result["facts"].items():
+        secs = v.get("compile_s")
+        lines.append(f"| {k} | {'' if secs is None else f'{secs:.2f}'} | {v.get('regs')} | {v.get('spills')} "
+                     f"| {v.get('smem')} |")
+    lines += ["", "| shape | read form | programs/SM | us |", "|---|---|---:|---:|"]
+    for r in result["reads"]:
+        lines.append(f"| {r['shape']} | {r['form']} | {r['per_sm']} | {r.get('us', r.get('error'))} |")
+    if result["skipped"]:
+        lines += ["", "skipped: " + "; ".join(result["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def profile(variants: dict, shape_ids: list[str]) -> None:
+    """Each named kernel twice per shape (the first compiles), eagerly, for ncu to pick out by name."""
+    for sid in shape_ids:
+        B, n, ctx = map(int, re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", sid).groups())
+        shape = bench.Shape(B, n, ctx)
+        inp = bench.make_inputs(shape, "cuda")
+        out = torch.full((B * n, ctx), float("-inf"), device="cuda")
+        backends = {name: load_backend("triton", **opts) for name, opts in variants.items()}
+        backends.update({k: v for k, v in deepgemm_backends(n).items() if k == "deepgemm"})
+        for name, be in backends.items():
+            for _ in range(2):
+                be.run("fused", inp, out)
+            torch.cuda.synchronize()
+            print(f"profiled {name} {sid}", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--deadline-s", type=float, default=330)
+    p.add_argument("--shapes", default=None, help="glob patterns on shape ids (default: the quick shapes)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-shapes", default="B64-n2-ctx8192,B64-n2-ctx32768")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown --variants {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
+    if args.profile:
+        profile(chosen, args.profile_shapes.split(","))
+        return 0
+    res = study(args.out, args.deadline_s, args.shapes, chosen)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The kernel study's CPU-runnable parts: every variant it times is a valid config of the Triton backend
+that computes correct logits (under the interpreter), and its table puts each time beside DeepGEMM's."""
+import pytest
+import torch
+
+from parity import kernel_study
+from parity.backends import load_backend
+from parity.harness import failed_checks, run_cell
+from parity.grids import quick_cases
+
+pytest.importorskip("triton")
+
+H64 = next(c for c in quick_cases() if c.heads == 64 and c.block_size == 64 and c.next_n == 3)
+
+
+@pytest.mark.parametrize("name", ["base-pdl", "tma6-pdl"])
+def test_variants_compute_correct_logits(name):
+    backend = load_backend("triton", **kernel_study.VARIANTS[name])
+    result = run_cell(backend, "fused", "padded", H64, "cuda" if torch.cuda.is_available() else "cpu")
+    assert result["status"] == "pass", "\n".join(failed_checks(result))
+
+
+def test_every_variant_is_a_backend_config():
+    for name, opts in kernel_study.VARIANTS.items():
+        config, source = load_backend("triton", **opts).config(torch.device("cpu"))
+        assert all(config[k] == v for k, v in opts.items()), name
+        assert "given" in source
+
+
+def test_markdown_gives_each_variant_its_ratio_to_deepgemm():
+    rows = [{"backend": "deepgemm", "path": "fused", "shape": "B64-n2-ctx8192", "us": 25.0, "read_us": 24.0},
+            {"backend": "tma4", "path": "fused", "shape": "B64-n2-ctx8192", "us": 20.0, "read_us": 24.0},
+            {"backend": "base", "path": "fused", "shape": "B64-n2-ctx8192", "us": 30.0, "read_us": 24.0},
+            {"backend": "base", "path": "fused", "shape": "B8-n2-ctx8192", "skipped": "memory"}]
+    text = kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0, "rows": rows,
+                                  "facts": {"base fused n2": {"compile_s": 1.5, "regs": 148, "smem": 41984}},
+                                  "reads": [{"shape": "B64-n2-ctx8192", "form": "tma4", "per_sm": 2, "us": 21.0}],
+                                  "skipped": [], "best_at_bar": "tma4"})
+    assert "| fused | B64-n2-ctx8192 | 25.0 | 20.0 (0.80) | 30.0 (1.20) | 24.0 |" in text
+    assert "| base fused n2 | 1.50 | 148 | None | 41984 |" in text
+    assert "| B64-n2-ctx8192 | tma4 | 2 | 21.0 |" in text
+    assert "B8-n2" not in text  # skipped rows have no time to show
+
+
+def test_unknown_variant_is_refused(capsys):
+    assert kernel_study.main(["--variants", "base,warp9"]) == 2
+    assert "warp9" in capsys.readouterr().err
