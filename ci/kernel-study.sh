@@ -2,7 +2,7 @@
 # The Triton kernel's variants against DeepGEMM on one GPU, with Nsight Compute on both, in one call
 # (about 6 minutes on an H200):
 #   1. build DeepGEMM from DEEPGEMM_SRC (default third_party/DeepGEMM) with ci/build-deepgemm.sh --direct
-#      --std c++20, where the tree is there (about 55 s);
+#      --std c++20 --reuse, where the tree is there (about 60 s; none where an up-to-date build is there);
 #   2. python -m parity.kernel_study: every variant of parity.kernel_study.VARIANTS and DeepGEMM on the fused
 #      path at the quick shapes, preshuffle and stage1 for the base and the fastest variant, the bare reads;
 #   3. ncu (--clock-control none; speed of light, memory, compute, occupancy, launch, warp state and
@@ -29,7 +29,7 @@ LOG="$OUT_DIR/log.txt"
 
 if [ -d "$SRC" ]; then
   t0=$SECONDS
-  timeout 180 ci/build-deepgemm.sh "$SRC" --direct --std c++20 > "$OUT_DIR/dg-build.txt" 2>&1
+  timeout 180 ci/build-deepgemm.sh "$SRC" --direct --std c++20 --reuse > "$OUT_DIR/dg-build.txt" 2>&1
   rc=$?
   line="$(tail -n 1 "$OUT_DIR/dg-build.txt")"
   echo "deepgemm build: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"

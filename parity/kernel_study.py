@@ -23,15 +23,18 @@ import torch
 from parity import bench
 from parity.backends import load_backend
 
-# name -> TritonBackend options; "base" is the config before this study (cp.async copies, 3 stages)
+# name -> TritonBackend options. "base": the config before the study of 2026-12-04 (copies by cp.async, 3
+# stages, 3 programs per multiprocessor); "default": the config chosen for the GPU (parity.backends.triton_configs);
+# "c4*": 4 programs per multiprocessor (16 warps, as many math warpgroups as DeepGEMM's SM90 kernel), the fused
+# kernel held to 128 registers (maxnreg; 148 without) or split over two dots of 64 columns (104 registers).
 VARIANTS = {
-    "base": dict(tma=False, num_stages=3, pdl=False),
-    "base-pdl": dict(tma=False, num_stages=3, pdl=True),
-    "tma3": dict(tma=True, num_stages=3, pdl=False),
-    "tma4": dict(tma=True, num_stages=4, pdl=False),
-    "tma6": dict(tma=True, num_stages=6, pdl=False),
-    "tma4-pdl": dict(tma=True, num_stages=4, pdl=True),
-    "tma6-pdl": dict(tma=True, num_stages=6, pdl=True),
+    "base": dict(tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
+    "default": dict(),
+    "tma-pdl": dict(tma=True, num_stages=3, pdl=True, ctas_per_sm=3),
+    "c4": dict(tma=True, pdl=True, ctas_per_sm=4, maxnreg=128),
+    "c4-s4": dict(tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
+    "c4-g2": dict(tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
+    "tma4": dict(tma=True, num_stages=4, pdl=False, ctas_per_sm=3),
 }
 BAR = "B64-n2-ctx8192"
 
@@ -161,7 +164,7 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     triton_bes = {name: load_backend("triton", **opts) for name, opts in variants.items()}
     shapes = shapes_from(pattern)
     bar_shape = bench.Shape(64, 2, 8192)
-    for name in ("base", "tma4"):  # one kernel's compile time, alone (the hidden cost of a variant)
+    for name in ("base", "c4"):  # one kernel's compile time, alone (the hidden cost of a variant)
         if name in triton_bes:
             result["facts"][f"{name} fused n2 (alone)"] = {
                 "compile_s": compile_seconds(triton_bes[name], "fused", bar_shape, device),

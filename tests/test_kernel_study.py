@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 H64 = next(c for c in quick_cases() if c.heads == 64 and c.block_size == 64 and c.next_n == 3)
 
 
-@pytest.mark.parametrize("name", ["base-pdl", "tma6-pdl"])
+@pytest.mark.parametrize("name", ["c4", "c4-g2"])
 def test_variants_compute_correct_logits(name):
     backend = load_backend("triton", **kernel_study.VARIANTS[name])
     result = run_cell(backend, "fused", "padded", H64, "cuda" if torch.cuda.is_available() else "cpu")
@@ -24,7 +24,7 @@ def test_every_variant_is_a_backend_config():
     for name, opts in kernel_study.VARIANTS.items():
         config, source = load_backend("triton", **opts).config(torch.device("cpu"))
         assert all(config[k] == v for k, v in opts.items()), name
-        assert "given" in source
+        assert ("given" in source) == bool(opts), name
 
 
 def test_markdown_gives_each_variant_its_ratio_to_deepgemm():

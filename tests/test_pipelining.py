@@ -48,7 +48,7 @@ def _compile(what: str) -> dict:
 
 def test_key_tiles_stay_in_flight():
     report = _compile("kernel")
-    assert set(report) == {"fused", "preshuffle", "preshuffle-gather", "stage1"}
+    assert set(report) == {"fused", "preshuffle", "preshuffle-gather", "stage1", "fused-tma", "preshuffle-tma"}
     for path, r in report.items():
         assert r["buffers"] >= 2 and r["wait_depth"] >= 1, (path, r)
 

@@ -33,8 +33,9 @@ VARIANTS = [
     {"flat": False},  # key tiles gathered row by row even where a tile sits in one block
     {"num_stages": 1, "block_t": 32},  # no multi-buffering
     {"max_dot_n": 16},  # speculative rows split over two dots
-    {"tma": True},  # key tiles and scales through tensor descriptors (bulk copies on a GPU)
-    {"tma": True, "block_t": 16, "max_dot_n": 16},  # several tiles per block, rows over two dots
+    # key tiles and scales through tensor descriptors (bulk copies on a GPU), at every tile count and next_n
+    {"tma": True, "tma_min_tiles": 0, "tma_max_next_n": 4},
+    {"tma": True, "tma_min_tiles": 0, "tma_max_next_n": 4, "block_t": 16, "max_dot_n": 16},  # tiles per block
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 

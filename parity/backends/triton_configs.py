@@ -4,21 +4,28 @@ A config is looked up once per device and cached: first by the device's name amo
 on (``MEASURED``: each entry says which run chose it), else from the device's properties (``by_properties``:
 compute capability and peak memory bandwidth), else the base config. Options given to the backend override
 the chosen values one by one; ``describe()`` shows the config in force and where it came from.
+Configs are chosen from timings of the CUDA-graph replay of one call (a decode step's view); the bulk copies'
+host descriptors add host time to each eager call (docs/h200-kernel-study.md).
 
 Keys: ``block_t`` tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor; ``num_warps``;
 ``num_stages`` key tiles buffered; ``flat`` (preshuffled tiles copied as one contiguous run); ``max_dot_n``
 (speculative rows above this many columns go through two dots); ``tma`` (key tiles and scales copied by the
 bulk tensor copy engine, NVIDIA compute capability 9.0 and later); ``pdl`` (programmatic dependent launch:
-the kernel's launch overlaps the end of the kernel before it, which it waits for before reading anything).
+the kernel's launch overlaps the end of the kernel before it, which it waits for before reading anything);
+``maxnreg`` (a register cap per thread, NVIDIA); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where
+each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower
+with 2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
 """
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import torch
 
-BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False)
+BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
+            maxnreg=None, tma_min_tiles=8, tma_max_next_n=2)
 KEYS = tuple(BASE)
 
 
@@ -29,15 +36,15 @@ class Measured:
     evidence: str  # the run that chose it
 
 
-# Longer (more specific) names first: "H100" must not catch an "H100 NVL" entry listed after it.
+# Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
-    Measured("H100", dict(), "H100 80GB HBM3, sweeps of sessions 6-8 (notes/triton-perf.md): the base config"),
+    Measured("H200", dict(tma=True, pdl=True),
+             "ci/kernel-study.sh, 2026-12-04 (docs/h200-kernel-study.md): bulk copies, 3 stages, fused "
+             "B64-n2-ctx8192 29.7 -> 27.6 us, B128-n2-ctx8192 54.9 -> 51.3, B64-n2-ctx32768 103.9 -> 96.3; "
+             "3-6 stages alike; programmatic launch -0.2 to -0.9 us at 5 of 8 shapes; the copy path kept at "
+             "next_n 4 and under 8 tiles per program, where bulk copies were slower"),
+    Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
-
-# Bytes of key tiles in flight that one multiprocessor needs to keep memory busy grow with bandwidth per
-# multiprocessor (Little's law at a fixed latency). The H100's 3.35 TB/s needed 3 stages (two tiles in
-# flight per program); faster memory per multiprocessor gets more stages, at most what shared memory holds.
-H100_GBPS_PER_SM = 3350 / 132
 
 
 def peak_gbps(props) -> float | None:
@@ -48,23 +55,21 @@ def peak_gbps(props) -> float | None:
 
 
 def by_properties(props, hip: bool) -> tuple[dict, str]:
-    """A config from what the device reports, for GPUs no run has measured."""
-    if hip or props.major < 9:
-        return {}, f"compute capability {props.major}.{props.minor}{' (ROCm)' if hip else ''}: base config"
+    """A config from what the device reports, for GPUs no run has measured: NVIDIA compute capability 9.0
+    and later have the bulk tensor copy engine and programmatic dependent launch, and get the H200's
+    choices (on the H200, 3 to 6 stages ran alike, so the stage count does not follow the bandwidth)."""
     gbps = peak_gbps(props)
-    stages = BASE["num_stages"]
-    if gbps:
-        per_sm = gbps / props.multi_processor_count
-        stages = min(6, max(3, round(BASE["num_stages"] * per_sm / H100_GBPS_PER_SM)))
-    return (dict(tma=True, num_stages=stages),
-            f"compute capability {props.major}.{props.minor}, peak memory "
-            f"{'unknown' if gbps is None else f'{gbps:.0f} GB/s'}: bulk tensor copies, {stages} stages")
+    seen = f"compute capability {props.major}.{props.minor}{' (ROCm)' if hip else ''}, peak memory " + (
+        "not reported" if gbps is None else f"{gbps:.0f} GB/s")
+    if hip or props.major < 9:
+        return {}, f"{seen}: base config"
+    return dict(tma=True, pdl=True), f"{seen}: bulk tensor copies and programmatic launch, as on the H200"
 
 
 def lookup(name: str, props=None, hip: bool = False) -> tuple[dict, str]:
     """(config, source) for a device called ``name`` with ``props`` (torch device properties, or None)."""
-    for m in MEASURED:
-        if m.name.lower() in name.lower():
+    for m in MEASURED:  # whole words: "GH200" is not an H200
+        if re.search(rf"\b{re.escape(m.name)}\b", name, re.IGNORECASE):
             return {**BASE, **m.config}, f"measured on {m.name}: {m.evidence}"
     if props is None:
         return dict(BASE), "base config"

@@ -92,14 +92,18 @@ class TritonBackend(SimpleBackend):
     does not fit that many, one fewer where each would get fewer than ``MIN_TILES_PER_PROGRAM`` tiles);
     ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one
     cache block as one contiguous run (else row by row); ``max_dot_n`` above which the speculative rows go
-    through two dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it;
-    ``pdl`` programmatic dependent launch (NVIDIA compute capability 9.0 and later). ``programs`` (0: from
+    through two dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it,
+    next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
+    programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
+    per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor.
+    ``programs`` (0: from
     ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
     def __init__(self, block_t: int | None = None, programs: int = 0, ctas_per_sm: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None, flat: bool | None = None,
                  max_dot_n: int | None = None, upcast: str = "auto", tma: bool | None = None,
-                 pdl: bool | None = None):
+                 pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
+                 tma_max_next_n: int | None = None):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
@@ -112,11 +116,14 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
             raise ValueError(f"num_warps must be a power of two, got {num_warps}")
+        if maxnreg is not None and not 24 <= maxnreg <= 255:
+            raise ValueError(f"maxnreg must be None or 24-255 registers per thread, got {maxnreg}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         # what the caller fixed; None: the GPU's config decides
         self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
-                          flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl)
+                          flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
+                          tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n)
         self.opts = dict(programs=programs, upcast=upcast)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -184,6 +191,14 @@ class TritonBackend(SimpleBackend):
         n_tiles = B * tiles_per_seq
         stage1 = path == "stage1"
         np2, block_h = triton.next_power_of_2(n), max(16, triton.next_power_of_2(H))
+        sms, per_sm = _num_sms(inputs.device), o["ctas_per_sm"]
+        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
+            per_sm -= 1
+        # bulk copies where they paid on the GPU the config was measured on: enough tiles per program for the
+        # deeper ramp, and at most tma_max_next_n rows (with more, two dots per tile bind before the copies)
+        tma = (bool(o["tma"]) and n <= o["tma_max_next_n"] and n_tiles >= o["tma_min_tiles"] * per_sm * sms
+               and _tma_ok(inputs.device, cache, o["block_t"]))
+        cuda = inputs.device.type == "cuda" and not INTERPRETED and not torch.version.hip
         consts = dict(
             NEXT_N=n, H=H, BLOCK_H=block_h, D=D, BS=bs, BLOCK_T=o["block_t"],
             STAGE1=stage1, PRESHUFFLE=path == "preshuffle", UPCAST=upcast,
@@ -191,16 +206,16 @@ class TritonBackend(SimpleBackend):
             EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             PER_ROW=inputs.context_lens_2d is not None,
-            TMA=bool(o["tma"]) and _tma_ok(inputs.device, cache, o["block_t"]),
-            PDL=bool(o["pdl"]) and inputs.device.type == "cuda" and not INTERPRETED and not torch.version.hip,
+            TMA=tma, PDL=bool(o["pdl"]) and cuda,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         if consts["PDL"]:
             consts["launch_pdl"] = True
-        descs = _descriptors(keys, scales, bs, D, o["block_t"]) if consts["TMA"] else (None, None)
+        # a register cap, so that ctas_per_sm programs fit on a multiprocessor; on the fused path with one dot
+        # per tile only: elsewhere 128 spilled (Triton 3.6, sm_90a: stage1 248 bytes, next_n 4 196, preshuffle 20)
+        if o["maxnreg"] and cuda and path == "fused" and consts["GROUPS"] == 1:
+            consts["maxnreg"] = o["maxnreg"]
+        descs = _descriptors(keys, scales, bs, D, o["block_t"]) if tma else (None, None)
         key = (str(inputs.device), *consts.items())
-        sms, per_sm = _num_sms(inputs.device), o["ctas_per_sm"]
-        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
-            per_sm -= 1
         programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
         args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,

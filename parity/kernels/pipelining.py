@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 
@@ -46,11 +47,18 @@ def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_
 
 
 def tiles_in_flight(ttgir: str) -> dict:
-    """``buffers``: the most buffers of one multi-buffered allocation; ``wait_depth``: the largest
-    ``async_wait`` count (0: each iteration waits for everything it issued)."""
+    """``buffers``: the most buffers of one multi-buffered allocation; ``wait_depth``: how many tiles may
+    still be in flight when the loop waits for one: the largest ``async_wait`` count for copies through
+    ``cp.async`` (0: each iteration waits for everything it issued), and for bulk tensor copies (which the
+    loop waits for on a barrier) one less than the copies of one descriptor issued before the key loop."""
     allocs = [int(m) for m in re.findall(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x", ttgir)]
     waits = [int(m) for m in re.findall(r"ttg\.async_wait[^\n]*\{num = (\d+) : i32\}", ttgir)]
-    return {"buffers": max(allocs, default=0), "wait_depth": max(waits, default=0)}
+    lines = ttgir.splitlines()
+    loops = [i for i, line in enumerate(lines) if "scf.for" in line]
+    prologue = lines[loops[-2] if len(loops) > 1 else 0:loops[-1]] if loops else []
+    bulk = Counter(m.group(1) for line in prologue
+                   if (m := re.search(r"async_tma_copy_global_to_local (%[\w.]+)\[", line)))
+    return {"buffers": max(allocs, default=0), "wait_depth": max(waits + [max(bulk.values(), default=0) - 1])}
 
 
 def kernel_report(num_stages: int = 3) -> dict:
@@ -58,9 +66,15 @@ def kernel_report(num_stages: int = 3) -> dict:
     (plain and preshuffled)."""
     out = {}
     for name, extra in {"fused": {}, "preshuffle": dict(PRESHUFFLE=True, FLAT=True),
-                        "preshuffle-gather": dict(PRESHUFFLE=True), "stage1": dict(STAGE1=True)}.items():
+                        "preshuffle-gather": dict(PRESHUFFLE=True), "stage1": dict(STAGE1=True),
+                        "fused-tma": dict(TMA=True), "preshuffle-tma": dict(PRESHUFFLE=True, FLAT=True, TMA=True)
+                        }.items():
         consts = {**BAR_CONSTEXPRS, **extra, "NUM_STAGES": num_stages}
-        out[name] = tiles_in_flight(compile_ttgir(paged_mqa_logits_kernel, consts, POINTERS,
+        pointers = dict(POINTERS)
+        if consts["TMA"]:
+            del consts["k_desc"], consts["s_desc"]
+            pointers.update(TMA_DESCRIPTORS)
+        out[name] = tiles_in_flight(compile_ttgir(paged_mqa_logits_kernel, consts, pointers,
                                                   num_stages=num_stages))
     return out
 

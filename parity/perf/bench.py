@@ -187,25 +187,37 @@ def launch_floor_us(device) -> float | None:
     return _graph_ms(lambda i: empty_kernel[(grid,)](buf), device, calls=4) * 1e3
 
 
+# The bare read's forms and program counts timed for the read floor: on an H200 (2026-12-04,
+# ci/kernel-study.sh) bulk copies 3 deep at 3-4 programs per multiprocessor were the fastest at every quick
+# shape, at the copy floor from B64-n2-ctx32768 on, and faster than DeepGEMM's kernel at all of them.
+READ_FORMS = [("copy", dict(num_stages=3), (2, 3, 4)), ("tma", dict(tma=True, num_stages=3), (3, 4))]
+
+
 def read_floor_us(sets: list[IndexerInputs], device) -> float | None:
-    """Microseconds of the bare read of every key byte and scale through the block table
-    (``parity.kernels.gather_read``), the best of 2, 3 and 4 programs per SM, rotating over ``sets``.
-    None off CUDA, where the block shape does not suit that kernel, or where it fails."""
+    """Microseconds of the fastest bare read of every key byte and scale through the block table
+    (``parity.kernels.gather_read``) among ``READ_FORMS`` (loads through registers; bulk tensor copies where
+    the GPU has them), rotating over ``sets``. None off CUDA, where the block shape does not suit that
+    kernel, or where it fails."""
     if torch.device(device).type != "cuda":
         return None
-    from parity.kernels.gather_read import gather_read
+    from parity.kernels.gather_read import gather_read, tma_ok
 
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    props = torch.cuda.get_device_properties(device)
+    bulk = props.major >= 9 and not torch.version.hip and tma_ok(sets[0].kv_cache)
+    sms = props.multi_processor_count
     out = torch.zeros(4 * sms, dtype=torch.int32, device=device)
     best = None
-    for per_sm in (2, 3, 4):
-        try:
-            ms = _graph_ms(lambda i: gather_read(sets[i % len(sets)].kv_cache, sets[i % len(sets)].block_tables,
-                                                 out, per_sm * sms), device, calls=len(sets))
-        except Exception:  # noqa: BLE001  (a reference row that cannot run must not end the benchmark)
-            return None
-        best = ms if best is None else min(best, ms)
-    return best * 1e3
+    for form, kw, per_sms in READ_FORMS:
+        if kw.get("tma") and not bulk:
+            continue
+        for per_sm in per_sms:
+            try:
+                ms = _graph_ms(lambda i: gather_read(sets[i % len(sets)].kv_cache, sets[i % len(sets)].block_tables,
+                                                     out, per_sm * sms, **kw), device, calls=len(sets))
+            except Exception:  # noqa: BLE001  (a reference row that cannot run must not end the benchmark)
+                continue
+            best = ms if best is None else min(best, ms)
+    return None if best is None else best * 1e3
 
 
 def _fits(shape: Shape, path: str, device, sets: int) -> bool:
@@ -295,8 +307,9 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
                 "outside the timed region)" if prepared else ""), "",
              "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
              "roof us: the larger of the two (b: bytes bind, c: compute binds); x roof = us / roof us. "
-             "read us: a bare kernel reading the same keys and scales through the same block table, nothing "
-             "computed (parity/kernels/gather_read.py)"
+             "read us: the fastest of the bare kernels that read the same keys and scales through the same block "
+             "table and compute nothing (parity/kernels/gather_read.py: loads through registers, and bulk tensor "
+             "copies where the GPU has them; 2-4 programs per SM)"
              + (f"; an empty kernel costs {launch_us:.1f} us per launch in a graph" if launch_us else ""), "",
              "| backend | path | shape | us | eager us | GB/s | floor us | x floor | flop us | roof us | x roof "
              "| read us | x read | speedup vs |",
