@@ -124,6 +124,29 @@ def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, 
     return time.perf_counter() - t0
 
 
+def check_variants(backends: dict, device, shape: bench.Shape = bench.Shape(8, 2, 4000)) -> dict:
+    """Each variant's fused and preshuffle logits against the torch path, through the suite's mask and value
+    checks (``parity.tune.check``'s test): a variant's timing counts only where its logits are right."""
+    from parity import checks
+
+    inp = bench.make_inputs(shape, device, gen=torch.Generator(device=device).manual_seed(1))
+    rows = shape.batch * shape.next_n
+    ends = inp.context_lens.clamp(max=inp.max_model_len).repeat_interleave(shape.next_n)
+    ref = torch.full((rows, shape.context), float("-inf"), device=device)
+    load_backend("torch").run("fused", inp, ref)
+    ref = ref.cpu().double()
+    verdicts = {}
+    for name, be in backends.items():
+        for path in ("fused", "preshuffle"):
+            got = torch.full((rows, shape.context), float("-inf"), device=device)
+            be.run(path, inp, got)
+            got = got.cpu()
+            mask, values = checks.check_mask(got, ref, ends), checks.check_values(got, ref, ends, "e4m3fn")
+            verdicts[f"{name} {path}"] = {"ok": bool(mask.ok and values.ok), "mask": mask.summary,
+                                          "values": values.summary}
+    return verdicts
+
+
 def read_variants(shape: bench.Shape, device) -> list[dict]:
     """The bare read of the shape's keys and scales in every form and program count, graph-timed."""
     from parity.kernels.gather_read import gather_read, tma_ok
@@ -173,6 +196,9 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     work += [(path, bar_shape) for path in ("preshuffle", "stage1")]
     result["precompile_s"] = precompile_all(triton_bes, work, device)
     print(f"precompiled {len(work) * len(triton_bes)} kernels in {result['precompile_s']:.1f} s", flush=True)
+    result["checks"] = check_variants(triton_bes, device)
+    print("checks: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAIL'}" for k, v in result["checks"].items()),
+          flush=True)
     for shape in shapes:
         if late():
             result["skipped"].append(f"fused {shape.id}: deadline")
@@ -232,6 +258,11 @@ def markdown(result: dict) -> str:
     lines += ["", "| shape | read form | programs/SM | us |", "|---|---|---:|---:|"]
     for r in result["reads"]:
         lines.append(f"| {r['shape']} | {r['form']} | {r['per_sm']} | {r.get('us', r.get('error'))} |")
+    bad = {k: v for k, v in result.get("checks", {}).items() if not v["ok"]}
+    lines += ["", "logits against the torch path (B8-n2-ctx4000, mask and value checks): "
+              + ("all variants pass" if result.get("checks") and not bad else
+                 "not checked" if not result.get("checks") else
+                 "FAIL: " + "; ".join(f"{k}: {v['mask']}, {v['values']}" for k, v in bad.items()))]
     if result["skipped"]:
         lines += ["", "skipped: " + "; ".join(result["skipped"])]
     return "\n".join(lines) + "\n"

@@ -39,9 +39,27 @@ def test_markdown_gives_each_variant_its_ratio_to_deepgemm():
     assert "| fused | B64-n2-ctx8192 | 25.0 | 20.0 (0.80) | 30.0 (1.20) | 24.0 |" in text
     assert "| base fused n2 | 1.50 | 148 | None | 41984 |" in text
     assert "| B64-n2-ctx8192 | tma4 | 2 | 21.0 |" in text
-    assert "B8-n2" not in text  # skipped rows have no time to show
+    assert "| B8-n2-ctx8192" not in text  # skipped rows have no time to show
+    assert "not checked" in text
 
 
 def test_unknown_variant_is_refused(capsys):
     assert kernel_study.main(["--variants", "base,warp9"]) == 2
     assert "warp9" in capsys.readouterr().err
+
+
+class _Zeros:
+    """A planted fault: writes 0 where logits belong."""
+
+    def run(self, path, inputs, out):
+        out.zero_()
+
+
+def test_check_variants_passes_a_correct_kernel_and_catches_a_wrong_one():
+    from parity import bench
+
+    backends = {"c4": load_backend("triton", **kernel_study.VARIANTS["c4"]), "zeros": _Zeros()}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    verdicts = kernel_study.check_variants(backends, device, bench.Shape(2, 2, 200))
+    assert verdicts["c4 fused"]["ok"] and verdicts["c4 preshuffle"]["ok"], verdicts
+    assert not verdicts["zeros fused"]["ok"]
