@@ -3,7 +3,7 @@
 # (about 6 minutes on an H200):
 #   1. build DeepGEMM from DEEPGEMM_SRC (default third_party/DeepGEMM) with ci/build-deepgemm.sh --direct
 #      --std c++20 --reuse, where the tree is there (about 60 s; none where an up-to-date build is there);
-#   2. python -m parity.kernel_study: every variant of parity.kernel_study.VARIANTS and DeepGEMM on the fused
+#   2. python -m parity.perf.kernel_study: every variant of parity.perf.kernel_study.VARIANTS and DeepGEMM on the fused
 #      path at the quick shapes, preshuffle and stage1 for the base and the fastest variant, the bare reads;
 #   3. ncu (--clock-control none; speed of light, memory, compute, occupancy, launch, warp state and
 #      scheduler sections) on the base variant, the fastest and DeepGEMM at B64-n2-ctx8192 and -ctx32768.
@@ -39,7 +39,7 @@ else
 fi
 
 t0=$SECONDS
-timeout "$STUDY_S" "$PY" -m parity.kernel_study --out "$OUT_DIR" --deadline-s $((STUDY_S - 70)) > "$LOG" 2>&1
+timeout "$STUDY_S" "$PY" -m parity.perf.kernel_study --out "$OUT_DIR" --deadline-s $((STUDY_S - 70)) > "$LOG" 2>&1
 echo "study: exit $? after $((SECONDS - t0)) s" | tee -a "$S"
 best="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("best_at_bar") or "")' \
   "$OUT_DIR/study.json" 2>/dev/null)"
@@ -53,7 +53,7 @@ if command -v ncu >/dev/null; then
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
     --csv --page details \
-    "$PY" -m parity.kernel_study --profile --variants "$variants" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
+    "$PY" -m parity.perf.kernel_study --profile --variants "$variants" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
   echo "ncu ($variants, deepgemm): exit $? after $((SECONDS - t0)) s" | tee -a "$S"
 else
   echo "ncu: not on PATH" | tee -a "$S"

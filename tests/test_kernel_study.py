@@ -3,10 +3,10 @@ that computes correct logits (under the interpreter), and its table puts each ti
 import pytest
 import torch
 
-from parity import kernel_study
+from parity.perf import kernel_study
 from parity.backends import load_backend
-from parity.harness import failed_checks, run_cell
-from parity.grids import quick_cases
+from parity.run.harness import failed_checks, run_cell
+from parity.problem.grids import quick_cases
 
 pytest.importorskip("triton")
 
@@ -56,7 +56,7 @@ class _Zeros:
 
 
 def test_check_variants_passes_a_correct_kernel_and_catches_a_wrong_one():
-    from parity import bench
+    from parity.perf import bench
 
     backends = {"c4": load_backend("triton", **kernel_study.VARIANTS["c4"]), "zeros": _Zeros()}
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from parity.backends import load_backend, triton_configs
-from parity.cases import IndexerCase, build_inputs
+from parity.problem.cases import IndexerCase, build_inputs
 
 pytest.importorskip("triton")
 

@@ -1,7 +1,7 @@
 """One GPU call's comparison of the Triton kernel's variants with DeepGEMM, for choosing a GPU's config.
 
-    python -m parity.kernel_study --out DIR [--deadline-s 330] [--shapes 'B64-n2-*']
-    python -m parity.kernel_study --profile --variants base,tma5   # each kernel run twice, for ncu
+    python -m parity.perf.kernel_study --out DIR [--deadline-s 330] [--shapes 'B64-n2-*']
+    python -m parity.perf.kernel_study --profile --variants base,tma5   # each kernel run twice, for ncu
 
 Steps, each skipped once the deadline has passed: (1) every variant on the fused path at every shape, with
 DeepGEMM where it loads (``deepgemm``; ``deepgemm:split`` at next_n > 2; ``deepgemm-pdl`` with its
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from parity import bench
+from parity.perf import bench
 from parity.backends import load_backend
 
 # name -> TritonBackend options. "base": the config before the study of 2026-12-04 (copies by cp.async, 3
@@ -127,7 +127,7 @@ def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, 
 def check_variants(backends: dict, device, shape: bench.Shape = bench.Shape(8, 2, 4000)) -> dict:
     """Each variant's fused and preshuffle logits against the torch path, through the suite's mask and value
     checks (``parity.tune.check``'s test): a variant's timing counts only where its logits are right."""
-    from parity import checks
+    from parity.judge import checks
 
     inp = bench.make_inputs(shape, device, gen=torch.Generator(device=device).manual_seed(1))
     rows = shape.batch * shape.next_n
