@@ -9,6 +9,7 @@ from typing import Callable
 
 from parity.backends import load_backend
 from parity.problem.cases import IndexerCase
+from parity.judge.consumers import DEFAULT_CONSUMER, UNBOUNDED
 from parity.run.harness import run_cell
 
 MML = 500
@@ -40,9 +41,11 @@ class Planted:
     bug_class: str
     where: Callable[[dict], bool]  # the finding points at the right place
     repeats: int = 2
+    consumer: str = DEFAULT_CONSUMER  # the rule it is judged by (parity.judge.consumers)
 
     def run(self) -> tuple[bool, str]:
-        result = run_cell(load_backend(f"fault:{self.fault}"), self.path, self.buffer, self.case, repeats=self.repeats)
+        result = run_cell(load_backend(f"fault:{self.fault}"), self.path, self.buffer, self.case, repeats=self.repeats,
+                          consumer=self.consumer)
         caught = bool(_finding(result, self.check)) and self.where(result)
         detail = "; ".join(f["summary"] for f in _finding(result, self.check))[:200]
         return caught, detail or f"status {result['status']}, {self.check} check passed"
@@ -50,6 +53,12 @@ class Planted:
 
 def _rows_of(result: dict, check: str) -> set[int]:
     return {r for f in _finding(result, check) for r in f["details"].get("rows", [])}
+
+
+def _one_each(result: dict, kind: str) -> bool:
+    """Every row of the mask finding is off by one position of ``kind``, at its valid length's edge."""
+    rows = [v for f in _finding(result, "mask") for v in f["details"]["per_row"].values()]
+    return bool(rows) and all(v["count"] == 1 and v[kind] == 1 for v in rows)
 
 
 C = IndexerCase
@@ -63,9 +72,13 @@ PLANTED = [
     Planted("unmasked_chunk_store", "fused", "padded", C(batch=3, next_n=2, context="ctx_eq_max"), "oob",
             "1 unmasked stores, padded buffer: into the padding, values intact",
             lambda r: _landed(r, "row_padding").get("max_overshoot_cols") == OVERSHOOT and _ok(r, "values")),
+    # One position too many is seen only by a reader that ranks past the row's length; one too few
+    # by every reader.
     Planted("causal_off_by_one", "fused", "exact", C(batch=3, next_n=2, context="random"), "mask",
-            "2 causal rule off by one",
-            lambda r: all(row % 2 == 0 for row in _rows_of(r, "mask")) and bool(_rows_of(r, "mask"))),
+            "2 causal rule one position too many (unbounded reader)", lambda r: _one_each(r, "spurious_finite"),
+            consumer=UNBOUNDED),
+    Planted("causal_short_by_one", "fused", "exact", C(batch=3, next_n=2, context="random"), "mask",
+            "2 causal rule one position too few", lambda r: _one_each(r, "spurious_neg_inf")),
     Planted("ignores_stride0", "fused", "padded", C(batch=3, next_n=2, context="random"), "values",
             "3 ignores stride(0) of a padded view",
             lambda r: 0 not in _rows_of(r, "values") and bool(_rows_of(r, "values"))),
@@ -101,10 +114,21 @@ def _dummy_rows_named(r: dict) -> bool:
 
 # The bug classes seen in the wild (the stress level), on its CPU-sized cases.
 PLANTED_STRESS = [
+    # Finite values inside a row with no valid position are don't-care for a length-bounded reader and
+    # a mask finding for an unbounded one; stores past such a row's end are caught under either rule.
     Planted("writes_dummy_rows", "fused", "exact", _stress("B4-n2-bs64-dummy_rows-H64-mml320"), "mask",
-            "wild: context_len 0/1 rows written (CUDA-graph padding)", _dummy_rows_named),
+            "wild: context_len 0/1 rows written (CUDA-graph padding; unbounded reader)", _dummy_rows_named,
+            consumer=UNBOUNDED),
     Planted("writes_dummy_rows", "stage1", "padded", _stress("B2-n3-bs16-all_dummy"), "mask",
-            "wild: a whole batch of dummy rows written", _dummy_rows_named),
+            "wild: a whole batch of dummy rows written (unbounded reader)", _dummy_rows_named, consumer=UNBOUNDED),
+    Planted("dummy_row_overrun", "fused", "padded", _stress("B4-n2-bs64-dummy_rows-H64-mml320"), "oob",
+            "wild: dummy rows stored as full rows: into their padding",
+            lambda r: set(_landed(r, "row_padding").get("rows", [])) == {0, 1, 2}),
+    Planted("dummy_row_overrun", "fused", "exact", _stress("B1-n4-bs64-all_dummy"), "oob",
+            "wild: dummy rows stored as full rows: past the allocation",
+            lambda r: _landed(r, "outside_allocation_after").get("max_overshoot_cols") == OVERSHOOT),
+    Planted("dummy_row_overrun", "fused", "exact", _stress("B4-n2-bs64-dummy_rows-H64-mml320"), "values",
+            "wild: dummy rows stored as full rows: into the next row", lambda r: _rows_of(r, "values") == {3}),
     Planted("offset_wraps", "fused", "exact", _stress("B2-n2-bs16-ctx_eq_max-mml300-blk600"), "values",
             "wild: block byte offsets wrap (proxy of int32 past 2 GiB)", lambda r: bool(_rows_of(r, "values"))),
     Planted("batch_stride_over_64", "fused", "exact", _stress("B65-n1-bs16-random-mml48"), "values",
@@ -113,8 +137,11 @@ PLANTED_STRESS = [
             "wild: block table read capped (proxy of the >325K off-by-one)",
             lambda r: all(c >= 32 * 16 for f in _finding(r, "values") for v in f["details"]["per_row"].values()
                           for c in v["first_cols"])),
+    # A row that sees more than its own length is visible to an unbounded reader only (the drawn per-row
+    # lengths are mostly below the causal diagonal the fault applies).
     Planted("ignores_row_lengths", "fused", "exact", _stress("B3-n2-bs64-random-H64-mml320-perrow"), "mask",
-            "wild: per-row context lengths ignored", lambda r: bool(_rows_of(r, "mask"))),
+            "wild: per-row context lengths ignored (unbounded reader)", lambda r: bool(_rows_of(r, "mask")),
+            consumer=UNBOUNDED),
     Planted("bf16_writes_fp32", "fused", "padded", _stress("B3-n2-bs64-ctx_eq_max_first-H64-mml320-bf16"), "oob",
             "wild: bf16 logits stored as fp32 (guard bands in bf16)",
             lambda r: _landed(r, "row_padding").get("max_overshoot_cols", 0) > 0),
@@ -136,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, detail = p.run()
         caught += ok
         mark = "caught" if ok else "MISSED"
-        print(f"{mark:7} {p.bug_class:58} [{p.check}] {detail}")
+        print(f"{mark:7} {p.bug_class:62} [{p.check}] {detail}")
     print(f"caught {caught}/{len(PLANTED)}")
     return 0 if caught == len(PLANTED) else 1
 

@@ -13,18 +13,21 @@ def failing(result):
     return sorted({f["check"] for f in result["findings"] if not f["ok"]})
 
 
-def old_causal_rule_mask(context_lens, next_n):
+def old_causal_rule_mask(context_lens, next_n, consumer="length-bounded", max_model_len=None):
     """The mask finding's per_row a kernel with the old aiter causal rule must get: row i of a
-    sequence sees ``t <= ctx - i`` (within the context) where SPEC says ``t <= ctx - next_n + i``;
-    the positions between the two are spurious finite (rows that gain) or spurious -inf (lose)."""
+    sequence sees ``t <= ctx - i`` where SPEC says ``t <= ctx - next_n + i``. Positions it loses are
+    spurious -inf for any reader; positions it gains lie past the row's valid length, a finding for an
+    unbounded reader only, and run to ``t = ctx - i`` (past the context too, up to ``max_model_len``)."""
     want = {}
     for b, ctx in enumerate(context_lens):
         for i in range(next_n):
-            got_len, spec_len = min(ctx, ctx - i + 1), ctx - next_n + i + 1
-            if got_len != spec_len:
-                lo, hi = sorted((got_len, spec_len))
-                gained = got_len > spec_len
-                want[b * next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
-                                        "spurious_finite": (hi - lo) if gained else 0,
-                                        "spurious_neg_inf": 0 if gained else hi - lo}
+            spec_len = max(0, ctx - next_n + i + 1)
+            got_len = min(ctx - i + 1, max_model_len if max_model_len is not None else ctx)
+            lost = got_len < spec_len
+            if got_len == spec_len or (consumer == "length-bounded" and not lost):
+                continue
+            lo, hi = sorted((got_len, spec_len))
+            want[b * next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
+                                    "spurious_finite": 0 if lost else hi - lo,
+                                    "spurious_neg_inf": hi - lo if lost else 0}
     return want

@@ -141,17 +141,20 @@ def test_last_row_overshoot_leaves_the_allocation(pypi):
 
 @pytest.mark.parametrize("case", MASK_CASES, ids=lambda c: c.id)
 def test_causal_rule_differs_for_speculative_rows(pypi, case):
-    r = run_cell(pypi, "fused", "padded", case, DEVICE)
     ctx = build_inputs(case).context_lens.tolist()
-    want = old_causal_rule_mask(ctx, case.next_n)
-    assert 0 in want and want[0]["spurious_finite"] == case.next_n - 1  # row 0 gains positions
+    # An unbounded reader sees every difference: row 0 gains next_n - 1 positions inside the context and
+    # one at t == context_len, past it.
+    r = run_cell(pypi, "fused", "padded", case, DEVICE, consumer="unbounded")
+    want = old_causal_rule_mask(ctx, case.next_n, "unbounded", MML)
+    assert 0 in want and want[0]["spurious_finite"] == case.next_n - (ctx[0] == MML)
     mask = finding(r, "mask")
     assert not mask["ok"] and {int(k): v for k, v in mask["details"]["per_row"].items()} == want
     assert finding(r, "values")["ok"], "in-row values must match where both are finite"
-    # Row i = 0 also gets a finite value at t == context_len (past the context: allowed, reported).
-    past = finding(r, "oob")["details"]["allowed"]["past_context_len"]
-    rows0 = [b * case.next_n for b, c in enumerate(ctx) if c % CHUNK_K and c < MML]
-    assert past["rows"] == rows0 and past["max_cols_past_context"] == 1
+    # A length-bounded reader sees only the positions rows lose (the last rows, with next_n > 2).
+    r = run_cell(pypi, "fused", "padded", case, DEVICE)
+    lost = old_causal_rule_mask(ctx, case.next_n)
+    assert bool(lost) is (case.next_n > 2)
+    assert {int(k): v for k, v in finding(r, "mask")["details"]["per_row"].items()} == lost
 
 
 # --- a build where the kernel is changed, and the diff of the two -----------------------------------
@@ -170,8 +173,9 @@ def _report(results):
 def test_fixed_build_passes_and_the_diff_shows_it(pypi, fixed):
     assert fixed.describe()["version"] == f"{PYPI}+paritystorecausalfix"
     cells = [("fused", "exact", OOB_FIRST), ("fused", "padded", MASK_CASES[0])]
-    before = [run_cell(pypi, p, b, c, DEVICE) for p, b, c in cells]
-    after = [run_cell(fixed, p, b, c, DEVICE) for p, b, c in cells]
+    # unbounded: MASK_CASES[0] has next_n = 2, where the old causal rule only gains positions
+    before = [run_cell(pypi, p, b, c, DEVICE, consumer="unbounded") for p, b, c in cells]
+    after = [run_cell(fixed, p, b, c, DEVICE, consumer="unbounded") for p, b, c in cells]
     assert [r["status"] for r in before] == ["fail", "fail"]
     assert [r["status"] for r in after] == ["pass", "pass"], [failing(r) for r in after]
     d = report.diff(_report(before), _report(after))
@@ -247,8 +251,8 @@ def test_main_stage1_stores_whole_256_column_chunks(main):
 @pytest.mark.parametrize("case", MASK_CASES, ids=lambda c: c.id)
 def test_main_ragged_kernels_keep_the_old_causal_rule(main, build, case):
     ragged = make_backend(str(build.root), "ragged")
-    r = run_cell(ragged, "fused", "padded", case, DEVICE)
-    want = old_causal_rule_mask(build_inputs(case).context_lens.tolist(), case.next_n)
+    r = run_cell(ragged, "fused", "padded", case, DEVICE, consumer="unbounded")
+    want = old_causal_rule_mask(build_inputs(case).context_lens.tolist(), case.next_n, "unbounded", MML)
     assert failing(r) == ["mask"], r["findings"]  # no overshoot: the ragged fused store is masked
     assert {int(k) for k in finding(r, "mask")["details"]["per_row"]} == set(want)
 

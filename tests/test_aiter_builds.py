@@ -194,8 +194,12 @@ def test_main_ragged_kernels_keep_the_old_causal_rule(main_tree):
     ragged = AiterBackend(find_build(str(main_tree)), "ragged")
     assert ragged.name == "aiter-ragged" and ragged.paths == ("stage1", "fused")
     assert "prefix_sum_context_lens" in ragged.describe()["contract"]
-    r = run_cell(ragged, "fused", "exact", SPECULATIVE, "cpu")
-    want = old_causal_rule_mask(build_inputs(SPECULATIVE).context_lens.tolist(), SPECULATIVE.next_n)
+    ctx = build_inputs(SPECULATIVE).context_lens.tolist()
+    # next_n = 2: row 0 gains positions past its valid length and no row loses one, so only an
+    # unbounded reader sees the rule.
+    assert run_cell(ragged, "fused", "exact", SPECULATIVE, "cpu")["status"] == "pass"
+    r = run_cell(ragged, "fused", "exact", SPECULATIVE, "cpu", consumer="unbounded")
+    want = old_causal_rule_mask(ctx, SPECULATIVE.next_n, "unbounded", MML)
     assert failing(r) == ["mask"], r["findings"]  # the ragged fused store is masked: no overshoot
     assert {int(k): v for k, v in finding(r, "mask")["details"]["per_row"].items()} == want
 

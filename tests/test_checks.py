@@ -19,16 +19,15 @@ def test_planted_fault_is_caught_where_it_is(planted):
 @pytest.mark.parametrize("kind", ["exact", "padded"])
 def test_oob_classifies_each_landing_place(kind):
     rows, cols, pad = 4, 100, 256
-    ctx = torch.full((rows,), cols)
     buf = guarded_buffer((rows,), cols, kind, "cpu", pad=pad)
-    assert checks.check_out_of_bounds(buf, ctx).ok
+    assert checks.check_out_of_bounds(buf).ok
     st = buf.storage
     st[buf.guard - 3] = 1.0  # 3 elements before row 0
     last_end = buf.guard + (rows - 1) * buf.pitch + cols
     st[last_end + (pad if kind == "padded" else 0) + 6] = 2.0  # past the allocation's rows
     if kind == "padded":
         st[buf.guard + 1 * buf.pitch + cols + 9] = 3.0  # row 1 padding, 10th column past the end
-    f = checks.check_out_of_bounds(buf, ctx)
+    f = checks.check_out_of_bounds(buf)
     landed = f.details["landed"]
     assert not f.ok
     assert landed["outside_allocation_before"] == {"count": 1, "elements_before_row0": 3}
@@ -37,22 +36,33 @@ def test_oob_classifies_each_landing_place(kind):
         assert landed["row_padding"]["rows"] == [1] and landed["row_padding"]["max_overshoot_cols"] == 10
 
 
-def test_writes_past_context_len_are_allowed_but_reported():
+def test_writes_inside_the_rows_are_not_the_guard_checks():
     buf = guarded_buffer((2,), 50, "padded", "cpu")
-    buf.view[1, 45] = 0.0
-    f = checks.check_out_of_bounds(buf, torch.tensor([50, 40]))
-    assert f.ok and f.details["allowed"]["past_context_len"] == {"count": 1, "rows": [1], "max_cols_past_context": 6}
+    buf.view[1, 45] = 0.0  # past a row's valid length, inside the row: the consumer rule's, not an oob write
+    assert checks.check_out_of_bounds(buf).ok
 
 
-def test_mask_reports_first_differing_columns():
+@pytest.mark.parametrize("consumer", ["length-bounded", "unbounded"])
+def test_mask_reports_first_differing_columns_where_the_reader_looks(consumer):
     ref = torch.zeros(2, 10, dtype=torch.float64)
-    ref[:, 6:] = float("-inf")
+    ref[:, 6:] = float("-inf")  # 6 valid positions a row
     out = ref.float().clone()
-    out[1, 7] = 1.0  # spurious finite
-    out[1, 2] = float("-inf")  # spurious -inf
-    f = checks.check_mask(out, ref, torch.tensor([10, 10]))
-    assert not f.ok and f.details["rows"] == [1]
-    assert f.details["per_row"][1] == {"first_cols": [2, 7], "count": 2, "spurious_finite": 1, "spurious_neg_inf": 1}
+    out[1, 7] = 1.0  # finite past the valid length
+    out[1, 2] = float("-inf")  # spurious -inf inside it
+    f = checks.check_mask(out, ref, torch.tensor([6, 6]), consumer)
+    assert not f.ok and f.details["rows"] == [1] and f.details["consumer"] == consumer
+    if consumer == "length-bounded":
+        assert f.details["per_row"][1] == {"first_cols": [2], "count": 1, "spurious_finite": 0, "spurious_neg_inf": 1}
+    else:
+        assert f.details["per_row"][1] == {"first_cols": [2, 7], "count": 2, "spurious_finite": 1,
+                                           "spurious_neg_inf": 1}
+    past = f.details["past_valid_len"]
+    assert (past["count"], past["rows"], past["dont_care"]) == (1, [1], consumer == "length-bounded")
+
+
+def test_an_unknown_consumer_is_named():
+    with pytest.raises(ValueError, match="consumer must be one of"):
+        checks.check_mask(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([2]), "bounded")
 
 
 def test_values_report_worst_element_and_calc_diff():
@@ -172,6 +182,27 @@ def test_causal_tail_mask_errors_do_not_hide_an_overshoot():
     assert checks.attribute_next_row(mask, values, FULL, COLS)[0] is None
 
 
+def test_damage_no_overshoot_reaches_elsewhere_refuses_the_attribution():
+    # Row 1's leading damage fits row 0's reach, but row 0 itself is wrong further in: the kernel's values.
+    mask, values = _bad(4, COLS, {1: [(0, 12)], 0: [(26, 27)]})
+    found, why_not = checks.attribute_next_row(mask, values, FULL, COLS)
+    assert found is None and "row 0 is wrong (from column 26): the values are the kernel's own" in why_not
+    mask, values = _bad(4, COLS, {1: [(0, 12)], 3: [(5, 40)]})  # past the 12 columns row 2 can reach
+    assert "row 3 is wrong past the 12 columns row 2 can reach" in checks.attribute_next_row(
+        mask, values, FULL, COLS)[1]
+
+
+@pytest.mark.parametrize("written, attributed", [(256, True), (255, False), (0, False)])
+def test_padded_rows_are_reached_only_through_all_of_the_padding(written, attributed):
+    mask, values = _bad(4, COLS, {1: [(0, 12)]})
+    padding = torch.tensor([written, 0, 0, 0])
+    found, why_not = checks.attribute_next_row(mask, values, FULL, COLS, padding=padding, pad=256)
+    if attributed:
+        assert found.details["landed"]["next_row"] == {1: {"from_row": 0, "leading_cols_damaged": 12}}
+    else:
+        assert found is None and f"row 0's padding is not written through to its end ({written} of its 256" in why_not
+
+
 class _LeadingValueFault(SimpleBackend):
     """Right logits, then the first 12 columns of every row after a row at max_model_len zeroed: it
     looks like an overshoot from the previous row, but nothing is written past any row end."""
@@ -221,9 +252,9 @@ def test_a_rare_race_needs_the_stress_levels_repeats():
 
 def test_bf16_guard_bands_count_bf16_elements():
     buf = guarded_buffer((2,), 50, "exact", "cpu", dtype=torch.bfloat16)
-    assert buf.storage.dtype == torch.bfloat16 and checks.check_out_of_bounds(buf, torch.tensor([50, 50])).ok
+    assert buf.storage.dtype == torch.bfloat16 and checks.check_out_of_bounds(buf).ok
     buf.storage[buf.guard + 2 * 50 + 4] = 1.0  # the 5th bf16 element past the last row
-    f = checks.check_out_of_bounds(buf, torch.tensor([50, 50]))
+    f = checks.check_out_of_bounds(buf)
     assert not f.ok and f.details["landed"]["outside_allocation_after"]["max_overshoot_cols"] == 5
 
 
@@ -237,11 +268,54 @@ def test_bf16_values_get_the_rounding_of_bf16_and_no_more():
     assert not checks.check_values(worse, ref, torch.tensor([50]), "e4m3fn").ok
 
 
-def test_a_row_with_no_valid_position_must_stay_all_minus_inf():
+def test_a_row_with_no_valid_position_is_judged_by_the_consumer_rule():
     ref = torch.full((2, 10), float("-inf"), dtype=torch.float64)
     ref[1, :3] = 1.0
     out = ref.float().clone()
-    out[0, 7] = 0.5  # past context_len (3) of a row with context 3 but no valid position
-    f = checks.check_mask(out, ref, torch.tensor([3, 3]), torch.tensor([0, 3]))
-    assert not f.ok and f.details["dummy_rows_written"] == [0]
-    assert checks.check_mask(out, ref, torch.tensor([3, 3])).ok  # without row lengths: an allowed write
+    out[0, 7] = 0.5  # a finite value in a row with no valid position
+    unbounded = checks.check_mask(out, ref, torch.tensor([0, 3]), "unbounded")
+    assert not unbounded.ok and unbounded.details["dummy_rows_written"] == [0]
+    bounded = checks.check_mask(out, ref, torch.tensor([0, 3]), "length-bounded")
+    assert bounded.ok and bounded.details["dummy_rows_written"] == []
+    assert bounded.details["past_valid_len"] | {"consumer": None} == {
+        "count": 1, "rows": [0], "empty_rows": [0], "consumer": None, "dont_care": True}
+    assert "don't-care for a length-bounded reader" in bounded.summary
+
+
+def test_a_dropped_head_is_never_an_overshoot():
+    """The quick cell where a backend that ignores head 63 of 64 once got an oob finding: its rows are
+    wrong from column 0 because every value is, and no row wrote past its end."""
+    from parity.backends import load_backend
+    from parity.problem.grids import quick_cases
+
+    case = next(c for c in quick_cases() if c.id == "B2-n2-bs1-ctx_eq_max-H64-mml130")
+    for buffer in ("exact", "padded"):
+        r = run_cell(load_backend("fault:drops_one_head"), "fused", buffer, case)
+        assert [f["check"] for f in r["findings"] if not f["ok"]] == ["values", "topk"], (buffer, r["findings"])
+        values = next(f for f in r["findings"] if f["check"] == "values")
+        why = {"exact": "row 0 is wrong (from column 26)", "padded": "row 1's padding is not written through"}[buffer]
+        assert why in values["details"]["not_next_row"]
+
+
+class _OverrunsThePadding(SimpleBackend):
+    """Right logits; then a row at max_model_len stores on through its whole padding and 12 columns into
+    the next row (a store that knows nothing of the pitch)."""
+
+    def run(self, path, inputs, out):
+        from parity.backends.torch_ref import TorchBackend
+
+        TorchBackend().run(path, inputs, out)
+        rows, cols = out.shape
+        ctx = inputs.context_lens.repeat_interleave(inputs.next_n)
+        for r in reversed(range(rows - 1)):
+            if int(ctx[r]) == cols:
+                span = out.stride(0) - cols + 12
+                torch.as_strided(out, (span,), (1,), out.storage_offset() + r * out.stride(0) + cols).fill_(0.0)
+
+
+def test_a_padded_row_overrun_through_its_padding_is_attributed():
+    case = IndexerCase(batch=3, next_n=1, context="ctx_eq_max_first")
+    r = run_cell(_OverrunsThePadding(name="overrun", paths=("fused",)), "fused", "padded", case)
+    landed = {k: v for f in r["findings"] if f["check"] == "oob" for k, v in f["details"]["landed"].items()}
+    assert landed["row_padding"]["rows"] == [0] and landed["next_row"] == {1: {"from_row": 0,
+                                                                                "leading_cols_damaged": 12}}

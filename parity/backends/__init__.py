@@ -32,13 +32,13 @@ for _name, _target in _LAZY.items():
     register(_name, _lazy(_target))
 
 # Planted faults, for the self-test: ``fault:<name>`` (see parity.backends.faults).
-for _fault in ("unmasked_chunk_store", "causal_off_by_one", "ignores_stride0", "scales_interleaved",
+for _fault in ("unmasked_chunk_store", "causal_off_by_one", "causal_short_by_one", "ignores_stride0", "scales_interleaved",
                "wrong_preshuffle_offsets", "drops_one_head",
                "fp8_flavour_misread", "racy_write", "raises", "aborts", "hangs"):
     register(f"fault:{_fault}", lambda _f=_fault, **kw: _lazy("parity.backends.faults:make_backend")(fault=_f, **kw))
 
 # Planted faults of the bug classes seen in the wild (the stress level; parity.backends.faults_stress).
-for _fault in ("writes_dummy_rows", "offset_wraps", "batch_stride_over_64", "block_table_cap", "ignores_row_lengths",
+for _fault in ("writes_dummy_rows", "dummy_row_overrun", "offset_wraps", "batch_stride_over_64", "block_table_cap", "ignores_row_lengths",
                "bf16_writes_fp32", "rare_race", "drops_tie_group", "odd_next_n_reads_next_q"):
     register(f"fault:{_fault}",
              lambda _f=_fault, **kw: _lazy("parity.backends.faults_stress:make_backend")(fault=_f, **kw))

@@ -66,6 +66,20 @@ class CausalOffByOne(_Fault):
         return super().logits(path, replace(inputs, context_lens=shifted), b)
 
 
+class CausalShortByOne(_Fault):
+    """Row i of a sequence sees one position too few: ``t <= context_len - next_n + i - 1``. Its last
+    valid logit is -inf, which any reader sees (unlike one position too many, which only a reader
+    that ranks past the row's length does)."""
+
+    def __init__(self):
+        super().__init__("causal_short_by_one")
+
+    def logits(self, path, inputs, b):
+        shorter = inputs.context_lens.clone()
+        shorter[b] = max(int(shorter[b]) - 1, 0)
+        return super().logits(path, replace(inputs, context_lens=shorter), b)
+
+
 class IgnoresStride0(_Fault):
     """Writes as if the output were contiguous, whatever its ``stride(0)``."""
 
@@ -204,7 +218,7 @@ class Hangs(_Fault):
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
-          (UnmaskedChunkStore, CausalOffByOne, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, DropsOneHead,
+          (UnmaskedChunkStore, CausalOffByOne, CausalShortByOne, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, DropsOneHead,
            Fp8FlavourMisread, RacyWrite,
            Raises, Aborts, Hangs)}
 

@@ -3,11 +3,12 @@ torch paths with one bug apiece, so that ``python -m parity selftest`` proves th
 checks catch every class, and point at the place."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 
-from parity.backends.faults import _Fault
+from parity.backends.faults import CHUNK, _Fault
 from parity.backends.torch_ref import head_logits
 
 
@@ -29,6 +30,26 @@ class WritesDummyRows(_Fault):
             b = r // inputs.next_n
             h = head_logits(some, b, preshuffled=(path == "preshuffle"))[..., inputs.next_n - 1, 0]
             out[..., r, 0] = h if path == "stage1" else h.sum()
+
+
+class DummyRowOverrun(_Fault):
+    """A row with no valid position is scheduled as if it held ``max_model_len`` positions and stored
+    in whole 256-column chunks with no upper bound (a schedule that gives every row of a captured
+    batch the same work): junk over the row and past its end, into its padding, the next row or past
+    the allocation. The junk inside an empty row is don't-care for a length-bounded reader; the
+    stores past its end are out-of-bounds writes under any rule."""
+
+    def __init__(self):
+        super().__init__("dummy_row_overrun", paths=("fused", "preshuffle"))
+
+    def run(self, path, inputs, out):
+        super().run(path, inputs, out)
+        rows, cols = out.shape
+        end = math.ceil(cols / CHUNK) * CHUNK
+        for r in torch.nonzero(inputs.row_lens == 0).flatten().tolist():
+            # The raw store ignores the view's bounds; the junk is far from any logit (a 0.0 can pass as one
+            # where the heads' terms cancel).
+            torch.as_strided(out, (end,), (out.stride(1),), out.storage_offset() + r * out.stride(0)).fill_(1.0e4)
 
 
 class OffsetWraps(_Fault):
@@ -173,7 +194,7 @@ class OddNextNReadsNextQ(_Fault):
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
-          (WritesDummyRows, OffsetWraps, BatchStrideOver64, BlockTableCap, IgnoresRowLengths, Bf16WritesFp32,
+          (WritesDummyRows, DummyRowOverrun, OffsetWraps, BatchStrideOver64, BlockTableCap, IgnoresRowLengths, Bf16WritesFp32,
            RareRace, DropsTieGroup, OddNextNReadsNextQ)}
 
 

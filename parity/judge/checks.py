@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from parity.judge import consumers
 from parity.judge.buffers import GuardedBuffer, sentinel_mask
 
 # (rtol of the row's max |ref|, atol). fp8 values are dequantized exactly, so the error is fp32
@@ -52,19 +53,22 @@ def _runs(cols: torch.Tensor, n: int = MAX_LISTED) -> list[list[int]]:
     return runs
 
 
-def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor,
-               row_len: torch.Tensor | None = None) -> Finding:
-    """The finite/-inf pattern inside ``[0, context_len)`` of each row must equal the reference exactly.
-    A row with no valid position (``row_len`` 0: a dummy sequence of a padded batch) must be -inf in
-    every column: whatever is finite there is a stray write, not an allowed one past context_len."""
+def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
+               consumer: str = consumers.DEFAULT_CONSUMER) -> Finding:
+    """The finite/-inf pattern of each row must equal the reference's where the consumer reads it:
+    inside ``[0, row_len)`` for a length-bounded reader, the whole row for an unbounded one (which
+    then needs -inf past the valid length in every row, a row with no valid position included).
+    Finite values past the valid length are reported either way (``past_valid_len``: how many, which
+    rows, which of them empty); for a length-bounded reader they are don't-care."""
+    consumers.check_consumer(consumer)
     out = out.detach().cpu().float()
     cols = out.shape[1]
-    inside = torch.arange(cols)[None, :] < context_len.cpu()[:, None]
-    dummy = torch.zeros(out.shape[0], dtype=torch.bool) if row_len is None else row_len.cpu() <= 0
-    inside |= dummy[:, None]
+    lens = row_len.detach().cpu().long()
+    valid = torch.arange(cols)[None, :] < lens[:, None]
+    judged = valid if consumer == consumers.LENGTH_BOUNDED else torch.ones_like(valid)
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
-    nan = torch.isnan(out) & inside
-    diff = (got_fin != want_fin) & inside
+    nan = torch.isnan(out) & judged
+    diff = (got_fin != want_fin) & judged
     rows = torch.nonzero(diff.any(1)).flatten()
     per_row = {}
     for r in rows[:MAX_LISTED]:
@@ -72,20 +76,29 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor,
         per_row[int(r)] = {
             "first_cols": _first(c),
             "count": int(c.numel()),
-            "spurious_finite": int((got_fin[r] & ~want_fin[r] & inside[r]).sum()),
-            "spurious_neg_inf": int((~got_fin[r] & want_fin[r] & inside[r]).sum()),
+            "spurious_finite": int((got_fin[r] & ~want_fin[r] & judged[r]).sum()),
+            "spurious_neg_inf": int((~got_fin[r] & want_fin[r] & judged[r]).sum()),
         }
     ok = rows.numel() == 0
     summary = "mask matches" if ok else f"mask differs in {rows.numel()} rows ({int(diff.sum())} positions)"
     if int(nan.sum()):
-        summary += f"; {int(nan.sum())} NaN inside context"
-    dummy_hit = torch.nonzero(dummy & diff.any(1)).flatten()
-    if dummy_hit.numel():
-        summary += f"; {dummy_hit.numel()} rows with no valid position written (rows {_first(dummy_hit)})"
+        summary += f"; {int(nan.sum())} NaN where the reader looks"
+    past = got_fin & ~valid
+    past_rows = torch.nonzero(past.any(1)).flatten()
+    empty = lens <= 0
+    empty_hit = torch.nonzero(empty & past.any(1)).flatten()
+    record = {"count": int(past.sum()), "rows": _first(past_rows, 64), "empty_rows": _first(empty_hit, 64),
+              "consumer": consumer, "dont_care": consumer == consumers.LENGTH_BOUNDED}
+    if past_rows.numel():
+        what = (f"{record['count']} finite values past the valid length in {past_rows.numel()} rows"
+                + (f" ({empty_hit.numel()} of them with no valid position)" if empty_hit.numel() else ""))
+        summary += f" ({what}: don't-care for a length-bounded reader)" if record["dont_care"] else \
+            f"; {what}, where an unbounded reader needs -inf"
     runs = {int(r): _runs(torch.nonzero(diff[r]).flatten()) for r in rows[:MAX_LISTED]}
-    return Finding("mask", ok, summary, {"rows": _first(rows, 64), "per_row": per_row, "runs": runs,
-                                         "nan": int(nan.sum()), "dummy_rows_written": _first(dummy_hit, 64)},
-                   where=diff | nan)
+    details = {"rows": _first(rows, 64), "per_row": per_row, "runs": runs, "nan": int(nan.sum()),
+               "consumer": consumer, "past_valid_len": record,
+               "dummy_rows_written": _first(empty_hit, 64) if not record["dont_care"] else []}
+    return Finding("mask", ok, summary, details, where=diff | nan)
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -141,9 +154,9 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     }, where=bad)
 
 
-def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Finding:
-    """Every write outside the logical region, classified by where it landed; plus (allowed,
-    reported) finite writes inside a row past its context_len."""
+def check_out_of_bounds(buf: GuardedBuffer) -> Finding:
+    """Every write outside the logical region, classified by where it landed. (What lies inside a
+    row past its valid length is the mask check's, judged by the consumer rule.)"""
     st = buf.storage.detach().cpu()
     written = ~sentinel_mask(st)
     N, pitch, cols, g = buf.flat_rows, buf.pitch, buf.cols, buf.guard
@@ -152,7 +165,6 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
     rel = idx - g
     col = torch.remainder(rel, pitch)
     in_rows = (idx >= g) & (idx < end)
-    logical = in_rows & (col < cols)
     before = written & (idx < g)
     after = written & (idx >= end)
     padding = written & in_rows & (col >= cols)
@@ -169,16 +181,6 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
         over = col[padding] - cols + 1
         landed["row_padding"] = {"count": int(padding.sum()), "rows": _first(torch.unique(prow), 64),
                                  "max_overshoot_cols": int(over.max())}
-    view2d = buf.view.detach().reshape(N, cols).cpu()
-    past = (torch.arange(cols)[None, :] >= context_len.cpu()[:, None]) & (view2d != float("-inf"))
-    past_rows = torch.nonzero(past.any(1)).flatten()
-    allowed = {}
-    if past_rows.numel():
-        last = torch.where(past, torch.arange(cols)[None, :], torch.full_like(past, -1, dtype=torch.long)).amax(1)
-        allowed["past_context_len"] = {
-            "count": int(past.sum()), "rows": _first(past_rows, 64),
-            "max_cols_past_context": int((last[past_rows] - context_len.cpu()[past_rows] + 1).max()),
-        }
     ok = not landed
     if ok:
         summary = "no writes outside the logical region"
@@ -186,9 +188,18 @@ def check_out_of_bounds(buf: GuardedBuffer, context_len: torch.Tensor) -> Findin
         summary = "; ".join(f"{k}: {v['count']} writes" + (f", overshoot {v['max_overshoot_cols']} cols"
                                                            if "max_overshoot_cols" in v else "")
                             for k, v in landed.items())
-    if allowed:
-        summary += f" (allowed: {allowed['past_context_len']['count']} finite writes past context_len)"
-    return Finding("oob", ok, summary, {"landed": landed, "allowed": allowed, "pitch": pitch, "cols": cols})
+    return Finding("oob", ok, summary, {"landed": landed, "pitch": pitch, "cols": cols})
+
+
+def padding_written(buf: GuardedBuffer) -> torch.Tensor | None:
+    """Per flat row, how many columns of its padding were written (``buf.pad`` of them: written
+    through to its end, as a store that ran from the row's end into the next row must have); None
+    for a buffer without padding."""
+    if buf.pad == 0:
+        return None
+    written = ~sentinel_mask(buf.storage.detach().cpu())
+    body = written[buf.guard:buf.guard + buf.flat_rows * buf.pitch].view(buf.flat_rows, buf.pitch)
+    return body[:, buf.cols:].sum(1)
 
 
 MAX_CHUNK = 256  # widest unmasked store of the known bug class (ChunkK up to 256 columns)
@@ -201,18 +212,26 @@ def _reach(context_len: int, cols: int) -> int:
 
 
 def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor, cols: int,
-                       causal_tail: int = 0) -> tuple[Finding | None, str | None]:
+                       causal_tail: int = 0, row_len: torch.Tensor | None = None,
+                       padding: torch.Tensor | None = None, pad: int = 0) -> tuple[Finding | None, str | None]:
     """With an exact buffer an overshoot of row r lands in row r+1's leading columns (for stage1's
     flattened (H * rows) buffer, the last row of head h spills into the first row of head h+1).
 
     Returns ``(oob finding, None)`` only on positive evidence, for every row whose column 0 is wrong:
     its wrong positions (mask and values merged: a stray 0.0 at column 0 then spurious -inf is one
-    run) all lie within the columns the previous row can reach, and the row matches the reference
-    after them. Stray values may coincide with the right ones, so the run may have holes. Mask
-    errors in the last ``causal_tail`` positions of a row belong to the causal rule, a class of
-    their own, and do not count against the attribution. A row whose leading columns are wrong
-    although no previous row reaches them (the first row, or after a short row) shows the damage
-    is the kernel's own values: then nothing is attributed, and the second item says why."""
+    run) all lie within the columns the previous row can reach, the row matches the reference after
+    them, and no other row is wrong where no overshoot reaches (the first row anywhere, or past the
+    reach of its previous row): such damage shows the values are the kernel's own. Stray values may
+    coincide with the right ones, so a run may have holes. Mask errors in the last ``causal_tail``
+    positions of a row's valid length and past it (``row_len``; ``context_len`` without it) belong to
+    the causal rule or to what lies past the length, classes of their own, and do not count against
+    the attribution.
+
+    A padded buffer (``padding``: per row, the padding columns written, of ``pad``; from
+    :func:`padding_written`) is reached from the previous row only through all of that row's padding:
+    a row whose previous row's padding is not written through to its end was not reached, whatever
+    its leading columns hold (the guard check's own evidence). When nothing is attributed, the second
+    item says why."""
     bad = None
     for f in (mask, values):
         if f.where is not None:
@@ -220,29 +239,47 @@ def attribute_next_row(mask: Finding, values: Finding, context_len: torch.Tensor
     if bad is None or not bool(bad[:, 0].any()):
         return None, None
     ctx = [int(c) for c in context_len.cpu()]
+    bound = (row_len if row_len is not None else context_len).cpu().long()
     if causal_tail and mask.where is not None:
-        tail = torch.arange(cols)[None, :] >= (context_len.cpu().long()[:, None] - causal_tail)
+        tail = torch.arange(cols)[None, :] >= (bound[:, None] - causal_tail)
         only_mask = mask.where & ~(values.where if values.where is not None else torch.zeros_like(mask.where))
         bad &= ~(tail & only_mask)
-    leading = {r: int(torch.nonzero(bad[r]).max()) + 1 for r in torch.nonzero(bad[:, 0]).flatten().tolist()}
+    damaged = {r: torch.nonzero(bad[r]).flatten() for r in torch.nonzero(bad.any(1)).flatten().tolist()}
+    leading = {r: int(c.max()) + 1 for r, c in damaged.items() if int(c[0]) == 0}
     if not leading:
         return None, None
-    unreachable = sorted(r for r in leading if r == 0 or _reach(ctx[r - 1], cols) <= 0)
-    if unreachable:
-        return None, (f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's "
-                      f"overshoot: row {unreachable[0]} has the same damage and no previous row reaches it")
+    head = f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's overshoot: "
+
+    def reach(r: int) -> int:
+        """Columns of row r a store of row r - 1 can have reached."""
+        if r == 0:
+            return 0
+        if padding is None:
+            return _reach(ctx[r - 1], cols)
+        return cols if int(padding[r - 1]) >= pad else 0  # past the padding: how far is not bounded
+
+    for r in sorted(leading):
+        if reach(r) > 0:
+            continue
+        if r > 0 and padding is not None:
+            return None, head + (f"row {r - 1}'s padding is not written through to its end ({int(padding[r - 1])} of "
+                                 f"its {pad} columns written), so no store of row {r - 1} reached row {r}")
+        return None, head + f"row {r} has the same damage and no previous row reaches it"
+    for r, c in sorted(damaged.items()):
+        if r not in leading and int(c.max()) >= reach(r):
+            where = "row 0 is wrong" if r == 0 else f"row {r} is wrong past the {reach(r)} columns row {r - 1} can reach"
+            return None, head + f"{where} (from column {int(c[0])}): the values are the kernel's own"
     desc, why_not = {}, []
     for r, w in sorted(leading.items()):
-        if w >= ctx[r]:
-            why_not.append(f"row {r} is wrong up to column {w - 1}, none of its {ctx[r]} positions is right after it")
-        elif w > _reach(ctx[r - 1], cols):
-            why_not.append(f"row {r} is wrong up to column {w - 1}, beyond the {_reach(ctx[r - 1], cols)} columns "
-                           f"row {r - 1} can reach")
+        if w >= int(bound[r]):
+            why_not.append(f"row {r} is wrong up to column {w - 1}, none of its {int(bound[r])} positions is right "
+                           "after it")
+        elif w > reach(r):
+            why_not.append(f"row {r} is wrong up to column {w - 1}, beyond the {reach(r)} columns row {r - 1} can reach")
         else:
             desc[r] = {"from_row": r - 1, "leading_cols_damaged": w}
     if why_not:
-        return None, (f"values wrong from column 0 in {len(leading)} rows, not attributed to a previous row's "
-                      f"overshoot: {why_not[0]}")
+        return None, head + why_not[0]
     return Finding("oob", False,
                    f"leading columns of {len(desc)} rows damaged, consistent with the previous row writing past "
                    f"its end (in the next row): {desc}", {"landed": {"next_row": desc}}), None

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from parity.judge import consumers
 from parity.reports import render
 from parity.reports import report as rep
 
@@ -21,13 +22,15 @@ MISSING = (f"the HTML report draws its buffer maps with matplotlib, an optional 
            f"pip install 'indexer-parity[{EXTRA}]' (or: pip install matplotlib)")
 COLORS = {
     "correct": "#74c476", "masked": "#d9f0d3", "wrong_value": "#fd8d3c", "spurious_finite": "#807dba",
-    "spurious_neg_inf": "#2171b5", "past_context": "#9ecae1", "next_row": "#e31a1c", "row_padding": "#f768a1",
+    "spurious_neg_inf": "#2171b5", "past_valid_len": "#9ecae1", "next_row": "#e31a1c", "row_padding": "#f768a1",
     "outside_allocation": "#49006a", "sentinel": "#f4f4f4", "unallocated": "#ffffff",
+    "past_context": "#9ecae1",  # the same class in reports written before the consumer rules
 }
 LABELS = {
-    "correct": "correct", "masked": "-inf as expected (causal mask, past context_len)", "wrong_value": "wrong value",
+    "correct": "correct", "masked": "-inf as expected (causal mask, past the valid length)", "wrong_value": "wrong value",
     "spurious_finite": "wrong mask: finite where -inf expected",
     "spurious_neg_inf": "wrong mask: -inf / NaN where finite expected",
+    "past_valid_len": "finite past the valid length (don't-care for a length-bounded reader)",
     "past_context": "written past context_len (allowed)", "next_row": "stray: previous row's overshoot (next row)",
     "row_padding": "stray: in the row padding", "outside_allocation": "stray: outside the allocation (guard)",
     "sentinel": "padding / guard untouched", "unallocated": "not part of the allocation",
@@ -207,6 +210,8 @@ def render_html(report: dict, base: dict | None = None, name: str = "report", ba
            f"<p>created {html.escape(str(report.get('created')))}, level {html.escape(str(report.get('level')))}, "
            f"device {html.escape(json.dumps(env.get('device')))}, torch {html.escape(str(env.get('torch')))}, "
            f"triton {html.escape(str(env.get('triton')))}</p>",
+           *([f"<p><b>{html.escape(line)}</b> ({html.escape('; '.join(report['consumer'].get('sources', [])))})</p>"]
+             if (line := consumers.line(report.get("consumer"))) else []),
            "<h2>Summary</h2>", _summary(report)]
     if base is not None:
         d = rep.diff(base, report)

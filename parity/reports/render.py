@@ -24,7 +24,7 @@ import math
 import torch
 
 from parity.judge.buffers import GuardedBuffer, sentinel_mask
-from parity.judge import checks
+from parity.judge import checks, consumers
 from parity.judge.checks import MAX_CHUNK
 
 CLASSES = (
@@ -33,18 +33,18 @@ CLASSES = (
     "wrong_value",  # finite both, off by more than the tolerance; or NaN where the reference is -inf
     "spurious_finite",  # finite where the reference is -inf
     "spurious_neg_inf",  # -inf (or NaN, +inf) where the reference is finite
-    "past_context",  # written past context_len inside the row (allowed, reported)
+    "past_valid_len",  # finite past the row's valid length: don't-care for a length-bounded reader
     "next_row",  # a row's leading columns overwritten by the previous row's overshoot
     "row_padding",  # written in the padding after a row
     "outside_allocation",  # written in the guard before or after the buffer
     "sentinel",  # padding or guard, untouched
     "unallocated",  # grid cells past either end of the storage
 )
-(CORRECT, MASKED, WRONG_VALUE, SPURIOUS_FINITE, SPURIOUS_NEG_INF, PAST_CONTEXT, NEXT_ROW, ROW_PADDING,
+(CORRECT, MASKED, WRONG_VALUE, SPURIOUS_FINITE, SPURIOUS_NEG_INF, PAST_VALID_LEN, NEXT_ROW, ROW_PADDING,
  OUTSIDE, SENTINEL, UNALLOCATED) = range(len(CLASSES))
 STRAY = (NEXT_ROW, ROW_PADDING, OUTSIDE)
 # A merged bin shows its most severe member: strays first, then mask and value errors.
-SEVERITY = (OUTSIDE, NEXT_ROW, ROW_PADDING, SPURIOUS_NEG_INF, SPURIOUS_FINITE, WRONG_VALUE, PAST_CONTEXT, CORRECT,
+SEVERITY = (OUTSIDE, NEXT_ROW, ROW_PADDING, SPURIOUS_NEG_INF, SPURIOUS_FINITE, WRONG_VALUE, PAST_VALID_LEN, CORRECT,
             MASKED, SENTINEL, UNALLOCATED)
 MAX_ROWS = 256
 MAX_BYTES = 60 * 1024
@@ -54,11 +54,13 @@ ENDS_LEFT = 32
 
 def classify(storage: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor, pitch: int, cols: int,
              guard: int, fp8: str, magnitude: torch.Tensor | None = None, row_len: torch.Tensor | None = None,
-             causal_tail: int = 0) -> torch.Tensor:
+             causal_tail: int = 0, consumer: str = consumers.DEFAULT_CONSUMER) -> torch.Tensor:
     """One class code (int8) per element of the flat guarded ``storage``. ``ref`` is the float64
-    reference ``(rows, cols)``; ``context_len`` (and ``row_len``, valid positions) per row;
-    ``magnitude`` as for the values check. Wrong values, wrong masks and the next-row attribution are
-    the checks' own verdicts (parity.judge.checks), so a map never disagrees with the findings it draws."""
+    reference ``(rows, cols)``; ``context_len`` and ``row_len`` (valid positions; default: the
+    reference's finite prefix) per row; ``magnitude`` as for the values check; ``consumer`` the rule
+    for what lies past each row's valid length. Wrong values, wrong masks and the next-row
+    attribution are the checks' own verdicts (parity.judge.checks), so a map never disagrees with the
+    findings it draws."""
     flat = storage.detach().cpu().reshape(-1)
     rows = ref.shape[0]
     if ref.shape[1] != cols or context_len.numel() != rows:
@@ -79,21 +81,23 @@ def classify(storage: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     out = st[guard:end].view(rows, pitch)[:, :cols]
     ref = ref.detach().cpu().double()
     ctx = context_len.detach().cpu().long()
-    mask = checks.check_mask(out, ref, ctx, row_len)
+    lens = row_len.detach().cpu().long() if row_len is not None else torch.isfinite(ref).sum(1)
+    mask = checks.check_mask(out, ref, lens, consumer)
     values = checks.check_values(flat[guard:end].view(rows, pitch)[:, :cols], ref, ctx, fp8, magnitude)
-    inside = torch.arange(cols)[None, :] < ctx[:, None]
-    if row_len is not None:
-        inside |= (row_len.cpu() <= 0)[:, None]
+    valid = torch.arange(cols)[None, :] < lens[:, None]
+    judged = valid if consumer == consumers.LENGTH_BOUNDED else torch.ones_like(valid)
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
     logical = torch.full((rows, cols), MASKED, dtype=torch.int8)
-    logical[got_fin & want_fin & inside] = CORRECT
+    logical[got_fin & want_fin & valid] = CORRECT
     logical[values.where] = WRONG_VALUE
     logical[mask.where & got_fin & ~want_fin] = SPURIOUS_FINITE
     logical[mask.where & ~got_fin & want_fin] = SPURIOUS_NEG_INF
-    logical[inside & torch.isnan(out) & ~want_fin] = WRONG_VALUE  # the mask check counts NaN as not finite
-    logical[~inside & (out != float("-inf"))] = PAST_CONTEXT
+    logical[judged & torch.isnan(out) & ~want_fin] = WRONG_VALUE  # the mask check counts NaN as not finite
+    logical[~judged & (out != float("-inf"))] = PAST_VALID_LEN
     body[:, :cols] = logical
-    next_row, _ = checks.attribute_next_row(mask, values, ctx, cols, causal_tail=causal_tail)
+    pad_written = written[guard:end].view(rows, pitch)[:, cols:].sum(1) if pitch > cols else None
+    next_row, _ = checks.attribute_next_row(mask, values, ctx, cols, causal_tail=causal_tail, row_len=lens,
+                                            padding=pad_written, pad=pitch - cols)
     if next_row is not None:
         for r, claim in next_row.details["landed"]["next_row"].items():
             # the whole run: a stray that happens to equal the right value was written all the same
@@ -177,12 +181,12 @@ def expand(runs: list[str]) -> list[list[int]]:
 
 def buffer_map(buf: GuardedBuffer, ref: torch.Tensor, context_len: torch.Tensor, fp8: str,
                magnitude: torch.Tensor | None = None, row_len: torch.Tensor | None = None,
-               causal_tail: int = 0) -> dict:
+               causal_tail: int = 0, consumer: str = consumers.DEFAULT_CONSUMER) -> dict:
     """The JSON-ready map of one call's guarded buffer (stage1's ``(H, rows, cols)`` as ``H * rows``
     flat rows, as the checks see it)."""
     rows, cols, pitch, guard = buf.flat_rows, buf.cols, buf.pitch, buf.guard
     lead = list(buf.view.shape[:-1])
-    codes = classify(buf.storage, ref, context_len, pitch, cols, guard, fp8, magnitude, row_len, causal_tail)
+    codes = classify(buf.storage, ref, context_len, pitch, cols, guard, fp8, magnitude, row_len, causal_tail, consumer)
     n = codes.numel()
     before, after = math.ceil(guard / pitch), math.ceil((n - guard - rows * pitch) / pitch)
     full = torch.full(((before + rows + after) * pitch,), UNALLOCATED, dtype=torch.int8)

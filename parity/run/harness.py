@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import torch
 
-from parity.judge import checks, topk
+from parity.judge import checks, consumers, topk
 
 from parity.run import devices
 
@@ -154,15 +154,18 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
 
 
 def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device: str = "cpu",
-             pad: int = DEFAULT_PAD, backend_name: str | None = None, repeats: int = 2) -> dict:
+             pad: int = DEFAULT_PAD, backend_name: str | None = None, repeats: int = 2,
+             consumer: str = consumers.DEFAULT_CONSUMER) -> dict:
     """Result dict: id, status (pass | fail | skip | error), findings, timings. The backend is called
     ``repeats`` times on the same inputs, each into a fresh guarded buffer; every run must be bitwise
-    equal to the first and write nothing out of bounds."""
+    equal to the first and write nothing out of bounds. ``consumer`` is the rule for what lies past
+    each row's valid length (parity.judge.consumers)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    consumers.check_consumer(consumer)
     name = backend_name or backend.name
     result = {"id": cell_id(name, path, buffer, case), "backend": name, "path": path, "buffer": buffer,
-              "case": {**asdict(case), "id": case.id}, "device": device, "findings": []}
+              "case": {**asdict(case), "id": case.id}, "device": device, "consumer": consumer, "findings": []}
     if torch.device(device).type == "cpu" and (why := case.cpu_reason()):
         return {**result, "status": "skip", "reason": why}
     try:
@@ -196,7 +199,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
         if torch.equal(_bits(buf.storage), _bits(first.storage)):
             continue  # the same bits everywhere, guards included: nothing new for either check to see
         if later_oob is None:
-            oob = checks.check_out_of_bounds(buf, ctx2d)
+            oob = checks.check_out_of_bounds(buf)
             if not oob.ok:
                 oob.summary = f"run {run} of {repeats}: {oob.summary}"
                 later_oob = oob
@@ -212,13 +215,15 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     out2d = first.view.reshape(-1, cols)
     ref2d = ref_heads.reshape(-1, cols) if path == "stage1" else ref
     row_len2d = inputs.row_lens.cpu().repeat(reps)
-    findings = [checks.check_out_of_bounds(first, ctx2d)]
+    findings = [checks.check_out_of_bounds(first)]
     if findings[0].ok and later_oob is not None:
         findings = [later_oob]
-    mask = checks.check_mask(out2d, ref2d, ctx2d, row_len2d)
+    mask = checks.check_mask(out2d, ref2d, row_len2d, consumer)
     mag2d = mag_heads.reshape(-1, cols) if path == "stage1" else mag
     values = checks.check_values(out2d, ref2d, ctx2d, case.fp8, magnitude=mag2d)
-    next_row, not_next_row = checks.attribute_next_row(mask, values, ctx2d, cols, causal_tail=inputs.next_n)
+    next_row, not_next_row = checks.attribute_next_row(mask, values, ctx2d, cols, causal_tail=inputs.next_n,
+                                                       row_len=row_len2d, padding=checks.padding_written(first),
+                                                       pad=first.pad)
     if not_next_row:
         for f in (values, mask):
             if not f.ok:
@@ -239,7 +244,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     result["status"] = "pass" if all(f["ok"] for f in result["findings"]) else "fail"
     if result["status"] == "fail":  # what the first call left in its guarded buffer, for the report's picture
         result["map"] = render.buffer_map(first, ref2d, ctx2d, case.fp8, magnitude=mag2d, row_len=row_len2d,
-                                          causal_tail=inputs.next_n)
+                                          causal_tail=inputs.next_n, consumer=consumer)
     result["seconds"] = times
     return result
 
