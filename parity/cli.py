@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from parity.judge import consumers
 from parity.run import devices
 from parity.reports import report as rep
 from parity.run import runner, shards
@@ -100,7 +101,7 @@ def cmd_run(args) -> int:
     requested = args.backend is not None
     specs = args.backend or list(DEFAULT_BACKENDS)
     device = args.device or default_device()
-    report = rep.new_report(device, args.level, sys.argv[1:])
+    report = rep.new_report(device, args.level, sys.argv[1:], args.consumer)
     cases = cases_for_level(args.level)
     paths, buffers = args.path or list(PATHS), args.buffer or list(BUFFER_KINDS)
     every = [(shards.cell_key(p, b, c.id), p, c.id) for c in cases for p in paths for b in buffers]
@@ -113,7 +114,7 @@ def cmd_run(args) -> int:
                               device=device, pad=args.pad, timeout=args.timeout,
                               options=backend_options(args, spec), progress=args.progress, select=select,
                               repeats=args.repeats or repeats_for(args.level, device),
-                              max_crashes=args.max_crashes)
+                              max_crashes=args.max_crashes, consumer=args.consumer)
         if args.in_process:
             info, results = runner.run_here(plan)
         elif gpus:
@@ -208,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeats", type=int, default=None,
                    help="calls per cell, each compared bitwise with the first (default: 2; 20 at --level stress "
                         "on a GPU)")
+    r.add_argument("--consumer", choices=consumers.CONSUMERS, default=consumers.DEFAULT_CONSUMER,
+                   help="who reads the logits next, which decides what may lie past each row's valid length: "
+                        "length-bounded (default: vLLM's decode top-k, SGLang; don't-care, reported) or unbounded "
+                        "(torch.topk over the whole row, clean_logits=True; -inf required)")
     r.add_argument("--path", action="append", choices=PATHS)
     r.add_argument("--buffer", action="append", choices=BUFFER_KINDS)
     r.add_argument("--pad", type=int, default=DEFAULT_PAD, help="padding columns of the padded buffer")

@@ -18,14 +18,14 @@ from parity.run.harness import run_cell
 
 
 @pytest.mark.parity
-def test_parity(parity_cell, parity_backend, parity_repeats, request):
+def test_parity(parity_cell, parity_backend, parity_repeats, parity_consumer, request):
     spec, path, buffer, case, device = parity_cell
     dev = devices.worker_device(device)
     pinned = devices.current_device(dev)  # the worker's own GPU between cells (plugin: pytest_configure)
     backend = devices.OnDevice(parity_backend(spec), dev)
     with devices.current(dev):
         result = run_cell(backend, path, buffer, case, devices.placement(dev), backend_name=spec,
-                            repeats=parity_repeats)
+                            repeats=parity_repeats, consumer=parity_consumer)
     ran_on = backend.ran_on()
     request.node.user_properties += [("device", dev), ("worker", os.environ.get("PYTEST_XDIST_WORKER", "")),
                                      ("worker_current", pinned),

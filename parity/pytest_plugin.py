@@ -30,6 +30,10 @@ def pytest_addoption(parser):
     g.addoption("--parity-level", choices=("quick", "full", "stress"), default=None,
                 help="case grid (default quick); stress also calls each cell 20 times")
     g.addoption("--aiter-path", default=None, help="aiter source tree or install dir for the aiter backend")
+    # The choices are parity.judge.consumers.CONSUMERS, written out: this module imports nothing of the suite.
+    g.addoption("--parity-consumer", choices=("length-bounded", "unbounded"), default="length-bounded",
+                help="who reads the logits next: length-bounded (default; past each row's valid length is "
+                     "don't-care) or unbounded (-inf required there)")
 
 
 def matrix_wanted(config) -> bool:
@@ -345,6 +349,20 @@ def _backend(spec: str, aiter_path: str | None):
 
     opts = {"aiter_path": aiter_path} if spec.split(":")[0] == "aiter" and aiter_path else {}
     return load_backend(spec, **opts)
+
+
+def pytest_report_header(config):
+    if matrix_wanted(config):
+        from parity.judge import consumers
+
+        return consumers.line(consumers.describe(config.getoption("--parity-consumer")))
+    return None
+
+
+@pytest.fixture
+def parity_consumer(request) -> str:
+    """The rule for what lies past each row's valid length (``--parity-consumer``; parity.judge.consumers)."""
+    return request.config.getoption("--parity-consumer")
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from collections import Counter
 
 import torch
 
+from parity.judge import consumers
+
 SCHEMA = 1
 
 
@@ -29,9 +31,10 @@ def environment(device: str) -> dict:
     return env
 
 
-def new_report(device: str, level: str, argv: list[str]) -> dict:
+def new_report(device: str, level: str, argv: list[str], consumer: str = consumers.DEFAULT_CONSUMER) -> dict:
     return {"schema": SCHEMA, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "argv": argv, "level": level, "environment": environment(device), "backends": {}, "results": []}
+            "argv": argv, "level": level, "consumer": consumers.describe(consumer), "environment": environment(device),
+            "backends": {}, "results": []}
 
 
 def counts(report: dict) -> dict:
@@ -88,6 +91,8 @@ def summary_table(report: dict) -> str:
     total = counts(report)
     lines.append(f"\n{total.get('pass', 0)} passed, {total.get('fail', 0)} failed, {total.get('error', 0)} errors, "
                  f"{total.get('skip', 0)} skipped")
+    if line := consumers.line(report.get("consumer")):
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -125,6 +130,10 @@ def unusable_reasons(a: dict, b: dict) -> list[str]:
     """Why two reports cannot be compared, one line each (empty when they can): a side whose backend
     did not load, crashed or hung, or that has no judged cells for a backend the other side judged."""
     reasons = coverage_reasons(a, b)
+    rules = [(rep.get("consumer") or {}).get("rule") for rep in (a, b)]
+    if None not in rules and rules[0] != rules[1]:
+        reasons.append(f"A was judged for a {rules[0]} consumer, B for a {rules[1]} one: the same kernel passes one "
+                       "and fails the other (run both with the same --consumer)")
     judged = {}
     for side, rep in (("A", a), ("B", b)):
         for spec, info in rep.get("backends", {}).items():

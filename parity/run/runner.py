@@ -28,6 +28,7 @@ from parity.run import devices, shards
 from parity.backends import load_backend
 from parity.problem.cases import IndexerCase
 from parity.judge.checks import cross_check_next_row
+from parity.judge.consumers import DEFAULT_CONSUMER
 from parity.run.harness import failed_checks, precompile, run_cell
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
@@ -51,6 +52,7 @@ class RunPlan:
     max_crashes: int = 8  # cells that may crash the process, each followed by a fresh one resuming
     select: list[str] | None = None  # cell keys (shards.cell_key) to run; None: every cell
     share: int = 1  # processes running at once on this host's cores (one per GPU)
+    consumer: str = DEFAULT_CONSUMER  # the rule for what lies past each row's valid length (parity.consumers)
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
         """Case by case, so that a case's reference and inputs serve all of its cells."""
@@ -91,7 +93,7 @@ def run_in_process(plan: RunPlan, stream) -> None:
         probe = devices.OnDevice(backend, plan.device)
         with devices.current(plan.device):
             result = run_cell(probe, path, buf, case, devices.placement(plan.device), pad=plan.pad,
-                              repeats=plan.repeats)
+                              repeats=plan.repeats, consumer=plan.consumer)
         result.update(device=plan.device, ran_on=probe.ran_on())
         _emit(stream, {"result": result})
         if plan.progress:

@@ -128,13 +128,18 @@ def merge_reports(reports: list[tuple[str, dict]]) -> dict:
             results.append(res)
     if dupes:
         incomplete.append(f"{dupes} cell results appear in more than one shard report")
+    rules = {(r.get("consumer") or {}).get("rule") for _, r in reports}
+    if len(rules) > 1:
+        incomplete.append("shards judged for different consumers: " + ", ".join(
+            f"{name}: {(r.get('consumer') or {}).get('rule')}" for name, r in reports))
     first = reports[0][1]
     backends = {}
     for spec in dict.fromkeys(spec for _, r in reports for spec in r.get("backends", {})):
         parts = [(name, r["backends"][spec]) for name, r in reports if spec in r.get("backends", {})]
         backends[spec] = merge_infos(parts)
     return {"schema": first["schema"], "created": first.get("created"), "argv": first.get("argv"),
-            "level": first.get("level"), "environment": first.get("environment"), "backends": backends,
+            "level": first.get("level"), "consumer": first.get("consumer"), "environment": first.get("environment"),
+            "backends": backends,
             "results": results, "incomplete": incomplete,
             "merged_from": [{"file": name, "shard": (r.get("shard") or {}).get("index"),
                              "count": (r.get("shard") or {}).get("count"), "created": r.get("created"),
