@@ -1,7 +1,8 @@
 """The DeepGEMM adapter against fakes of each generation of its call (parity.backends.deepgemm.GENERATIONS),
 on the CPU. A fake enforces what that release's host code asserts, computes its answer from the
 arguments alone, and, like the real kernel without clean_logits, leaves junk past each row's length: a
-misread argument, a wrong context_lens layout or a missing -inf shows up as a failed parity cell."""
+misread argument or a wrong context_lens layout shows up as a failed parity cell, and the junk as a
+finding for an unbounded reader only."""
 import types
 
 import pytest
@@ -101,18 +102,22 @@ def test_clean_is_refused_where_the_release_cannot_clean():
     assert {c[3] for c in calls if c[0] == "logits"} == {True}
 
 
-def test_junk_left_past_the_lengths_is_caught_when_not_masked():
-    backend, _ = backend_for("2d")
-    real_prepare = backend.prepare
-
-    def unmasked(path, inputs):
-        p = real_prepare(path, inputs)
-        p.beyond = None  # planted: copy DeepGEMM's uncleaned output as it is
-        return p
-
-    backend.prepare = unmasked
-    result = run_cell(backend, "fused", "exact", CASE, "cpu")
-    assert result["status"] == "fail" and any(c.startswith("mask") for c in failed_checks(result))
+@pytest.mark.parametrize("generation,opts,cleans", [("2d", {}, False), ("1d2d", {"clean_logits": False}, False),
+                                                    ("1d2d", {"clean_logits": True}, True), ("1d", {}, True)])
+def test_the_adapter_leaves_what_deepgemm_left_to_the_consumer_rule(generation, opts, cleans):
+    """No -inf is written on the kernel's behalf: without clean_logits the junk past each row's length is
+    don't-care for a length-bounded reader and a mask finding for an unbounded one; with it (1-D lengths)
+    both pass."""
+    for consumer, passes in (("length-bounded", True), ("unbounded", cleans)):
+        backend, calls = backend_for(generation, **opts)
+        result = run_cell(backend, "fused", "exact", CASE, "cpu", consumer=consumer)
+        assert (result["status"] == "pass") is passes, (consumer, failed_checks(result))
+        assert {c[3] for c in calls if c[0] == "logits"} == {cleans}
+        mask = next(f for f in result["findings"] if f["check"] == "mask")
+        junk = mask["details"]["past_valid_len"]
+        assert (junk["count"] > 0) is not cleans and junk["rows"] == ([] if cleans else list(range(CASE.rows)))
+        if not passes:
+            assert failed_checks(result) == [f"mask: {mask['summary']}"] and "unbounded reader needs -inf" in mask["summary"]
 
 
 def test_a_swapped_argument_fails():
@@ -146,7 +151,7 @@ def test_prepare_holds_the_schedule_and_run_prepared_repeats():
     assert torch.equal(first[0], again[0])
     out = torch.full((inp.rows, inp.max_model_len), float("-inf"))
     backend.finish(p, first, out)
-    assert torch.isneginf(out[0, int(valid_lengths(inp.context_lens, 2)[0]):]).all()
+    assert (out[0, int(valid_lengths(inp.context_lens, 2)[0]):] == JUNK).all()  # as the kernel left it
 
 
 def test_logits_dtype_goes_to_the_fp4_api_only():

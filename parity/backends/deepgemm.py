@@ -17,10 +17,11 @@ differ in the rest (GENERATIONS below); the adapter follows each:
   metadata call accepts is kept.
 * ``clean_logits``: DeepGEMM fills positions past each row's length with -inf only with 1-D lens; the
   2-D-only releases reject it. Without it those positions hold whatever the kernel left, and the caller
-  (vLLM's top-k) is expected to read only each row's length. ``clean_logits=None`` (``deepgemm``) asks
-  DeepGEMM to clean where the release can and otherwise writes the -inf itself; ``True``
-  (``deepgemm:clean``) insists; ``False`` (``deepgemm:noclean``) never asks. Wherever the adapter writes
-  the -inf, the mask checks judge the adapter there, not DeepGEMM (``describe()`` says so).
+  (vLLM's top-k) reads only each row's length. ``clean_logits=None`` (``deepgemm``) asks DeepGEMM to
+  clean where the release can; ``True`` (``deepgemm:clean``) insists; ``False`` (``deepgemm:noclean``)
+  never asks. The adapter never writes the -inf on the kernel's behalf: what DeepGEMM leaves past the
+  lengths is what the checks see, judged by the consumer rule (parity.consumers): don't-care for a
+  length-bounded reader, a mask finding for an unbounded one.
 * ``fp8_fp4_paged_mqa_logits`` (2026-04 on) takes ``q`` as ``(values, scales or None)`` and a
   ``logits_dtype``; ``fp8_paged_mqa_logits`` stays as its fp32 wrapper.
 
@@ -51,8 +52,8 @@ LIMITS = {
     10: {"heads": (8, 16, 32, 64), "block_kv": (32, 64), "head_dim": (32, 64, 128), "max_next_n": None},
 }
 LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-NOT_CLEANED = ("positions past each row's length are written -inf by the adapter (DeepGEMM ran with "
-               "clean_logits=False): the mask checks judge the adapter there")
+NOT_CLEANED = ("DeepGEMM ran with clean_logits=False: positions past each row's length hold what the kernel "
+               "left there (don't-care for a length-bounded reader, a mask finding for an unbounded one)")
 UNGUARDED = ("DeepGEMM allocates its own output, so its stores are not guarded: the out-of-bounds check "
              "judges the adapter's copy into the harness's buffer, not DeepGEMM")
 
@@ -62,8 +63,7 @@ class Prepared:
     """One call's arguments, schedule included: everything but the kernel itself."""
     chunks: list  # [(q, weights, context_lens, schedule_meta, rows)]: one per next_n slice
     inputs: IndexerInputs
-    clean: bool
-    beyond: torch.Tensor | None  # (rows, max_model_len) positions the adapter sets to -inf
+    clean: bool  # DeepGEMM itself writes -inf past each row's length
 
 
 class DeepGemmBackend:
@@ -178,12 +178,7 @@ class DeepGemmBackend:
                 last = exc
                 continue
             self.context_lens_2d = two_d
-            clean = (not two_d) and self.clean_mode is not False
-            beyond = None
-            if not clean:
-                pos = torch.arange(inputs.max_model_len, device=inputs.device)
-                beyond = pos[None, :] >= rows_2d.reshape(-1, 1)
-            return Prepared(chunks, inputs, clean, beyond)
+            return Prepared(chunks, inputs, (not two_d) and self.clean_mode is not False)
         tried = " and ".join("(B, next_n)" if t else "(B,)" for t in order)
         raise RuntimeError(f"get_paged_mqa_logits_metadata rejected context_lens {tried}: {last}")
 
@@ -198,7 +193,7 @@ class DeepGemmBackend:
         return out
 
     def finish(self, p: Prepared, logits: list[torch.Tensor], out: torch.Tensor) -> None:
-        """Copy DeepGEMM's output into ``out`` (rows of each slice in their place), -inf where it did not clean."""
+        """Copy DeepGEMM's output into ``out`` (rows of each slice in their place), as the kernel left it."""
         i = p.inputs
         view = out.view(i.batch, i.next_n, out.shape[-1])  # splits the row dim only: fine for padded views
         for (_, _, _, _, (s, e)), lg in zip(p.chunks, logits):
@@ -207,8 +202,6 @@ class DeepGemmBackend:
                 raise ValueError(f"deep_gemm returned logits of shape {tuple(lg.shape)}; expected {want} "
                                  "(B * next_n, max_model_len)")
             view[:, s:e].copy_(lg.view(i.batch, e - s, lg.shape[-1]))
-        if p.beyond is not None:
-            out.masked_fill_(p.beyond, float("-inf"))
         self.cleaned = p.clean
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
