@@ -101,3 +101,40 @@ def test_cli_plan_and_missing_tree(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(ext.ENV, raising=False)
     assert ext.main([]) == 2 and "--vllm-src" in capsys.readouterr().err
     assert ext.main(["--vllm-src", str(tmp_path / "nowhere"), "--plan"]) == 2
+
+
+# --- ci/vllm-topk-cases.sh and python -m parity.topk_cases, the parts a CPU can run --------------------------
+
+def _script(*args, env=None):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["bash", str(root / "ci" / "vllm-topk-cases.sh"), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_cases_script_usage_and_missing_tree(tmp_path):
+    assert _script().returncode == 2
+    proc = _script(str(tmp_path / "out"), env={"PARITY_VLLM_SRC": str(tmp_path / "nowhere")})
+    assert proc.returncode == 1 and "no vLLM tree with csrc/sampler.cu" in proc.stdout
+    proc = _script(str(tmp_path / "out"), "--only", "no-such-case", env={"PARITY_VLLM_SRC": str(tree(tmp_path))})
+    assert proc.returncode == 2 and "no such case" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cases_script_stops_at_a_build_that_cannot_run(tmp_path):
+    proc = _script(str(tmp_path / "out"), "--only", "zeros-c8192", env={"PARITY_VLLM_SRC": str(tree(tmp_path))})
+    assert proc.returncode == 1 and "build: exit 2" in proc.stdout
+    assert "zeros-c8192 insertion" in (tmp_path / "out" / "predictions.txt").read_text()
+
+
+def test_topk_cases_cli_refuses_bad_options(tmp_path, capsys):
+    from parity import topk_cases
+
+    assert topk_cases.main(["--out", str(tmp_path), "--runs", "0"]) == 2
+    assert topk_cases.main(["--out", str(tmp_path), "--only", "nope"]) == 2
+    assert "no such case" in capsys.readouterr().err
+    assert topk_cases.main(["--out", str(tmp_path), "--list", "--only", "short-rows-c200000"]) == 0
+    assert '"1": 1000' in capsys.readouterr().out

@@ -174,16 +174,24 @@ def arity(fn) -> int | None:
         return None
 
 
-def decode_topk(op, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int) -> torch.Tensor:
+def decode_topk(op, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """int32 ``(rows, k)`` indices chosen by a ``top_k_per_row_decode`` op, read through ``logits``' own
-    strides; works with both generations (an op without ``top_k`` selects 2048 only)."""
+    strides; works with both generations (an op without ``top_k`` selects 2048 only). ``out``: the
+    ``(rows, k)`` int32 buffer the op writes (a guarded one, parity.topk.guarded_indices); default a
+    fresh one prefilled with -1."""
     if logits.dim() != 2 or logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 (rows, cols), got {logits.dtype} {tuple(logits.shape)}")
     rows = logits.shape[0]
     if rows != context_lens.numel() * next_n:
         raise ValueError(f"logits has {rows} rows; context_lens ({context_lens.numel()}) x next_n ({next_n}) "
                          f"gives {context_lens.numel() * next_n}")
-    out = torch.full((rows, k), -1, dtype=torch.int32, device=logits.device)
+    if out is None:
+        out = torch.full((rows, k), -1, dtype=torch.int32, device=logits.device)
+    elif out.dtype != torch.int32 or tuple(out.shape) != (rows, k) or out.device != logits.device \
+            or out.stride() != (k, 1):
+        raise ValueError(f"out must be a contiguous int32 ({rows}, {k}) tensor on {logits.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} strides {out.stride()} on {out.device}")
     seq_lens = context_lens.to(device=logits.device, dtype=torch.int32).contiguous()
     args = [logits, next_n, seq_lens, out, rows, logits.stride(0), logits.stride(1)]
     if arity(op) == len(args):
@@ -204,8 +212,9 @@ class SourceTopk:
     def __init__(self, build: BuildPlan, ops):
         self.build, self.ops = build, ops
 
-    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int) -> torch.Tensor:
-        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k)
+    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k, out)
 
     def describe(self) -> dict:
         b = self.build

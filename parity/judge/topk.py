@@ -122,3 +122,100 @@ def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens:
         "rows": bad_rows[:64], "non_tie_counts": counts[:256],
         "non_tie_per_row": {r: non_tie[r] for r in list(non_tie)[:MAX_LISTED]},
     })
+
+
+# --- the op's own contract, row by row (what vLLM's test does not check) ---------------------------------
+
+INDEX_SENTINEL = -0x5EED  # what a guarded index buffer holds before the call: neither an index nor -1
+INDEX_GUARD = 4096  # int32 slots before and after the rows: an op's stray write before row 0 lands here
+
+
+def guarded_indices(rows: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(storage, view)``: a ``(rows, k)`` int32 view inside a flat storage with :data:`INDEX_GUARD`
+    slots before and after, everything filled with :data:`INDEX_SENTINEL`, so that an unwritten slot
+    and a write outside the rows both show."""
+    if rows < 0 or k < 1:
+        raise ValueError(f"rows must be >= 0 and k >= 1, got rows={rows}, k={k}")
+    storage = torch.full((2 * INDEX_GUARD + rows * k,), INDEX_SENTINEL, dtype=torch.int32, device=device)
+    return storage, storage[INDEX_GUARD:INDEX_GUARD + rows * k].view(rows, k)
+
+
+def signed_row_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
+    """Per row ``context_lens[b] - next_n + i + 1`` as the op computes it, negative where the context is
+    shorter than ``next_n - 1 - i`` (a dummy sequence of a captured batch)."""
+    i = torch.arange(next_n)
+    return (context_lens.cpu().long().view(-1, 1) - next_n + i + 1).reshape(-1)
+
+
+def check_topk_contract(selected: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
+                        storage: torch.Tensor | None = None) -> Finding:
+    """What a decode top-k op owes each row, whatever the logits: with ``L`` the row's valid count
+    (:func:`signed_row_lengths`) and ``n = min(k, max(L, 0))``, slots ``[0, n)`` hold ``n`` distinct
+    indices in ``[0, L)`` and slots ``[n, k)`` hold exactly -1. A row with a negative count must leave
+    its neighbours alone: an op that writes its -1s from slot ``L`` on reaches back into the previous
+    row's last ``-L`` slots (``neighbour_writes``), or before the buffer for row 0. ``storage`` (from
+    :func:`guarded_indices`) lets the check see writes outside the rows and slots never written."""
+    rows = context_lens.numel() * next_n
+    if not isinstance(selected, torch.Tensor) or tuple(selected.shape) != (rows, k):
+        got = tuple(selected.shape) if isinstance(selected, torch.Tensor) else type(selected).__name__
+        raise ValueError(f"selected must be ({rows}, {k}) indices, got {got}")
+    sel = selected.detach().cpu().long()
+    lens = signed_row_lengths(context_lens, next_n)
+    per_row, totals = {}, {"duplicates": 0, "out_of_range": 0, "missing": 0, "tail_not_minus_one": 0, "unwritten": 0}
+    for r in range(rows):
+        L = int(lens[r])
+        n = min(k, max(L, 0))
+        row = sel[r]
+        head, tail = row[:n], row[n:]
+        picked = row[row >= 0]
+        uniq, counts = torch.unique(picked, return_counts=True)
+        found = {
+            "duplicates": int((counts - 1).sum()),
+            "out_of_range": int(((picked >= max(L, 0))).sum()),
+            "missing": int((head < 0).sum()),
+            "tail_not_minus_one": int((tail != -1).sum()),
+            "unwritten": int((row == INDEX_SENTINEL).sum()),
+        }
+        if any(found.values()):
+            for key, v in found.items():
+                totals[key] += v
+            found["valid"] = L
+            found["examples"] = {
+                "duplicated": uniq[counts > 1][:MAX_LISTED].tolist(),
+                "out_of_range": picked[picked >= max(L, 0)][:MAX_LISTED].tolist(),
+                "missing_slots": torch.nonzero(head < 0).flatten()[:MAX_LISTED].tolist(),
+                "tail": tail[tail != -1][:MAX_LISTED].tolist(),
+            }
+            per_row[r] = found
+    # A negative count L in row r: its -1s from slot L on land in row r-1's slots [k + L, k).
+    neighbour = {}
+    for r in range(1, rows):
+        L = int(lens[r])
+        if L < 0 and r - 1 in per_row:
+            slots = list(range(max(0, k + L), k))
+            hit = [s for s in slots if int(sel[r - 1, s]) == -1 and s < min(k, max(int(lens[r - 1]), 0))]
+            if hit:
+                neighbour[r - 1] = {"from_row": r, "valid": L, "slots": hit}
+    guard = {}
+    if storage is not None:
+        st = storage.detach().cpu()
+        before, after = st[:INDEX_GUARD], st[INDEX_GUARD + rows * k:]
+        if int((before != INDEX_SENTINEL).sum()):
+            first = int(torch.nonzero(before != INDEX_SENTINEL)[0])
+            guard["before"] = {"count": int((before != INDEX_SENTINEL).sum()), "slots_before_row0": INDEX_GUARD - first,
+                               "values": before[before != INDEX_SENTINEL][:MAX_LISTED].tolist()}
+        if int((after != INDEX_SENTINEL).sum()):
+            guard["after"] = {"count": int((after != INDEX_SENTINEL).sum())}
+    bad_rows = sorted(per_row)
+    ok = not bad_rows and not guard
+    parts = [f"{v} {name.replace('_', ' ')}" for name, v in totals.items() if v]
+    if guard:
+        parts += [f"{g['count']} slots written {side} the rows" for side, g in guard.items()]
+    summary = (f"top-{k} contract holds in {rows} rows" if ok else
+               f"top-{k} contract broken in {len(bad_rows)} rows: {', '.join(parts)}")
+    if neighbour:
+        summary += f"; consistent with rows of negative valid count writing into the previous row: {neighbour}"
+    return Finding("topk-contract", ok, summary, {
+        "k": k, "rows": bad_rows[:64], "counts": totals, "per_row": {r: per_row[r] for r in bad_rows[:MAX_LISTED]},
+        "per_row_counts": {r: {key: per_row[r][key] for key in totals} for r in bad_rows[:256]},
+        "neighbour_writes": neighbour, "guard": guard, "valid_counts": lens.tolist()[:256]})
