@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # vLLM's decode top-k, top_k_per_row_decode, built from a vLLM source tree and run on the cases that reach
-# each of its paths (parity/topk_cases.py): short rows at 200000+ columns, a crowded fp16 bin of exact
+# each of its paths (parity/contract/topk_cases.py): short rows at 200000+ columns, a crowded fp16 bin of exact
 # zeros at the k-th value (8192, 20000, 163840 columns), next_n 2 and 4 with context_len 0 and 1. Per case
 # id and per effect that reading csrc/sampler.cu predicts: reproduced / ruled out / not reproduced /
 # unexpected, with the rows and the counts. One H200, no network, installs nothing.
@@ -35,7 +35,7 @@ if [ -z "$src" ] || [ ! -f "$src/csrc/sampler.cu" ]; then
   exit 1
 fi
 # The cases and their predictions first: a bad --only stops here, before the compile.
-"$PY" -m parity.topk_cases --list --out "$OUT_DIR" "$@" > "$OUT_DIR/predictions.txt" 2>&1 || {
+"$PY" -m parity.contract.topk_cases --list --out "$OUT_DIR" "$@" > "$OUT_DIR/predictions.txt" 2>&1 || {
   cat "$OUT_DIR/predictions.txt" >&2
   exit 2
 }
@@ -50,7 +50,7 @@ if [ $rc -ne 0 ]; then
 fi
 
 t0=$SECONDS
-timeout 270 "$PY" -m parity.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
+timeout 270 "$PY" -m parity.contract.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
 rc=$?
 echo "cases: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"
 tail -n 40 "$OUT_DIR/topk-cases.txt" >> "$S"

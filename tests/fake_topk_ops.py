@@ -1,6 +1,6 @@
 """Decode top-k ops with vLLM's signature, ``op(logits, next_n, seq_lens, indices, num_rows, stride0, stride1,
 top_k)``, in plain torch on the CPU: a correct one, and ones that each plant one defect the top-k
-contract must catch. ``as_read`` behaves as reading vLLM's csrc/sampler.cu predicts (parity.topk_cases),
+contract must catch. ``as_read`` behaves as reading vLLM's csrc/sampler.cu predicts (parity.contract.topk_cases),
 written here from that description, not from the predictions' code."""
 import torch
 

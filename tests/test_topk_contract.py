@@ -1,15 +1,15 @@
-"""The decode top-k op's own contract (parity.topk.check_topk_contract), which vLLM's test does not check:
+"""The decode top-k op's own contract (parity.judge.topk.check_topk_contract), which vLLM's test does not check:
 each row's indices unique and in range, the tail past min(k, valid) exactly -1, and rows of negative
 valid count leaving their neighbours alone. Proven on fake ops (tests/fake_topk_ops.py) that each plant
-one defect, and a correct one; then the GPU cases of parity.topk_cases and their predictions, run on the
+one defect, and a correct one; then the GPU cases of parity.contract.topk_cases and their predictions, run on the
 CPU with a correct op and with one that behaves as vLLM's source reads. Valid counts are written by hand."""
 import pytest
 import torch
 from fake_topk_ops import as_read, make_op
 
-from parity import topk_cases
+from parity.contract import topk_cases
 from parity.backends.vllm_topk_ext import decode_topk
-from parity.topk import INDEX_GUARD, check_topk_contract, compare_topk, guarded_indices, signed_row_lengths
+from parity.judge.topk import INDEX_GUARD, check_topk_contract, compare_topk, guarded_indices, signed_row_lengths
 
 SMALL_K, SMALL_COLS, NEXT_N = 8, 64, 4
 # next_n = 4 with context_len 0 and 1 (rows of count -3 .. 1) beside rows of exactly k and of more.

@@ -103,7 +103,7 @@ def test_cli_plan_and_missing_tree(tmp_path, capsys, monkeypatch):
     assert ext.main(["--vllm-src", str(tmp_path / "nowhere"), "--plan"]) == 2
 
 
-# --- ci/vllm-topk-cases.sh and python -m parity.topk_cases, the parts a CPU can run --------------------------
+# --- ci/vllm-topk-cases.sh and python -m parity.contract.topk_cases, the parts a CPU can run --------------------------
 
 def _script(*args, env=None):
     import os
@@ -131,7 +131,7 @@ def test_cases_script_stops_at_a_build_that_cannot_run(tmp_path):
 
 
 def test_topk_cases_cli_refuses_bad_options(tmp_path, capsys):
-    from parity import topk_cases
+    from parity.contract import topk_cases
 
     assert topk_cases.main(["--out", str(tmp_path), "--runs", "0"]) == 2
     assert topk_cases.main(["--out", str(tmp_path), "--only", "nope"]) == 2

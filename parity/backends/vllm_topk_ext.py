@@ -178,7 +178,7 @@ def decode_topk(op, logits: torch.Tensor, context_lens: torch.Tensor, next_n: in
                 out: torch.Tensor | None = None) -> torch.Tensor:
     """int32 ``(rows, k)`` indices chosen by a ``top_k_per_row_decode`` op, read through ``logits``' own
     strides; works with both generations (an op without ``top_k`` selects 2048 only). ``out``: the
-    ``(rows, k)`` int32 buffer the op writes (a guarded one, parity.topk.guarded_indices); default a
+    ``(rows, k)`` int32 buffer the op writes (a guarded one, parity.judge.topk.guarded_indices); default a
     fresh one prefilled with -1."""
     if logits.dim() != 2 or logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 (rows, cols), got {logits.dtype} {tuple(logits.shape)}")

@@ -1,6 +1,7 @@
 """Cases that reach each path of vLLM's decode top-k, ``top_k_per_row_decode`` (csrc/sampler.cu), with
 what reading its source predicts for each, run against an op and judged by the top-k contract
-(:func:`parity.topk.check_topk_contract`) and the set comparison (:func:`parity.topk.compare_topk`).
+(:func:`parity.judge.topk.check_topk_contract`) and the set comparison
+(:func:`parity.judge.topk.compare_topk`).
 
 What the source says (vLLM csrc/sampler.cu at 00e831b25f76; the algorithm is the same at 2689ca0a3f9a):
 
@@ -25,7 +26,7 @@ What the source says (vLLM csrc/sampler.cu at 00e831b25f76; the algorithm is the
   the auxiliary buffer's own padding); whether the previous row's indices survive is a race between two
   blocks.
 
-``python -m parity.topk_cases --vllm-src DIR --out DIR`` builds the op from a vLLM tree
+``python -m parity.contract.topk_cases --vllm-src DIR --out DIR`` builds the op from a vLLM tree
 (:mod:`parity.backends.vllm_topk_ext`) and writes ``topk-cases.json`` and ``topk-cases.md``: per case
 id, per predicted effect, reproduced / ruled out / not reproduced, with the rows and the counts.
 """
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parity.topk import check_topk_contract, compare_topk, guarded_indices, signed_row_lengths
+from parity.judge.topk import check_topk_contract, compare_topk, guarded_indices, signed_row_lengths
 
 INSERTION_BELOW, TWO_PASS_FROM = 12288, 200_000
 BLOCKS_PER_ROW = 10  # the two-pass path's first pass
@@ -227,7 +228,7 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.topk_cases", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m parity.contract.topk_cases", description=__doc__.splitlines()[0])
     ap.add_argument("--vllm-src", default=None, help="root of a vLLM checkout (default $PARITY_VLLM_SRC)")
     ap.add_argument("--out", required=True, help="folder for topk-cases.json and topk-cases.md")
     ap.add_argument("--only", action="append", help="case id (repeatable; default every case)")
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     consumer = vllm_topk_ext.load(src)
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "op": consumer.describe(),
-              "command": " ".join(["python -m parity.topk_cases", *(argv if argv is not None else sys.argv[1:])]),
+              "command": " ".join(["python -m parity.contract.topk_cases", *(argv if argv is not None else sys.argv[1:])]),
               "cases": []}
     op = consumer.ops.top_k_per_row_decode
     for c in chosen:
