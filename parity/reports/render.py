@@ -14,7 +14,8 @@ Stray writes (outside a row's logical region) are grouped into contiguous runs i
 run is attributed to the row whose logical end it starts at. In an exact buffer the next row's
 leading columns are that row's own elements: a damaged leading run there counts as a stray of the
 previous row when that row's context reaches within one store chunk (:data:`checks.MAX_CHUNK`) of
-its end, the rule :func:`checks.attribute_next_row` uses.
+its end (in a padded buffer: when that row's padding is written through to its end), the rule
+:func:`checks.attribute_next_row` uses.
 """
 from __future__ import annotations
 
