@@ -48,7 +48,7 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
         backend.run(path, inputs, out)
         ref = reference_logits(build_inputs(c, "cpu"))
         ctx = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
-        mask, values = check_mask(out, ref, ctx), check_values(out, ref, ctx, c.fp8)
+        mask, values = check_mask(out, ref, ctx), check_values(out, ref, ctx, c.input_format)
         got = out.detach().cpu()
         # The whole row, past context_len too: the prefill contract covers every invalid position.
         stale = torch.isfinite(got) & ~torch.isfinite(ref)
