@@ -197,3 +197,13 @@ def test_mxfp4_blocks_above_a_floor_keep_the_logits():
     validate_inputs(high)
     assert high.kv_cache.shape[0] == compact.kv_cache.shape[0] + 40
     assert torch.equal(reference_logits(high), reference_logits(compact))
+
+
+def test_the_grids_carry_fp4_cells():
+    quick = [c for c in quick_cases() if c.key_format == "mxfp4"]
+    full = [c for c in full_cases() if c.key_format == "mxfp4"]
+    assert quick and {64, 128} <= {c.head_dim for c in quick} and len(quick) <= 3  # CI runs these interpreted
+    assert {1, 16, 32, 64} <= {c.block_size for c in full} and {1, 2, 3, 4} <= {c.next_n for c in full}
+    assert any(c.heads == 64 and c.head_dim == 128 for c in full)
+    assert {"per_row"} <= {c.row_lens for c in full} and {"bfloat16"} <= {c.logits_dtype for c in full}
+    assert "dummy_rows" in {c.context for c in full}

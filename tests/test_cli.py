@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from parity.cli import main
+from parity.grids import quick_cases
 
 USER_BACKEND = textwrap.dedent('''
     from parity.backends.faults import UnmaskedChunkStore
@@ -36,10 +37,10 @@ def test_run_writes_report_with_versions_and_findings(tmp_path, capsys):
     code, report = _run(tmp_path, "torch", "torch")
     assert code == 0
     assert report["environment"]["torch"] and report["backends"]["torch"]["status"] == "ok"
-    assert len(report["results"]) == 32 and all(r["status"] == "pass" for r in report["results"])
+    assert len(report["results"]) == 2 * len(quick_cases()) and all(r["status"] == "pass" for r in report["results"])
     checks = {f["check"] for f in report["results"][0]["findings"]}
     assert checks == {"oob", "mask", "values", "topk", "determinism", "inputs"}
-    assert "| torch | fused | exact | 16 | 0 |" in capsys.readouterr().out
+    assert f"| torch | fused | exact | {len(quick_cases())} | 0 |" in capsys.readouterr().out
 
 
 def test_user_backend_file_and_build_diff(tmp_path, capsys):
@@ -56,6 +57,16 @@ def test_user_backend_file_and_build_diff(tmp_path, capsys):
     assert "changed overshoot (cols)" in text
     assert main(["diff", str(tmp_path / "b.json"), str(tmp_path / "a.json")]) == 0
     assert "fixed (B better)" in capsys.readouterr().out
+
+
+def test_case_globs_pick_cells_and_a_glob_that_matches_nothing_is_a_usage_error(tmp_path, capsys):
+    code, report = _run(tmp_path, "torch", "fp4", "--buffer", "exact", "--case", "*-mxfp4*")
+    fp4 = [c.id for c in quick_cases() if c.key_format == "mxfp4"]
+    assert code == 0 and fp4 and sorted(r["case"]["id"] for r in report["results"]) == sorted(fp4)
+    assert all(r["status"] == "pass" for r in report["results"])
+    out = tmp_path / "none.json"
+    assert main(["run", "--in-process", "--backend", "torch", "--case", "B99-*", "--out", str(out)]) == 2
+    assert "--case B99-* matches no case id of level quick" in capsys.readouterr().err and not out.exists()
 
 
 def test_diff_rejects_a_non_report(tmp_path):
@@ -214,7 +225,7 @@ def test_crashing_and_hanging_backends_do_not_stop_the_run(tmp_path):
     assert report["backends"]["fault:aborts"]["cell"] == "fault:aborts-fused-exact-B3-n2-bs64-ctx_eq_max"
     assert report["backends"]["fault:hangs"]["status"] == "hung"
     assert "in cell fault:hangs-fused-exact-B3-n2-bs64-ctx_eq_max" in report["backends"]["fault:hangs"]["message"]
-    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == 16
+    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == len(quick_cases())
 
 
 @pytest.mark.parametrize("argv", [["run", "--level", "huge"], ["run", "--path", "nope"]])

@@ -115,3 +115,51 @@ def test_reference_reads_the_dequantized_values():
 def test_head_dim_outside_one_scale_word_is_refused(head_dim):
     with pytest.raises(ValueError, match="head_dim"):
         mxfp4.quantize(torch.zeros(2, head_dim))
+
+
+# --- the derived tolerance (parity.checks.TOLERANCES["mxfp4"], README "The FP4 indexer") --------------
+
+def test_every_product_and_every_group_partial_is_exact_in_float32():
+    """The premise of the bound: E2M1 x E2M1 is a multiple of 1/4 of magnitude <= 36, so any sum of 32 of
+    them (|sum| < 2**11) fits float32's 24 bits, whatever the order; times a power of two it stays exact."""
+    table = torch.tensor(TABLE, dtype=torch.float64)
+    products = (table[:, None] * table[None, :]).reshape(-1)
+    assert torch.equal(products.float().double(), products) and (products * 4 == (products * 4).round()).all()
+    g = torch.Generator().manual_seed(1)
+    parts = products[torch.randint(0, 256, (2000, 32), generator=g)]
+    partial32 = torch.zeros(2000, dtype=torch.float32)
+    for d in torch.randperm(32, generator=g).tolist():  # any order of accumulation
+        partial32 += parts[:, d].float()
+    assert torch.equal(partial32.double(), parts.sum(1))
+    scaled = parts.sum(1) * 2.0**-90
+    assert torch.equal(scaled.float().double(), scaled)
+
+
+def test_the_tolerance_covers_the_worst_fp32_kernel_and_what_ours_do():
+    from parity.backends import load_backend
+    from parity.checks import TOLERANCES, mxfp4_rounding_bound
+    from parity.reference import reference_head_logits
+
+    assert mxfp4_rounding_bound(128, 64) <= TOLERANCES["mxfp4"][0] < 2 * mxfp4_rounding_bound(128, 64)
+    case = IndexerCase(batch=2, next_n=2, heads=64, max_model_len=300, key_format="mxfp4")
+    inp = build_inputs(case)
+    ref, mag = reference_head_logits(inp).sum(0), reference_head_logits(inp, magnitude=True).sum(0)
+    out = torch.full((inp.rows, inp.max_model_len), float("-inf"))
+    load_backend("torch").run("fused", inp, out)
+    inside = torch.isfinite(ref)
+    err = ((out.double() - ref)[inside].abs() / mag[inside])
+    assert float(err.max()) < mxfp4_rounding_bound(128, 64)
+
+
+def test_pairs_swapped_in_both_operands_leave_the_dot_unchanged():
+    """Why the planted nibble fault swaps the keys only: a permutation applied to q and k alike is harmless."""
+    from dataclasses import replace
+
+    from parity.backends.faults_fp4 import _swap_nibbles
+    case = IndexerCase(batch=2, next_n=2, key_format="mxfp4")
+    inp = build_inputs(case)
+    nb, bs, _, width = inp.kv_cache.shape
+    flat = inp.kv_cache.reshape(nb, -1).clone()
+    flat[:, : bs * 64] = _swap_nibbles(flat[:, : bs * 64])
+    both = replace(inp, q_fp8=_swap_nibbles(inp.q_fp8), kv_cache=flat.view_as(inp.kv_cache))
+    assert torch.equal(reference_logits(both), reference_logits(inp))

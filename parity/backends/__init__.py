@@ -43,6 +43,12 @@ for _fault in ("writes_dummy_rows", "offset_wraps", "batch_stride_over_64", "blo
     register(f"fault:{_fault}",
              lambda _f=_fault, **kw: _lazy("parity.backends.faults_stress:make_backend")(fault=_f, **kw))
 
+# Planted faults of the MXFP4 format (parity.backends.faults_fp4).
+for _fault in ("fp4_nibbles_swapped", "fp4_scale_neighbour_group", "fp4_scales_token_interleaved",
+               "fp4_row_offset_wraps", "fp4_one_group_scale_off"):
+    register(f"fault:{_fault}",
+             lambda _f=_fault, **kw: _lazy("parity.backends.faults_fp4:make_backend")(fault=_f, **kw))
+
 DEFAULT_BACKENDS = ("torch", "triton")
 
 __all__ = ["PATHS", "Backend", "SimpleBackend", "load_backend", "register", "registered_names", "DEFAULT_BACKENDS"]
