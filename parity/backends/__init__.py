@@ -17,6 +17,8 @@ _LAZY = {
     "deepgemm:noclean": "parity.backends.deepgemm:make_noclean_backend",
     "deepgemm:split": "parity.backends.deepgemm:make_split_backend",
     "vllm": "parity.backends.vllm_ops:make_backend",
+    "flashinfer": "parity.backends.flashinfer:make_backend",
+    "aiter:fp4": "parity.backends.aiter.fp4:make_backend",
 }
 
 
