@@ -57,8 +57,8 @@ def test_mxfp4_shapes_move_68_bytes_a_key_and_keep_the_ids_of_fp8():
 
 def test_mxfp4_inputs_are_valid_and_run():
     from parity.backends import load_backend
-    from parity.cases import validate_inputs
-    from parity.reference import reference_logits
+    from parity.problem.cases import validate_inputs
+    from parity.problem.reference import reference_logits
 
     inp = bench.make_inputs(bench.Shape(batch=2, next_n=2, context=100, heads=8, head_dim=128, block_size=16,
                                         key_format="mxfp4"), "cpu", gen=torch.Generator().manual_seed(0))

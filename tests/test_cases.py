@@ -190,7 +190,7 @@ def test_bad_mxfp4_inputs_are_named(changes, message):
 
 
 def test_mxfp4_blocks_above_a_floor_keep_the_logits():
-    from parity.reference import reference_logits
+    from parity.problem.reference import reference_logits
 
     case = IndexerCase(batch=2, next_n=2, block_size=16, context="ctx_eq_max", block_id_floor=40, key_format="mxfp4")
     high, compact = build_inputs(case), build_inputs(case, compact=True)

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from parity.cli import main
-from parity.grids import quick_cases
+from parity.problem.grids import quick_cases
 
 USER_BACKEND = textwrap.dedent('''
     from parity.backends.faults import UnmaskedChunkStore

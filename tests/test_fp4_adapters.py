@@ -10,8 +10,8 @@ from fake_fp4 import fake_aiter_flydsl, fake_flashinfer
 
 from parity.backends import flashinfer, load_backend
 from parity.backends.aiter import fp4 as aiter_fp4
-from parity.cases import IndexerCase, build_inputs
-from parity.harness import failed_checks, run_cell
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.run.harness import failed_checks, run_cell
 
 F = dict(heads=64, key_format="mxfp4", topk=128)
 SM100 = (10, 0)

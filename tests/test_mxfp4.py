@@ -137,8 +137,8 @@ def test_every_product_and_every_group_partial_is_exact_in_float32():
 
 def test_the_tolerance_covers_the_worst_fp32_kernel_and_what_ours_do():
     from parity.backends import load_backend
-    from parity.checks import TOLERANCES, mxfp4_rounding_bound
-    from parity.reference import reference_head_logits
+    from parity.judge.checks import TOLERANCES, mxfp4_rounding_bound
+    from parity.problem.reference import reference_head_logits
 
     assert mxfp4_rounding_bound(128, 64) <= TOLERANCES["mxfp4"][0] < 2 * mxfp4_rounding_bound(128, 64)
     case = IndexerCase(batch=2, next_n=2, heads=64, max_model_len=300, key_format="mxfp4")

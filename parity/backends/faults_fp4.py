@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from parity import mxfp4
+from parity.problem import mxfp4
 from parity.backends.faults import _Fault
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parity.cases import IndexerInputs
+from parity.problem.cases import IndexerInputs
 
 # parameter roles -> the names each release gives them
 NAMES = {

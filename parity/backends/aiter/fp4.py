@@ -38,8 +38,8 @@ import types
 
 import torch
 
-from parity import mxfp4
-from parity.cases import IndexerInputs
+from parity.problem import mxfp4
+from parity.problem.cases import IndexerInputs
 
 CALLS = ("flydsl_pa_mqa_logits_fp4", "flydsl_pa_mqa_logits_fp4_decode")
 CHUNK = 32  # elements of one MFMA K chunk (16 bytes), one UE8M0 scale
