@@ -151,10 +151,11 @@ def _as_out(v, ptrs):
     """float32 ``v`` in the dtype ``ptrs`` point to. bf16 is rounded to nearest-even here, bit by bit: the
     GPU's own conversion does the same, the Triton interpreter's truncates (a 1-ulp error the bf16
     tolerance does not allow)."""
+    out = v
     if ptrs.dtype.element_ty == tl.bfloat16:
         u = v.to(tl.uint32, bitcast=True)
-        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v
+        out = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return out
 
 
 @triton.jit
