@@ -117,7 +117,7 @@ def test_head_dim_outside_one_scale_word_is_refused(head_dim):
         mxfp4.quantize(torch.zeros(2, head_dim))
 
 
-# --- the derived tolerance (parity.checks.TOLERANCES["mxfp4"], README "The FP4 indexer") --------------
+# --- the derived tolerance (parity.judge.checks.TOLERANCES["mxfp4"], docs/fp4.md) --------------
 
 def test_every_product_and_every_group_partial_is_exact_in_float32():
     """The premise of the bound: E2M1 x E2M1 is a multiple of 1/4 of magnitude <= 36, so any sum of 32 of

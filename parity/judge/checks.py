@@ -18,7 +18,7 @@ from parity.judge.buffers import GuardedBuffer, sentinel_mask
 # (SPEC section 5). 2e-3 leaves headroom for both flavours and still fails any scale or layout bug,
 # which moves values by O(1) of the row max.
 TOLERANCES = {"e4m3fn": (2e-3, 1e-5), "e4m3fnuz": (2e-3, 1e-5), "mxfp4": (2.0**-16, 1e-30)}
-# mxfp4 is derived, not measured (README, "The FP4 indexer"): every product of two E2M1 values and
+# mxfp4 is derived, not measured (docs/fp4.md): every product of two E2M1 values and
 # their UE8M0 scales is exact in float32, so an fp32-accumulating kernel differs from the float64
 # reference only by the roundings of its sums: at most (D - 1) in a head's dot, one for the weight,
 # H - 1 in the head sum, each 2**-24 of the summed magnitude |w| (|q| . |k|) (the ``magnitude``

@@ -12,7 +12,7 @@ d on both operands, so nothing is interleaved in registers. Byte j belongs to sc
 
 Exactness: an E2M1 value has at most two significant bits and a UE8M0 scale is a power of two, so every
 scaled operand is exact in bf16 for scale bytes 2..252 (the bf16 normal range), and every product of two
-of them is exact in fp32; the only roundings are those of the fp32 sums (README, "The FP4 indexer").
+of them is exact in fp32; the only roundings are those of the fp32 sums (docs/fp4.md).
 There is no per-token scale: the epilogue multiplies by 1.
 """
 from __future__ import annotations
