@@ -114,7 +114,8 @@ class FlashInferFp4Backend:
                     f"are on {inputs.device.type}")
         major = (self.arch or torch.cuda.get_device_capability(inputs.device))[0]
         if major != LIMITS["arch_major"]:
-            return f"needs SM100: FlashInfer's fp4_paged_mqa_logits runs on SM100/SM103/SM107 only, this GPU is sm{major}x"
+            return (f"needs SM100: FlashInfer's fp4_paged_mqa_logits runs on SM100/SM103/SM107 only, this GPU is "
+                    f"sm{major}x")
         if inputs.context_lens_2d is not None:
             return "FlashInfer takes seq_lens (B,) and applies the causal rule: no per-row lengths"
         if inputs.logits_dtype not in self.logits_dtypes:
@@ -152,8 +153,8 @@ class FlashInferFp4Backend:
     def describe(self) -> dict:
         info = {"name": self.name, "guarded_stores": False, "caveats": [UNGUARDED, ADAPTER_MASKS]}
         if self.module is not None:
-            info.update(origin=getattr(self.module, "__file__", None), version=getattr(self.module, "__version__", None),
-                        arguments=self.names)
+            info.update(origin=getattr(self.module, "__file__", None),
+                        version=getattr(self.module, "__version__", None), arguments=self.names)
         if self.reason:
             info["unavailable"] = self.reason
         return info

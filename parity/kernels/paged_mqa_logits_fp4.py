@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from parity.kernels.paged_mqa_logits import _row_limit, _rows_out, _tile_blocks
+from parity.kernels.paged_mqa_logits import _rows_out, _tile_blocks
 
 UPCAST_BF16, UPCAST_FP32 = 1, 2
 

@@ -105,28 +105,16 @@ def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Genera
         kv_cache_preshuffled=layouts.preshuffle_kv_cache(kv))
 
 
-def _random_words(shape: tuple, device, gen) -> torch.Tensor:
-    """int32 scale words of random UE8M0 exponents around 1.0 (2**-8 .. 2**7), four to a word."""
-    exps = torch.randint(119, 135, (*shape, 4), device=device, generator=gen, dtype=torch.int32)
-    return exps.to(torch.uint8).view(torch.int32).view(shape)
-
-
 def _mxfp4_inputs(shape: Shape, device, num_blocks: int, per_seq: int, gen) -> IndexerInputs:
-    """MXFP4 decode inputs: every byte is a valid pair of E2M1 codes, so random bytes are random values (no
-    quantizer pass over gigabytes of keys); scales as :func:`_random_words`."""
+    """MXFP4 decode inputs of random bytes and scales (``mxfp4.random_cache``: no quantizer pass)."""
     B, n, H, D, bs, ctx = shape.batch, shape.next_n, shape.heads, shape.head_dim, shape.block_size, shape.context
-    half = D // 2
-    cache = torch.empty(num_blocks, bs * mxfp4.token_bytes(D), dtype=torch.uint8, device=device)
-    cache[:, : bs * half] = torch.randint(0, 256, (num_blocks, bs * half), device=device, generator=gen,
-                                          dtype=torch.int32).to(torch.uint8)
-    cache[:, bs * half:] = _random_words((num_blocks, bs), device, gen).view(torch.uint8).view(num_blocks, bs * 4)
     perm = torch.randperm(num_blocks, device=device, generator=gen).to(torch.int32)
-    q = torch.randint(0, 256, (B, n, H, half), device=device, generator=gen, dtype=torch.int32).to(torch.uint8)
+    q = torch.randint(0, 256, (B, n, H, D // 2), device=device, generator=gen, dtype=torch.int32).to(torch.uint8)
     return IndexerInputs(
-        q_fp8=q, kv_cache=cache.view(num_blocks, bs, 1, mxfp4.token_bytes(D)),
+        q_fp8=q, kv_cache=mxfp4.random_cache(num_blocks, bs, D, device, gen),
         weights=(torch.randn(B * n, H, device=device, generator=gen) * H**-0.5).bfloat16().float(),
         context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device), block_tables=perm.view(B, per_seq),
-        max_model_len=ctx, key_format="mxfp4", q_sf=_random_words((B, n, H), device, gen))
+        max_model_len=ctx, key_format="mxfp4", q_sf=mxfp4.random_words((B, n, H), device, gen))
 
 
 def _sync(device) -> None:

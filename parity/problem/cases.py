@@ -86,8 +86,9 @@ class IndexerCase:
         if self.key_format == "mxfp4":
             need(self.fp8 == "e4m3fn", f"fp8 names the flavour of fp8 keys; with key_format 'mxfp4' it must stay "
                                        f"'e4m3fn', got {self.fp8!r}")
-            need(self.head_dim in mxfp4.HEAD_DIMS, f"head_dim must be one of {mxfp4.HEAD_DIMS} for key_format "
-                                                   f"'mxfp4' (at most 4 groups of 32 per scale word), got {self.head_dim}")
+            need(self.head_dim in mxfp4.HEAD_DIMS,
+                 f"head_dim must be one of {mxfp4.HEAD_DIMS} for key_format 'mxfp4' (at most 4 groups of 32 per "
+                 f"scale word), got {self.head_dim}")
             need(self.topk_mode == "random", "topk_mode 'near_ties' plants fp8 keys; it has no mxfp4 form")
 
     @property
@@ -223,7 +224,7 @@ def validate_inputs(inp: IndexerInputs) -> None:
     if inp.key_format not in KEY_FORMATS:
         raise ValueError(f"key_format must be one of {KEY_FORMATS}, got {inp.key_format!r}")
     if inp.key_format == "mxfp4":
-        _validate_mxfp4_q(inp)
+        mxfp4.check_q(inp.q_fp8, inp.q_sf)
     elif q.dim() != 4 or q.dtype not in layouts.FP8_DTYPES.values():
         raise ValueError(f"q_fp8 must be fp8 (e4m3fn/e4m3fnuz) of shape (B, next_n, H, D), got {q.dtype} {tuple(q.shape)}")
     B, next_n, H, D = (*q.shape[:3], inp.head_dim)
@@ -281,19 +282,6 @@ def validate_inputs(inp: IndexerInputs) -> None:
             if not torch.isfinite(scales).all():
                 raise ValueError("kv_cache scales contain NaN/inf in the blocks block_tables use")
 
-
-def _validate_mxfp4_q(inp: IndexerInputs) -> None:
-    q, sf = inp.q_fp8, inp.q_sf
-    if q.dim() != 4 or q.dtype != torch.uint8:
-        raise ValueError("q_fp8 must be uint8 E2M1 pairs of shape (B, next_n, H, head_dim / 2) for key_format "
-                         f"'mxfp4', got {q.dtype} {tuple(q.shape)}")
-    mxfp4.check_head_dim(inp.head_dim)
-    if sf is None or sf.dtype != torch.int32 or tuple(sf.shape) != tuple(q.shape[:3]):
-        got = "None" if sf is None else f"{sf.dtype} {tuple(sf.shape)}"
-        raise ValueError(f"q_sf must be int32 UE8M0 scale words of shape {tuple(q.shape[:3])} for key_format "
-                         f"'mxfp4', got {got}")
-    if (mxfp4.scale_bytes(sf.cpu()) == mxfp4.UE8M0_NAN).any():
-        raise ValueError("q_sf holds a UE8M0 NaN (0xFF)")
 
 
 def context_lens_for(case: IndexerCase, gen: torch.Generator) -> list[int]:

@@ -41,6 +41,39 @@ def check_head_dim(head_dim: int) -> None:
                          f"(one int32 scale word), got {head_dim}")
 
 
+def check_q(q: torch.Tensor, q_sf: torch.Tensor | None) -> None:
+    """q as the format has it, else a ValueError naming the argument: packed bytes (B, next_n, H, D/2) and
+    their scale words (B, next_n, H), no NaN scale."""
+    if q.dim() != 4 or q.dtype != torch.uint8:
+        raise ValueError("q_fp8 must be uint8 E2M1 pairs of shape (B, next_n, H, head_dim / 2) for key_format "
+                         f"'mxfp4', got {q.dtype} {tuple(q.shape)}")
+    check_head_dim(2 * q.shape[3])
+    if q_sf is None or q_sf.dtype != torch.int32 or tuple(q_sf.shape) != tuple(q.shape[:3]):
+        got = "None" if q_sf is None else f"{q_sf.dtype} {tuple(q_sf.shape)}"
+        raise ValueError(f"q_sf must be int32 UE8M0 scale words of shape {tuple(q.shape[:3])} for key_format "
+                         f"'mxfp4', got {got}")
+    if (scale_bytes(q_sf.cpu()) == UE8M0_NAN).any():
+        raise ValueError("q_sf holds a UE8M0 NaN (0xFF)")
+
+
+def random_words(shape: tuple, device=None, generator=None) -> torch.Tensor:
+    """int32 scale words of random UE8M0 exponents around 1.0 (2**-8 .. 2**7), four to a word."""
+    exps = torch.randint(119, 135, (*shape, 4), device=device, generator=generator, dtype=torch.int32)
+    return exps.to(torch.uint8).view(torch.int32).view(shape)
+
+
+def random_cache(num_blocks: int, block_size: int, head_dim: int, device=None, generator=None) -> torch.Tensor:
+    """A cache of random keys without a quantizer pass: every byte is a valid pair of E2M1 codes, so random
+    bytes are random values; the scales are :func:`random_words`."""
+    half = head_dim // 2
+    cache = torch.empty(num_blocks, block_size * token_bytes(head_dim), dtype=torch.uint8, device=device)
+    cache[:, : block_size * half] = torch.randint(0, 256, (num_blocks, block_size * half), device=device,
+                                                  generator=generator, dtype=torch.int32).to(torch.uint8)
+    words = random_words((num_blocks, block_size), device, generator)
+    cache[:, block_size * half:] = words.view(torch.uint8).view(num_blocks, block_size * SCALE_WORD_BYTES)
+    return cache.view(num_blocks, block_size, 1, token_bytes(head_dim))
+
+
 def e2m1_table(dtype=torch.float32, device=None) -> torch.Tensor:
     """``table[code]`` for the 16 codes: the magnitudes, then their negatives (-0 is 0)."""
     mags = torch.tensor(E2M1_MAGNITUDES, dtype=dtype, device=device)

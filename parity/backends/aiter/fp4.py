@@ -97,12 +97,14 @@ class AiterFp4Backend:
     logits_dtypes = (torch.float32,)
     per_row_lengths = False  # context_lens (B,): the causal rule only
 
-    def __init__(self, module: types.ModuleType | None = None, reason: str | None = None, on_gfx950: bool | None = None):
+    def __init__(self, module: types.ModuleType | None = None, reason: str | None = None,
+                 on_gfx950: bool | None = None):
         self.module, self.reason, self.on_gfx950 = module, reason, on_gfx950
         self.call_name, self.fn = (None, None) if module is None else find_call(module)
         if module is not None and reason is None:
             if self.fn is None:
-                self.reason = f"{getattr(module, '__name__', 'aiter.ops.flydsl')} has none of {', '.join(CALLS)} (#4028)"
+                where = getattr(module, "__name__", "aiter.ops.flydsl")
+                self.reason = f"{where} has none of {', '.join(CALLS)} (#4028)"
             else:
                 params = list(inspect.signature(self.fn).parameters)
                 known = {"flydsl_pa_mqa_logits_fp4": "next_n", "flydsl_pa_mqa_logits_fp4_decode": "next_n_max"}
@@ -131,7 +133,8 @@ class AiterFp4Backend:
         if inputs.head_dim % TILE_K:
             return f"aiter's FP4 kernel takes head_dim a multiple of {TILE_K}, got {inputs.head_dim}"
         if inputs.block_size != 64:
-            return f"aiter's FP4 kernel takes kv_block_size 64 (four 16-token tiles per scale dword), got {inputs.block_size}"
+            return ("aiter's FP4 kernel takes kv_block_size 64 (four 16-token tiles per scale dword), got "
+                    f"{inputs.block_size}")
         return None
 
     def _arguments(self, inputs: IndexerInputs, out: torch.Tensor) -> tuple[tuple, dict]:
