@@ -9,7 +9,7 @@
 #
 #   ci/fp4-gpu.sh OUT_DIR
 #   env: PYTHON (default python3), BENCH_ARGS (default: --quick --path fused), DEVICE (default cuda; cpu
-#        checks the script itself: the Triton interpreter, a tiny benchmark shape; 2 min 12 s on 2 cores)
+#        checks the script itself: the Triton interpreter, a tiny benchmark shape; 2.2-2.5 minutes on 2 cores)
 # Leaves OUT_DIR/{summary.md, fp4-full.json, fp4-full.txt, selftest-fp4.txt, bench-fp4.json, bench-fp4.md}.
 # Exit: 0 all clean; 1 a finding, a missed fault, or no timed FP4 row; 2 a step did not finish.
 # Expected on one H200: about 3 minutes (run ~1 min with the compiles, selftest ~15 s, bench ~1.5 min);
