@@ -6,6 +6,7 @@ crashes the interpreter or hangs is reported as such and the other backends stil
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -64,6 +65,13 @@ def usage_error(args) -> str | None:
     return None
 
 
+def select_cases(cases: list, patterns: list[str] | None) -> list:
+    """The cases whose id matches one of the glob ``patterns`` (all of them without patterns)."""
+    if not patterns:
+        return cases
+    return [c for c in cases if any(fnmatch.fnmatchcase(c.id, p) for p in patterns)]
+
+
 def gpu_fan_out(args, device: str) -> list[str]:
     """The GPUs a backend's cells are spread over: every visible one for a plain ``cuda``, in child
     processes (``--in-process`` keeps one process, and so one GPU)."""
@@ -102,7 +110,11 @@ def cmd_run(args) -> int:
     specs = args.backend or list(DEFAULT_BACKENDS)
     device = args.device or default_device()
     report = rep.new_report(device, args.level, sys.argv[1:], args.consumer)
-    cases = cases_for_level(args.level)
+    cases = select_cases(cases_for_level(args.level), args.case)
+    if not cases:
+        print(f"parity run: error: --case {' '.join(args.case)} matches no case id of level {args.level} (ids look "
+              f"like {cases_for_level(args.level)[0].id}; patterns are globs)", file=sys.stderr)
+        return runner.EXIT_UNUSABLE
     paths, buffers = args.path or list(PATHS), args.buffer or list(BUFFER_KINDS)
     every = [(shards.cell_key(p, b, c.id), p, c.id) for c in cases for p in paths for b in buffers]
     select, shard = shard_record(args, specs, every)
@@ -213,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who reads the logits next, which decides what may lie past each row's valid length: "
                         "length-bounded (default: vLLM's decode top-k, SGLang; don't-care, reported) or unbounded "
                         "(torch.topk over the whole row, clean_logits=True; -inf required)")
+    r.add_argument("--case", action="append", metavar="GLOB",
+                   help="only the level's cases whose id matches (repeatable), e.g. '*-mxfp4*' for the FP4 cells")
     r.add_argument("--path", action="append", choices=PATHS)
     r.add_argument("--buffer", action="append", choices=BUFFER_KINDS)
     r.add_argument("--pad", type=int, default=DEFAULT_PAD, help="padding columns of the padded buffer")
@@ -248,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--diff", metavar="BASE", help="also show what changed from report BASE to this one")
     h.set_defaults(func=lambda a: __import__("parity.reports.html_report", fromlist=["cmd_report"]).cmd_report(a))
     s = sub.add_parser("selftest", help="run the planted-fault backends; every fault must be caught")
-    s.set_defaults(func=lambda a: __import__("parity.selftest", fromlist=["main"]).main([]))
+    s.add_argument("--match", action="append", metavar="GLOB", help="only the faults whose name matches, e.g. 'fp4_*'")
+    s.set_defaults(func=lambda a: __import__("parity.selftest", fromlist=["main"]).main(
+        [x for m in (a.match or []) for x in ("--match", m)]))
     b = sub.add_parser("bench", help="benchmark against the memory-bandwidth floor", add_help=False)
     b.set_defaults(func=None)
     ls = sub.add_parser("list", help="backends, planted faults and case counts")

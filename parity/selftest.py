@@ -2,6 +2,8 @@
 caught by the check meant for it, and the finding must point at the right place."""
 from __future__ import annotations
 
+import argparse
+import fnmatch
 import math
 import sys
 from dataclasses import dataclass
@@ -157,15 +159,56 @@ PLANTED_STRESS = [
 PLANTED += PLANTED_STRESS
 
 
+def _only_column(col: int):
+    """Every values finding lies in column ``col`` of its row, and there is one."""
+    def where(r: dict) -> bool:
+        found = [v for f in _finding(r, "values") for v in f["details"]["per_row"].values()]
+        return bool(found) and all(v["first_cols"] == [col] for v in found)
+    return where
+
+
+F4 = dict(key_format="mxfp4")
+# The MXFP4 format's own bug classes (SPEC section 10), on FP4 cells; every one is a values or mask
+# finding under the derived mxfp4 tolerance, and none writes out of bounds but the row offset's wrap.
+PLANTED_FP4 = [
+    Planted("fp4_nibbles_swapped", "fused", "exact", C(batch=2, next_n=2, **F4), "values",
+            "fp4: key nibbles read high-first (writer low-first)",
+            lambda r: _ok(r, "oob") and _rows_of(r, "values") == {0, 1, 2, 3}),
+    Planted("fp4_scale_neighbour_group", "fused", "exact", C(batch=2, next_n=1, **F4), "values",
+            "fp4: key scale read from the neighbouring group", lambda r: _rows_of(r, "values") == {0, 1}),
+    Planted("fp4_scale_neighbour_group", "stage1", "padded",
+            C(batch=2, next_n=3, heads=64, head_dim=64, block_size=16, max_model_len=200, context="ctx_eq_max",
+              row_lens="per_row", **F4), "values",
+            "fp4: the same at head_dim 64 (reads the 1.0 padding)", lambda r: bool(_rows_of(r, "values"))),
+    Planted("fp4_scales_token_interleaved", "fused", "exact", C(batch=2, next_n=1, block_size=64, **F4), "values",
+            "fp4: scale words read token-interleaved, not block-planar", lambda r: _rows_of(r, "values") == {0, 1}),
+    Planted("fp4_row_offset_wraps", "fused", "exact", _stress("B3-n2-bs64-ctx_eq_max-mml2000-mxfp4"), "mask",
+            "fp4: row x stride in 32 bits (proxy of aiter #4028 past 2 GiB)",
+            lambda r: {4, 5} <= _rows_of(r, "mask") and _ok(r, "oob")),
+    Planted("fp4_one_group_scale_off", "fused", "exact",
+            C(batch=2, next_n=2, heads=64, max_model_len=1000, topk=128, **F4), "values",
+            "fp4: one UE8M0 step on one group of one key (the tolerance)", _only_column(7)),
+]
+PLANTED += PLANTED_FP4
+
+
 def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parity selftest")
+    ap.add_argument("--match", action="append", metavar="GLOB",
+                    help="only the planted faults whose name matches (repeatable), e.g. 'fp4_*'")
+    args = ap.parse_args(argv or [])
+    chosen = [p for p in PLANTED if not args.match or any(fnmatch.fnmatchcase(p.fault, m) for m in args.match)]
+    if not chosen:
+        print(f"selftest: --match {' '.join(args.match)} matches no planted fault", file=sys.stderr)
+        return 2
     caught = 0
-    for p in PLANTED:
+    for p in chosen:
         ok, detail = p.run()
         caught += ok
         mark = "caught" if ok else "MISSED"
         print(f"{mark:7} {p.bug_class:62} [{p.check}] {detail}")
-    print(f"caught {caught}/{len(PLANTED)}")
-    return 0 if caught == len(PLANTED) else 1
+    print(f"caught {caught}/{len(chosen)}")
+    return 0 if caught == len(chosen) else 1
 
 
 if __name__ == "__main__":

@@ -46,6 +46,56 @@ def test_make_inputs_are_valid_and_preshuffled():
     assert torch.equal(unshuffle_kv_cache(inp.kv_cache_preshuffled), inp.kv_cache)
 
 
+def test_mxfp4_shapes_move_68_bytes_a_key_and_keep_the_ids_of_fp8():
+    s = bench.Shape(64, 2, 8192, key_format="mxfp4")
+    assert s.id == "B64-n2-ctx8192-mxfp4" and bench.Shape(64, 2, 8192).id == "B64-n2-ctx8192"
+    logits = 64 * 2 * 8192 * 4
+    assert s.bytes_moved("fused") == 64 * 8192 * 68 + logits
+    assert bench.Shape(64, 2, 8192).bytes_moved("fused") == 64 * 8192 * 132 + logits
+    assert s.flops("fused") == bench.Shape(64, 2, 8192).flops("fused")  # the same products
+
+
+def test_mxfp4_inputs_are_valid_and_run():
+    from parity.backends import load_backend
+    from parity.problem.cases import validate_inputs
+    from parity.judge.checks import check_values
+    from parity.problem.reference import reference_head_logits, reference_logits
+
+    inp = bench.make_inputs(bench.Shape(batch=2, next_n=2, context=100, heads=8, head_dim=128, block_size=16,
+                                        key_format="mxfp4"), "cpu", gen=torch.Generator().manual_seed(0))
+    validate_inputs(inp)
+    assert inp.kv_cache.shape[1:] == (16, 1, 68) and inp.kv_cache_preshuffled is None
+    out = torch.full((4, 100), float("-inf"))
+    load_backend("torch").run("fused", inp, out)
+    mag = reference_head_logits(inp, magnitude=True).sum(0)
+    ctx = inp.context_lens.repeat_interleave(2)
+    assert check_values(out, reference_logits(inp), ctx, "mxfp4", magnitude=mag).ok
+
+
+def test_formats_flavour_each_shape_and_globs_reach_both():
+    class A:
+        quick, shapes, formats = True, None, "fp8,mxfp4"
+    shapes = bench.select_shapes(A, "cuda")
+    assert [s.id for s in shapes[:2]] == ["B1-n2-ctx8192", "B1-n2-ctx8192-mxfp4"] and len(shapes) == 2 * len(bench.QUICK)
+    A.shapes = "B64-n2-ctx8192-mxfp4"
+    assert [s.id for s in bench.select_shapes(A, "cuda")] == ["B64-n2-ctx8192-mxfp4"]
+    A.formats = "fp4"
+    with pytest.raises(ValueError, match="--formats"):
+        bench.select_shapes(A, "cuda")
+
+
+def test_fp8_ratio_pairs_the_same_backend_path_and_size():
+    timing = dict(eager_us=1.0, gbps=1.0, floor_us=1.0, x_floor=1.0)
+    rows = [{"backend": "triton", "path": "fused", "shape": "B8-n2-ctx8192", "us": 30.0, **timing},
+            {"backend": "triton", "path": "fused", "shape": "B8-n2-ctx8192-mxfp4", "us": 20.0, **timing},
+            {"backend": "torch", "path": "fused", "shape": "B8-n2-ctx8192-mxfp4", "us": 50.0, **timing},
+            {"backend": "triton", "path": "stage1", "shape": "B8-n2-ctx8192-mxfp4", "skipped": "memory"}]
+    bench.add_fp8_ratios(rows)
+    assert rows[1]["vs_fp8"] == 1.5 and "vs_fp8" not in rows[0] and "vs_fp8" not in rows[2]
+    text = bench.markdown(rows, 1000.0, "cpu")
+    assert "| triton | fused | B8-n2-ctx8192-mxfp4 | 20.0 |" in text and "| 1.50 |" in text
+
+
 def test_unknown_shape_pattern_is_an_error(capsys):
     assert bench.main(["--device", "cpu", "--backend", "torch", "--shapes", "B3-n9-*"]) == 2
     assert "matches no shape id" in capsys.readouterr().err

@@ -137,3 +137,73 @@ def test_near_ties_sit_at_the_kth_place():
         kth = v[case.topk - 1]
         tied = (v - kth).abs() <= 1e-5 * kth.abs()  # a few float32 ulps
         assert int(tied.sum()) >= case.topk // 4 and bool(tied[case.topk]), (r, v[case.topk - 3:case.topk + 3])
+
+
+# --- MXFP4 inputs -----------------------------------------------------------------------------------
+
+def test_the_fp8_ids_stay_as_they_were():
+    """The key format joined IndexerCase without renaming a single fp8 cell."""
+    assert [c.id for c in quick_cases()[:3]] == ["B3-n2-bs64-ctx_eq_max", "B3-n2-bs64-ctx_eq_max_first",
+                                                 "B2-n4-bs16-ctx_eq_next_n"]
+    assert all("mxfp4" not in c.id for c in quick_cases() if c.key_format == "fp8")
+    assert IndexerCase(key_format="mxfp4", head_dim=64).id == "B3-n2-bs64-random-D64-mxfp4"
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"key_format": "fp4"}, "key_format must be one of"),
+    ({"key_format": "mxfp4", "fp8": "e4m3fnuz"}, "fp8 names the flavour of fp8 keys"),
+    ({"key_format": "mxfp4", "head_dim": 256}, "head_dim must be one of"),
+    ({"key_format": "mxfp4", "topk_mode": "near_ties"}, "near_ties"),
+])
+def test_bad_mxfp4_case_names_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        IndexerCase(**fields)
+
+
+def test_mxfp4_inputs_are_packed_e2m1_with_block_planar_scales():
+    case = IndexerCase(batch=2, next_n=3, heads=16, block_size=16, key_format="mxfp4", context="ctx_eq_max_first")
+    inp = build_inputs(case)
+    validate_inputs(inp)
+    assert inp.q_fp8.dtype == torch.uint8 and tuple(inp.q_fp8.shape) == (2, 3, 16, 64)
+    assert inp.q_sf.dtype == torch.int32 and tuple(inp.q_sf.shape) == (2, 3, 16)
+    assert inp.kv_cache.shape[1:] == (16, 1, 68) and inp.head_dim == 128 and inp.kv_cache_preshuffled is None
+    assert torch.equal(inp.weights, inp.weights.bfloat16().float())  # what a bf16-weight kernel sees
+    assert case.cache_bytes < IndexerCase(batch=2, next_n=3, heads=16, block_size=16).cache_bytes
+
+
+def _bad_fp4(**changes):
+    inp = build_inputs(IndexerCase(batch=2, next_n=2, key_format="mxfp4"))
+    return replace(inp, **{k: v(inp) for k, v in changes.items()})
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"q_sf": lambda i: None}, r"q_sf must be int32 UE8M0 scale words of shape \(2, 2, 8\)"),
+    ({"q_sf": lambda i: i.q_sf.float()}, "q_sf must be int32"),
+    ({"q_fp8": lambda i: i.q_fp8.view(torch.int8)}, "q_fp8 must be uint8 E2M1 pairs"),
+    ({"q_sf": lambda i: torch.full_like(i.q_sf, -1)}, r"q_sf holds a UE8M0 NaN \(0xFF\)"),
+    ({"kv_cache": lambda i: i.kv_cache[..., :36]}, r"kv_cache last dim must be head_dim / 2 \+ 4 = 68"),
+    ({"kv_cache": lambda i: i.kv_cache.clone().fill_(0xFF)}, "kv_cache scale words hold a UE8M0 NaN"),
+])
+def test_bad_mxfp4_inputs_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        validate_inputs(_bad_fp4(**changes))
+
+
+def test_mxfp4_blocks_above_a_floor_keep_the_logits():
+    from parity.problem.reference import reference_logits
+
+    case = IndexerCase(batch=2, next_n=2, block_size=16, context="ctx_eq_max", block_id_floor=40, key_format="mxfp4")
+    high, compact = build_inputs(case), build_inputs(case, compact=True)
+    validate_inputs(high)
+    assert high.kv_cache.shape[0] == compact.kv_cache.shape[0] + 40
+    assert torch.equal(reference_logits(high), reference_logits(compact))
+
+
+def test_the_grids_carry_fp4_cells():
+    quick = [c for c in quick_cases() if c.key_format == "mxfp4"]
+    full = [c for c in full_cases() if c.key_format == "mxfp4"]
+    assert quick and {64, 128} <= {c.head_dim for c in quick} and len(quick) <= 3  # CI runs these interpreted
+    assert {1, 16, 32, 64} <= {c.block_size for c in full} and {1, 2, 3, 4} <= {c.next_n for c in full}
+    assert any(c.heads == 64 and c.head_dim == 128 for c in full)
+    assert {"per_row"} <= {c.row_lens for c in full} and {"bfloat16"} <= {c.logits_dtype for c in full}
+    assert "dummy_rows" in {c.context for c in full}

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from parity.cli import main
+from parity.problem.grids import quick_cases
 
 USER_BACKEND = textwrap.dedent('''
     from parity.backends.faults import UnmaskedChunkStore
@@ -36,10 +37,10 @@ def test_run_writes_report_with_versions_and_findings(tmp_path, capsys):
     code, report = _run(tmp_path, "torch", "torch")
     assert code == 0
     assert report["environment"]["torch"] and report["backends"]["torch"]["status"] == "ok"
-    assert len(report["results"]) == 32 and all(r["status"] == "pass" for r in report["results"])
+    assert len(report["results"]) == 2 * len(quick_cases()) and all(r["status"] == "pass" for r in report["results"])
     checks = {f["check"] for f in report["results"][0]["findings"]}
     assert checks == {"oob", "mask", "values", "topk", "determinism", "inputs"}
-    assert "| torch | fused | exact | 16 | 0 |" in capsys.readouterr().out
+    assert f"| torch | fused | exact | {len(quick_cases())} | 0 |" in capsys.readouterr().out
 
 
 def test_user_backend_file_and_build_diff(tmp_path, capsys):
@@ -56,6 +57,16 @@ def test_user_backend_file_and_build_diff(tmp_path, capsys):
     assert "changed overshoot (cols)" in text
     assert main(["diff", str(tmp_path / "b.json"), str(tmp_path / "a.json")]) == 0
     assert "fixed (B better)" in capsys.readouterr().out
+
+
+def test_case_globs_pick_cells_and_a_glob_that_matches_nothing_is_a_usage_error(tmp_path, capsys):
+    code, report = _run(tmp_path, "torch", "fp4", "--buffer", "exact", "--case", "*-mxfp4*")
+    fp4 = [c.id for c in quick_cases() if c.key_format == "mxfp4"]
+    assert code == 0 and fp4 and sorted(r["case"]["id"] for r in report["results"]) == sorted(fp4)
+    assert all(r["status"] == "pass" for r in report["results"])
+    out = tmp_path / "none.json"
+    assert main(["run", "--in-process", "--backend", "torch", "--case", "B99-*", "--out", str(out)]) == 2
+    assert "--case B99-* matches no case id of level quick" in capsys.readouterr().err and not out.exists()
 
 
 def test_diff_rejects_a_non_report(tmp_path):
@@ -111,7 +122,8 @@ def test_requested_backend_that_judges_nothing_is_unusable(tmp_path, capsys):
     path.write_text(SKIPS_EVERYTHING)
     code, report = _run(tmp_path, str(path), "mars")
     assert code == 2 and all(r["status"] == "skip" for r in report["results"])
-    assert "nothing judged: all 32 cells skipped (first reason: runs on Mars only)" in capsys.readouterr().err
+    cells = 2 * len(quick_cases())
+    assert f"nothing judged: all {cells} cells skipped (first reason: runs on Mars only)" in capsys.readouterr().err
 
 
 def test_default_backend_that_is_absent_only_skips(tmp_path, monkeypatch):
@@ -183,7 +195,7 @@ def test_diff_lists_a_narrower_grid_apart_from_regressions(tmp_path, capsys):
     assert main(["diff", str(tmp_path / "wide.json"), str(tmp_path / "narrow.json")]) == 0
     text = capsys.readouterr().out
     assert "regressions (B worse): 0" in text and "only in A (not run by B" in text
-    assert "(13 of A's not run by B)" in text
+    assert f"({len(quick_cases()) - 3} of A's not run by B)" in text
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -214,7 +226,7 @@ def test_crashing_and_hanging_backends_do_not_stop_the_run(tmp_path):
     assert report["backends"]["fault:aborts"]["cell"] == "fault:aborts-fused-exact-B3-n2-bs64-ctx_eq_max"
     assert report["backends"]["fault:hangs"]["status"] == "hung"
     assert "in cell fault:hangs-fused-exact-B3-n2-bs64-ctx_eq_max" in report["backends"]["fault:hangs"]["message"]
-    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == 16
+    assert sum(r["status"] == "pass" for r in report["results"] if r["backend"] == "torch") == len(quick_cases())
 
 
 @pytest.mark.parametrize("argv", [["run", "--level", "huge"], ["run", "--path", "nope"]])

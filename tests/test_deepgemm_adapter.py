@@ -6,7 +6,7 @@ finding for an unbounded reader only."""
 import types
 
 import pytest
-from fake_kernels import paged_logits
+from fake_kernels import paged_logits, paged_logits_fp4
 import torch
 
 from parity.problem import layouts
@@ -19,7 +19,25 @@ SM100, SM90 = (10, 0), (9, 0)
 JUNK = 7.0  # what the fake leaves past a row's length when it does not clean
 
 
-def fake_release(generation: str, max_next_n: int | None = None):
+def fp4_host_checks(q, q_sf, kv_cache, weights, context_lens, logits_dtype, clean_logits, arch_major):
+    """What attention.hpp asserts on the FP4 path (is_fp4) before it launches anything."""
+    assert arch_major == 10, "Assertion error: arch_major == 10"
+    B, n, H, half = q.shape
+    D = half * 2
+    assert H in (8, 16, 32, 64) and D in (64, 128), f"num_heads {H}, head_dim {D}"
+    assert q.is_contiguous() and q.dtype == torch.int8, "q_fp.scalar_type() == kPackedFP4 (int8)"
+    assert tuple(q_sf.shape) == (B, n, H) and q_sf.is_contiguous() and q_sf.dtype == torch.int32, "q_sf"
+    nb, block_kv, heads_kv, width = kv_cache.shape
+    assert block_kv in (32, 64) and heads_kv == 1 and width == D // 2 + 4, "fp4_with_sf_bytes == head_dim / 2 + 4"
+    assert kv_cache.stride(1) == width and kv_cache.stride(3) == 1 and kv_cache.dtype == torch.uint8
+    assert kv_cache.stride(0) % 4 == 0
+    assert tuple(weights.shape) == (B * n, H) and weights.stride(1) == 1
+    assert weights.dtype == torch.float32 or (weights.dtype == torch.bfloat16 and logits_dtype == torch.bfloat16)
+    assert context_lens.dim() == 2 and tuple(context_lens.shape) == (B, n) and context_lens.dtype == torch.int32
+    assert logits_dtype in (torch.float32, torch.bfloat16) and not clean_logits
+
+
+def fake_release(generation: str, max_next_n: int | None = None, arch_major: int = 10):
     """generation: '1d' (2025-09), '1d2d' (2025-11), '2d' (2026-04, fp8_fp4_paged_mqa_logits)."""
     calls = []
     mod = types.ModuleType("deep_gemm")
@@ -38,9 +56,17 @@ def fake_release(generation: str, max_next_n: int | None = None):
 
     def logits_fn(q, kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
                   clean_logits=False, logits_dtype=torch.float32, indices=None):
+        q_sf = None
         if generation == "2d":
-            assert isinstance(q, tuple) and q[1] is None, "fp8_fp4 takes q as (values, scales)"
-            q = q[0]
+            assert isinstance(q, tuple) and len(q) == 2, "fp8_fp4 takes q as (values, scales)"
+            q, q_sf = q
+        if q_sf is not None:
+            fp4_host_checks(q, q_sf, kv_cache, weights, context_lens, logits_dtype, clean_logits, arch_major)
+            calls.append(("logits", q.shape[1], True, clean_logits, logits_dtype, "fp4"))
+            rows = context_lens.reshape(-1)
+            logits = paged_logits_fp4(q, q_sf, kv_cache, weights, block_table, rows, max_context_len, masked=False)
+            beyond = torch.arange(max_context_len)[None, :] >= rows.view(-1, 1).long()
+            return logits.masked_fill(beyond, JUNK).to(logits_dtype)
         B, n = q.shape[:2]
         assert q.is_contiguous() and weights.is_contiguous() and weights.shape == (B * n, q.shape[2])
         if max_next_n and n > max_next_n:
@@ -198,3 +224,59 @@ def test_registered_variants():
     names = {s: load_backend(s).name for s in ("deepgemm", "deepgemm:noclean", "deepgemm:clean", "deepgemm:split")}
     assert names == {"deepgemm": "deepgemm", "deepgemm:noclean": "deepgemm:noclean",
                      "deepgemm:clean": "deepgemm:clean", "deepgemm:split": "deepgemm:split"}
+
+
+# --- MXFP4 through fp8_fp4_paged_mqa_logits (sm100 only) ---------------------------------------------
+
+FP4_CASES = [
+    IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="ctx_eq_max_first",
+                key_format="mxfp4"),
+    IndexerCase(batch=3, next_n=3, heads=64, head_dim=64, block_size=32, max_model_len=200, context="random",
+                row_lens="per_row", key_format="mxfp4"),
+    IndexerCase(batch=2, next_n=1, heads=16, block_size=64, max_model_len=130, context="ctx_eq_max",
+                logits_dtype="bfloat16", key_format="mxfp4"),
+]
+
+
+@pytest.mark.parametrize("case", FP4_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("buffer", ["exact", "padded"])
+def test_fp4_cells_pass_against_a_fake_that_asserts_what_the_fp4_path_asserts(case, buffer):
+    backend, calls = backend_for("2d")
+    result = run_cell(backend, "fused", buffer, case, "cpu")
+    assert result["status"] == "pass", failed_checks(result)
+    assert {c[5] for c in calls if c[0] == "logits"} == {"fp4"}
+
+
+def test_fp4_skips_say_it_needs_sm100():
+    inp = build_inputs(FP4_CASES[0])
+    assert "needs SM100" in deepgemm.make_backend(module=fake_release("2d")[0]).unsupported("fused", inp)  # CPU
+    assert "needs SM100" in backend_for("2d", arch=SM90)[0].unsupported("fused", inp)
+    assert "fp8_fp4_paged_mqa_logits" in backend_for("1d2d")[0].unsupported("fused", inp)
+    assert "rejects clean_logits" in backend_for("2d", clean_logits=True)[0].unsupported("fused", inp)
+    h128 = build_inputs(IndexerCase(heads=128, key_format="mxfp4", batch=1, next_n=1))
+    assert "heads in (8, 16, 32, 64), got 128" in backend_for("2d")[0].unsupported("fused", h128)
+    result = run_cell(deepgemm.make_backend(module=fake_release("2d")[0]), "fused", "exact", FP4_CASES[0], "cpu")
+    assert result["status"] == "skip" and "needs SM100" in result["reason"]
+
+
+def test_the_fake_refuses_what_deepgemm_refuses():
+    """The fake is only worth its pass if it rejects what the host code rejects: q as uint8, a GPU not sm100."""
+    inp = build_inputs(FP4_CASES[0])
+    mod, _ = fake_release("2d")
+    lens = inp.row_lens.to(torch.int32).view(2, 2)
+    meta = mod.get_paged_mqa_logits_metadata(lens, 64, 4)
+    args = (inp.kv_cache, inp.weights, lens, inp.block_tables, meta, inp.max_model_len, False, torch.float32)
+    with pytest.raises(AssertionError, match="kPackedFP4"):
+        mod.fp8_fp4_paged_mqa_logits((inp.q_fp8, inp.q_sf), *args)
+    assert mod.fp8_fp4_paged_mqa_logits((inp.q_fp8.view(torch.int8), inp.q_sf), *args).shape == (4, 300)
+    sm90, _ = fake_release("2d", arch_major=9)
+    with pytest.raises(AssertionError, match="arch_major == 10"):
+        sm90.fp8_fp4_paged_mqa_logits((inp.q_fp8.view(torch.int8), inp.q_sf), *args)
+
+
+def test_a_misread_fp4_scale_fails_the_cell():
+    mod, _ = fake_release("2d")
+    real = mod.fp8_fp4_paged_mqa_logits
+    mod.fp8_fp4_paged_mqa_logits = lambda q, *rest: real((q[0], q[1].roll(1, dims=-1)), *rest)  # heads' words
+    result = run_cell(deepgemm.DeepGemmBackend(mod, arch=SM100), "fused", "exact", FP4_CASES[0], "cpu")
+    assert result["status"] == "fail" and any(c.startswith("values") for c in failed_checks(result))

@@ -17,6 +17,8 @@ _LAZY = {
     "deepgemm:noclean": "parity.backends.deepgemm:make_noclean_backend",
     "deepgemm:split": "parity.backends.deepgemm:make_split_backend",
     "vllm": "parity.backends.vllm_ops:make_backend",
+    "flashinfer": "parity.backends.flashinfer:make_backend",
+    "aiter:fp4": "parity.backends.aiter.fp4:make_backend",
 }
 
 
@@ -42,6 +44,12 @@ for _fault in ("writes_dummy_rows", "dummy_row_overrun", "offset_wraps", "batch_
                "bf16_writes_fp32", "rare_race", "drops_tie_group", "odd_next_n_reads_next_q"):
     register(f"fault:{_fault}",
              lambda _f=_fault, **kw: _lazy("parity.backends.faults_stress:make_backend")(fault=_f, **kw))
+
+# Planted faults of the MXFP4 format (parity.backends.faults_fp4).
+for _fault in ("fp4_nibbles_swapped", "fp4_scale_neighbour_group", "fp4_scales_token_interleaved",
+               "fp4_row_offset_wraps", "fp4_one_group_scale_off"):
+    register(f"fault:{_fault}",
+             lambda _f=_fault, **kw: _lazy("parity.backends.faults_fp4:make_backend")(fault=_f, **kw))
 
 DEFAULT_BACKENDS = ("torch", "triton")
 

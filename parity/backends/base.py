@@ -13,6 +13,12 @@ valid position (a dummy sequence of context_len 0 or 1 padding a captured batch)
 
 ``out`` may be padded (``stride(-2) > max_model_len``) and arrives filled with -inf in its logical
 region. A backend must honour its strides and must not write outside it.
+
+A backend takes the number formats it lists in ``key_formats``: ``fp8`` (q and keys e4m3, one float32
+scale per token), and ``mxfp4`` where it reads E2M1 values with UE8M0 group scales
+(``inputs.key_format == "mxfp4"``: ``inputs.q_fp8`` holds packed E2M1 bytes, ``inputs.q_sf`` their
+scale words, ``kv_cache`` the MXFP4 cache of :mod:`parity.mxfp4`). A backend that lists none is
+handed fp8 inputs only.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ class Backend(Protocol):
     paths: tuple[str, ...]  # subset of PATHS
     device_types: tuple[str, ...]  # e.g. ("cpu", "cuda")
     fp8_flavours: tuple[str, ...]  # subset of ("e4m3fn", "e4m3fnuz")
+    key_formats: tuple[str, ...]  # subset of ("fp8", "mxfp4"); absent: ("fp8",)
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         """None when this backend can run ``path`` on ``inputs``; else the reason it cannot."""
@@ -58,6 +65,7 @@ class SimpleBackend:
     info: dict = field(default_factory=dict)
     logits_dtypes: tuple[torch.dtype, ...] = (torch.float32,)  # what ``out`` may be
     per_row_lengths: bool = False  # reads ``inputs.context_lens_2d`` (each row's own valid length)
+    key_formats: tuple[str, ...] = ("fp8",)  # number formats of q and the cache it reads
 
     def unsupported(self, path: str, inputs: IndexerInputs) -> str | None:
         if path not in self.paths:
@@ -68,6 +76,13 @@ class SimpleBackend:
             return f"{self.name} takes no per-row context lengths (2-D context_lens)"
         if inputs.device.type not in self.device_types:
             return f"{self.name} does not run on {inputs.device.type}"
+        if inputs.key_format not in self.key_formats:
+            return f"{self.name} does not take {inputs.key_format} inputs"
+        if inputs.key_format == "mxfp4":
+            if path == "preshuffle":
+                return ("no preshuffled MXFP4 layout of this cache is published (DeepGEMM and FlashInfer read the "
+                        "plain block-planar cache; aiter's FlyDSL kernel its own split layout)")
+            return None
         flavour = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e4m3fnuz: "e4m3fnuz"}[inputs.q_fp8.dtype]
         if flavour not in self.fp8_flavours:
             return f"{self.name} does not take fp8 {flavour}"

@@ -24,6 +24,10 @@ differ in the rest (GENERATIONS below); the adapter follows each:
   length-bounded reader, a mask finding for an unbounded one.
 * ``fp8_fp4_paged_mqa_logits`` (2026-04 on) takes ``q`` as ``(values, scales or None)`` and a
   ``logits_dtype``; ``fp8_paged_mqa_logits`` stays as its fp32 wrapper.
+* MXFP4 inputs (the same call with ``q = (E2M1 pairs as int8 (B, next_n, H, D/2), q_sf int32 (B, next_n,
+  H))`` and the ``(num_blocks, block_kv, 1, D/2 + 4)`` cache) run on sm100 only: the host code asserts
+  ``arch_major == 10``, H in {8, 16, 32, 64}, D in {64, 128}, block_kv in {32, 64}. Elsewhere the cells
+  skip with "needs SM100".
 
 DeepGEMM allocates its own output (row stride aligned to 1024 bytes), so its stores are not guarded:
 the out-of-bounds check judges the adapter's copy into the harness's view, not DeepGEMM. ``prepare`` /
@@ -51,6 +55,8 @@ LIMITS = {
     9: {"heads": (32, 64), "block_kv": (64,), "head_dim": (32, 64, 128), "max_next_n": 2},
     10: {"heads": (8, 16, 32, 64), "block_kv": (32, 64), "head_dim": (32, 64, 128), "max_next_n": None},
 }
+# The FP4 path (is_fp4 in attention.hpp): sm100 only.
+FP4_LIMITS = {"arch_major": 10, "heads": (8, 16, 32, 64), "head_dim": (64, 128), "block_kv": (32, 64)}
 LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOT_CLEANED = ("DeepGEMM ran with clean_logits=False: positions past each row's length hold what the kernel "
                "left there (don't-care for a length-bounded reader, a mask finding for an unbounded one)")
@@ -71,6 +77,7 @@ class DeepGemmBackend:
     paths = ("fused",)
     device_types = ("cuda",)
     fp8_flavours = ("e4m3fn",)
+    key_formats = ("fp8", "mxfp4")  # mxfp4 only through fp8_fp4_paged_mqa_logits on sm100 (see unsupported)
 
     def __init__(self, module: types.ModuleType | None = None, reason: str | None = None,
                  clean_logits: bool | None = None, logits_dtype: str = "float32", split_next_n: bool = False,
@@ -108,6 +115,8 @@ class DeepGemmBackend:
             return self.reason
         if path not in self.paths:
             return f"DeepGEMM has no {path} path (its fused kernel reduces heads in registers)"
+        if inputs.key_format == "mxfp4":
+            return self._fp4_unsupported(inputs)
         if self.arch is None and (inputs.device.type != "cuda" or getattr(torch.version, "hip", None)):
             return f"DeepGEMM runs on NVIDIA GPUs only, not on {inputs.device.type}"
         if inputs.q_fp8.dtype != torch.float8_e4m3fn:
@@ -130,6 +139,34 @@ class DeepGemmBackend:
             return (f"DeepGEMM on sm{major}x takes next_n <= {lim['max_next_n']}, got {inputs.next_n} "
                     "(deepgemm:split runs it as several calls)")
         return None
+
+    def _fp4_unsupported(self, inputs: IndexerInputs) -> str | None:
+        if not self.fp4_api:
+            return ("MXFP4 needs fp8_fp4_paged_mqa_logits (DeepGEMM 2026-04 or later); this deep_gemm has "
+                    "fp8_paged_mqa_logits only")
+        if self.arch is None and (inputs.device.type != "cuda" or getattr(torch.version, "hip", None)):
+            return (f"needs SM100: DeepGEMM's FP4 path asserts arch_major == 10 (datacentre Blackwell); the inputs "
+                    f"are on {inputs.device.type}")
+        major = self._arch(inputs.device)[0]
+        if major != FP4_LIMITS["arch_major"]:
+            return f"needs SM100: DeepGEMM's FP4 path asserts arch_major == 10, this GPU is sm{major}x"
+        if inputs.logits_dtype not in LOGITS_DTYPES.values():
+            return f"DeepGEMM writes float32 or bfloat16 logits, not {inputs.logits_dtype}"
+        if self.clean_mode is True:
+            return "clean_logits: the FP4 call takes only 2-D context_lens and rejects clean_logits with them"
+        for what, value in (("heads", inputs.heads), ("head_dim", inputs.head_dim), ("block_kv", inputs.block_size)):
+            if value not in FP4_LIMITS[what]:
+                return f"DeepGEMM's FP4 path takes {what} in {FP4_LIMITS[what]}, got {value}"
+        return None
+
+    @staticmethod
+    def _q_arg(inputs: IndexerInputs, s: int, e: int, fp4_api: bool):
+        """q of rows ``[s, e)`` as the release takes it: fp8 alone, ``(fp8, None)``, or for MXFP4 the E2M1
+        bytes as int8 (DeepGEMM's kPackedFP4) with their scale words."""
+        q = inputs.q_fp8[:, s:e].contiguous()
+        if inputs.key_format == "mxfp4":
+            return q.view(torch.int8), inputs.q_sf[:, s:e].contiguous()
+        return (q, None) if fp4_api else q
 
     # --- the call ----------------------------------------------------------------------------------
 
@@ -171,9 +208,8 @@ class DeepGemmBackend:
                     else:  # a 1-D slice ends where the full row ends minus the rows after it
                         lens = (inputs.context_lens.to(torch.int32) - (n - e)).contiguous()
                     meta = self.dg.get_paged_mqa_logits_metadata(lens, inputs.block_size, sms)
-                    q = inputs.q_fp8[:, s:e].contiguous()
                     w = inputs.weights.view(B, n, H)[:, s:e].reshape(-1, H).contiguous()
-                    chunks.append(((q, None) if self.fp4_api else q, w, lens, meta, (s, e)))
+                    chunks.append((self._q_arg(inputs, s, e, self.fp4_api), w, lens, meta, (s, e)))
             except (RuntimeError, TypeError, ValueError) as exc:
                 last = exc
                 continue

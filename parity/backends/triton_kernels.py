@@ -1,5 +1,7 @@
 """The project's own Triton kernels as a backend: paths stage1, fused and preshuffle on any Triton target
-(NVIDIA, AMD) and on the CPU through the Triton interpreter (``TRITON_INTERPRET=1``)."""
+(NVIDIA, AMD) and on the CPU through the Triton interpreter (``TRITON_INTERPRET=1``). MXFP4 inputs go to
+the FP4 kernel (stage1 and fused; ``parity.kernels.paged_mqa_logits_fp4``), which dequantizes in registers
+to bf16 on a GPU and to fp32 under the interpreter."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,7 @@ import os
 import torch
 
 from parity.backends import triton_configs
-from parity.problem import layouts
+from parity.problem import layouts, mxfp4
 from parity.backends.base import PATHS, SimpleBackend
 from parity.problem.cases import IndexerInputs
 
@@ -107,7 +109,8 @@ class TritonBackend(SimpleBackend):
         import triton
 
         super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
-                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
+                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True,
+                         key_formats=("fp8", "mxfp4"))
         if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
             raise ValueError(f"block_t must be a power of two >= 16, got {block_t}")
         if programs < 0 or (ctas_per_sm is not None and ctas_per_sm < 1):
@@ -162,16 +165,65 @@ class TritonBackend(SimpleBackend):
         # Triton on NVIDIA has no e4m3fnuz type at all; elsewhere a native fp8 load may be missing too.
         return UPCASTS["decode"]
 
-    def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
-        """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
+    def _check_out(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        B, n, H, D = inputs.q_fp8.shape
-        rows, cols = B * n, inputs.max_model_len
+        rows, cols, H = inputs.rows, inputs.max_model_len, inputs.heads
         want = (H, rows, cols) if path == "stage1" else (rows, cols)
         if tuple(out.shape) != want or out.dtype not in self.logits_dtypes or out.stride(-1) != 1:
             raise ValueError(f"out must be float32 or bfloat16 {want} with stride(-1) == 1, got {out.dtype} "
                              f"{tuple(out.shape)} strides {out.stride()}")
+
+    def _grid(self, o: dict, key, n_tiles: int, device: torch.device) -> int:
+        """Programs of a launch with config ``o``: ``ctas_per_sm`` per multiprocessor (one fewer where each
+        would get fewer than MIN_TILES_PER_PROGRAM tiles, never more than fit), or ``programs`` when given."""
+        sms, per_sm = _num_sms(device), o["ctas_per_sm"]
+        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
+            per_sm -= 1
+        programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
+        return min(n_tiles, programs)
+
+    def _launch_fp4(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
+        """The FP4 kernel's launch (see :meth:`_launch`): the MXFP4 cache's values and scale words, q's bytes
+        and words. bf16 operands on a GPU (exact, see the kernel module), fp32 under the interpreter or when
+        ``upcast='fp32'``."""
+        if path == "preshuffle":
+            raise ValueError("the MXFP4 cache has no preshuffled layout here (paths: stage1, fused)")
+        B, n, H = inputs.q_fp8.shape[:3]
+        D, cols = inputs.head_dim, inputs.max_model_len
+        cache = inputs.kv_cache
+        layouts.check_kv_cache(cache)
+        bs = cache.shape[1]
+        flat = cache.contiguous().view(-1)
+        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        o, _ = self.config(inputs.device)  # the fp8 kernel's tile, warps and stages; no TMA, PDL or register cap
+        o.update(self.opts)
+        tiles_per_seq = triton.cdiv(cols, o["block_t"])
+        n_tiles = B * tiles_per_seq
+        stage1 = path == "stage1"
+        np2, block_h = triton.next_power_of_2(n), max(16, triton.next_power_of_2(H))
+        fp32 = INTERPRETED or o["upcast"] == "fp32"
+        consts = dict(
+            NEXT_N=n, H=H, BLOCK_H=block_h, D=D, BS=bs, BLOCK_T=o["block_t"], STAGE1=stage1,
+            UPCAST=2 if fp32 else 1, NP=np2, NUM_STAGES=o["num_stages"],
+            GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
+            PER_ROW=inputs.context_lens_2d is not None, num_warps=o["num_warps"], num_stages=o["num_stages"])
+        key = (str(inputs.device), "mxfp4", *consts.items())
+        block_bytes = mxfp4.block_bytes(bs, D)
+        args = (inputs.q_fp8.contiguous(), inputs.q_sf.contiguous(), flat, flat.view(torch.int32),
+                inputs.weights.contiguous(), inputs.context_lens,
+                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
+                out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
+                block_bytes, bs * (D // 2) // 4, n_tiles, tiles_per_seq)
+        return (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
+
+    def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
+        """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
+        self._check_out(path, inputs, out)
+        if inputs.key_format == "mxfp4":
+            return self._launch_fp4(path, inputs, out)
+        B, n, H, D = inputs.q_fp8.shape
+        cols = inputs.max_model_len
         cache = inputs.kv_cache_preshuffled if path == "preshuffle" else inputs.kv_cache
         if cache is None:
             raise ValueError("preshuffle needs inputs.kv_cache_preshuffled (block_size a multiple of 16)")
@@ -223,11 +275,19 @@ class TritonBackend(SimpleBackend):
                 layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq)
         return (min(n_tiles, programs),), args, consts, key
 
-    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+    @staticmethod
+    def _kernel(inputs: IndexerInputs):
+        if inputs.key_format == "mxfp4":
+            from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
+
+            return paged_mqa_logits_fp4_kernel
         from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 
+        return paged_mqa_logits_kernel
+
+    def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         grid, args, consts, key = self._launch(path, inputs, out)
-        self.last_launch = paged_mqa_logits_kernel[grid](*args, **consts)
+        self.last_launch = self._kernel(inputs)[grid](*args, **consts)
         if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
             per_sm = self.config(inputs.device)[0]["ctas_per_sm"]
             fits = _programs_per_sm(self.last_launch, inputs.device) or per_sm
@@ -248,10 +308,8 @@ class TritonBackend(SimpleBackend):
         compiles nothing."""
         if INTERPRETED:
             return
-        from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
-
         grid, args, consts, _ = self._launch(path, inputs, out)
-        paged_mqa_logits_kernel.warmup(*args, grid=grid, **consts)
+        self._kernel(inputs).warmup(*args, grid=grid, **consts)
 
 
 import triton  # noqa: E402  (after INTERPRETED is read; the kernel module imports it too)

@@ -49,7 +49,7 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
         ref = reference_logits(build_inputs(c, "cpu"))
         ctx = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
         mask = check_mask(out, ref, valid_lengths(inputs.context_lens.cpu(), inputs.next_n))
-        values = check_values(out, ref, ctx, c.fp8)
+        values = check_values(out, ref, ctx, c.input_format)
         got = out.detach().cpu()
         # The whole row, past context_len too: the prefill contract covers every invalid position.
         stale = torch.isfinite(got) & ~torch.isfinite(ref)

@@ -84,7 +84,7 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
             ctx = cpu_inputs.context_lens.long().repeat_interleave(cap["case"].next_n)
             got = cap["result"].cpu()
             lens = row_lengths(cpu_inputs.context_lens, cap["case"].next_n, cpu_inputs.context_lens_2d)
-            right = check_mask(got, ref, lens).ok and check_values(got, ref, ctx, cap["case"].fp8).ok
+            right = check_mask(got, ref, lens).ok and check_values(got, ref, ctx, cap["case"].input_format).ok
             damaged = sum(int((~sentinel_mask(v)).sum()) for v in victims)
             v_ptrs = [v.data_ptr() for v in victims]
             reused = any(p <= cap["storage_ptr"] < p + v.numel() * 4 for p, v in zip(v_ptrs, victims))

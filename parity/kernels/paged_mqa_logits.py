@@ -147,6 +147,18 @@ def _row_limit(lens_b, causal0, i, NEXT_N: tl.constexpr, PER_ROW: tl.constexpr):
 
 
 @triton.jit
+def _as_out(v, ptrs):
+    """float32 ``v`` in the dtype ``ptrs`` point to. bf16 is rounded to nearest-even here, bit by bit: the
+    GPU's own conversion does the same, the Triton interpreter's truncates (a 1-ulp error the bf16
+    tolerance does not allow)."""
+    out = v
+    if ptrs.dtype.element_ty == tl.bfloat16:
+        u = v.to(tl.uint32, bitcast=True)
+        out = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return out
+
+
+@triton.jit
 def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or, g, c, NEXT_N: tl.constexpr,
               H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, RD: tl.constexpr,
               STAGE1: tl.constexpr, PER_ROW: tl.constexpr):
@@ -157,14 +169,14 @@ def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or,
         v = tl.maximum(s * scale[:, None], 0.0) * w[None, :]
         v = tl.where(t[:, None] < _row_limit(lens_b, causal0, ci, NEXT_N, PER_ROW)[None, :], v, float("-inf"))
         ptrs = out_b + ch[None, :].to(tl.int64) * stride_oh + ci[None, :] * stride_or + t[:, None]
-        tl.store(ptrs, v, mask=(t < end)[:, None] & ((ci < NEXT_N) & (ch < H))[None, :])
+        tl.store(ptrs, _as_out(v, ptrs), mask=(t < end)[:, None] & ((ci < NEXT_N) & (ch < H))[None, :])
     else:
         x = tl.reshape(tl.maximum(s, 0.0) * w[None, :], (BLOCK_T, RD, BLOCK_H))
         logit = tl.sum(x, axis=2) * scale[:, None]  # (BLOCK_T, RD)
         i = g * RD + tl.arange(0, RD)
         ptrs = out_b + i[None, :] * stride_or + t[:, None]
         lim = _row_limit(lens_b, causal0, i, NEXT_N, PER_ROW)
-        tl.store(ptrs, tl.where(t[:, None] < lim[None, :], logit, float("-inf")),
+        tl.store(ptrs, _as_out(tl.where(t[:, None] < lim[None, :], logit, float("-inf")), ptrs),
                  mask=(t[:, None] < end) & (i[None, :] < NEXT_N))
 
 

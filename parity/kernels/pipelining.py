@@ -79,5 +79,26 @@ def kernel_report(num_stages: int = 3) -> dict:
     return out
 
 
+# the FP4 kernel (parity.kernels.paged_mqa_logits_fp4) at the same shape, bf16 operands (a GPU without FP4 units)
+FP4_POINTERS = {"q_ptr": "*u8", "qsf_ptr": "*i32", "k_ptr": "*u8", "ksf_ptr": "*i32", "w_ptr": "*fp32",
+                "ctx_ptr": "*i32", "lens_ptr": "*i32", "table_ptr": "*i32", "out_ptr": "*fp32"}
+FP4_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, UPCAST=1, NP=2,
+                      NUM_STAGES=3, GROUPS=1, PER_ROW=False)
+
+
+def fp4_report(num_stages: int = 3) -> dict:
+    """Tiles in flight of the FP4 kernel at the reference shape: fused into float32 logits, stage1 into bf16
+    (the bf16 store compiles only where its rounding is written for the compiler, not just the interpreter)."""
+    from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
+
+    out = {}
+    for name, extra, out_ty in (("fused", {}, "*fp32"), ("stage1-bf16", dict(STAGE1=True), "*bf16")):
+        consts = {**FP4_CONSTEXPRS, **extra, "NUM_STAGES": num_stages}
+        ttgir = compile_ttgir(paged_mqa_logits_fp4_kernel, consts, {**FP4_POINTERS, "out_ptr": out_ty},
+                              num_stages=num_stages)
+        out[name] = tiles_in_flight(ttgir)
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(kernel_report(), indent=1))
+    print(json.dumps({**kernel_report(), **{f"fp4-{k}": v for k, v in fp4_report().items()}}, indent=1))

@@ -6,6 +6,11 @@ fp8 products of the path (2 * B * next_n * context * H * D FLOP) / the dense fp8
 the same run (``parity.perf.roofline``). roofline = the larger. Inputs rotate over several sets so that a shape
 smaller than the L2 cache is not timed out of the cache.
 
+Shapes come in two flavours (``--formats``): fp8 (132 bytes a key at D = 128) and mxfp4 (E2M1 with UE8M0 group
+scales, 68 bytes: id suffix ``-mxfp4``); an mxfp4 row also gives its ratio to the same backend and path on the
+fp8 shape of the same size in the same run (``vs fp8``, > 1: the FP4 call is faster). The compute floor stays
+the fp8 one: a GPU without FP4 matrix units (the H200) has no faster product for FP4 inputs.
+
 A backend may split its call in two (``prepare(path, inputs) -> handle``, then ``run_prepared(handle, out)``):
 only ``run_prepared`` is timed, the way a server builds a schedule once per step and reuses it in every layer.
 (``run_prepared(handle)`` without ``out`` is accepted too: a kernel that allocates its own output.)
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parity.problem import layouts
+from parity.problem import layouts, mxfp4
 from parity.backends import PATHS, load_backend
 from parity.problem.cases import IndexerInputs
 from parity.perf.roofline import Throughput, fp8_tflops, roofline
@@ -35,6 +40,7 @@ QUICK = [(1, 2, 8192), (8, 2, 8192), (64, 1, 8192), (64, 2, 8192), (64, 4, 8192)
          (64, 2, 32768), (128, 4, 32768)]
 CPU_SHAPES = [(2, 2, 512)]
 ROTATE_BYTES = 4 * 64 << 20  # several times any current L2
+FORMATS = ("fp8", "mxfp4")
 
 
 @dataclass(frozen=True)
@@ -45,16 +51,24 @@ class Shape:
     heads: int = HEADS
     head_dim: int = HEAD_DIM
     block_size: int = BLOCK_SIZE
+    key_format: str = "fp8"  # FORMATS
 
     @property
     def id(self) -> str:
-        return f"B{self.batch}-n{self.next_n}-ctx{self.context}"
+        return f"B{self.batch}-n{self.next_n}-ctx{self.context}" + ("" if self.key_format == "fp8" else "-mxfp4")
+
+    @property
+    def token_bytes(self) -> int:
+        """Key cache bytes of one token: 132 (fp8, D = 128), 68 (mxfp4)."""
+        if self.key_format == "mxfp4":
+            return mxfp4.token_bytes(self.head_dim)
+        return self.head_dim + layouts.SCALE_BYTES
 
     def bytes_moved(self, path: str) -> int:
         """Fewest bytes a kernel of ``path`` must move: keys and scales once, every written logit once."""
         tokens = self.batch * self.context
         logits = self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
-        return tokens * (self.head_dim + layouts.SCALE_BYTES) + logits
+        return tokens * self.token_bytes + logits
 
     def flops(self, path: str) -> int:
         """fp8 multiply-adds (x2) a kernel of any path must do: every query row of every head against every
@@ -71,6 +85,8 @@ def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Genera
     B, n, H, D, bs, ctx = shape.batch, shape.next_n, shape.heads, shape.head_dim, shape.block_size, shape.context
     per_seq = math.ceil(ctx / bs)
     num_blocks = B * per_seq
+    if shape.key_format == "mxfp4":
+        return _mxfp4_inputs(shape, device, num_blocks, per_seq, gen)
     cache = torch.empty(num_blocks, layouts.block_bytes(bs, D), dtype=torch.uint8, device=device)
     chunk = max(1, (1 << 24) // (bs * D))  # quantize 16M values at a time
     for lo in range(0, num_blocks, chunk):
@@ -87,6 +103,18 @@ def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Genera
         context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device),
         block_tables=perm.view(B, per_seq), max_model_len=ctx,
         kv_cache_preshuffled=layouts.preshuffle_kv_cache(kv))
+
+
+def _mxfp4_inputs(shape: Shape, device, num_blocks: int, per_seq: int, gen) -> IndexerInputs:
+    """MXFP4 decode inputs of random bytes and scales (``mxfp4.random_cache``: no quantizer pass)."""
+    B, n, H, D, bs, ctx = shape.batch, shape.next_n, shape.heads, shape.head_dim, shape.block_size, shape.context
+    perm = torch.randperm(num_blocks, device=device, generator=gen).to(torch.int32)
+    q = torch.randint(0, 256, (B, n, H, D // 2), device=device, generator=gen, dtype=torch.int32).to(torch.uint8)
+    return IndexerInputs(
+        q_fp8=q, kv_cache=mxfp4.random_cache(num_blocks, bs, D, device, gen),
+        weights=(torch.randn(B * n, H, device=device, generator=gen) * H**-0.5).bfloat16().float(),
+        context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device), block_tables=perm.view(B, per_seq),
+        max_model_len=ctx, key_format="mxfp4", q_sf=mxfp4.random_words((B, n, H), device, gen))
 
 
 def _sync(device) -> None:
@@ -290,6 +318,17 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
     return rows
 
 
+def add_fp8_ratios(rows: list[dict]) -> None:
+    """``vs_fp8`` of each timed mxfp4 row: the same backend and path on the fp8 shape of the same size, in the
+    same run, over this row's time (> 1: the FP4 call is faster)."""
+    fp8 = {(r["backend"], r["path"], r["shape"]): r["us"] for r in rows if "us" in r}
+    for r in rows:
+        if "us" in r and r["shape"].endswith("-mxfp4"):
+            base = fp8.get((r["backend"], r["path"], r["shape"][: -len("-mxfp4")]))
+            if base is not None:
+                r["vs_fp8"] = base / r["us"]
+
+
 def _f(value, fmt: str, none: str = "n/a") -> str:
     return none if value is None else format(value, fmt)
 
@@ -312,11 +351,11 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
              "copies where the GPU has them; 2-4 programs per SM)"
              + (f"; an empty kernel costs {launch_us:.1f} us per launch in a graph" if launch_us else ""), "",
              "| backend | path | shape | us | eager us | GB/s | floor us | x floor | flop us | roof us | x roof "
-             "| read us | x read | speedup vs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| read us | x read | vs fp8 | speedup vs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "us" not in r:
-            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} ||||||||||| ")
+            lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} |||||||||||| ")
             continue
         g = "g" if r.get("timing") == "graph" else ""
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
@@ -325,7 +364,8 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
         roof = "n/a" if r.get("roof_us") is None else f"{r['roof_us']:.1f}{bound}"
         lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | {r['us']:.1f}{g} | "
                      f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | {r['x_floor']:.2f} | "
-                     f"{_f(r.get('flop_us'), '.1f')} | {roof} | {_f(r.get('x_roof'), '.2f')} | {read} | {vs} |")
+                     f"{_f(r.get('flop_us'), '.1f')} | {roof} | {_f(r.get('x_roof'), '.2f')} | {read} | "
+                     f"{_f(r.get('vs_fp8'), '.2f', '-')} | {vs} |")
     return "\n".join(lines)
 
 
@@ -337,6 +377,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help=f"{len(QUICK)} shapes around B=64, next_n=2, ctx=8192")
     p.add_argument("--shapes", default=None,
                    help="comma-separated glob patterns on shape ids, e.g. 'B64-n2-ctx8192,B*-n1-*'")
+    p.add_argument("--formats", default="fp8",
+                   help="comma-separated key formats of the shapes: fp8, mxfp4 (default fp8; 'fp8,mxfp4' times both "
+                        "and gives each mxfp4 row its ratio to fp8)")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu (tiny shape)")
     p.add_argument("--no-graph", action="store_true", help="eager timing only (no CUDA-graph replay)")
     p.add_argument("--fp8-tflops", type=float, default=None,
@@ -348,16 +391,21 @@ def parse_args(argv):
 
 
 def select_shapes(args, device) -> list[Shape]:
+    formats = [f.strip() for f in (getattr(args, "formats", None) or "fp8").split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--formats takes a comma-separated list of {', '.join(FORMATS)}, got {args.formats!r}")
     base = CPU_SHAPES if torch.device(device).type == "cpu" and not args.shapes else (QUICK if args.quick else FULL)
+    flavoured = lambda sizes: [Shape(*s, key_format=f) for s in sizes for f in formats]  # noqa: E731
     if args.shapes:
         pats = [s.strip() for s in args.shapes.split(",") if s.strip()]
-        universe = list(dict.fromkeys(FULL + QUICK + CPU_SHAPES))
-        chosen = [s for s in universe if any(fnmatch.fnmatch(Shape(*s).id, p) for p in pats)]
+        universe = [Shape(*s, key_format=f) for s in dict.fromkeys(FULL + QUICK + CPU_SHAPES) for f in FORMATS]
+        chosen = [s for s in universe if any(fnmatch.fnmatch(s.id, p) for p in pats)]
         if not chosen:
             raise ValueError(f"--shapes {args.shapes!r} matches no shape id (ids look like "
-                             f"{Shape(*FULL[0]).id}; patterns are globs)")
-        base = [s for s in base if s in chosen] or chosen
-    return [Shape(*s) for s in base]
+                             f"{Shape(*FULL[0]).id} or {Shape(*FULL[0], key_format='mxfp4').id}; patterns are globs)")
+        return [s for s in flavoured(base) if s in chosen] or chosen
+    return flavoured(base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         rows += bench_shape(shape, backends, args.path or list(PATHS), device, bandwidth, not args.no_graph,
                             args.warmup_ms, args.rep_ms, compute.tflops)
+    add_fp8_ratios(rows)
     print(markdown(rows, bandwidth, dev_name, launch_us, compute))
     if args.out:
         with open(args.out, "w") as f:

@@ -1,5 +1,6 @@
 """Indexer cases and the real inputs built from them: fp8 q, a block-paged fp8 key cache with
-per-token scales, weights, context_lens and shuffled block tables (SPEC section 1)."""
+per-token scales (or, for ``key_format="mxfp4"``, E2M1 q and keys with UE8M0 group scales: SPEC
+section 10, :mod:`parity.mxfp4`), weights, context_lens and shuffled block tables (SPEC section 1)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from parity.problem import layouts
+from parity.problem import layouts, mxfp4
 
 # Context-length patterns. Each names the edge it exercises; the builder turns it into context_lens.
 CONTEXT_PATTERNS = (
@@ -30,6 +31,9 @@ DUMMY_PATTERNS = (
 ROW_LENS = ("causal", "per_row")
 LOGITS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOPK_MODES = ("random", "near_ties")
+# fp8: e4m3 q and keys, one float32 scale per token (DeepSeek-V3.2). mxfp4: E2M1 q and keys, one UE8M0
+# scale per 32 elements (DeepSeek-V4's indexer cache, DeepGEMM's fp8_fp4_paged_mqa_logits with FP4 inputs).
+KEY_FORMATS = ("fp8", "mxfp4")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class IndexerCase:
     # blocks: with ids above 2**31 / bytes per block a 32-bit byte offset wraps.
     block_id_floor: int = 0
     gpu_only: bool = False  # too large for a CPU run (the reason is in cpu_reason)
+    # The number format of q and the key cache (KEY_FORMATS); ``fp8`` picks its flavour.
+    key_format: str = "fp8"
 
     def __post_init__(self):
         def need(ok, what):
@@ -76,6 +82,14 @@ class IndexerCase:
         need(self.block_id_floor >= 0, f"block_id_floor must be >= 0, got {self.block_id_floor}")
         need(self.fp8 in layouts.FP8_DTYPES, f"fp8 must be one of {sorted(layouts.FP8_DTYPES)}, got {self.fp8!r}")
         need(self.topk >= 1, f"topk must be >= 1, got {self.topk}")
+        need(self.key_format in KEY_FORMATS, f"key_format must be one of {KEY_FORMATS}, got {self.key_format!r}")
+        if self.key_format == "mxfp4":
+            need(self.fp8 == "e4m3fn", f"fp8 names the flavour of fp8 keys; with key_format 'mxfp4' it must stay "
+                                       f"'e4m3fn', got {self.fp8!r}")
+            need(self.head_dim in mxfp4.HEAD_DIMS,
+                 f"head_dim must be one of {mxfp4.HEAD_DIMS} for key_format 'mxfp4' (at most 4 groups of 32 per "
+                 f"scale word), got {self.head_dim}")
+            need(self.topk_mode == "random", "topk_mode 'near_ties' plants fp8 keys; it has no mxfp4 form")
 
     @property
     def rows(self) -> int:
@@ -86,10 +100,14 @@ class IndexerCase:
         parts = [f"B{self.batch}", f"n{self.next_n}", f"bs{self.block_size}", self.context]
         if self.heads != 8:
             parts.append(f"H{self.heads}")
+        if self.head_dim != 128:
+            parts.append(f"D{self.head_dim}")
         if self.max_model_len != 500:
             parts.append(f"mml{self.max_model_len}")
         if self.fp8 != "e4m3fn":
             parts.append(self.fp8)
+        if self.key_format != "fp8":
+            parts.append(self.key_format)
         if self.seed:
             parts.append(f"s{self.seed}")
         if self.row_lens != "causal":
@@ -103,9 +121,14 @@ class IndexerCase:
         return "-".join(parts)
 
     @property
+    def input_format(self) -> str:
+        """What the inputs are, as the tolerances know them: the fp8 flavour, or ``mxfp4``."""
+        return self.fp8 if self.key_format == "fp8" else self.key_format
+
+    @property
     def cache_bytes(self) -> int:
         used = sum(math.ceil(self.max_model_len / self.block_size) for _ in range(self.batch))
-        return (self.block_id_floor + used + 3) * layouts.block_bytes(self.block_size, self.head_dim)
+        return (self.block_id_floor + used + 3) * cache_block_bytes(self.key_format, self.block_size, self.head_dim)
 
     def cpu_reason(self) -> str | None:
         """Why this case runs on a GPU only, or None."""
@@ -115,14 +138,25 @@ class IndexerCase:
                 f"cache {self.cache_bytes / 2**30:.2f} GiB; too large for the CPU run")
 
 
+def cache_block_bytes(key_format: str, block_size: int, head_dim: int) -> int:
+    """Bytes of one cache block: 132 a token for fp8 at head_dim 128, 68 for mxfp4."""
+    if key_format == "mxfp4":
+        return mxfp4.block_bytes(block_size, head_dim)
+    return layouts.block_bytes(block_size, head_dim)
+
+
 @dataclass
 class IndexerInputs:
     """What a paged-MQA-logits kernel receives. ``kv_cache`` is in the plain layout;
     ``kv_cache_preshuffled`` holds the same cache in the preshuffled tile order (None when block_size
-    is not a multiple of 16)."""
+    is not a multiple of 16).
 
-    q_fp8: torch.Tensor  # (B, next_n, H, D) fp8
-    kv_cache: torch.Tensor  # (num_blocks, block_size, 1, D + 4) uint8
+    With ``key_format="mxfp4"``, ``q_fp8`` holds q's packed E2M1 bytes (uint8 ``(B, next_n, H, D/2)``),
+    ``q_sf`` its int32 scale words ``(B, next_n, H)``, and ``kv_cache`` is the MXFP4 cache ``(num_blocks,
+    block_size, 1, D/2 + 4)`` (:mod:`parity.mxfp4`); there is no preshuffled form."""
+
+    q_fp8: torch.Tensor  # (B, next_n, H, D) fp8, or (B, next_n, H, D/2) uint8 E2M1 pairs (mxfp4)
+    kv_cache: torch.Tensor  # (num_blocks, block_size, 1, D + 4) uint8 (mxfp4: D/2 + 4)
     weights: torch.Tensor  # (B * next_n, H) float32
     context_lens: torch.Tensor  # (B,) int32
     block_tables: torch.Tensor  # (B, max_blocks) int32
@@ -133,6 +167,8 @@ class IndexerInputs:
     # diagonal context_len - next_n + i + 1. context_lens stays each sequence's length (the row max).
     context_lens_2d: torch.Tensor | None = None
     logits_dtype: torch.dtype = torch.float32  # what the caller's output buffer holds
+    key_format: str = "fp8"  # KEY_FORMATS
+    q_sf: torch.Tensor | None = None  # (B, next_n, H) int32 UE8M0 scale words of q (mxfp4 only)
 
     @property
     def batch(self) -> int:
@@ -148,7 +184,7 @@ class IndexerInputs:
 
     @property
     def head_dim(self) -> int:
-        return self.q_fp8.shape[3]
+        return self.q_fp8.shape[3] * (2 if self.key_format == "mxfp4" else 1)
 
     @property
     def block_size(self) -> int:
@@ -173,6 +209,7 @@ class IndexerInputs:
             block_tables=mv(self.block_tables),
             kv_cache_preshuffled=mv(self.kv_cache_preshuffled),
             context_lens_2d=mv(self.context_lens_2d),
+            q_sf=mv(self.q_sf),
         )
 
     @property
@@ -184,12 +221,18 @@ class IndexerInputs:
 def validate_inputs(inp: IndexerInputs) -> None:
     """Reject malformed inputs with an error naming the argument and what was expected."""
     q, kv = inp.q_fp8, inp.kv_cache
-    if q.dim() != 4 or q.dtype not in layouts.FP8_DTYPES.values():
+    if inp.key_format not in KEY_FORMATS:
+        raise ValueError(f"key_format must be one of {KEY_FORMATS}, got {inp.key_format!r}")
+    if inp.key_format == "mxfp4":
+        mxfp4.check_q(inp.q_fp8, inp.q_sf)
+    elif q.dim() != 4 or q.dtype not in layouts.FP8_DTYPES.values():
         raise ValueError(f"q_fp8 must be fp8 (e4m3fn/e4m3fnuz) of shape (B, next_n, H, D), got {q.dtype} {tuple(q.shape)}")
-    B, next_n, H, D = q.shape
+    B, next_n, H, D = (*q.shape[:3], inp.head_dim)
     layouts.check_kv_cache(kv)
-    if kv.shape[3] != D + layouts.SCALE_BYTES:
-        raise ValueError(f"kv_cache last dim must be head_dim + 4 = {D + 4}, got {kv.shape[3]}")
+    width = mxfp4.token_bytes(D) if inp.key_format == "mxfp4" else D + layouts.SCALE_BYTES
+    if kv.shape[3] != width:
+        what = "head_dim / 2 + 4" if inp.key_format == "mxfp4" else "head_dim + 4"
+        raise ValueError(f"kv_cache last dim must be {what} = {width} ({inp.key_format}), got {kv.shape[3]}")
     if inp.weights.dtype != torch.float32 or tuple(inp.weights.shape) != (B * next_n, H):
         raise ValueError(f"weights must be float32 of shape ({B * next_n}, {H}), got {inp.weights.dtype} {tuple(inp.weights.shape)}")
     cl, bt = inp.context_lens, inp.block_tables
@@ -226,13 +269,19 @@ def validate_inputs(inp: IndexerInputs) -> None:
             raise ValueError(f"block_tables[{b}] holds ids outside [0, num_blocks={kv.shape[0]}): {used.tolist()}")
     if not torch.isfinite(inp.weights).all():
         raise ValueError("weights contain NaN/inf")
-    if not torch.isfinite(q.float()).all():
+    if inp.key_format == "fp8" and not torch.isfinite(q.float()).all():
         raise ValueError("q_fp8 contains NaN")
     used = torch.cat([tables[b, : int(need_blocks[b])] for b in range(B)]).long().unique()
     if used.numel():  # only the blocks in use: a cache can be gigabytes of blocks nobody reads
-        _, scales = layouts.split_kv_cache(kv[used.to(kv.device)], q.dtype)
-        if not torch.isfinite(scales).all():
-            raise ValueError("kv_cache scales contain NaN/inf in the blocks block_tables use")
+        if inp.key_format == "mxfp4":
+            _, words = mxfp4.split_kv_cache(kv[used.to(kv.device)])
+            if (mxfp4.scale_bytes(words) == mxfp4.UE8M0_NAN).any():
+                raise ValueError("kv_cache scale words hold a UE8M0 NaN (0xFF) in the blocks block_tables use")
+        else:
+            _, scales = layouts.split_kv_cache(kv[used.to(kv.device)], q.dtype)
+            if not torch.isfinite(scales).all():
+                raise ValueError("kv_cache scales contain NaN/inf in the blocks block_tables use")
+
 
 
 def context_lens_for(case: IndexerCase, gen: torch.Generator) -> list[int]:
@@ -268,6 +317,7 @@ def per_row_lengths(lens: list[int], next_n: int, gen: torch.Generator) -> torch
 
 
 FILLER_KEY_BYTE = 0x38  # e4m3fn 1.0 (fnuz 0.5): a kernel that reads a filler block gets finite garbage
+FILLER_E2M1_PAIR = 0x22  # two E2M1 1.0 codes
 
 
 def build_inputs(case: IndexerCase, device="cpu", compact: bool = False) -> IndexerInputs:
@@ -290,38 +340,54 @@ def build_inputs(case: IndexerCase, device="cpu", compact: bool = False) -> Inde
     # Every token slot holds real data, unused and spare ones too: a kernel that reads past
     # context_len picks up finite garbage, which the value checks then see.
     k = torch.randn(num_blocks * bs, D, generator=gen) * (1 + 3 * torch.rand(num_blocks * bs, 1, generator=gen))
-    k_fp8, scales = layouts.quantize_per_token(k, fp8)
     q = torch.randn(B, n, H, D, generator=gen) * 2
-    q_fp8 = q.clamp(-layouts.fp8_max(fp8), layouts.fp8_max(fp8)).to(fp8)
     weights = torch.randn(B * n, H, generator=gen) * H**-0.5
     context_lens = torch.tensor(lens, dtype=torch.int32)
     lens_2d = per_row_lengths(lens, n, gen) if case.row_lens == "per_row" else None
-    if case.topk_mode == "near_ties":
-        _plant_near_ties(case, k_fp8, scales, q_fp8, weights, block_tables, row_lengths(context_lens, n, lens_2d))
-    kv_cache = layouts.pack_kv_cache(k_fp8, scales, bs)
-    shufflable = bs % layouts.PRESHUFFLE_TILE == 0 and D % 16 == 0
-    pre = layouts.preshuffle_kv_cache(kv_cache) if shufflable else None
+    q_sf, pre = None, None
+    if case.key_format == "mxfp4":
+        kv_cache = mxfp4.pack_kv_cache(*mxfp4.quantize(k), bs)
+        q_packed, q_words = mxfp4.quantize(q.reshape(-1, D))
+        q_fp8, q_sf = q_packed.view(B, n, H, D // 2), q_words.view(B, n, H)
+        # bf16-representable weights: DeepGEMM's SM100 FP4 path and aiter's take bf16 weights, so an
+        # adapter handing them bf16 loses nothing, and the reference sees the weights the kernel sees.
+        weights = weights.bfloat16().float()
+    else:
+        k_fp8, scales = layouts.quantize_per_token(k, fp8)
+        q_fp8 = q.clamp(-layouts.fp8_max(fp8), layouts.fp8_max(fp8)).to(fp8)
+        if case.topk_mode == "near_ties":
+            _plant_near_ties(case, k_fp8, scales, q_fp8, weights, block_tables,
+                             row_lengths(context_lens, n, lens_2d))
+        kv_cache = layouts.pack_kv_cache(k_fp8, scales, bs)
+        shufflable = bs % layouts.PRESHUFFLE_TILE == 0 and D % 16 == 0
+        pre = layouts.preshuffle_kv_cache(kv_cache) if shufflable else None
     floor = 0 if compact else case.block_id_floor
     inp = IndexerInputs(
         q_fp8=q_fp8, kv_cache=kv_cache, weights=weights, context_lens=context_lens,
         block_tables=block_tables, max_model_len=case.max_model_len, kv_cache_preshuffled=pre, case=case,
-        context_lens_2d=lens_2d, logits_dtype=LOGITS_DTYPES[case.logits_dtype])
+        context_lens_2d=lens_2d, logits_dtype=LOGITS_DTYPES[case.logits_dtype], key_format=case.key_format,
+        q_sf=q_sf)
     inp = inp.to(device) if str(device) != "cpu" else inp
     if floor:
-        inp = replace(inp, kv_cache=_above_filler(inp.kv_cache, floor),
-                      kv_cache_preshuffled=None if pre is None else _above_filler(inp.kv_cache_preshuffled, floor),
+        inp = replace(inp, kv_cache=_above_filler(inp.kv_cache, floor, case.key_format),
+                      kv_cache_preshuffled=None if pre is None else _above_filler(inp.kv_cache_preshuffled, floor,
+                                                                                  case.key_format),
                       block_tables=inp.block_tables + floor)
     return inp
 
 
-def _above_filler(cache: torch.Tensor, floor: int) -> torch.Tensor:
+def _above_filler(cache: torch.Tensor, floor: int, key_format: str = "fp8") -> torch.Tensor:
     """``cache``'s blocks moved to ids ``floor + i``, built in place on the cache's device; the
     blocks below hold filler keys with scale 1.0."""
     nb, bs, _, width = cache.shape
-    D = width - layouts.SCALE_BYTES
+    key_bytes = width - layouts.SCALE_BYTES  # fp8: D bytes a token; mxfp4: D / 2
     big = torch.empty(floor + nb, bs * width, dtype=torch.uint8, device=cache.device)
-    big[:floor, : bs * D] = FILLER_KEY_BYTE
-    big[:floor, bs * D :] = torch.ones(bs, dtype=torch.float32, device=cache.device).view(torch.uint8)
+    if key_format == "mxfp4":
+        big[:floor, : bs * key_bytes] = FILLER_E2M1_PAIR
+        big[:floor, bs * key_bytes:] = mxfp4.UE8M0_ONE  # every byte of every scale word: 1.0
+    else:
+        big[:floor, : bs * key_bytes] = FILLER_KEY_BYTE
+        big[:floor, bs * key_bytes:] = torch.ones(bs, dtype=torch.float32, device=cache.device).view(torch.uint8)
     big[floor:] = cache.reshape(nb, bs * width)
     return big.view(floor + nb, bs, 1, width)
 

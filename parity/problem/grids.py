@@ -28,6 +28,37 @@ def quick_cases() -> list[IndexerCase]:
         C(batch=2, next_n=2, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max"),
         C(batch=2, next_n=3, heads=64, block_size=64, max_model_len=320, context="ctx_eq_max"),
         C(batch=2, next_n=4, heads=64, block_size=1, max_model_len=130, context="ctx_eq_max_first"),
+        *fp4_quick_cases(),
+    ]
+
+
+def fp4_quick_cases() -> list[IndexerCase]:
+    """MXFP4 inputs (DeepSeek-V4's indexer cache): a row ending at max_model_len before another, and
+    head_dim 64 (two of the word's four scales) with DeepGEMM's 2-D per-row lengths at H=64."""
+    C = IndexerCase
+    return [
+        C(batch=2, next_n=2, block_size=64, max_model_len=300, context="ctx_eq_max_first", key_format="mxfp4"),
+        C(batch=2, next_n=3, heads=64, head_dim=64, block_size=16, max_model_len=200, context="ctx_eq_max",
+          row_lens="per_row", key_format="mxfp4"),
+    ]
+
+
+def fp4_full_cases() -> list[IndexerCase]:
+    """MXFP4 at DeepSeek-V4's indexer shape (H=64, D=128) over the block sizes the FP4 kernels take (64 and
+    32: DeepGEMM and FlashInfer on SM100; 1 and 16: ours), next_n 1-4, per-row lengths, bf16 logits and
+    dummy rows; lengths kept short, since the Triton interpreter's time grows with them."""
+    C = IndexerCase
+    F = dict(heads=64, key_format="mxfp4", topk=128)
+    return [
+        C(batch=3, next_n=1, block_size=64, max_model_len=520, context="ctx_eq_max", **F),
+        C(batch=3, next_n=2, block_size=32, max_model_len=520, context="ctx_eq_max_first", **F),
+        C(batch=2, next_n=4, block_size=64, max_model_len=320, context="near_max", **F),
+        C(batch=3, next_n=2, block_size=1, max_model_len=130, context="random", **F),
+        C(batch=3, next_n=2, block_size=64, max_model_len=320, context="random", row_lens="per_row", **F),
+        C(batch=3, next_n=2, block_size=64, max_model_len=320, context="ctx_eq_max_first", logits_dtype="bfloat16",
+          **F),
+        C(batch=4, next_n=2, block_size=64, max_model_len=320, context="dummy_rows", **F),
+        C(batch=2, next_n=3, block_size=16, max_model_len=300, context="block_multiple_minus1", head_dim=64, **F),
     ]
 
 
@@ -44,7 +75,7 @@ def full_cases() -> list[IndexerCase]:
         C(batch=1, next_n=4, heads=64, block_size=64, max_model_len=4097, context="ctx_eq_max", topk=2048),
         C(batch=5, next_n=2, heads=64, block_size=64, max_model_len=2600, context="random", topk=2048, fp8="e4m3fnuz"),
     ]
-    return quick_cases() + extra
+    return quick_cases() + extra + fp4_full_cases()
 
 
 def stress_cases() -> list[IndexerCase]:
@@ -93,6 +124,11 @@ def stress_cases() -> list[IndexerCase]:
     out += [C(batch=3, next_n=3, block_size=64, max_model_len=320, context="ctx_eq_max_first", **H),
             C(batch=2, next_n=3, block_size=16, max_model_len=300, context="near_max", **H),
             C(batch=2, next_n=3, block_size=1, max_model_len=130, context="block_multiple_plus1", **H)]
+    # MXFP4 (aiter #4028: row * stride of the output overflowed int32, silently dropping rows past 2 GiB
+    # of logits): a CPU proxy whose output passes 2**15 bytes; and DeepSeek-V3.2's max_model_len in FP4.
+    out += [C(batch=3, next_n=2, block_size=64, max_model_len=2000, context="ctx_eq_max", key_format="mxfp4"),
+            C(batch=2, next_n=2, block_size=64, max_model_len=163840, context="near_max", gpu_only=True,
+              key_format="mxfp4", heads=64, topk=2048)]
     return out
 
 

@@ -6,7 +6,7 @@ alone: xdist workers, the CLI's per-backend and per-GPU child processes, and the
 same machine all share it.
 
 A file is keyed by the case's fields and by the code that computes it (the sources of
-reference.py, cases.py, layouts.py, the compute function, and the torch version): a change to
+reference.py, cases.py, layouts.py, mxfp4.py, the compute function, and the torch version): a change to
 any of them starts a new directory, and directories of other versions untouched for an hour are
 removed. Files are written to a temporary name and renamed, so a reader never sees half a file;
 any failure of the cache falls back to computing. ``PARITY_CACHE_DIR`` sets the directory
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from parity.problem import cases, layouts, reference
+from parity.problem import cases, layouts, mxfp4, reference
 
 ENV = "PARITY_CACHE_DIR"
 STALE_S = 3600  # another version's directory untouched this long is removed
@@ -45,7 +45,7 @@ def cache_root() -> Path | None:
 
 def code_version(compute: Callable) -> str:
     h = hashlib.sha256(torch.__version__.encode())
-    for mod in (reference, cases, layouts):
+    for mod in (reference, cases, layouts, mxfp4):
         h.update(Path(mod.__file__).read_bytes())
     h.update(inspect.getsource(compute).encode())
     return h.hexdigest()[:16]

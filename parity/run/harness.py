@@ -70,7 +70,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _input_tensors(inputs: IndexerInputs) -> dict[str, torch.Tensor]:
-    names = ("q_fp8", "kv_cache", "kv_cache_preshuffled", "weights", "context_lens", "block_tables")
+    names = ("q_fp8", "q_sf", "kv_cache", "kv_cache_preshuffled", "weights", "context_lens", "block_tables")
     return {n: getattr(inputs, n).clone() for n in names if getattr(inputs, n) is not None}
 
 
@@ -85,6 +85,16 @@ def _check_inputs_untouched(before: dict[str, torch.Tensor], inputs: IndexerInpu
             getattr(inputs, n).copy_(t)
         return checks.Finding("inputs", False, f"backend modified its inputs: {', '.join(changed)}", {"changed": changed})
     return checks.Finding("inputs", True, "inputs untouched")
+
+
+def format_unsupported(backend: Backend, inputs: IndexerInputs) -> str | None:
+    """A backend takes the key formats it lists in ``key_formats`` (fp8 when it lists none: a backend
+    written before MXFP4 existed reads q_fp8 as fp8 and must not be handed E2M1 bytes)."""
+    formats = getattr(backend, "key_formats", ("fp8",))
+    if inputs.key_format not in formats:
+        return (f"{getattr(backend, 'name', 'backend')} does not take {inputs.key_format} inputs "
+                f"(its key_formats: {', '.join(formats)})")
+    return None
 
 
 def _new_buffer(path: str, buffer: str, inputs: IndexerInputs, pad: int):
@@ -132,7 +142,7 @@ def precompile(backend: Backend, cells, device: str, pad: int = DEFAULT_PAD, thr
                 except Exception:  # noqa: BLE001  (the cell reports its bad inputs)
                     continue
                 for path, buffer in wanted:
-                    if backend.unsupported(path, inputs):
+                    if format_unsupported(backend, inputs) or backend.unsupported(path, inputs):
                         continue
                     try:
                         out = _new_buffer(path, buffer, inputs, pad).view
@@ -173,7 +183,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
         validate_inputs(inputs)
     except Exception as exc:  # bad case: a finding, not a crash of the run
         return {**result, "status": "error", "findings": [checks.Finding("error", False, f"inputs: {exc}").to_dict()]}
-    reason = backend.unsupported(path, inputs)
+    reason = format_unsupported(backend, inputs) or backend.unsupported(path, inputs)
     if reason:
         return {**result, "status": "skip", "reason": reason}
     cols = inputs.max_model_len
@@ -220,7 +230,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
         findings = [later_oob]
     mask = checks.check_mask(out2d, ref2d, row_len2d, consumer)
     mag2d = mag_heads.reshape(-1, cols) if path == "stage1" else mag
-    values = checks.check_values(out2d, ref2d, ctx2d, case.fp8, magnitude=mag2d)
+    values = checks.check_values(out2d, ref2d, ctx2d, case.input_format, magnitude=mag2d)
     next_row, not_next_row = checks.attribute_next_row(mask, values, ctx2d, cols, causal_tail=inputs.next_n,
                                                        row_len=row_len2d, padding=checks.padding_written(first),
                                                        pad=first.pad)
@@ -231,7 +241,7 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
                 f.details["not_next_row"] = not_next_row
     findings += [mask, values] + ([next_row] if next_row else [])
     logits = first.view.float().sum(0) if path == "stage1" else first.view  # stage1: the caller's sum over heads
-    rtol, atol = checks.TOLERANCES[case.fp8]
+    rtol, atol = checks.TOLERANCES[case.input_format]
     rtol += checks.OUTPUT_ROUNDING[inputs.logits_dtype]
     selected = topk.topk_reference(logits, inputs.context_lens, inputs.next_n, case.topk,
                                    context_lens_2d=inputs.context_lens_2d)
@@ -243,8 +253,8 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     result["findings"] += [f.to_dict() for f in findings]
     result["status"] = "pass" if all(f["ok"] for f in result["findings"]) else "fail"
     if result["status"] == "fail":  # what the first call left in its guarded buffer, for the report's picture
-        result["map"] = render.buffer_map(first, ref2d, ctx2d, case.fp8, magnitude=mag2d, row_len=row_len2d,
-                                          causal_tail=inputs.next_n, consumer=consumer)
+        result["map"] = render.buffer_map(first, ref2d, ctx2d, case.input_format, magnitude=mag2d,
+                                          row_len=row_len2d, causal_tail=inputs.next_n, consumer=consumer)
     result["seconds"] = times
     return result
 
