@@ -50,7 +50,7 @@ if [ $rc -ne 0 ]; then
 fi
 
 t0=$SECONDS
-timeout 270 "$PY" -m parity.contract.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
+timeout 420 "$PY" -m parity.contract.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
 rc=$?
 echo "cases: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"
 tail -n 40 "$OUT_DIR/topk-cases.txt" >> "$S"

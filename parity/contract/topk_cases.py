@@ -36,6 +36,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -216,6 +217,9 @@ def markdown(record: dict) -> str:
              f"({record.get('device', '?')}, {record.get('date', '?')}; `{record.get('command', '')}`)", "",
              "| case | path | effect | predicted | verdict | runs seen | rows: counts |", "|---|---|---|---|---|---|---|"]
     for c in record["cases"]:
+        if "crashed" in c:
+            lines.append(f"| {c['id']} | {c['path']} | crashed | - | the op's process died | - | {c['crashed']} |")
+            continue
         for name, e in c["effects"].items():
             if not e["predicted"] and e["verdict"] == "ruled out":
                 continue
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="case id (repeatable; default every case)")
     ap.add_argument("--runs", type=int, default=None, help="calls per case (default: the case's own)")
     ap.add_argument("--list", action="store_true", help="print the cases and their predictions, run nothing")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one case, its record on stdout
     args = ap.parse_args(argv)
     chosen = [c for c in cases() if not args.only or c.id in args.only]
     unknown = sorted(set(args.only or ()) - {c.id for c in chosen})
@@ -261,11 +266,26 @@ def main(argv: list[str] | None = None) -> int:
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "op": consumer.describe(),
               "command": " ".join(["python -m parity.contract.topk_cases", *(argv if argv is not None else sys.argv[1:])]),
               "cases": []}
-    op = consumer.ops.top_k_per_row_decode
+    if args.child:
+        rec = run_case(consumer.ops.top_k_per_row_decode, chosen[0], "cuda", args.runs)
+        print("RECORD " + json.dumps(rec), flush=True)
+        return 0
+    # Each case in a process of its own: a case that faults the GPU (a sticky CUDA error) is recorded as
+    # crashed with the error, and the cases after it still run on a fresh context.
     for c in chosen:
-        rec = run_case(op, c, "cuda", args.runs)
+        cmd = [sys.executable, "-m", "parity.contract.topk_cases", "--child", "--out", args.out, "--only", c.id,
+               "--vllm-src", str(src)] + (["--runs", str(args.runs)] if args.runs else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        got = [ln[7:] for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
+        if proc.returncode == 0 and got:
+            rec = json.loads(got[-1])
+            print(f"{c.id}: " + ", ".join(f"{k} {e['verdict']}" for k, e in rec["effects"].items()), flush=True)
+        else:
+            err = [ln for ln in proc.stderr.splitlines() if "Error" in ln] or proc.stderr.splitlines()[-1:]
+            rec = {"id": c.id, "path": c.path, "cols": c.cols, "runs": args.runs,
+                   "crashed": f"exit {proc.returncode}: {(err[-1] if err else '').strip()[:300]}"}
+            print(f"{c.id}: crashed: {rec['crashed']}", flush=True)
         record["cases"].append(rec)
-        print(f"{c.id}: " + ", ".join(f"{k} {e['verdict']}" for k, e in rec["effects"].items()), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "topk-cases.json"), "w") as fh:
         json.dump(record, fh, indent=1)
