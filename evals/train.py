@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from evals import synth
 from evals.model import ModelConfig, index_qk, init_weights, rmsnorm, rope
-from parity import layouts
+from parity.problem import layouts
 
 # The shipped model: 4 layers, width 128, ~0.8 M parameters (3.3 MB of float32); index_topk 32
 # against 5-shot prompts of ~1.3 KB (up to 1.9 KB) and long questions up to the 2000-token window.

@@ -11,7 +11,7 @@ import torch
 
 from evals import synth
 from evals.model import causal_topk
-from parity.topk import topk_reference
+from parity.judge.topk import topk_reference
 
 
 def test_docs_are_gsm8k_shaped_and_answer_from_one_fact():
