@@ -61,6 +61,10 @@ class ModelConfig:
     ffn: int = 128
     fp8: str = "e4m3fn"
     seed: int = 0
+    # Each position's input also embeds the ngram bytes before it (one table per offset): a code
+    # a few bytes back is then a feature of the position itself, so a lookup keyed by a short
+    # string is one attention hop (0: the token's own embedding only).
+    ngram: int = 0
 
     def __post_init__(self):
         if self.index_head_dim % 16 or self.rope_dim > self.index_head_dim or self.rope_dim % 2:
@@ -68,6 +72,8 @@ class ModelConfig:
                              f"{self.index_head_dim}, {self.rope_dim}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even (half of it is roped), got {self.head_dim}")
+        if self.ngram < 0:
+            raise ValueError(f"ngram must be >= 0, got {self.ngram}")
         if self.index_topk < 1 or self.block_size < 1 or self.max_model_len < 2:
             raise ValueError("index_topk, block_size must be >= 1 and max_model_len >= 2")
         layouts.fp8_dtype(self.fp8)
@@ -81,6 +87,8 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
              "wk": (d, cfg.head_dim), "wv": (d, cfg.head_dim), "wo": (cfg.n_heads * cfg.head_dim, d),
              "w_up": (d, cfg.ffn), "w_down": (cfg.ffn, d)}
     shapes = {"embed": (VOCAB, d), "lm_head": (d, VOCAB)}
+    if cfg.ngram:
+        shapes["prev_embed"] = (cfg.ngram, VOCAB, d)
     for i in range(cfg.n_layers):
         shapes.update({f"layers.{i}.{k}": v for k, v in layer.items()})
     return shapes
@@ -92,7 +100,7 @@ def init_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     out = {}
     for name, shape in weight_shapes(cfg).items():  # insertion order: the draw order is fixed
         x = torch.randn(*shape, generator=g)
-        out[name] = x if name == "embed" else x / math.sqrt(shape[0])
+        out[name] = x if name in ("embed", "prev_embed") else x / math.sqrt(shape[0])
     return out
 
 
@@ -117,6 +125,21 @@ def rope(x: torch.Tensor, pos: torch.Tensor, dims: int) -> torch.Tensor:
 
 def rmsnorm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def previous_tokens(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """``(..., T, n)``: for each position the n tokens before it, nearest first (0 before the start)."""
+    T = tokens.shape[-1]
+    return torch.stack([F.pad(tokens, (j + 1, 0))[..., :T] for j in range(n)], dim=-1)
+
+
+def embed(embed_w: torch.Tensor, prev_w: torch.Tensor | None, tokens: torch.Tensor, prev: torch.Tensor | None):
+    """The input of the first layer: the token's embedding plus, with ``ngram``, the previous tokens'."""
+    x = embed_w[tokens]
+    if prev_w is not None:
+        for j in range(prev_w.shape[0]):
+            x = x + prev_w[j][prev[..., j]]
+    return x
 
 
 def index_qk(cfg: ModelConfig, L: dict, h: torch.Tensor, pos: torch.Tensor):
@@ -171,7 +194,7 @@ class Weights:
             raise ValueError(f"weights do not fit the model config: missing {missing[:4]}, unexpected {extra[:4]}, "
                              f"wrong shape {wrong[:4]}")
         t = {k: v.detach().to(device=device, dtype=torch.float32).contiguous() for k, v in tensors.items()}
-        self.embed, self.lm_head = t["embed"], t["lm_head"]
+        self.embed, self.lm_head, self.prev_embed = t["embed"], t["lm_head"], t.get("prev_embed")
         self.layers = [{k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"layers.{i}.")}
                        for i in range(cfg.n_layers)]
 
@@ -284,14 +307,16 @@ class TinyIndexerLM:
 
     # -- one forward over new tokens ------------------------------------------------------------
     def _forward(self, pool: BlockPool, seqs: list[int], tokens: torch.Tensor, pos: torch.Tensor,
-                 decode: bool, observer=None, step: int = 0) -> torch.Tensor:
+                 decode: bool, observer=None, step: int = 0, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: one sequence ``seqs == [b]``, ``tokens``/``pos`` its T prompt tokens. Decode: one
         new token per sequence in ``seqs``. Returns the vocabulary logits of the last position
         (prefill, ``(1, 256)``) or of each row (decode)."""
         dev = self.device
         tokens, pos = tokens.to(dev), pos.to(dev)
         b = torch.tensor(seqs, device=dev) if decode else torch.full((len(pos),), seqs[0], device=dev)
-        x = self.w.embed[tokens]
+        if prev is None and self.cfg.ngram:  # prefill: one sequence's tokens from its start
+            prev = previous_tokens(tokens, self.cfg.ngram)
+        x = embed(self.w.embed, self.w.prev_embed, tokens, None if prev is None else prev.to(dev))
         slots = pool.slots(b, pos)
         last = len(self.w.layers) - 1
         key_slots = slots  # prefill: the keys every row may select from (the whole prompt)
@@ -417,7 +442,10 @@ class TinyIndexerLM:
                 break
             pos = torch.tensor([pool.lengths[b] for b in active])
             toks = torch.tensor([out[b][-1] for b in active])
-            logits = self._forward(pool, active, toks, pos, decode=True, observer=observer, step=step)
+            prev = None
+            if cfg.ngram:  # each new token's predecessors: the prompt's and the generated bytes
+                prev = torch.tensor([((ids[b] + out[b][:-1])[::-1] + [0] * cfg.ngram)[:cfg.ngram] for b in active])
+            logits = self._forward(pool, active, toks, pos, decode=True, observer=observer, step=step, prev=prev)
             for row, b in enumerate(active):
                 last[b] = logits[row]
                 pool.lengths[b] += 1

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from evals import synth
-from evals.model import ModelConfig, index_qk, init_weights, rmsnorm, rope
+from evals.model import ModelConfig, embed, index_qk, init_weights, previous_tokens, rmsnorm, rope
 from parity.problem import layouts
 
 # The shipped model: 4 layers, width 128, ~0.8 M parameters (3.3 MB of float32); index_topk 32
 # against 5-shot prompts of ~1.3 KB (up to 1.9 KB) and long questions up to the 2000-token window.
 TRAINED_CONFIG = ModelConfig(d_model=128, n_layers=4, n_heads=4, head_dim=32, index_heads=4, index_head_dim=32,
-                             rope_dim=16, index_topk=32, block_size=64, max_model_len=2000, ffn=512)
+                             rope_dim=16, index_topk=32, block_size=64, max_model_len=2000, ffn=512, ngram=7)
 GEN_ROOM = 48  # max_gen_toks of embedded runs: the trained answers end well before it
 
 
@@ -134,7 +134,8 @@ class Net(torch.nn.Module):
         B, T = tokens.shape
         nh, hd = cfg.n_heads, cfg.head_dim
         pos = torch.arange(T, device=tokens.device)[None]
-        x = self.params["embed"][tokens]
+        prev_w = self.params["prev_embed"] if cfg.ngram else None
+        x = embed(self.params["embed"], prev_w, tokens, previous_tokens(tokens, cfg.ngram) if cfg.ngram else None)
         kl_sum = x.new_zeros(())
         for i in range(cfg.n_layers):
             L = self.layer(i)
