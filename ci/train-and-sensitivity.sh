@@ -4,17 +4,20 @@
 #   ci/train-and-sensitivity.sh OUT_DIR [PHASE]       PHASE: all (default) | train | sensitivity
 #
 # train:       python -m evals train (the committed defaults) -> OUT_DIR/weights/{tiny-indexer-lm.safetensors,
-#              manifest.json}, with the quick checks (256 questions: reference, random top-k, dense) and the
-#              lm-eval check on all 1319 generated questions in the manifest; log OUT_DIR/train.log.
+#              manifest.json} with the quick checks (256 questions: reference, random top-k, dense) in the
+#              manifest; log OUT_DIR/train.log.
 # sensitivity: python -m evals sensitivity on all 1319 questions with those weights (OUT_DIR/weights, else the
 #              shipped evals/weights): reference, the controls, our Triton kernels, every selftest fault, aiter
 #              0.1.7 (and aiter main stage1 with AITER_TREE=DIR), DeepGEMM where it loads ->
-#              OUT_DIR/sensitivity/{sensitivity.json,sensitivity.md}; log OUT_DIR/sensitivity.log.
+#              OUT_DIR/sensitivity/{sensitivity.json,sensitivity.md}; log OUT_DIR/sensitivity.log. Then the
+#              reference row's accuracy (lm-eval, all 1319) goes into OUT_DIR/weights/manifest.json.
 #
-# Measured on one H200 (2026-12-04): the training run of the committed defaults is budgeted at ~6 min
-# (dense 6000 + indexer 500 + sparse 2000 steps; data made by 8 worker processes); the sensitivity table at
-# ~7-9 min with JOBS=12 (each torch-served row decodes 1319 questions in ~3 min; rows run 12 at a time).
-# Run the phases as two device calls if one call's limit is 10 minutes.
+# Durations on one H200, estimated from a 2026-12-04 probe (speed of each stage at batch 32; the committed
+# defaults were not run there end to end): train ~5 min (dense 4000 + indexer 400 + sparse 1500 steps, the
+# batches made by 8 worker processes); sensitivity ~7-9 min with JOBS=12 (a torch-served row decodes the
+# 1319 questions in ~3 min, rows run 12 at a time; the Triton rows are faster). With a 10-minute limit per
+# device call, run the phases as two calls: ci/train-and-sensitivity.sh OUT train, then OUT sensitivity
+# (carry OUT/weights from the first).
 #
 # The GPU image has no network and no lm-eval: carry the wheels in .whl/ (once, where there is network):
 #   pip download --no-deps -d .whl lm_eval==0.4.13 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
@@ -42,7 +45,8 @@ export PARITY_GIT_COMMIT="${PARITY_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null 
 START=$(date +%s)
 if [ "$PHASE" != sensitivity ]; then
   # shellcheck disable=SC2086
-  "$PY" -m evals train --out "$OUT/weights" --device cuda ${EXTRA_TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
+  "$PY" -m evals train --out "$OUT/weights" --device cuda --no-eval ${EXTRA_TRAIN_ARGS:-} 2>&1 \
+    | tee "$OUT/train.log"
   echo "train: $(( $(date +%s) - START )) s" | tee -a "$OUT/train.log"
 fi
 if [ "$PHASE" != train ]; then
@@ -54,5 +58,9 @@ if [ "$PHASE" != train ]; then
   "$PY" -m evals sensitivity --out "$OUT/sensitivity" --device cuda --jobs "${JOBS:-12}" "${WEIGHTS[@]}" \
     "${LIMIT_ARGS[@]}" "${AITER[@]}" 2>&1 | tee "$OUT/sensitivity.log"
   echo "sensitivity: $(( $(date +%s) - T )) s" | tee -a "$OUT/sensitivity.log"
+  if [ -f "$OUT/weights/manifest.json" ] && [ -z "${LIMIT:-}" ]; then
+    "$PY" -m evals record-accuracy "$OUT/sensitivity/rows/reference/run" --weights "$OUT/weights" \
+      | tee -a "$OUT/sensitivity.log"
+  fi
 fi
 echo "artifacts: $OUT"

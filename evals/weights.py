@@ -192,7 +192,8 @@ def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> i
     manifest = read_manifest(weights)
     mpath = Path(manifest.pop("_path"))
     flex, strict = (load_run(run_dir, f) for f in ("flexible-extract", "strict-match"))
-    info = (flex.manifest.get("server") or {}).get("info") or {}
+    # A `gsm8k run` (the server's info) or an in-process run of evals.lm (the model's own description).
+    info = (flex.manifest.get("server") or {}).get("info") or (flex.manifest.get("model") or {}).get("info") or {}
     used = (info.get("weights") or {}) if isinstance(info.get("weights"), dict) else {}
     ind = info.get("indexer") or {}
     data = flex.manifest.get("data") or {}
@@ -212,9 +213,9 @@ def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> i
     manifest["accuracy"] = {"task": "gsm8k (lm-eval, 5-shot)", "data": data.get("name"), "n": flex.n,
                             "flexible-extract": round(flex.value, 4), "strict-match": round(strict.value, 4),
                             "indexer": "torch (reference), fused, exact buffer", "device": info.get("device", "cpu"),
-                            "hardware": f"{hw.get('cpus')} CPUs ({hw.get('machine')})",
+                            "hardware": ", ".join(hw.get("gpus") or []) or f"{hw.get('cpus')} CPUs ({hw.get('machine')})",
                             "run": str(run_dir), "wall_s": flex.manifest.get("wall_s"),
-                            "command": " ".join(["python -m evals", *flex.manifest.get("command", [])[3:]])}
+                            "command": " ".join(str(c) for c in flex.manifest.get("command", []))}
     mpath.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{mpath}: accuracy flexible-extract {manifest['accuracy']['flexible-extract']}, strict-match "
           f"{manifest['accuracy']['strict-match']} (n={flex.n})")

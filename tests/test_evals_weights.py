@@ -138,3 +138,28 @@ def test_three_stages_run_and_their_weights_load():
     assert record["stages"]["indexer"]["log"][0]["kl"] > 0
     out = TinyIndexerLM(net.cfg, weights=net.tensors()).generate(["Question: x\nAnswer:"], 3)
     assert out[0]["completion_tokens"] == 3
+
+
+def test_record_accuracy_takes_only_a_full_reference_run_of_these_weights(saved, tmp_path):
+    from evals import synth
+    from evals.lm import evaluate
+
+    path, _ = saved
+    data = tmp_path / "data"
+    synth.write(data, synth.SynthSpec(n_train=50))
+    run = tmp_path / "run"
+    evaluate(weights.embedded_model(path), data, out=run, limit=2, batch_size=2, max_gen_toks=4,
+             data_record=synth.read_record(data))
+    with pytest.raises(weights.WeightsError, match="--limit 2"):
+        weights.record_accuracy(run, path)
+    other = tmp_path / "other"
+    weights.save(other, Net(replace(TINY, seed=4)).tensors(), TINY)
+    m = json.loads((run / "run.json").read_text())
+    m["limit"] = None  # as if it had run every question
+    (run / "run.json").write_text(json.dumps(m))
+    with pytest.raises(weights.WeightsError, match="it ran weights"):
+        weights.record_accuracy(run, other)
+    assert weights.record_accuracy(run, path) == 0
+    acc = json.loads((path / weights.MANIFEST).read_text())["accuracy"]
+    assert acc["n"] == 2 and acc["data"] == "synthetic lookup v1 seed 0" and 0 <= acc["flexible-extract"] <= 1
+    weights.load(path)  # the manifest's new field leaves the file's check intact
