@@ -213,11 +213,11 @@ def main(argv=None) -> int:
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "train":
-            from evals import train
+            from evals import train_cli
 
             _default_device(args)
             cpu_threads(args.device)
-            return train.main(args)
+            return train_cli.main(args)
         if args.cmd == "sensitivity":
             from evals import sensitivity
 
