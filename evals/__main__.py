@@ -172,6 +172,8 @@ def _train_parsers(sub) -> None:
     t.add_argument("--seq-chars", type=int, default=None, help="training sequence length (default 1952)")
     t.add_argument("--curriculum", type=float, default=None, help="share of the dense stage over which the "
                    "facts per question grow from 1 (default 0.3; 0: none)")
+    t.add_argument("--init", default=None, help="continue from these weights (a directory with a manifest) "
+                   "instead of the seed's random ones; the manifest records them")
     t.add_argument("--check-n", type=int, default=256, help="questions of the quick checks (reference, controls)")
     t.add_argument("--device", default=None, help="default cuda when available, else cpu")
     t.add_argument("--eval-limit", type=int, default=None, help="questions of the final check (default all 1319)")

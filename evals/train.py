@@ -258,12 +258,19 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train(spec: TrainSpec, cfg: ModelConfig = TRAINED_CONFIG, device: str | None = None, log=print) -> tuple[Net, dict]:
-    """Runs the three stages; returns the net and a record of the run (losses, times)."""
+def train(spec: TrainSpec, cfg: ModelConfig = TRAINED_CONFIG, device: str | None = None, log=print,
+          init: dict[str, torch.Tensor] | None = None) -> tuple[Net, dict]:
+    """Runs the three stages (a stage of 0 steps is skipped); returns the net and a record of the
+    run (losses, times). ``init``: start from these tensors (a continuation) instead of the seed's."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = replace(cfg, seed=spec.seed)
     torch.manual_seed(spec.seed)
-    net = Net(cfg).to(device)
+    net = Net(cfg)
+    if init is not None:
+        with torch.no_grad():
+            for k, v in init.items():
+                net.params[k.replace(".", "__")].copy_(v)
+    net = net.to(device)
     data = synth.SynthSpec(seed=spec.data_seed, min_facts=spec.min_facts, max_facts=spec.max_facts)
     if synth.max_prompt_chars(data) + GEN_ROOM > cfg.max_model_len:
         raise ValueError(f"max_model_len {cfg.max_model_len} is too small for 5-shot prompts of this data")

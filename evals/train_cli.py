@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from evals import synth
-from evals.train import GEN_ROOM, TrainSpec, train
+from evals import synth, weights
+from evals.train import GEN_ROOM, TRAINED_CONFIG, TrainSpec, train
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k's two filters
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -44,6 +44,8 @@ STEP_FLAGS = ("dense_steps", "indexer_steps", "sparse_steps", "batch", "lr", "co
 def command_line(args) -> str:
     """The canonical command that reproduces this training run."""
     parts = ["python -m evals train", f"--out {args.out}", f"--seed {args.seed}", f"--data-seed {args.data_seed}"]
+    if getattr(args, "init", None):
+        parts.append(f"--init {args.init}")
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in STEP_FLAGS if getattr(args, k, None) is not None]
     return " ".join(parts)
 
@@ -53,12 +55,18 @@ def main(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from evals import weights
     from evals.gsm8k import hardware
 
     spec = TrainSpec(seed=args.seed, data_seed=args.data_seed,
                      **{k: getattr(args, k) for k in STEP_FLAGS if getattr(args, k, None) is not None})
-    net, record = train(spec, device=args.device)
+    init, cfg, init_record = None, TRAINED_CONFIG, None
+    if getattr(args, "init", None):
+        cfg, init, m = weights.load(args.init)
+        init_record = {"sha256": m["sha256"], "command": (m.get("training") or {}).get("command"),
+                       "git_commit": (m.get("training") or {}).get("git_commit"), "init": (m.get("training") or {}).get("init")}
+    net, record = train(spec, cfg, device=args.device, init=init)
+    if init_record:
+        record["init"] = init_record
     hw = hardware()
     training = {"command": command_line(args), "seed": spec.seed, "data_seed": spec.data_seed,
                 "generator_version": synth.GENERATOR_VERSION, "git_commit": weights.git_commit(),
