@@ -163,3 +163,14 @@ def test_record_accuracy_takes_only_a_full_reference_run_of_these_weights(saved,
     acc = json.loads((path / weights.MANIFEST).read_text())["accuracy"]
     assert acc["n"] == 2 and acc["data"] == "synthetic lookup v1 seed 0" and 0 <= acc["flexible-extract"] <= 1
     weights.load(path)  # the manifest's new field leaves the file's check intact
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--backend", "fault:wrong_preshuffle_offsets", "--path", "fused"], "has no fused path"),
+    (["--backend", "no_such_backend"], "--backend 'no_such_backend' (path fused, buffer exact) cannot be loaded"),
+])
+def test_backend_that_cannot_run_the_model_is_exit_2(tmp_path, capsys, flags, needle):
+    rc = main(["gsm8k", "run", "--untrained", "--out", str(tmp_path / "run"), "--limit", "1", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "run.json").exists()
