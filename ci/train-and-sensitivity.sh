@@ -13,8 +13,8 @@
 #              reference row's accuracy (lm-eval, all 1319) goes into OUT_DIR/weights/manifest.json.
 #
 # Durations on one H200, estimated from a 2026-12-04 probe (speed of each stage at batch 32; the committed
-# defaults were not run there end to end): train ~5 min (dense 4000 + indexer 400 + sparse 1500 steps, the
-# batches made by 8 worker processes); sensitivity ~7-9 min with JOBS=12 (a torch-served row decodes the
+# defaults were not run there end to end): train ~4 min (dense 3000 + indexer 300 + sparse 1000 steps at batch 32 x
+# 1952 bytes, the batches made by 8 worker processes); sensitivity ~7-9 min with JOBS=12 (a torch-served row decodes the
 # 1319 questions in ~3 min, rows run 12 at a time; the Triton rows are faster). With a 10-minute limit per
 # device call, run the phases as two calls: ci/train-and-sensitivity.sh OUT train, then OUT sensitivity
 # (carry OUT/weights from the first).

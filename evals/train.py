@@ -47,9 +47,9 @@ GEN_ROOM = 48  # max_gen_toks of embedded runs: the trained answers end well bef
 class TrainSpec:
     seed: int = 0  # model init and the order of everything random in training
     data_seed: int = 0  # the training stream
-    dense_steps: int = 4000
-    indexer_steps: int = 400
-    sparse_steps: int = 1500
+    dense_steps: int = 3000
+    indexer_steps: int = 300
+    sparse_steps: int = 1000
     batch: int = 32
     seq_chars: int = TRAINED_CONFIG.max_model_len - GEN_ROOM
     lr: float = 3e-3
