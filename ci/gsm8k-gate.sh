@@ -2,7 +2,8 @@
 # GSM8K accuracy gate, as CI uses it: reach a server (or start the embedded one), run lm-eval's
 # gsm8k task, gate the run against a baseline, keep every artifact.
 #
-#   ci/gsm8k-gate.sh                                   # embedded model: start it, run --limit 20, gate
+#   ci/gsm8k-gate.sh                                   # embedded model: start it, run --limit 20 of the
+#                                                      # generated task, gate
 #   BASE_URL=http://127.0.0.1:8000/v1 MODEL=deepseek-ai/DeepSeek-V3.2 \
 #   BASELINE=evals/baselines/dsv32-tp4-mi355x-bs64-reference.json LIMIT= ci/gsm8k-gate.sh
 #
@@ -28,22 +29,24 @@ if [[ -n "${BASE_URL:-}" ]]; then
   python -m evals gsm8k run --base-url "$BASE_URL" --model "$MODEL" --out "$ART/run" "${LIMIT_ARGS[@]}" \
     ${EXTRA_RUN_ARGS:-} || { echo "gsm8k run failed; see $ART/run/run.json"; exit 2; }
 else
-  # The embedded model behind its own HTTP server on a free port, as a vLLM server would be.
+  # The embedded model behind its own HTTP server on a free port, as a vLLM server would be, on its
+  # own generated task (GSM8K cannot see its indexer).
   LIMIT="${LIMIT-20}"; LIMIT_ARGS=(); [[ -n "$LIMIT" ]] && LIMIT_ARGS=(--limit "$LIMIT")
+  python -m evals gsm8k make-data "$ART/data" >/dev/null
   PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  # The untrained model's window (1000 tokens) is shorter than a 5-shot GSM8K prompt: without
-  # --truncate-prompts the server refuses them as vLLM would; with it, each cut is reported.
+  # The trained model's window (2000 tokens) holds the generated 5-shot prompts; --truncate-prompts
+  # matters only with SERVE_ARGS=--untrained (a 1000-token window): each cut is then reported.
   python -m evals serve --port "$PORT" --log "$ART/server_requests.jsonl" --truncate-prompts ${SERVE_ARGS:-} \
     >"$ART/server.log" 2>&1 &
   SERVER_PID=$!
   trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
   for _ in $(seq 100); do up "http://127.0.0.1:$PORT/health" && break; sleep 0.2; done
   python -m evals gsm8k run --base-url "http://127.0.0.1:$PORT/v1" --model tiny-indexer-lm --batch-size 8 \
-    --max-gen-toks 32 --out "$ART/run" "${LIMIT_ARGS[@]}" ${EXTRA_RUN_ARGS:-} \
+    --max-gen-toks 48 --data-dir "$ART/data" --out "$ART/run" "${LIMIT_ARGS[@]}" ${EXTRA_RUN_ARGS:-} \
     || { echo "gsm8k run failed; see $ART/run/run.json"; exit 2; }
   if [[ -z "${BASELINE:-}" ]]; then
-    # No stored baseline for the untrained embedded model: the reference backend in process is it.
-    python -m evals gsm8k run --out "$ART/reference" --truncate-prompts "${LIMIT_ARGS[@]}"
+    # The reference backend at the same limit is the baseline (evals/baselines holds the full-set one).
+    python -m evals gsm8k run --out "$ART/reference" --data-dir "$ART/data" --truncate-prompts "${LIMIT_ARGS[@]}"
     python -m evals gsm8k baseline "$ART/reference" -o "$ART/baseline.json" --name embedded-reference
     BASELINE="$ART/baseline.json"
   fi

@@ -1,13 +1,15 @@
-"""python -m evals gsm8k run|gate|compare|baseline|export-data, python -m evals longctx
-run|gate|compare|baseline, python -m evals serve."""
+"""python -m evals gsm8k run|gate|compare|baseline|export-data|make-data, python -m evals longctx
+run|gate|compare|baseline, python -m evals serve|train|sensitivity|record-accuracy."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-EMBEDDED_MAX_GEN_TOKS = 32  # untrained, the embedded model never stops early; keep CPU runs short
+EMBEDDED_MAX_GEN_TOKS = 48  # the trained model's answers and the "Question:" that stops them fit in 41
+UNTRAINED_MAX_GEN_TOKS = 32  # untrained, the embedded model never stops early; keep CPU runs short
 
 
 def _model_args(p):
@@ -16,11 +18,36 @@ def _model_args(p):
     g.add_argument("--buffer", default="exact",
                    help="logits buffer: exact | padded (guarded) or a parity.contract.strategies name (default exact)")
     g.add_argument("--path", default="fused", choices=("fused", "stage1", "preshuffle"))
-    g.add_argument("--model-seed", type=int, default=0)
-    g.add_argument("--max-model-len", type=int, default=1000)
+    g.add_argument("--weights", default=None, help="weights directory or manifest (default: the shipped trained "
+                   "model, evals/weights)")
+    g.add_argument("--untrained", action="store_true", help="seeded random weights, the small untrained config")
+    g.add_argument("--selection", default="indexer", choices=("indexer", "random", "dense"),
+                   help="controls: random (index_topk tokens at random) or dense (every token, no indexer)")
+    g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    g.add_argument("--model-seed", type=int, default=None, help="untrained: the weights' seed (default 0)")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="untrained: default 1000; trained: its window (2000), which this may only shrink")
     g.add_argument("--truncate-prompts", action="store_true",
                    help="left-truncate prompts that do not fit max_model_len (reported in each response and the "
                         "run's manifest) instead of refusing them with HTTP 400 as vLLM does")
+
+
+def cpu_threads(device) -> None:
+    """One intra-op thread on the CPU unless $EVALS_TORCH_THREADS says otherwise: the model's ops are
+    small, and on a shared CPU a second thread waits for a core far longer than the op takes."""
+    if str(device or "cpu").startswith("cpu"):
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("EVALS_TORCH_THREADS", "1")))
+
+
+def embedded(args):
+    """The embedded model the flags describe (trained, or --untrained)."""
+    from evals.weights import embedded_model
+
+    cpu_threads(args.device)
+    return embedded_model(args.weights, args.untrained, args.backend, args.buffer, args.path, args.selection,
+                          args.model_seed, args.max_model_len, args.device)
 
 
 def _positive_int(flag: str):
@@ -46,7 +73,8 @@ def add_run_args(r, default_out: str) -> None:
     r.add_argument("--max-retries", type=int, default=3)
     r.add_argument("--batch-size", type=int, default=None,
                    help="prompts per request (default 8 embedded, 1 server); the embedded server decodes them as one batch")
-    r.add_argument("--max-gen-toks", type=int, default=None, help=f"default 256 (server), {EMBEDDED_MAX_GEN_TOKS} (embedded)")
+    r.add_argument("--max-gen-toks", type=int, default=None, help=f"default 256 (server), {EMBEDDED_MAX_GEN_TOKS} "
+                   f"(embedded; {UNTRAINED_MAX_GEN_TOKS} untrained)")
     r.add_argument("--timeout", type=int, default=600)
     r.add_argument("--seed", type=int, default=0, help="lm-eval's random seed (few-shot order uses its own, 1234)")
     r.add_argument("--kernel-backend", default=None, help="label for the manifest (server runs)")
@@ -97,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = gsm.add_subparsers(dest="action", required=True)
 
     r = gsub.add_parser("run", help="run lm-eval's gsm8k task (embedded model unless --base-url)")
-    r.add_argument("--data-dir", default=None, help="GSM8K JSONL dir with train.jsonl and test.jsonl (default "
-                   "$GSM8K_DATA_DIR, else lm-eval's hub dataset openai/gsm8k: network or the local cache)")
+    r.add_argument("--data-dir", default=None, help="GSM8K-format JSONL dir with train.jsonl and test.jsonl. "
+                   "Default: the embedded model runs the generated task (evals.synth, --synth-seed), written to "
+                   "OUT/data; a server runs GSM8K from $GSM8K_DATA_DIR, else lm-eval's hub dataset openai/gsm8k")
+    r.add_argument("--synth-seed", type=int, default=0, help="seed of the generated task (embedded default data)")
     add_run_args(r, "runs/gsm8k")
     add_verdict_parsers(gsub, "gsm8k")
 
@@ -106,7 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("dir", help="output directory (then: --data-dir DIR or GSM8K_DATA_DIR=DIR)")
     x.add_argument("--revision", default=None, help="hub revision (commit) to export (default: the latest)")
 
+    m = gsub.add_parser("make-data", help="write the generated task (GSM8K format) into a directory")
+    m.add_argument("dir")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n-test", type=int, default=1319)
+    m.add_argument("--n-train", type=int, default=2000)
+    m.add_argument("--facts", default=None, help="MIN:MAX facts per question (default 4:9)")
+    m.add_argument("--target-chars", type=int, default=None,
+                   help="long format: facts added until each question has this many characters (0-shot runs)")
+
     longctx.add_parser(sub, add_run_args, add_verdict_parsers, _positive_int)
+    _train_parsers(sub)
 
     s = sub.add_parser("serve", help="serve the embedded model on an OpenAI-compatible /v1/completions")
     s.add_argument("--host", default="127.0.0.1")
@@ -118,6 +158,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_parsers(sub) -> None:
+    t = sub.add_parser("train", help="train the embedded model (DSv3.2 recipe: dense, indexer warm-up, sparse)")
+    t.add_argument("--out", required=True, help="directory for the safetensors file and its manifest")
+    t.add_argument("--seed", type=int, default=0, help="model init and training order")
+    t.add_argument("--data-seed", type=int, default=0, help="the training stream")
+    t.add_argument("--dense-steps", type=int, default=None)
+    t.add_argument("--indexer-steps", type=int, default=None)
+    t.add_argument("--sparse-steps", type=int, default=None)
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--context-weight", type=float, default=None, help="loss weight outside the answers")
+    t.add_argument("--seq-chars", type=int, default=None, help="training sequence length (default 1952)")
+    t.add_argument("--curriculum", type=float, default=None, help="share of the dense stage over which the "
+                   "facts per question grow from 1 (default 0.3; 0: none)")
+    t.add_argument("--init", default=None, help="continue from these weights (a directory with a manifest) "
+                   "instead of the seed's random ones; the manifest records them")
+    t.add_argument("--check-n", type=int, default=256, help="questions of the quick checks (reference, controls)")
+    t.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    t.add_argument("--eval-limit", type=int, default=None, help="questions of the final check (default all 1319)")
+    t.add_argument("--eval-batch-size", type=int, default=None, help="default 128 on a GPU, 8 on the CPU")
+    t.add_argument("--no-eval", action="store_true", help="skip the final lm-eval check (no accuracy in the manifest)")
+
+    v = sub.add_parser("sensitivity", help="every planted fault and real build as the model's indexer: accuracy, "
+                       "gate and parity verdicts (JSON + Markdown)")
+    v.add_argument("--out", required=True)
+    v.add_argument("--limit", type=int, default=None, help="first N questions (default all 1319)")
+    v.add_argument("--batch-size", type=int, default=None, help="decode batch (default 128 on a GPU, 8 on the CPU)")
+    v.add_argument("--max-gen-toks", type=int, default=EMBEDDED_MAX_GEN_TOKS)
+    v.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    v.add_argument("--weights", default=None)
+    v.add_argument("--data-dir", default=None, help="default: the generated task (--data-seed), written to OUT/data")
+    v.add_argument("--data-seed", type=int, default=0)
+    v.add_argument("--aiter-tree", default=None, help="an aiter source tree: adds its stage1 rows")
+    v.add_argument("--no-triton", action="store_true", help="leave out the project's Triton kernels")
+    v.add_argument("--no-builds", action="store_true", help="leave out aiter and DeepGEMM")
+    v.add_argument("--only", default=None, help="comma-separated row ids (the reference is always added)")
+    v.add_argument("--jobs", type=int, default=4, help="rows run at once, each in its own process (0: all in "
+                   "this process, one after the other)")
+    v.add_argument("--confidence", type=float, default=0.95)
+    v.add_argument("--parity-timeout", type=int, default=900)
+    v.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+    a = sub.add_parser("record-accuracy", help="write a run's accuracy into a weights manifest (the reference "
+                       "indexer on the generated task, where training could not run lm-eval)")
+    a.add_argument("run", help="a `gsm8k run` directory of those weights, reference indexer, generated task")
+    a.add_argument("--weights", default=None, help="weights directory (default: the shipped one)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from evals.data import DataUnavailable
@@ -126,6 +214,26 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "serve":
             return _serve(args)
+        if args.cmd == "train":
+            from evals import train_cli
+
+            _default_device(args)
+            cpu_threads(args.device)
+            return train_cli.main(args)
+        if args.cmd == "sensitivity":
+            from evals import sensitivity
+
+            _default_device(args)
+            cpu_threads(args.device)
+            if args.batch_size is None:
+                args.batch_size = 128 if args.device.startswith("cuda") else 8
+            return sensitivity.main(args)
+        if args.cmd == "record-accuracy":
+            from evals.weights import record_accuracy
+
+            return record_accuracy(args.run, args.weights)
+        if args.cmd == "gsm8k" and args.action == "make-data":
+            return _make_data(args)
         if args.cmd == "longctx" and args.action == "generate":
             from evals import longctx
 
@@ -133,7 +241,7 @@ def main(argv=None) -> int:
         if args.action == "run":
             embedded = args.base_url is None
             if args.max_gen_toks is None:
-                args.max_gen_toks = EMBEDDED_MAX_GEN_TOKS if embedded else 256
+                args.max_gen_toks = (UNTRAINED_MAX_GEN_TOKS if args.untrained else EMBEDDED_MAX_GEN_TOKS) if embedded else 256
             if args.batch_size is None:
                 args.batch_size = 8 if embedded else 1
             if not embedded and not args.model:
@@ -189,12 +297,35 @@ def _export(args) -> int:
     return 0
 
 
+def _default_device(args) -> None:
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _make_data(args) -> int:
+    from evals import synth
+
+    lo_hi = {}
+    if args.facts:
+        try:
+            lo, hi = (int(x) for x in args.facts.split(":"))
+        except ValueError:
+            raise ValueError(f"--facts must be MIN:MAX (two integers), got {args.facts!r}") from None
+        lo_hi = {"min_facts": lo, "max_facts": hi}
+    spec = synth.SynthSpec(seed=args.seed, n_test=args.n_test, n_train=args.n_train, target_chars=args.target_chars,
+                           **lo_hi)
+    rec = synth.write(Path(args.dir), spec)
+    print(f"{args.dir}: {rec['name']}, {spec.n_test} test / {spec.n_train} train questions; "
+          f"5-shot prompts up to {synth.max_prompt_chars(spec)} characters")
+    return 0
+
+
 def _serve(args) -> int:
-    from evals.model import Indexer, ModelConfig, TinyIndexerLM
     from evals.server import CompletionService, ServerThread
 
-    model = TinyIndexerLM(ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len),
-                          Indexer(args.backend, args.buffer, args.path))
+    model = embedded(args)
     service = CompletionService(model, log_path=args.log, truncate_prompts=args.truncate_prompts)
     server = ServerThread(service, args.host, args.port, **({"max_body_bytes": args.max_body_bytes}
                                                             if args.max_body_bytes else {}))

@@ -51,9 +51,24 @@ def replay(a: RunScores, b: RunScores, docs: list[int], out) -> dict[int, Trace]
     ma, mb = (r.manifest["server"]["info"] for r in (a, b))
     if ma["config"] != mb["config"]:
         raise Unusable("the two embedded runs used different model configs; compare needs the same model")
+    wa, wb = ((m.get("weights") or {}) for m in (ma, mb))
+    sha = [w.get("sha256") if isinstance(w, dict) else w for w in (wa, wb)]
+    if sha[0] != sha[1]:
+        raise Unusable(f"the two embedded runs used different weights ({sha[0]} vs {sha[1]})")
     cfg = ModelConfig(**ma["config"])
+    tensors = None
+    if isinstance(wa, dict):
+        from evals.weights import WeightsError, load
+
+        try:
+            _, tensors, manifest = load(wa.get("manifest"))
+        except WeightsError as exc:
+            raise Unusable(f"cannot replay: {exc}") from None
+        if manifest["sha256"] != wa.get("sha256"):
+            raise Unusable(f"cannot replay: {wa.get('manifest')} now holds other weights than the runs used")
     ia, ib = ma["indexer"], mb["indexer"]
-    model = TinyIndexerLM(cfg, Indexer(ia["backend"], ia["buffer"], ia["path"]))
+    model = TinyIndexerLM(cfg, Indexer(ia["backend"], ia["buffer"], ia["path"]), weights=tensors,
+                          selection=ma.get("selection", "indexer"))
     other = Indexer(ib["backend"], ib["buffer"], ib["path"])
     rtol, atol = TOLERANCES[cfg.fp8]
     by_hash = {prompt_hash(_prompt(rec)): d for d, rec in a.records.items()}

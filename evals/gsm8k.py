@@ -87,15 +87,22 @@ def completions_url(base_url: str, chat: bool) -> str:
 
 
 def data_source(data_dir: Path | None) -> dict:
-    """The manifest's record of the documents. For the hub dataset this loads it first (network, or
-    the local cache when the user's environment is offline), so a machine that has neither stops
-    here with what to do, raising :class:`DataUnavailable`, before a server starts."""
+    """The manifest's record of the documents, with a ``name`` that tells the generated task from
+    GSM8K. For the hub dataset this loads it first (network, or the local cache when the user's
+    environment is offline), so a machine that has neither stops here with what to do, raising
+    :class:`DataUnavailable`, before a server starts."""
+    from evals import synth
+
     if data_dir is not None:
-        return local_record(data_dir)
+        rec = local_record(data_dir)
+        generated = synth.read_record(data_dir)
+        if generated is not None:
+            return {**rec, **generated, "files": rec["files"]}
+        return {**rec, "name": f"GSM8K-format files in {data_dir}"}
     cfg = task_config(None)
     dataset, config = cfg["dataset_path"], cfg.get("dataset_name")
     ds, commit = load_hub(dataset, config)
-    return hub_record(ds, dataset, config, commit)
+    return {**hub_record(ds, dataset, config, commit), "name": f"GSM8K {dataset} ({config}) revision {commit}"}
 
 
 class BadInput(ValueError):
@@ -114,7 +121,14 @@ class TaskSpec:
 
 
 def gsm8k_spec(args) -> TaskSpec:
-    data_dir = resolve_data_dir(args.data_dir)
+    if args.base_url is None and args.data_dir is None:
+        # The embedded model's own task (GSM8K cannot see its indexer); a server runs GSM8K.
+        from evals import synth
+
+        data_dir = Path(args.out) / "data"
+        synth.write(data_dir, synth.SynthSpec(seed=getattr(args, "synth_seed", 0)))
+    else:
+        data_dir = resolve_data_dir(args.data_dir)
     return TaskSpec(TASK, task_config(data_dir), data_source(data_dir))
 
 
@@ -127,6 +141,9 @@ def run(args, spec: TaskSpec | None = None) -> int:
     written, with status "failed" and the error). Raises :class:`DataUnavailable` (nothing written)
     when there is no data to run on, :class:`BadInput` (run.json written) for a contradictory flag."""
     os.environ.setdefault("LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER", NULL_RESPONSE)
+    # The embedded model first: weights that fail their check or a backend that cannot run the
+    # model's shape are bad input (exit 2, nothing written), not a failed run.
+    model = embedded_model(args) if args.base_url is None else None
     spec = spec or gsm8k_spec(args)
     task = spec.name
     out = Path(args.out)
@@ -146,7 +163,7 @@ def run(args, spec: TaskSpec | None = None) -> int:
         manifest["lm_eval_version"] = getattr(lm_eval, "__version__", None) or _dist_version("lm_eval")
         embedded = args.base_url is None
         if embedded:
-            server = _start_embedded(args, out)
+            server = _start_embedded(model, args, out)
             url, served = server.base_url, server.service.name
             manifest["kernel"].update(backend=args.backend, buffer=args.buffer, path=args.path,
                                       build=args.kernel_build or server.service.model.indexer.describe()["backend_info"])
@@ -216,12 +233,26 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _start_embedded(args, out: Path):
-    from evals.model import Indexer, ModelConfig, TinyIndexerLM
+def embedded_model(args):
+    """The embedded model of the run's flags, probed with one decode call: a backend that declines
+    the model's shape is a ValueError naming it."""
+    from evals.__main__ import embedded
+    from evals.model import BackendUnsupported
+
+    model = embedded(args)
+    try:
+        model.generate(["Question: a probe\nAnswer:"], 2, [])
+    except BackendUnsupported as exc:
+        raise ValueError(f"--backend {args.backend} --path {args.path}: {exc}") from None
+    except Exception:  # noqa: BLE001 - a kernel that fails is the run's finding, reported by the run
+        pass
+    model.indexer.calls = model.indexer.oob_calls = 0
+    return model
+
+
+def _start_embedded(model, args, out: Path):
     from evals.server import CompletionService, ServerThread
 
-    cfg = ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len)
-    model = TinyIndexerLM(cfg, Indexer(args.backend, args.buffer, args.path))
     service = CompletionService(model, log_path=str(out / REQUESTS),
                                 truncate_prompts=getattr(args, "truncate_prompts", False))
     return ServerThread(service).__enter__()
@@ -253,8 +284,8 @@ def _print_summary(manifest: dict, out: Path) -> None:
         return
     m = manifest["metrics"]
     parts = [f"{k.split(',')[1]} {m[k]:.4f}" for k in sorted(m) if k.startswith("exact_match,")]
-    print(f"{manifest['task']} n={manifest['n']} ({manifest['num_fewshot']}-shot, v{manifest['task_version']}): "
-          + ", ".join(parts) + f"  [{manifest['wall_s']} s]")
+    print(f"{manifest['task']} n={manifest['n']} ({manifest['num_fewshot']}-shot, v{manifest['task_version']}) on "
+          f"{(manifest.get('data') or {}).get('name', '?')}: " + ", ".join(parts) + f"  [{manifest['wall_s']} s]")
     for line in prompt_tokens.coverage(manifest.get("prompt_tokens"))[1]:
         print(f"  {line}")
     print(f"artifacts: {out}")

@@ -177,9 +177,9 @@ def task_config(test_file: Path) -> dict:
 
 
 def _embedded_cfg(args):
-    from evals.model import ModelConfig
+    from evals.weights import embedded_config
 
-    return ModelConfig(seed=args.model_seed, max_model_len=args.max_model_len)
+    return embedded_config(args.weights, args.untrained, args.model_seed, args.max_model_len)
 
 
 def prepare(args) -> TaskSpec:

@@ -9,13 +9,13 @@ import pytest
 from evals.__main__ import main
 from evals.model import ModelConfig
 
-CFG = ModelConfig()  # the embedded default the flags are checked against
+CFG = ModelConfig()  # the untrained embedded model (--untrained) the flags are checked against
 TOPK, WINDOW = CFG.index_topk, CFG.max_model_len
 GOOD = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
 
 
 def run_cli(args, capsys):
-    rc = main(args)
+    rc = main([*args, "--untrained"] if args[1:2] == ["run"] else args)
     cap = capsys.readouterr()
     return rc, cap.out + cap.err
 

@@ -64,10 +64,14 @@ def test_fixture_is_gsm8k_shaped():
             assert d["answer"].endswith(f"\n#### {int(float(last))}")
 
 
-@pytest.mark.parametrize("action", [["run", "--limit", "1"], ["export-data"]])
+# A server run reads GSM8K (the embedded model's default is the generated task, no hub needed).
+SERVER_RUN = ["run", "--limit", "1", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+
+
+@pytest.mark.parametrize("action", [SERVER_RUN, ["export-data"]])
 def test_offline_without_data_dir_says_what_to_do(tmp_path, action):
     """The user's offline mode and an empty cache: exit 2 naming --data-dir, $GSM8K_DATA_DIR and the
-    export command, not lm-eval's traceback, and nothing written."""
+    export command, not lm-eval's traceback, and nothing written (before any server is reached)."""
     env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO))
     out = tmp_path / "out"

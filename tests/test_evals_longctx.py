@@ -79,7 +79,7 @@ def test_answer_extraction():
 def test_embedded_run_at_the_models_scale_then_gate(tmp_path, capsys):
     cfg = ModelConfig()
     run = tmp_path / "run"
-    assert main(["longctx", "run", "--out", str(run), "--n-per-length", "1", "--max-gen-toks", "4"]) == 0
+    assert main(["longctx", "run", "--out", str(run), "--n-per-length", "1", "--max-gen-toks", "4", "--untrained"]) == 0
     out = capsys.readouterr().out
     print(out)
     m = json.loads((run / "run.json").read_text())
@@ -108,7 +108,7 @@ def test_gsm8k_format_data_dir_runs(tmp_path, capsys):
     docs = [{"question": "notes " * 60 + f"which is {i}?", "answer": f"It is {i}.\n#### {i}"} for i in range(2)]
     (d / "test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs))
     run = tmp_path / "run"
-    assert main(["longctx", "run", "--out", str(run), "--data-dir", str(d), "--max-gen-toks", "2"]) == 0
+    assert main(["longctx", "run", "--out", str(run), "--data-dir", str(d), "--max-gen-toks", "2", "--untrained"]) == 0
     m = json.loads((run / "run.json").read_text())
     assert m["data"]["source"] == "local" and m["data"]["files"]["test"]["rows"] == 2
     assert m["n"] == 2 and m["by_context_tokens"] == {}
