@@ -61,6 +61,31 @@ def _to_dot(x, UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _program_tiles(n_tiles, tiles_per_seq):
+    """This program's even share ``[lo, hi)`` of the batch's key tiles (sequence after sequence, each
+    ``tiles_per_seq`` tiles), and how many sequences that share touches."""
+    pid = tl.program_id(0).to(tl.int64)
+    progs = tl.num_programs(0)
+    lo = pid * n_tiles // progs
+    hi = (pid + 1) * n_tiles // progs
+    n_segments = tl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
+    return lo, hi, n_segments
+
+
+@triton.jit
+def _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T: tl.constexpr):
+    """Segment ``seg`` of a program's share: its sequence ``b``, that sequence's length, where its keys
+    end (``min(ctx, max_model_len)``) and the token range ``[t_lo, t_hi)`` this program computes."""
+    b = lo // tiles_per_seq + seg
+    first = b * tiles_per_seq
+    ctx = tl.load(ctx_ptr + b)
+    end = tl.minimum(ctx, max_model_len)
+    t_lo = ((tl.maximum(lo, first) - first) * BLOCK_T).to(tl.int32)
+    t_hi = tl.minimum((tl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(tl.int32)
+    return b, ctx, end, t_lo, t_hi
+
+
+@triton.jit
 def _tile_blocks(table_row_ptr, t0, table_cols, BS: tl.constexpr, BLOCK_T: tl.constexpr):
     """Cache blocks of the tile starting at token ``t0``: a scalar when one block holds the whole tile.
     Bounded by the table's width, not the context, so that this read need not wait for context_lens."""
@@ -191,21 +216,12 @@ def paged_mqa_logits_kernel(
 ):
     if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
         tl.extra.cuda.gdc_wait()  # before it has finished
-    pid = tl.program_id(0).to(tl.int64)
-    progs = tl.num_programs(0)
-    lo = pid * n_tiles // progs
-    hi = (pid + 1) * n_tiles // progs
-    n_segments = tl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
+    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
     RD: tl.constexpr = NP // GROUPS  # speculative rows per dot
     d = tl.arange(0, D)
     c = tl.arange(0, RD * BLOCK_H)
     for seg in range(0, n_segments):
-        b = lo // tiles_per_seq + seg
-        first = b * tiles_per_seq
-        ctx = tl.load(ctx_ptr + b)
-        end = tl.minimum(ctx, max_model_len)
-        t_lo = ((tl.maximum(lo, first) - first) * BLOCK_T).to(tl.int32)
-        t_hi = tl.minimum((tl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(tl.int32)
+        b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
         table_row = table_ptr + b * stride_tb
         # the first block id before q: q's copy to shared memory waits for q, and the first key tile would
         # otherwise wait for q and then for this read (see the module docstring for why it is carried)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from parity.kernels.paged_mqa_logits import _rows_out, _tile_blocks
+from parity.kernels.paged_mqa_logits import _program_tiles, _rows_out, _segment, _tile_blocks
 
 UPCAST_BF16, UPCAST_FP32 = 1, 2
 
@@ -107,23 +107,14 @@ def paged_mqa_logits_fp4_kernel(
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, UPCAST: tl.constexpr, NP: tl.constexpr,
     NUM_STAGES: tl.constexpr, GROUPS: tl.constexpr, PER_ROW: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    progs = tl.num_programs(0)
-    lo = pid * n_tiles // progs
-    hi = (pid + 1) * n_tiles // progs
-    n_segments = tl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
+    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
     RD: tl.constexpr = NP // GROUPS  # speculative rows per dot
     HALF: tl.constexpr = D // 2
     j = tl.arange(0, HALF)
     c = tl.arange(0, RD * BLOCK_H)
     ones = tl.full((BLOCK_T,), 1.0, tl.float32)  # no per-token scale: the group scales are in the operands
     for seg in range(0, n_segments):
-        b = lo // tiles_per_seq + seg
-        first = b * tiles_per_seq
-        ctx = tl.load(ctx_ptr + b)
-        end = tl.minimum(ctx, max_model_len)
-        t_lo = ((tl.maximum(lo, first) - first) * BLOCK_T).to(tl.int32)
-        t_hi = tl.minimum((tl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(tl.int32)
+        b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
         table_row = table_ptr + b * stride_tb
         blk_next = _tile_blocks(table_row, t_lo, table_cols, BS, BLOCK_T)
         row0 = b * NEXT_N
