@@ -44,22 +44,36 @@ def pack_kv_cache(k_fp8: torch.Tensor, scales: torch.Tensor, block_size: int) ->
         raise ValueError(f"k_fp8 rows ({tokens}) must be a multiple of block_size ({block_size})")
     if scales.shape != (tokens,) or scales.dtype != torch.float32:
         raise ValueError(f"scales must be float32 of shape ({tokens},), got {scales.dtype} {tuple(scales.shape)}")
-    num_blocks = tokens // block_size
-    keys = k_fp8.contiguous().view(torch.uint8).reshape(num_blocks, block_size * head_dim)
-    sc = scales.contiguous().view(torch.uint8).reshape(num_blocks, block_size * SCALE_BYTES)
-    flat = torch.cat([keys, sc], dim=1)
-    return flat.view(num_blocks, block_size, 1, head_dim + SCALE_BYTES)
+    return pack_planar(k_fp8.view(torch.uint8), scales.view(torch.uint8).reshape(tokens, SCALE_BYTES), block_size)
 
 
 def split_kv_cache(kv_cache: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`pack_kv_cache`: ``(num_blocks, block_size, D)`` fp8 keys and ``(num_blocks, block_size)`` scales."""
     check_kv_cache(kv_cache)
+    keys, scale_bytes = split_planar(kv_cache)
+    return keys.view(fp8), scale_bytes.view(torch.float32).squeeze(-1)
+
+
+def pack_planar(values: torch.Tensor, scale_bytes: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The block-planar cache both key formats use (fp8 and MXFP4): per block, every token's value bytes
+    ``(tokens, W)`` uint8, then every token's 4 scale bytes ``(tokens, 4)`` uint8; viewed as
+    ``(num_blocks, block_size, 1, W + 4)``. Callers check their own shapes and dtypes."""
+    tokens, width = values.shape
+    num_blocks = tokens // block_size
+    keys = values.contiguous().reshape(num_blocks, block_size * width)
+    sc = scale_bytes.contiguous().reshape(num_blocks, block_size * SCALE_BYTES)
+    return torch.cat([keys, sc], dim=1).view(num_blocks, block_size, 1, width + SCALE_BYTES)
+
+
+def split_planar(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_planar`: ``(num_blocks, block_size, W)`` value bytes and
+    ``(num_blocks, block_size, 4)`` scale bytes, both contiguous uint8."""
     num_blocks, block_size, _, width = kv_cache.shape
-    head_dim = width - SCALE_BYTES
+    w = width - SCALE_BYTES
     flat = kv_cache.reshape(num_blocks, block_size * width)
-    keys = flat[:, : block_size * head_dim].contiguous().view(fp8).view(num_blocks, block_size, head_dim)
-    scales = flat[:, block_size * head_dim :].contiguous().view(torch.float32).view(num_blocks, block_size)
-    return keys, scales
+    values = flat[:, : block_size * w].contiguous().view(num_blocks, block_size, w)
+    scale_bytes = flat[:, block_size * w :].contiguous().view(num_blocks, block_size, SCALE_BYTES)
+    return values, scale_bytes
 
 
 def check_kv_cache(kv_cache: torch.Tensor) -> None:

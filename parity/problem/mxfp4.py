@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from parity.problem import layouts
+
 GROUP = 32  # elements per UE8M0 scale
 SCALES_PER_WORD = 4  # UE8M0 bytes per int32 scale word
 SCALE_WORD_BYTES = 4
@@ -184,10 +186,8 @@ def pack_kv_cache(packed: torch.Tensor, words: torch.Tensor, block_size: int) ->
         raise ValueError(f"packed rows ({tokens}) must be a multiple of block_size ({block_size})")
     if words.shape != (tokens,) or words.dtype != torch.int32:
         raise ValueError(f"words must be int32 of shape ({tokens},), got {words.dtype} {tuple(words.shape)}")
-    nb = tokens // block_size
-    values = packed.contiguous().view(torch.uint8).reshape(nb, block_size * half)
-    sc = words.contiguous().view(torch.uint8).reshape(nb, block_size * SCALE_WORD_BYTES)
-    return torch.cat([values, sc], dim=1).view(nb, block_size, 1, half + SCALE_WORD_BYTES)
+    return layouts.pack_planar(packed.view(torch.uint8), words.view(torch.uint8).reshape(tokens, SCALE_WORD_BYTES),
+                               block_size)
 
 
 def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,12 +196,8 @@ def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if kv_cache.dtype != torch.uint8 or kv_cache.dim() != 4 or kv_cache.shape[2] != 1:
         raise ValueError("MXFP4 kv_cache must be uint8 of shape (num_blocks, block_size, 1, head_dim/2 + 4), "
                          f"got {kv_cache.dtype} {tuple(kv_cache.shape)}")
-    nb, bs, _, width = kv_cache.shape
-    half = width - SCALE_WORD_BYTES
-    flat = kv_cache.reshape(nb, bs * width)
-    values = flat[:, : bs * half].reshape(nb, bs, half)
-    words = flat[:, bs * half:].contiguous().view(torch.int32).reshape(nb, bs)
-    return values, words
+    values, scale_bytes = layouts.split_planar(kv_cache)
+    return values, scale_bytes.view(torch.int32).squeeze(-1)
 
 
 def head_dim_of(kv_cache: torch.Tensor) -> int:
