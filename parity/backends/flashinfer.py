@@ -18,8 +18,9 @@ output is float32, float16 or bfloat16. The first release named the arguments ``
 max_context_len); the adapter passes every argument by the name the installed function declares.
 
 FlashInfer allocates its own output and leaves the columns past each row's limit unspecified (rows of a
-sequence of length 0 are never written): the adapter copies the logits into the harness's view and writes
--inf past each row's length itself, so the out-of-bounds and mask checks judge the adapter there.
+sequence of length 0 are never written): the adapter copies the logits into the harness's view as they are,
+so the consumer rule judges what the kernel leaves there (don't-care for a length-bounded reader, a mask
+finding for an unbounded one), as for DeepGEMM; the out-of-bounds check judges the adapter's copy.
 """
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ NAMES = {
 }
 LIMITS = {"arch_major": 10, "heads": (64,), "head_dim": (128,), "block_size": (32, 64, 128), "next_n": (1, 2, 3, 4)}
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16)  # what the suite's buffers hold (float16 too for FlashInfer)
-ADAPTER_MASKS = ("positions past each row's length are written -inf by the adapter (FlashInfer leaves them "
-                 "unspecified): the mask checks judge the adapter there")
 UNGUARDED = ("FlashInfer allocates its own output, so its stores are not guarded: the out-of-bounds check "
              "judges the adapter's copy into the harness's buffer")
 
@@ -76,7 +75,6 @@ def argument_names(fn) -> dict[str, str]:
 class Prepared:
     kwargs: dict
     inputs: IndexerInputs
-    beyond: torch.Tensor  # (rows, max_model_len): positions the adapter sets to -inf
 
 
 class FlashInferFp4Backend:
@@ -132,8 +130,7 @@ class FlashInferFp4Backend:
                   "weights": inputs.weights.contiguous(), n["block_tables"]: inputs.block_tables,
                   n["seq_lens"]: inputs.context_lens.to(torch.int32), n["max_seq_len"]: int(inputs.max_model_len),
                   "output_dtype": inputs.logits_dtype}
-        pos = torch.arange(inputs.max_model_len, device=inputs.device)
-        return Prepared(kwargs, inputs, pos[None, :] >= inputs.row_lens.to(inputs.device).view(-1, 1))
+        return Prepared(kwargs, inputs)
 
     def run_prepared(self, p: Prepared) -> torch.Tensor:
         """FlashInfer's kernel only; returns its own logits (a view of its padded storage)."""
@@ -144,14 +141,13 @@ class FlashInferFp4Backend:
         if tuple(logits.shape) != want:
             raise ValueError(f"fp4_paged_mqa_logits returned shape {tuple(logits.shape)}; expected {want}")
         out.copy_(logits)
-        out.masked_fill_(p.beyond, float("-inf"))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         p = self.prepare(path, inputs)
         self.finish(p, self.run_prepared(p), out)
 
     def describe(self) -> dict:
-        info = {"name": self.name, "guarded_stores": False, "caveats": [UNGUARDED, ADAPTER_MASKS]}
+        info = {"name": self.name, "guarded_stores": False, "caveats": [UNGUARDED]}
         if self.module is not None:
             info.update(origin=getattr(self.module, "__file__", None),
                         version=getattr(self.module, "__version__", None), arguments=self.names)
