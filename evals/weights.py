@@ -152,27 +152,14 @@ def embedded_model(weights: str | Path | None = None, untrained: bool = False, b
                    model_seed: int | None = None, max_model_len: int | None = None, device: str = "cpu",
                    backend_options: dict | None = None):
     """The embedded model as the CLI builds it: the shipped (or ``weights``) trained model, or
-    the seeded random one. ``max_model_len`` may shrink a trained model's window, never grow it
-    (positions past the trained window were never seen)."""
-    from dataclasses import replace
-
+    the seeded random one, on :func:`embedded_config`."""
     from evals.model import Indexer, TinyIndexerLM
 
+    cfg = embedded_config(weights, untrained, model_seed, max_model_len)
     if untrained:
-        if weights is not None:
-            raise WeightsError("--weights and --untrained exclude each other")
-        cfg = ModelConfig(seed=0 if model_seed is None else model_seed,
-                          max_model_len=1000 if max_model_len is None else max_model_len)
         tensors, info = None, {"weights": "untrained (seeded random)"}
     else:
-        cfg, tensors, manifest = load(weights)
-        if max_model_len is not None:
-            if max_model_len > cfg.max_model_len:
-                raise WeightsError(f"--max-model-len {max_model_len}: the trained model's window is "
-                                   f"{cfg.max_model_len} tokens (it may be made smaller, not larger)")
-            cfg = replace(cfg, max_model_len=max_model_len)
-        if model_seed is not None:
-            cfg = replace(cfg, seed=model_seed)
+        _, tensors, manifest = load(weights)  # checks the file's hash
         info = describe(manifest)
     try:
         indexer = Indexer(backend, buffer, path, options=backend_options)
@@ -224,11 +211,14 @@ def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> i
 
 def embedded_config(weights: str | Path | None = None, untrained: bool = False, model_seed: int | None = None,
                     max_model_len: int | None = None) -> ModelConfig:
-    """The config ``embedded_model`` would build, from the manifest alone (the file's hash is
-    checked when the model is built)."""
+    """The config of the embedded model, from the manifest alone (``embedded_model`` builds the model
+    on it and checks the file's hash). ``max_model_len`` may shrink a trained model's window, never
+    grow it (positions past the trained window were never seen)."""
     from dataclasses import replace
 
     if untrained:
+        if weights is not None:
+            raise WeightsError("--weights and --untrained exclude each other")
         return ModelConfig(seed=0 if model_seed is None else model_seed,
                            max_model_len=1000 if max_model_len is None else max_model_len)
     manifest = read_manifest(weights)
@@ -238,4 +228,6 @@ def embedded_config(weights: str | Path | None = None, untrained: bool = False, 
             raise WeightsError(f"--max-model-len {max_model_len}: the trained model's window is "
                                f"{cfg.max_model_len} tokens (it may be made smaller, not larger)")
         cfg = replace(cfg, max_model_len=max_model_len)
+    if model_seed is not None:
+        cfg = replace(cfg, seed=model_seed)
     return cfg
