@@ -66,9 +66,7 @@ class Shape:
 
     def bytes_moved(self, path: str) -> int:
         """Fewest bytes a kernel of ``path`` must move: keys and scales once, every written logit once."""
-        tokens = self.batch * self.context
-        logits = self.batch * self.next_n * self.context * 4 * (self.heads if path == "stage1" else 1)
-        return tokens * self.token_bytes + logits
+        return self.batch * self.context * self.token_bytes + self.out_bytes(path)
 
     def flops(self, path: str) -> int:
         """fp8 multiply-adds (x2) a kernel of any path must do: every query row of every head against every
@@ -93,8 +91,7 @@ def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Genera
         hi = min(num_blocks, lo + chunk)
         k = torch.randn((hi - lo) * bs, D, device=device, generator=gen)
         k_fp8, scales = layouts.quantize_per_token(k, fp8)
-        cache[lo:hi, : bs * D] = k_fp8.view(torch.uint8).view(hi - lo, bs * D)
-        cache[lo:hi, bs * D:] = scales.view(torch.uint8).view(hi - lo, bs * 4)
+        cache[lo:hi] = layouts.pack_kv_cache(k_fp8, scales, bs).view(hi - lo, -1)
     perm = torch.randperm(num_blocks, device=device, generator=gen).to(torch.int32)
     q = (torch.randn(B, n, H, D, device=device, generator=gen) * 2).to(fp8)
     kv = cache.view(num_blocks, bs, 1, D + layouts.SCALE_BYTES)
