@@ -129,7 +129,7 @@ def index_qk(cfg: ModelConfig, L: dict, h: torch.Tensor, pos: torch.Tensor):
 def causal_topk(logits: torch.Tensor, k: int, pos: torch.Tensor | None = None) -> torch.Tensor:
     """Prefill's selection, ``(R, k)`` ascending: the row at position ``pos[r]`` (default r) keeps
     the k largest logits among columns 0..pos[r], ties at the k-th value broken by smallest index
-    first, or all of them (then -1) when it has at most k: the sets ``parity.topk``'s reference
+    first, or all of them (then -1) when it has at most k: the sets ``parity.judge.topk``'s reference
     consumer selects in decode, without its per-row sort."""
     R, S = logits.shape
     dev = logits.device

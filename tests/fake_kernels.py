@@ -20,7 +20,7 @@ def paged_logits(q, kv_cache, weights, block_table, row_lens, max_len, masked=Tr
     return out.masked_fill(t[None, :] >= row_lens.view(-1, 1).long(), float("-inf")) if masked else out
 
 
-# E2M1 code -> value, written out from SPEC section 10 (not parity.mxfp4's table, so that a fake and the
+# E2M1 code -> value, written out from SPEC section 10 (not parity.problem.mxfp4's table, so that a fake and the
 # format module agree only when both follow the published facts).
 _E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 

@@ -1,4 +1,4 @@
-"""The rule for what lies past a row's valid length is the consumer's (parity.consumers): a correct
+"""The rule for what lies past a row's valid length is the consumer's (parity.judge.consumers): a correct
 kernel that leaves finite values there, in every row and in rows with no valid position, passes for a
 length-bounded reader and fails for an unbounded one with a mask finding; the report names the rule."""
 import json

@@ -80,7 +80,7 @@ def test_make_data_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("T, k", [(10, 16), (60, 16), (300, 32)])
 def test_prefill_selection_is_the_reference_consumers(T, k):
-    """Prefill's vectorized top-k selects the sets of parity.topk's consumer, ties included."""
+    """Prefill's vectorized top-k selects the sets of parity.judge.topk's consumer, ties included."""
     torch.manual_seed(T)
     x = torch.randn(T, T)
     x[x < 0.3] = 0.0  # many exact ties, as relu gives

@@ -1,4 +1,4 @@
-"""The MXFP4 format (parity.mxfp4) against bytes worked out by hand from the published facts (SPEC
+"""The MXFP4 format (parity.problem.mxfp4) against bytes worked out by hand from the published facts (SPEC
 section 10): the E2M1 table, the nibble order, UE8M0's bias, the scale word's byte order and the
 block-planar cache."""
 import pytest

@@ -24,7 +24,7 @@ MY_BACKEND = textwrap.dedent('''
 
 def _quick(python, cwd) -> int:
     """Cells of one path and buffer at the quick level, as the parity that ``python`` imports in ``cwd`` has them."""
-    proc = subprocess.run([python, "-c", "from parity.grids import quick_cases; print(len(quick_cases()))"], cwd=cwd,
+    proc = subprocess.run([python, "-c", "from parity.problem.grids import quick_cases; print(len(quick_cases()))"], cwd=cwd,
                           env=clean_env(), capture_output=True, text=True, timeout=120)
     return int(proc.stdout.strip())
 

@@ -17,7 +17,7 @@ region. A backend must honour its strides and must not write outside it.
 A backend takes the number formats it lists in ``key_formats``: ``fp8`` (q and keys e4m3, one float32
 scale per token), and ``mxfp4`` where it reads E2M1 values with UE8M0 group scales
 (``inputs.key_format == "mxfp4"``: ``inputs.q_fp8`` holds packed E2M1 bytes, ``inputs.q_sf`` their
-scale words, ``kv_cache`` the MXFP4 cache of :mod:`parity.mxfp4`). A backend that lists none is
+scale words, ``kv_cache`` the MXFP4 cache of :mod:`parity.problem.mxfp4`). A backend that lists none is
 handed fp8 inputs only.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ differ in the rest (GENERATIONS below); the adapter follows each:
   (vLLM's top-k) reads only each row's length. ``clean_logits=None`` (``deepgemm``) asks DeepGEMM to
   clean where the release can; ``True`` (``deepgemm:clean``) insists; ``False`` (``deepgemm:noclean``)
   never asks. The adapter never writes the -inf on the kernel's behalf: what DeepGEMM leaves past the
-  lengths is what the checks see, judged by the consumer rule (parity.consumers): don't-care for a
+  lengths is what the checks see, judged by the consumer rule (parity.judge.consumers): don't-care for a
   length-bounded reader, a mask finding for an unbounded one.
 * ``fp8_fp4_paged_mqa_logits`` (2026-04 on) takes ``q`` as ``(values, scales or None)`` and a
   ``logits_dtype``; ``fp8_paged_mqa_logits`` stays as its fp32 wrapper.

@@ -1,4 +1,4 @@
-"""Triton kernel of paged MQA logits on the MXFP4 key cache (SPEC section 10, :mod:`parity.mxfp4`).
+"""Triton kernel of paged MQA logits on the MXFP4 key cache (SPEC section 10, :mod:`parity.problem.mxfp4`).
 
 The schedule, the row groups and the epilogue are those of the fp8 kernel (``paged_mqa_logits``); only
 the operands differ. A GPU without FP4 matrix units (the H200) gets the values dequantized in registers:

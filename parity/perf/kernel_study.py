@@ -126,7 +126,7 @@ def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, 
 
 def check_variants(backends: dict, device, shape: bench.Shape = bench.Shape(8, 2, 4000)) -> dict:
     """Each variant's fused and preshuffle logits against the torch path, through the suite's mask and value
-    checks (``parity.tune.check``'s test): a variant's timing counts only where its logits are right."""
+    checks (``parity.perf.tune.check``'s test): a variant's timing counts only where its logits are right."""
     from parity.judge import checks
 
     inp = bench.make_inputs(shape, device, gen=torch.Generator(device=device).manual_seed(1))

@@ -1,6 +1,6 @@
 """Indexer cases and the real inputs built from them: fp8 q, a block-paged fp8 key cache with
 per-token scales (or, for ``key_format="mxfp4"``, E2M1 q and keys with UE8M0 group scales: SPEC
-section 10, :mod:`parity.mxfp4`), weights, context_lens and shuffled block tables (SPEC section 1)."""
+section 10, :mod:`parity.problem.mxfp4`), weights, context_lens and shuffled block tables (SPEC section 1)."""
 from __future__ import annotations
 
 import math
@@ -153,7 +153,7 @@ class IndexerInputs:
 
     With ``key_format="mxfp4"``, ``q_fp8`` holds q's packed E2M1 bytes (uint8 ``(B, next_n, H, D/2)``),
     ``q_sf`` its int32 scale words ``(B, next_n, H)``, and ``kv_cache`` is the MXFP4 cache ``(num_blocks,
-    block_size, 1, D/2 + 4)`` (:mod:`parity.mxfp4`); there is no preshuffled form."""
+    block_size, 1, D/2 + 4)`` (:mod:`parity.problem.mxfp4`); there is no preshuffled form."""
 
     q_fp8: torch.Tensor  # (B, next_n, H, D) fp8, or (B, next_n, H, D/2) uint8 E2M1 pairs (mxfp4)
     kv_cache: torch.Tensor  # (num_blocks, block_size, 1, D + 4) uint8 (mxfp4: D/2 + 4)

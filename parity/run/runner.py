@@ -52,7 +52,7 @@ class RunPlan:
     max_crashes: int = 8  # cells that may crash the process, each followed by a fresh one resuming
     select: list[str] | None = None  # cell keys (shards.cell_key) to run; None: every cell
     share: int = 1  # processes running at once on this host's cores (one per GPU)
-    consumer: str = DEFAULT_CONSUMER  # the rule for what lies past each row's valid length (parity.consumers)
+    consumer: str = DEFAULT_CONSUMER  # the rule for what lies past each row's valid length (parity.judge.consumers)
 
     def cells(self) -> list[tuple[str, str, IndexerCase]]:
         """Case by case, so that a case's reference and inputs serve all of its cells."""
