@@ -11,26 +11,42 @@ import torch
 
 from parity.problem import layouts
 from parity.backends.base import SimpleBackend
-from parity.backends.torch_ref import head_logits
+from parity.backends.torch_ref import batch_head_logits, seq_groups, store_rows
 from parity.problem.cases import IndexerInputs
 
 CHUNK = 256  # columns one program stores at once in the buggy kernel
 
 
 class _Fault(SimpleBackend):
+    """The torch paths with one bug. A fault changes what the kernel reads (:meth:`transform`, once per
+    call), what it computes from it (:meth:`batch_logits`, a group of sequences at a time) or how it
+    stores (:meth:`run`). A fault that must change one sequence's reading alone overrides
+    :meth:`logits` instead, and is then run a sequence at a time."""
+
     def __init__(self, name: str, paths=("stage1", "fused", "preshuffle")):
         super().__init__(name=f"fault:{name}", paths=tuple(paths), logits_dtypes=(torch.float32, torch.bfloat16),
                          per_row_lengths=True)
 
+    def transform(self, path: str, inputs: IndexerInputs) -> IndexerInputs:
+        return inputs
+
+    def batch_logits(self, path: str, inputs: IndexerInputs, seqs: slice) -> torch.Tensor:
+        """``(G, H, next_n, T)`` for stage1, ``(G, next_n, T)`` otherwise."""
+        h = batch_head_logits(inputs, seqs, preshuffled=(path == "preshuffle"))
+        return h if path == "stage1" else h.sum(1)
+
     def logits(self, path: str, inputs: IndexerInputs, b: int) -> torch.Tensor:
-        h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
-        return h if path == "stage1" else h.sum(0)
+        return self.batch_logits(path, self.transform(path, inputs), slice(b, b + 1))[0]
 
     def run(self, path, inputs, out):
         n = inputs.next_n
-        for b in range(inputs.batch):
-            sl = (slice(None), slice(b * n, (b + 1) * n)) if path == "stage1" else (slice(b * n, (b + 1) * n),)
-            out[sl].copy_(self.logits(path, inputs, b))
+        if type(self).logits is not _Fault.logits:  # a per-sequence reading
+            for b in range(inputs.batch):
+                store_rows(out, path, slice(b, b + 1), n, self.logits(path, inputs, b)[None])
+            return
+        inputs = self.transform(path, inputs)
+        for seqs in seq_groups(inputs):
+            store_rows(out, path, seqs, n, self.batch_logits(path, inputs, seqs))
 
 
 class UnmaskedChunkStore(_Fault):
@@ -59,11 +75,8 @@ class CausalOffByOne(_Fault):
     def __init__(self):
         super().__init__("causal_off_by_one")
 
-    def logits(self, path, inputs, b):
-        n = inputs.next_n
-        shifted = inputs.context_lens.clone()
-        shifted[b] = min(int(shifted[b]) + 1, inputs.max_model_len)
-        return super().logits(path, replace(inputs, context_lens=shifted), b)
+    def transform(self, path, inputs):
+        return replace(inputs, context_lens=(inputs.context_lens + 1).clamp_max(inputs.max_model_len))
 
 
 class CausalShortByOne(_Fault):
@@ -74,10 +87,8 @@ class CausalShortByOne(_Fault):
     def __init__(self):
         super().__init__("causal_short_by_one")
 
-    def logits(self, path, inputs, b):
-        shorter = inputs.context_lens.clone()
-        shorter[b] = max(int(shorter[b]) - 1, 0)
-        return super().logits(path, replace(inputs, context_lens=shorter), b)
+    def transform(self, path, inputs):
+        return replace(inputs, context_lens=(inputs.context_lens - 1).clamp_min(0))
 
 
 class IgnoresStride0(_Fault):
@@ -103,14 +114,14 @@ class ScalesInterleaved(_Fault):
     def __init__(self):
         super().__init__("scales_interleaved")
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         nb, bs, _, width = inputs.kv_cache.shape
         D = width - layouts.SCALE_BYTES
         per_token = inputs.kv_cache.reshape(nb, bs, width)  # the wrong reading of the packed block
         keys = per_token[..., :D].contiguous()
         scales = per_token[..., D:].contiguous().view(torch.float32).reshape(nb, bs)
         bad = layouts.pack_kv_cache(keys.reshape(-1, D).view(inputs.q_fp8.dtype), scales.reshape(-1), bs)
-        return super().logits(path, replace(inputs, kv_cache=bad), b)
+        return replace(inputs, kv_cache=bad)
 
 
 class WrongPreshuffleOffsets(_Fault):
@@ -119,18 +130,18 @@ class WrongPreshuffleOffsets(_Fault):
     def __init__(self):
         super().__init__("wrong_preshuffle_offsets", paths=("preshuffle",))
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         nb, bs, _, width = inputs.kv_cache_preshuffled.shape
         D = width - layouts.SCALE_BYTES
         flat = inputs.kv_cache_preshuffled.reshape(nb, bs * width)
-        t = torch.arange(bs).view(-1, 1)
-        d = torch.arange(D).view(1, -1)
+        t = torch.arange(bs, device=flat.device).view(-1, 1)
+        d = torch.arange(D, device=flat.device).view(1, -1)
         wrong = (t // 16) * 16 * D + (d // 16) * 256 + (d % 16) * 16 + (t % 16)
         plain = flat.clone()
         plain[:, : bs * D] = flat[:, wrong.reshape(-1)]
         # Hand the mis-read bytes to the correct preshuffle reader.
         mis = layouts.preshuffle_kv_cache(plain.view_as(inputs.kv_cache_preshuffled))
-        return super().logits(path, replace(inputs, kv_cache_preshuffled=mis), b)
+        return replace(inputs, kv_cache_preshuffled=mis)
 
 
 class DropsOneHead(_Fault):
@@ -140,12 +151,12 @@ class DropsOneHead(_Fault):
     def __init__(self):
         super().__init__("drops_one_head")
 
-    def logits(self, path, inputs, b):
-        h = head_logits(inputs, b, preshuffled=(path == "preshuffle"))
+    def batch_logits(self, path, inputs, seqs):
+        h = batch_head_logits(inputs, seqs, preshuffled=(path == "preshuffle"))
         if path == "stage1":
-            h[-1] = torch.where(torch.isfinite(h[-1]), torch.zeros_like(h[-1]), h[-1])
+            h[:, -1] = torch.where(torch.isfinite(h[:, -1]), torch.zeros_like(h[:, -1]), h[:, -1])
             return h
-        return h[:-1].sum(0)
+        return h[:, :-1].sum(1)
 
 
 class Fp8FlavourMisread(_Fault):
@@ -158,14 +169,14 @@ class Fp8FlavourMisread(_Fault):
         super().__init__("fp8_flavour_misread")
         self.fp8_flavours = ("e4m3fnuz",)
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         key = "kv_cache_preshuffled" if path == "preshuffle" else "kv_cache"
         cache = getattr(inputs, key)
         nb, bs, _, width = cache.shape
         flat = cache.reshape(nb, bs * width).clone()
         scales = flat[:, bs * (width - layouts.SCALE_BYTES):].contiguous().view(torch.float32) * 2
         flat[:, bs * (width - layouts.SCALE_BYTES):] = scales.view(torch.uint8)
-        return super().logits(path, replace(inputs, **{key: flat.view_as(cache)}), b)
+        return replace(inputs, **{key: flat.view_as(cache)})
 
 
 class RacyWrite(_Fault):

@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from parity.backends.faults import CHUNK, _Fault
-from parity.backends.torch_ref import head_logits
+from parity.backends.torch_ref import head_logits, seq_groups
 
 
 class WritesDummyRows(_Fault):
@@ -61,14 +61,14 @@ class OffsetWraps(_Fault):
         super().__init__("offset_wraps")
         self.bits = bits
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         key = "kv_cache_preshuffled" if path == "preshuffle" else "kv_cache"
         cache = getattr(inputs, key)
         nb, bs, _, width = cache.shape
         block = bs * width
-        flat = cache.reshape(-1)
-        wrapped = torch.stack([flat[(p * block) % (1 << self.bits):][:block] for p in range(nb)])
-        return super().logits(path, replace(inputs, **{key: wrapped.view_as(cache)}), b)
+        start = (torch.arange(nb, device=cache.device) * block) % (1 << self.bits)
+        wrapped = cache.reshape(-1)[start[:, None] + torch.arange(block, device=cache.device)]
+        return replace(inputs, **{key: wrapped.view_as(cache)})
 
 
 class BatchStrideOver64(_Fault):
@@ -78,12 +78,10 @@ class BatchStrideOver64(_Fault):
     def __init__(self):
         super().__init__("batch_stride_over_64")
 
-    def logits(self, path, inputs, b):
-        if b < 64:
-            return super().logits(path, inputs, b)
+    def transform(self, path, inputs):
         tables = inputs.block_tables.clone()
-        tables[b] = inputs.block_tables[b - 64]
-        return super().logits(path, replace(inputs, block_tables=tables), b)
+        tables[64:] = inputs.block_tables[:-64]
+        return replace(inputs, block_tables=tables)
 
 
 class BlockTableCap(_Fault):
@@ -95,11 +93,11 @@ class BlockTableCap(_Fault):
         super().__init__("block_table_cap")
         self.cap = cap
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         tables = inputs.block_tables.clone()
         if tables.shape[1] > self.cap:
             tables[:, self.cap:] = tables[:, self.cap - 1:self.cap]
-        return super().logits(path, replace(inputs, block_tables=tables), b)
+        return replace(inputs, block_tables=tables)
 
 
 class IgnoresRowLengths(_Fault):
@@ -108,8 +106,8 @@ class IgnoresRowLengths(_Fault):
     def __init__(self):
         super().__init__("ignores_row_lengths")
 
-    def logits(self, path, inputs, b):
-        return super().logits(path, replace(inputs, context_lens_2d=None), b)
+    def transform(self, path, inputs):
+        return replace(inputs, context_lens_2d=None)
 
 
 class Bf16WritesFp32(_Fault):
@@ -124,13 +122,14 @@ class Bf16WritesFp32(_Fault):
         if out.dtype != torch.bfloat16:
             return super().run(path, inputs, out)
         as_fp32 = torch.empty(0, dtype=torch.float32, device=out.device).set_(out.untyped_storage())
-        for b in range(inputs.batch):
-            rows = self.logits(path, inputs, b).float()
-            for i in range(inputs.next_n):
-                start = out.storage_offset() + (b * inputs.next_n + i) * out.stride(0)
+        n = inputs.next_n
+        for seqs in seq_groups(inputs):
+            rows = self.batch_logits(path, inputs, seqs).float().reshape(-1, inputs.max_model_len)
+            for j in range(rows.shape[0]):
+                start = out.storage_offset() + (seqs.start * n + j) * out.stride(0)
                 if start % 2:
                     raise RuntimeError("planted fault needs 4-byte aligned rows")
-                as_fp32[start // 2: start // 2 + rows.shape[-1]] = rows[i]
+                as_fp32[start // 2: start // 2 + rows.shape[-1]] = rows[j]
 
 
 class RareRace(_Fault):
@@ -160,19 +159,14 @@ class DropsTieGroup(_Fault):
     def __init__(self):
         super().__init__("drops_tie_group", paths=("fused", "preshuffle"))
 
-    def logits(self, path, inputs, b):
-        h = super().logits(path, inputs, b)
-        k = inputs.case.topk if inputs.case is not None else 64
-        for i in range(h.shape[0]):
-            row = h[i]
-            finite = row[torch.isfinite(row)]
-            if finite.numel() <= k:
-                continue
-            kth = torch.topk(finite, k).values[-1]
-            group = torch.isfinite(row) & ((row - kth).abs() <= 1e-5 * kth.abs())
-            if int(group.sum()) > 1:
-                row[group] -= 0.25 * kth.abs()
-        return h
+    def batch_logits(self, path, inputs, seqs):
+        h = super().batch_logits(path, inputs, seqs)  # (G, next_n, T)
+        k = min(inputs.case.topk if inputs.case is not None else 64, h.shape[-1])
+        finite = torch.isfinite(h)
+        kth = torch.topk(h, k, dim=-1).values[..., -1:]  # -inf where a row has fewer than k finite
+        group = finite & ((h - kth).abs() <= 1e-5 * kth.abs())
+        hit = (finite.sum(-1, keepdim=True) > k) & (group.sum(-1, keepdim=True) > 1)
+        return torch.where(group & hit, h - 0.25 * kth.abs(), h)
 
 
 class OddNextNReadsNextQ(_Fault):
@@ -182,15 +176,14 @@ class OddNextNReadsNextQ(_Fault):
     def __init__(self):
         super().__init__("odd_next_n_reads_next_q")
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         n = inputs.next_n
         if n % 2 == 0:
-            return super().logits(path, inputs, b)
-        flat = inputs.q_fp8.view(-1, *inputs.q_fp8.shape[2:])  # (B * next_n, H, D)
-        r = b * n + n  # one past this sequence's last row
-        q = inputs.q_fp8.clone()
-        q[b, n - 1] = flat[r] if r < flat.shape[0] else torch.zeros_like(flat[0])
-        return super().logits(path, replace(inputs, q_fp8=q), b)
+            return inputs
+        q = inputs.q_fp8.clone()  # the last row of sequence b reads row 0 of sequence b + 1 (zeros past the batch)
+        q[:-1, n - 1] = inputs.q_fp8[1:, 0]
+        q[-1, n - 1] = torch.zeros_like(q[-1, n - 1])
+        return replace(inputs, q_fp8=q)
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
