@@ -194,6 +194,9 @@ def _train_parsers(sub) -> None:
     v.add_argument("--no-triton", action="store_true", help="leave out the project's Triton kernels")
     v.add_argument("--no-builds", action="store_true", help="leave out aiter and DeepGEMM")
     v.add_argument("--only", default=None, help="comma-separated row ids (the reference is always added)")
+    v.add_argument("--skip", default=None, help="comma-separated row ids or id prefixes to leave out (e.g. deepgemm/)")
+    v.add_argument("--resume", action="store_true", help="keep the rows OUT/rows/ already holds a finished record "
+                   "of (from an earlier or interrupted run, or copied there from another host) and run the rest")
     v.add_argument("--jobs", type=int, default=4, help="rows run at once, each in its own process (0: all in "
                    "this process, one after the other)")
     v.add_argument("--confidence", type=float, default=0.95)

@@ -68,7 +68,8 @@ def all_rows(aiter_tree: str | None = None, triton: bool = True, builds: bool = 
                  for p in ("fused", "stage1", "preshuffle") for b in ("exact", "padded")]
     rows += planted_rows()
     if builds:
-        rows += [Row(f"aiter-0.1.7/fused/{b}", "build", "aiter", "fused", b, note="installed amd-aiter wheel")
+        rows += [Row(f"aiter-0.1.7/fused/{b}", "build", "aiter", "fused", b,
+                     note="amd-aiter 0.1.7: the installed package, or the tree in $PARITY_AITER_PATH")
                  for b in ("exact", "padded")]
         if aiter_tree:
             rows += [Row(f"aiter-main/stage1/{b}", "build", "aiter", "stage1", b, options={"aiter_path": aiter_tree},
@@ -230,6 +231,11 @@ def main(args) -> int:
             raise ValueError(f"--only: unknown rows {sorted(unknown)}; rows are {[r.id for r in rows]}")
         rows = [r for r in rows if r.id in wanted] + ([] if args.worker else [r for r in rows if r.id == "reference"
                                                                                   and r.id not in wanted])
+    if getattr(args, "skip", None):
+        skip = tuple(s for s in args.skip.split(",") if s)
+        if "reference".startswith(skip):
+            raise ValueError("--skip: the reference row is what every other row is judged against; it cannot be left out")
+        rows = [r for r in rows if not r.id.startswith(skip)]
     data_dir = Path(args.data_dir) if args.data_dir else out / "data"
     if not args.data_dir:
         synth.write(data_dir, synth.SynthSpec(seed=args.data_seed))
@@ -237,15 +243,20 @@ def main(args) -> int:
         raise ValueError(f"--data-dir {data_dir}: no test.jsonl (a GSM8K-format directory)")
     rows_dir = out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
+    todo = rows
+    if getattr(args, "resume", False) and not args.worker:
+        todo = [r for r in rows if not _finished(rows_dir / f"{_safe(r.id)}.json")]
+        print(f"[sensitivity] --resume: {len(rows) - len(todo)} of {len(rows)} rows already recorded, "
+              f"{len(todo)} to run", file=sys.stderr, flush=True)
     if args.worker or args.jobs == 0:
-        for row in rows:
+        for row in todo:
             rec = run_row(row, args, data_dir, rows_dir / _safe(row.id))
             (rows_dir / f"{_safe(row.id)}.json").write_text(json.dumps(rec, indent=1, default=str))
             print(f"[{row.id}] {rec['status']} {_short(rec)} ({rec['wall_s']} s)", file=sys.stderr, flush=True)
         if args.worker:
             return 0
-    else:
-        _run_workers(args, rows, data_dir, rows_dir)
+    elif todo:
+        _run_workers(args, todo, data_dir, rows_dir)
     records = []
     for row in rows:
         f = rows_dir / f"{_safe(row.id)}.json"
@@ -287,6 +298,8 @@ def _run_workers(args, rows: list[Row], data_dir: Path, rows_dir: Path) -> None:
         while pending and len(running) < args.jobs:
             row = pending.pop(0)
             env = dict(os.environ)
+            # Rows share the host's cores: one intra-op pool per worker the size of its share, not of the host.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
             if gpus > 1:  # the workers spread over the host's GPUs, round robin
                 env["CUDA_VISIBLE_DEVICES"] = str(started % gpus)
             started += 1
@@ -307,6 +320,14 @@ def _run_workers(args, rows: list[Row], data_dir: Path, rows_dir: Path) -> None:
             status = json.loads(f.read_text()) if f.is_file() else None
             print(f"[sensitivity] {row.id}: {status['status'] + ' ' + _short(status) if status else 'CRASHED'} "
                   f"(exit {proc.returncode}, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _finished(path: Path) -> bool:
+    """A row record a run may keep: one that says how the row ended (not a crash, which is worth a retry)."""
+    try:
+        return json.loads(path.read_text()).get("status") in ("ok", "unsupported", "error")
+    except (OSError, ValueError):
+        return False
 
 
 def _gpu_count() -> int:

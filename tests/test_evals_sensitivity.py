@@ -3,6 +3,8 @@ per-question vectors, and a backend that cannot run is a row saying why, not the
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+
 from evals import sensitivity, weights
 from evals.__main__ import main
 from evals.model import ModelConfig
@@ -72,3 +74,25 @@ def test_unknown_row_is_bad_input(tmp_path, capsys):
 def test_judge_never_passes_a_row_without_results():
     assert sensitivity.judge({"status": "crashed"}, record("reference", [1]), 0.95)["gate"] == "UNUSABLE"
     assert sensitivity.judge(record("fault:q", [1, 1]), record("reference", [1]), 0.95)["gate"] == "UNUSABLE"
+
+
+def test_resume_keeps_recorded_rows_and_skip_leaves_rows_out(tmp_path):
+    """A table split over two hosts: rows recorded elsewhere are kept as they are, crashed ones rerun."""
+    w = tmp_path / "w"
+    weights.save(w, Net(TINY).tensors(), TINY, training={"command": "test"})
+    out = tmp_path / "sens"
+    rows = out / "rows"
+    rows.mkdir(parents=True)
+    row = next(r for r in sensitivity.all_rows() if r.id == "fault:raises/fused/exact")
+    planted = {"row": asdict(row), "status": "error", "reason": "recorded on another host",
+               "parity": {"verdict": "FAIL", "detail": "kept"}}
+    (rows / "fault_raises_fused_exact.json").write_text(json.dumps(planted))
+    (rows / "reference.json").write_text(json.dumps({"status": "crashed"}))  # not finished: runs again
+    rc = main(["sensitivity", "--out", str(out), "--weights", str(w), "--limit", "2", "--jobs", "0", "--device", "cpu",
+               "--only", "fault:raises/fused/exact,deepgemm/fused/exact", "--skip", "deepgemm/", "--resume"])
+    assert rc == 0
+    table = {r["row"]["id"]: r for r in json.loads((out / "sensitivity.json").read_text())["rows"]}
+    assert set(table) == {"reference", "fault:raises/fused/exact"}
+    assert table["fault:raises/fused/exact"]["reason"] == "recorded on another host"
+    assert table["reference"]["status"] == "ok" and table["reference"]["n"] == 2
+    assert main(["sensitivity", "--out", str(out), "--skip", "ref", "--device", "cpu"]) == 2
