@@ -9,7 +9,7 @@
 #      scheduler sections) on the base variant, the fastest and DeepGEMM at B64-n2-ctx8192 and -ctx32768.
 #
 #   ci/kernel-study.sh [OUT_DIR]
-#   env: PYTHON (default python3), DEEPGEMM_SRC, STUDY_S (seconds for step 2, default 240), NCU_S (default 100)
+#   env: PYTHON (default python3), DEEPGEMM_SRC, STUDY_S (seconds for step 2, default 240), NCU_S (default 100; 0 skips step 3)
 # Leaves OUT_DIR/{summary.md, study.json, study.md, ncu.csv, dg-build.txt, log.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,9 @@ best="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("best_
 variants=base
 [ -n "$best" ] && [ "$best" != base ] && variants="base,$best"
 
-if command -v ncu >/dev/null; then
+if [ "${NCU_S:-100}" -le 0 ]; then
+  echo "ncu: skipped (NCU_S=0)" | tee -a "$S"
+elif command -v ncu >/dev/null; then
   t0=$SECONDS
   timeout "${NCU_S:-100}" ncu --clock-control none \
     --kernel-name regex:'paged_mqa_logits_kernel|sm90_fp8_paged_mqa_logits' \

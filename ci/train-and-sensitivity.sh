@@ -3,7 +3,7 @@
 #
 #   ci/train-and-sensitivity.sh OUT_DIR [PHASE]       PHASE: all (default) | train | sensitivity
 #
-# train:       python -m evals train (the committed defaults) -> OUT_DIR/weights/{tiny-indexer-lm.safetensors,
+# train:       python -m evals train (the committed defaults, the shipped recipe) -> OUT_DIR/weights/{tiny-indexer-lm.safetensors,
 #              manifest.json} with the quick checks (256 questions: reference, random top-k, dense) in the
 #              manifest; log OUT_DIR/train.log.
 # sensitivity: python -m evals sensitivity on all 1319 questions with those weights (OUT_DIR/weights, else the
@@ -12,17 +12,21 @@
 #              OUT_DIR/sensitivity/{sensitivity.json,sensitivity.md}; log OUT_DIR/sensitivity.log. Then the
 #              reference row's accuracy (lm-eval, all 1319) goes into OUT_DIR/weights/manifest.json.
 #
-# Durations on one H200, estimated from a 2026-12-04 probe (speed of each stage at batch 32; the committed
-# defaults were not run there end to end): train ~4 min (dense 3000 + indexer 300 + sparse 1000 steps at batch 32 x
-# 1952 bytes, the batches made by 8 worker processes); sensitivity ~7-9 min with JOBS=12 (a torch-served row decodes the
-# 1319 questions in ~3 min, rows run 12 at a time; the Triton rows are faster). With a 10-minute limit per
-# device call, run the phases as two calls: ci/train-and-sensitivity.sh OUT train, then OUT sensitivity
-# (carry OUT/weights from the first).
+# Durations on one H200 (2026-12-04): train ~4 min (the committed defaults, the shipped weights' recipe: dense
+# 1500 + indexer 150 + sparse 500 steps at batch 32 x 1952 bytes, the batches made by 8 worker processes; 238 s
+# with the quick checks). With a 10-minute limit per device call, run the phases as separate calls:
+# ci/train-and-sensitivity.sh OUT train, then OUT sensitivity (carry OUT/weights from the first), and split a
+# table that does not finish in one call with SENS_TIMEOUT_S and a second call given its rows in ROWS_FROM.
 #
 # The GPU image has no network and no lm-eval: carry the wheels in .whl/ (once, where there is network):
 #   pip download --no-deps -d .whl lm_eval==0.4.13 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 #   pip download --no-deps -d .whl amd-aiter==0.1.7.post2.dev18     # 40 MB: the aiter rows (optional)
-# Environment: PYTHON (default python3), JOBS (12), AITER_TREE, LIMIT (default: all questions), EXTRA_TRAIN_ARGS.
+# Environment: PYTHON (default python3), JOBS (12), AITER_TREE, LIMIT (default: all questions), EXTRA_TRAIN_ARGS,
+#   BATCH_SIZE (decode batch, default the command's), ONLY / SKIP (row ids, or id prefixes for SKIP),
+#   ROWS_FROM (a folder of row records made elsewhere, e.g. DeepGEMM's rows from a host that built it: kept,
+#   not rerun), SENS_TIMEOUT_S (stop the table after this long; the finished rows stay for a --resume),
+#   PARITY_TIMEOUT (seconds for each kernel row's parity run, default 900).
+# The rows, the table and the logs are also packed into OUT_DIR/sensitivity.tgz (hosts that return few files).
 set -euo pipefail
 OUT="${1:?usage: ci/train-and-sensitivity.sh OUT_DIR [all|train|sensitivity]}"
 PHASE="${2:-all}"
@@ -54,10 +58,21 @@ if [ "$PHASE" != train ]; then
   [ -f "$OUT/weights/manifest.json" ] && WEIGHTS=(--weights "$OUT/weights")
   LIMIT_ARGS=(); [ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
   AITER=(); [ -n "${AITER_TREE:-}" ] && AITER=(--aiter-tree "$AITER_TREE")
+  MORE=()
+  [ -n "${BATCH_SIZE:-}" ] && MORE+=(--batch-size "$BATCH_SIZE")
+  [ -n "${ONLY:-}" ] && MORE+=(--only "$ONLY")
+  [ -n "${SKIP:-}" ] && MORE+=(--skip "$SKIP")
+  [ -n "${PARITY_TIMEOUT:-}" ] && MORE+=(--parity-timeout "$PARITY_TIMEOUT")
+  if [ -n "${ROWS_FROM:-}" ]; then
+    mkdir -p "$OUT/sensitivity/rows" && cp "$ROWS_FROM"/*.json "$OUT/sensitivity/rows/"
+  fi
   T=$(date +%s)
-  "$PY" -m evals sensitivity --out "$OUT/sensitivity" --device cuda --jobs "${JOBS:-12}" "${WEIGHTS[@]}" \
-    "${LIMIT_ARGS[@]}" "${AITER[@]}" 2>&1 | tee "$OUT/sensitivity.log"
+  timeout "${SENS_TIMEOUT_S:-86400}" "$PY" -m evals sensitivity --out "$OUT/sensitivity" --device cuda \
+    --jobs "${JOBS:-12}" --resume "${WEIGHTS[@]}" "${LIMIT_ARGS[@]}" "${AITER[@]}" "${MORE[@]}" 2>&1 \
+    | tee "$OUT/sensitivity.log"
   echo "sensitivity: $(( $(date +%s) - T )) s" | tee -a "$OUT/sensitivity.log"
+  (cd "$OUT/sensitivity" && tar czf ../sensitivity.tgz --exclude='rows/*/run' rows/*.json rows/logs \
+    sensitivity.json sensitivity.md 2>/dev/null) || true
   if [ -f "$OUT/weights/manifest.json" ] && [ -z "${LIMIT:-}" ]; then
     "$PY" -m evals record-accuracy "$OUT/sensitivity/rows/reference/run" --weights "$OUT/weights" \
       | tee -a "$OUT/sensitivity.log"
