@@ -83,6 +83,45 @@ def test_determinism_names_positions():
     assert not f.ok and f.details["first_positions"] == [[2, 5]]
 
 
+def test_determinism_judges_what_the_consumer_reads():
+    a = torch.randn(3, 8)
+    b = a.clone()
+    b[1, 6:] += 1.0  # past row 1's length of 6: a torch::empty output's leftovers, different each call
+    lens = torch.tensor([8, 6, 8])
+    f = checks.check_determinism(a, b, row_len=lens, consumer="length-bounded")
+    assert f.ok and f.details["dont_care_differ"] == 2
+    assert not checks.check_determinism(a, b, row_len=lens, consumer="unbounded").ok
+    b[1, 5] += 1.0  # inside the length: a race, under either rule
+    f = checks.check_determinism(a, b, row_len=lens, consumer="length-bounded")
+    assert not f.ok and f.details["first_positions"] == [[1, 5]]
+
+
+class _LeavesJunkPastLength(SimpleBackend):
+    """A correct kernel that writes its own output buffer with whatever was there past each row's length
+    (DeepGEMM allocates with torch::empty and never cleans with 2-D lengths): different junk every call."""
+
+    calls = 0
+
+    def run(self, path, inputs, out):
+        from parity.backends.torch_ref import TorchBackend
+
+        TorchBackend(clean_logits=True).run(path, inputs, out)
+        type(self).calls += 1
+        past = torch.arange(out.shape[-1])[None, :] >= inputs.row_lens[:, None]
+        out.masked_fill_(past, float(self.calls))
+
+
+def test_junk_past_the_length_that_changes_per_call_fails_only_the_unbounded_rule():
+    case = IndexerCase(batch=2, next_n=2, context="ctx_eq_max_first")
+    bounded = run_cell(_LeavesJunkPastLength(name="junk"), "fused", "exact", case, consumer="length-bounded")
+    assert bounded["status"] == "pass", bounded["findings"]
+    det = next(f for f in bounded["findings"] if f["check"] == "determinism")
+    assert det["details"]["dont_care_differ"] > 0
+    unbounded = run_cell(_LeavesJunkPastLength(name="junk"), "fused", "exact", case, consumer="unbounded")
+    failed = {f["check"] for f in unbounded["findings"] if not f["ok"]}
+    assert "mask" in failed and "determinism" in failed
+
+
 class _WrongShape(SimpleBackend):
     def run(self, path, inputs, out):
         return torch.zeros(out.shape[0], out.shape[1] + 1)

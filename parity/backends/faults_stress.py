@@ -147,7 +147,7 @@ class RareRace(_Fault):
             finite = torch.nonzero(torch.isfinite(row0)).flatten()
             if finite.numel():
                 c = int(finite[0])
-                row0[c] = torch.nextafter(row0[c], torch.tensor(float("inf"), dtype=out.dtype))
+                row0[c] = torch.nextafter(row0[c], torch.tensor(float("inf"), dtype=out.dtype, device=out.device))
 
 
 class DropsTieGroup(_Fault):

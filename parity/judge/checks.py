@@ -334,17 +334,34 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
 
 
-def check_determinism(first: torch.Tensor, *others: torch.Tensor) -> Finding:
+def check_determinism(first: torch.Tensor, *others: torch.Tensor, row_len: torch.Tensor | None = None,
+                      consumer: str = consumers.DEFAULT_CONSUMER) -> Finding:
     """Every later run on the same inputs must be bitwise equal to the first (DeepGEMM's own test
-    replays its kernel 20 times): a racing store shows as differing positions in some run."""
+    replays its kernel 20 times): a racing store shows as differing positions in some run. With
+    ``row_len`` (each row of ``first.reshape(-1, cols)``) and a length-bounded consumer, positions past
+    a row's length are don't-care here too (a kernel that allocates its output with ``torch::empty``
+    leaves whatever was there): their differences are counted, not failed on."""
+    consumers.check_consumer(consumer)
     a = _bits(first)
     n_runs = 1 + len(others)
+    cols = first.shape[-1]
+    read = None
+    if row_len is not None and consumer == consumers.LENGTH_BOUNDED:
+        read = torch.arange(cols)[None, :] < row_len.cpu().reshape(-1, 1)
+    dont_care = 0
     for k, other in enumerate(others, 2):
-        diff = a != _bits(other)
+        diff = (a != _bits(other)).reshape(-1, cols)
+        if read is not None:
+            dont_care = max(dont_care, int((diff & ~read).sum()))
+            diff &= read
         n = int(diff.sum())
         if n:
-            pos = torch.nonzero(diff.reshape(-1, first.shape[-1]))
+            pos = torch.nonzero(diff)
             return Finding("determinism", False, f"{n} positions differ between run 1 and run {k} of {n_runs} on "
-                           "the same inputs", {"count": n, "run": k, "runs": n_runs,
+                           "the same inputs", {"count": n, "run": k, "runs": n_runs, "dont_care_differ": dont_care,
                                                "first_positions": [[int(r), int(c)] for r, c in pos[:MAX_LISTED]]})
+    if dont_care:
+        return Finding("determinism", True, f"{n_runs} runs bitwise equal where the consumer reads ({dont_care} "
+                       "positions past the rows' lengths differ: don't-care)",
+                       {"runs": n_runs, "dont_care_differ": dont_care, "consumer": consumer})
     return Finding("determinism", True, f"{n_runs} runs bitwise equal", {"runs": n_runs})
