@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -227,6 +228,7 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
             continue
         result["reads"] += read_variants(shape, device)
     result["seconds"] = time.time() - start
+    os.makedirs(out_dir, exist_ok=True)
     with open(f"{out_dir}/study.json", "w") as f:
         json.dump(result, f, indent=1, default=str)
     with open(f"{out_dir}/study.md", "w") as f:
