@@ -83,12 +83,13 @@ def all_rows(aiter_tree: str | None = None, triton: bool = True, builds: bool = 
 def run_row(row: Row, args, data_dir: Path, out: Path) -> dict:
     from dataclasses import replace
 
+    from evals.gsm8k import hardware
     from evals.lm import evaluate
     from evals.model import BackendUnsupported
     from evals.synth import read_record
     from evals.weights import embedded_model
 
-    rec = {"row": asdict(row), "status": "ok"}
+    rec = {"row": asdict(row), "status": "ok", "host": _hw(hardware())}
     t0 = time.time()
     try:
         model = embedded_model(args.weights, backend=row.backend, buffer=row.buffer, path=row.path,
@@ -264,7 +265,9 @@ def main(args) -> int:
                        {"row": asdict(row), "status": "crashed", "reason": "its worker process died (see the log)",
                         "parity": {"verdict": "n/a", "detail": "not reached"}})
     rec = synth.read_record(data_dir) or {"name": f"GSM8K-format files in {data_dir}"}
-    meta = {"date": time.strftime("%Y-%m-%d"), "hardware": _hw(hardware()), "command": "python -m evals sensitivity "
+    # Where the rows ran (a table resumed from rows recorded on other hosts names them all).
+    hosts = sorted({r["host"] for r in records if r.get("host")}) or [_hw(hardware())]
+    meta = {"date": time.strftime("%Y-%m-%d"), "hardware": " + ".join(hosts), "command": "python -m evals sensitivity "
             + " ".join(sys.argv[2:]), "model": _model_name(args), "data": rec, "n": next(
                 (r.get("n") for r in records if r.get("n")), None), "batch_size": args.batch_size}
     table = assemble(records, meta, args.confidence)

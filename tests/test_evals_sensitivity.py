@@ -84,7 +84,7 @@ def test_resume_keeps_recorded_rows_and_skip_leaves_rows_out(tmp_path):
     rows = out / "rows"
     rows.mkdir(parents=True)
     row = next(r for r in sensitivity.all_rows() if r.id == "fault:raises/fused/exact")
-    planted = {"row": asdict(row), "status": "error", "reason": "recorded on another host",
+    planted = {"row": asdict(row), "status": "error", "reason": "recorded on another host", "host": "GPU X",
                "parity": {"verdict": "FAIL", "detail": "kept"}}
     (rows / "fault_raises_fused_exact.json").write_text(json.dumps(planted))
     (rows / "reference.json").write_text(json.dumps({"status": "crashed"}))  # not finished: runs again
@@ -95,4 +95,6 @@ def test_resume_keeps_recorded_rows_and_skip_leaves_rows_out(tmp_path):
     assert set(table) == {"reference", "fault:raises/fused/exact"}
     assert table["fault:raises/fused/exact"]["reason"] == "recorded on another host"
     assert table["reference"]["status"] == "ok" and table["reference"]["n"] == 2
+    hardware = json.loads((out / "sensitivity.json").read_text())["hardware"]
+    assert "GPU X" in hardware and "CPUs" in hardware  # both hosts named
     assert main(["sensitivity", "--out", str(out), "--skip", "ref", "--device", "cpu"]) == 2
