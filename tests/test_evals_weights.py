@@ -174,3 +174,14 @@ def test_backend_that_cannot_run_the_model_is_exit_2(tmp_path, capsys, flags, ne
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and "Traceback" not in err
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_the_plain_train_command_is_the_shipped_recipe_and_its_rerun_held_the_tolerance():
+    m = weights.read_manifest()
+    spec, plain = m["training"]["spec"], TrainSpec()
+    for key in ("seed", "data_seed", "dense_steps", "indexer_steps", "sparse_steps", "batch", "seq_chars", "lr"):
+        assert spec[key] == getattr(plain, key), key
+    rerun = m["reproduced"]
+    assert rerun["sha256"] != m["sha256"]  # a rerun's own weights, not the shipped file again
+    assert rerun["accuracy"]["n"] == m["accuracy"]["n"] == 1319
+    assert abs(rerun["accuracy"]["flexible-extract"] - m["accuracy"]["flexible-extract"]) <= rerun["tolerance"]
