@@ -8,6 +8,11 @@ if the indexer selects that record's tokens. Lengths are counted with the tokeni
 meant for (the embedded model's bytes; ``--tokenizer`` for a server; else an estimate of 4
 characters a token); the run records the counts the server actually saw.
 
+Two haystacks: ``lockers`` (the default for a server: records in filler prose, any model can read them)
+and ``lookup`` (the default for the embedded model: the generated task's long format, facts "Bin K7Q has
+312." until the question is as long as asked, which the embedded model is trained on, so that its
+accuracy measures its indexer rather than a format it never saw).
+
 The documents are GSM8K-format JSON lines (``question``, ``answer`` ending in ``#### N``), run
 through ``evals/tasks/longctx_retrieval.yaml`` with lm-eval (0-shot, greedy, exact match on the
 number). ``--data-dir`` takes any directory with such a ``test.jsonl`` instead of generating."""
@@ -30,6 +35,7 @@ MIN_TOPK_MULTIPLE = 2  # a length must be at least this many times top-k, or the
 CHARS_PER_TOKEN = 4  # the estimate when no tokenizer is named
 RECORD_EVERY = 3  # every third haystack item is a (distractor) record
 DEFAULT_N_PER_LENGTH = 100
+HAYSTACKS = ("lockers", "lookup")
 
 _ADJ = ("quiet", "bright", "narrow", "old", "green", "heavy", "busy", "distant", "warm", "plain")
 _NOUN = ("river", "station", "garden", "market", "bridge", "library", "harbor", "valley", "tower", "road")
@@ -126,12 +132,32 @@ def make_doc(rng: random.Random, length: int, depth: float, count) -> dict:
             "prompt_tokens_generated": n, "depth": round(at / max(1, len(items)), 4), "key": target_key}
 
 
-def generate(lengths: list[int], n_per_length: int, seed: int, count) -> list[dict]:
-    """``n_per_length`` questions per length, the asked record's depth spread evenly over the
-    context (shuffled), from one seeded generator."""
+def make_lookup_doc(rng: random.Random, length: int, count) -> dict:
+    """One question of the generated task's long format whose prompt has at most ``length`` tokens by
+    ``count`` (the asked fact drawn uniformly among the question's facts)."""
+    from evals import synth
+
+    target = length - count("Question: \nAnswer:")
+    while True:
+        doc = synth.make_doc(rng, target_chars=target)
+        n = count(f"Question: {doc['question']}\nAnswer:")
+        if n <= length:
+            return {**doc, "context_tokens": length, "prompt_tokens_generated": n}
+        target -= n - length  # a tokenizer that counts more than a token a character: shrink and redraw
+
+
+def generate(lengths: list[int], n_per_length: int, seed: int, count, haystack: str = "lockers") -> list[dict]:
+    """``n_per_length`` questions per length, from one seeded generator: ``lockers`` with the asked
+    record's depth spread evenly over the context (shuffled), or ``lookup`` (the generated task's long
+    format)."""
+    if haystack not in HAYSTACKS:
+        raise ValueError(f"--haystack must be one of {HAYSTACKS}, got {haystack!r}")
     rng = random.Random(seed)
     docs = []
     for length in lengths:
+        if haystack == "lookup":
+            docs += [make_lookup_doc(rng, length, count) for _ in range(n_per_length)]
+            continue
         depths = [(i + 0.5) / n_per_length for i in range(n_per_length)]
         rng.shuffle(depths)
         docs += [make_doc(rng, length, d, count) for d in depths]
@@ -212,14 +238,16 @@ def prepare(args) -> TaskSpec:
             raise ValueError(f"--n-per-length must be >= 1, got {args.n_per_length}")
         spec = args.tokenizer or ("embedded" if embedded else None)
         count, desc = counter_for(spec)
-        docs = generate(lengths, args.n_per_length, args.gen_seed, count)
+        haystack = args.haystack or ("lookup" if embedded else "lockers")
+        docs = generate(lengths, args.n_per_length, args.gen_seed, count, haystack)
         path = Path(args.out) / "data"
         info["generator"] = {"version": GENERATOR_VERSION, "seed": args.gen_seed, "context_tokens": lengths,
-                             "n_per_length": args.n_per_length, "lengths_counted_with": desc}
+                             "n_per_length": args.n_per_length, "lengths_counted_with": desc, "haystack": haystack}
         write_data_dir(path, docs, info["generator"])
         record = data_mod.local_record(path, splits=("test",))
         record["source"] = "generated"
         record["generator"] = info["generator"]
+        record["name"] = f"long-context {haystack} v{GENERATOR_VERSION} seed {args.gen_seed}"
     return TaskSpec(TASK, task_config(path / "test.jsonl"), record, include_path=str(TASKS_DIR))
 
 
@@ -262,9 +290,9 @@ def generate_command(args) -> int:
     lengths = parse_lengths(args.context_tokens)
     check_lengths(lengths, args.index_topk, None, 0)
     count, desc = counter_for(args.tokenizer)
-    docs = generate(lengths, args.n_per_length, args.gen_seed, count)
+    docs = generate(lengths, args.n_per_length, args.gen_seed, count, args.haystack)
     meta = {"version": GENERATOR_VERSION, "seed": args.gen_seed, "context_tokens": lengths,
-            "n_per_length": args.n_per_length, "lengths_counted_with": desc}
+            "n_per_length": args.n_per_length, "lengths_counted_with": desc, "haystack": args.haystack}
     write_data_dir(Path(args.dir), docs, meta)
     sha = hashlib.sha256((Path(args.dir) / "test.jsonl").read_bytes()).hexdigest()
     print(f"{args.dir}/test.jsonl: {len(docs)} questions at {lengths} tokens ({desc}), sha256 {sha}")
@@ -281,6 +309,9 @@ def add_parser(sub, add_run_args, add_verdict_parsers, _positive_int) -> None:
                         "a quarter, half and all of the embedded model's window)")
     r.add_argument("--n-per-length", type=int, default=DEFAULT_N_PER_LENGTH, help="questions per length (default 100)")
     r.add_argument("--gen-seed", type=int, default=0, help="the generator's seed")
+    r.add_argument("--haystack", choices=HAYSTACKS, default=None,
+                   help="lockers (records in filler prose; the default for a server) or lookup (the generated "
+                        "task's long format, which the embedded model is trained on; its default)")
     r.add_argument("--data-dir", default=None,
                    help="run this directory's test.jsonl (question/answer ending in '#### N') instead of generating")
     add_run_args(r, "runs/longctx")
@@ -290,5 +321,6 @@ def add_parser(sub, add_run_args, add_verdict_parsers, _positive_int) -> None:
     g.add_argument("--context-tokens", default=",".join(map(str, DEFAULT_SERVER_LENGTHS)))
     g.add_argument("--n-per-length", type=_positive_int("--n-per-length"), default=DEFAULT_N_PER_LENGTH)
     g.add_argument("--gen-seed", type=int, default=0)
+    g.add_argument("--haystack", choices=HAYSTACKS, default="lockers")
     g.add_argument("--index-topk", type=_positive_int("--index-topk"), default=2048)
     g.add_argument("--tokenizer", default=None, help="count lengths with this tokenizer ('embedded': bytes)")

@@ -76,6 +76,18 @@ def test_answer_extraction():
     assert [m for m in _re.findall(flexible, "Locker 12345 has access code 4821.")][-1][0] == "4821."
 
 
+def test_lookup_haystack_fills_each_length_with_the_trained_format():
+    docs = longctx.generate([300, 900], 4, seed=1, count=BYTES, haystack="lookup")
+    assert docs == longctx.generate([300, 900], 4, seed=1, count=BYTES, haystack="lookup")
+    for d in docs:
+        n = BYTES(f"Question: {d['question']}\nAnswer:")
+        assert d["context_tokens"] - 40 < n <= d["context_tokens"] and n == d["prompt_tokens_generated"]
+        value = d["answer"].rsplit("#### ", 1)[1]
+        assert f" has {value}." in d["question"] and d["question"].endswith("?")
+    with pytest.raises(ValueError, match="--haystack must be one of"):
+        longctx.generate([300], 1, seed=1, count=BYTES, haystack="needles")
+
+
 def test_embedded_run_at_the_models_scale_then_gate(tmp_path, capsys):
     cfg = ModelConfig()
     run = tmp_path / "run"
@@ -85,6 +97,7 @@ def test_embedded_run_at_the_models_scale_then_gate(tmp_path, capsys):
     m = json.loads((run / "run.json").read_text())
     room = cfg.max_model_len - 4
     assert m["data"]["source"] == "generated" and m["data"]["generator"]["context_tokens"] == [room // 4, room // 2, room]
+    assert m["data"]["generator"]["haystack"] == "lookup"  # the format the embedded model is trained on
     assert m["task"] == "longctx_retrieval" and m["num_fewshot"] == 0 and m["index_topk"] == cfg.index_topk
     samples = [json.loads(x) for x in (run / "samples_longctx_retrieval.jsonl").read_text().splitlines()]
     sent = {str(r["doc_id"]): BYTES(r["arguments"][0][0]) for r in samples}
