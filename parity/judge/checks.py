@@ -73,12 +73,11 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
     then needs -inf past the valid length in every row, a row with no valid position included).
     Finite values past the valid length are reported either way (``past_valid_len``: how many, which
     rows, which of them empty); for a length-bounded reader they are don't-care."""
-    consumers.check_consumer(consumer)
     out = out.detach().cpu().float()
     cols = out.shape[1]
     lens = row_len.detach().cpu().long()
-    valid = torch.arange(cols)[None, :] < lens[:, None]
-    judged = valid if consumer == consumers.LENGTH_BOUNDED else torch.ones_like(valid)
+    valid = consumers.read_mask(lens, cols, consumers.LENGTH_BOUNDED)
+    judged = consumers.read_mask(lens, cols, consumer)
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
     nan = torch.isnan(out) & judged
     diff = (got_fin != want_fin) & judged
@@ -335,21 +334,23 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_determinism(first: torch.Tensor, *others: torch.Tensor, row_len: torch.Tensor | None = None,
-                      consumer: str = consumers.DEFAULT_CONSUMER) -> Finding:
+                      consumer: str = consumers.DEFAULT_CONSUMER, run: int | None = None,
+                      runs: int | None = None) -> Finding:
     """Every later run on the same inputs must be bitwise equal to the first (DeepGEMM's own test
     replays its kernel 20 times): a racing store shows as differing positions in some run. With
     ``row_len`` (each row of ``first.reshape(-1, cols)``) and a length-bounded consumer, positions past
     a row's length are don't-care here too (a kernel that allocates its output with ``torch::empty``
-    leaves whatever was there): their differences are counted, not failed on."""
+    leaves whatever was there): their differences are counted, not failed on. ``run`` and ``runs`` number
+    a single later run for a caller that compares its runs one at a time (default: 2.., 1 + len(others))."""
     consumers.check_consumer(consumer)
     a = _bits(first)
-    n_runs = 1 + len(others)
+    n_runs = runs or 1 + len(others)
     cols = first.shape[-1]
     read = None
     if row_len is not None and consumer == consumers.LENGTH_BOUNDED:
-        read = torch.arange(cols)[None, :] < row_len.cpu().reshape(-1, 1)
+        read = consumers.read_mask(row_len, cols, consumer)
     dont_care = 0
-    for k, other in enumerate(others, 2):
+    for k, other in enumerate(others, run or 2):
         diff = (a != _bits(other)).reshape(-1, cols)
         if read is not None:
             dont_care = max(dont_care, int((diff & ~read).sum()))

@@ -21,6 +21,8 @@ hangs, out-of-bounds writes and reads past ``context_lens``.
 """
 from __future__ import annotations
 
+import torch
+
 LENGTH_BOUNDED, UNBOUNDED = "length-bounded", "unbounded"
 CONSUMERS = (LENGTH_BOUNDED, UNBOUNDED)
 DEFAULT_CONSUMER = LENGTH_BOUNDED
@@ -54,6 +56,16 @@ def check_consumer(name: str) -> str:
     if name not in CONSUMERS:
         raise ValueError(f"consumer must be one of {CONSUMERS}, got {name!r}")
     return name
+
+
+def read_mask(row_len: torch.Tensor, cols: int, name: str) -> torch.Tensor:
+    """``(rows, cols)`` bool: the positions the reader ``name`` looks at in each row of ``row_len`` valid
+    positions (the row's first ``row_len`` for a length-bounded reader, every column for an unbounded one)."""
+    check_consumer(name)
+    lens = row_len.detach().cpu().long().reshape(-1, 1)
+    if name == UNBOUNDED:
+        return torch.ones(lens.shape[0], cols, dtype=torch.bool)
+    return torch.arange(cols)[None, :] < lens
 
 
 def describe(name: str) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.problem.cases import row_lengths
+from parity.problem.cases import row_lengths, signed_row_lengths
 from parity.judge.checks import MAX_LISTED, Finding
 
 DEFAULT_TOPK = 2048  # DSv3.2's index_topk
@@ -140,13 +140,6 @@ def guarded_indices(rows: int, k: int, device) -> tuple[torch.Tensor, torch.Tens
     return storage, storage[INDEX_GUARD:INDEX_GUARD + rows * k].view(rows, k)
 
 
-def signed_row_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
-    """Per row ``context_lens[b] - next_n + i + 1`` as the op computes it, negative where the context is
-    shorter than ``next_n - 1 - i`` (a dummy sequence of a captured batch)."""
-    i = torch.arange(next_n)
-    return (context_lens.cpu().long().view(-1, 1) - next_n + i + 1).reshape(-1)
-
-
 def check_topk_contract(selected: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
                         storage: torch.Tensor | None = None) -> Finding:
     """What a decode top-k op owes each row, whatever the logits: with ``L`` the row's valid count
@@ -160,7 +153,7 @@ def check_topk_contract(selected: torch.Tensor, context_lens: torch.Tensor, next
         got = tuple(selected.shape) if isinstance(selected, torch.Tensor) else type(selected).__name__
         raise ValueError(f"selected must be ({rows}, {k}) indices, got {got}")
     sel = selected.detach().cpu().long()
-    lens = signed_row_lengths(context_lens, next_n)
+    lens = signed_row_lengths(context_lens.cpu(), next_n)
     per_row, totals = {}, {"duplicates": 0, "out_of_range": 0, "missing": 0, "tail_not_minus_one": 0, "unwritten": 0}
     for r in range(rows):
         L = int(lens[r])

@@ -414,11 +414,18 @@ def _plant_near_ties(case: IndexerCase, k_fp8: torch.Tensor, scales: torch.Tenso
             scales[s_] = (scales[kth : kth + 1].view(torch.int32) + j).view(torch.float32)[0]
 
 
-def valid_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
-    """Per output row, the number of leading valid positions under the causal rule of SPEC section 1:
-    row (b, i) may see ``t <= context_len[b] - next_n + i``; none (0) when that is below 0."""
+def signed_row_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
+    """Per output row ``context_lens[b] - next_n + i + 1`` (the causal rule of SPEC section 1: row (b, i)
+    may see ``t <= context_len[b] - next_n + i``), negative where the context is shorter than
+    ``next_n - 1 - i`` (a dummy sequence of a captured batch), as a top-k op computes it."""
     i = torch.arange(next_n, device=context_lens.device)
-    return (context_lens.view(-1, 1).long() - next_n + i + 1).clamp_min(0).reshape(-1)
+    return (context_lens.view(-1, 1).long() - next_n + i + 1).reshape(-1)
+
+
+def valid_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
+    """Per output row, the number of leading valid positions: :func:`signed_row_lengths`, none (0) for a
+    row whose count is below 0."""
+    return signed_row_lengths(context_lens, next_n).clamp_min(0)
 
 
 def row_lengths(context_lens: torch.Tensor, next_n: int, context_lens_2d: torch.Tensor | None = None) -> torch.Tensor:

@@ -85,8 +85,8 @@ def classify(storage: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     lens = row_len.detach().cpu().long() if row_len is not None else torch.isfinite(ref).sum(1)
     mask = checks.check_mask(out, ref, lens, consumer)
     values = checks.check_values(flat[guard:end].view(rows, pitch)[:, :cols], ref, ctx, fp8, magnitude)
-    valid = torch.arange(cols)[None, :] < lens[:, None]
-    judged = valid if consumer == consumers.LENGTH_BOUNDED else torch.ones_like(valid)
+    valid = consumers.read_mask(lens, cols, consumers.LENGTH_BOUNDED)
+    judged = consumers.read_mask(lens, cols, consumer)
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
     logical = torch.full((rows, cols), MASKED, dtype=torch.int8)
     logical[got_fin & want_fin & valid] = CORRECT
