@@ -241,12 +241,11 @@ def embedded_model(args):
 
     model = embedded(args)
     try:
-        model.generate(["Question: a probe\nAnswer:"], 2, [])
+        model.probe()
     except BackendUnsupported as exc:
         raise ValueError(f"--backend {args.backend} --path {args.path}: {exc}") from None
     except Exception:  # noqa: BLE001 - a kernel that fails is the run's finding, reported by the run
         pass
-    model.indexer.calls = model.indexer.oob_calls = 0
     return model
 
 

@@ -137,10 +137,13 @@ def make_lookup_doc(rng: random.Random, length: int, count) -> dict:
     ``count`` (the asked fact drawn uniformly among the question's facts)."""
     from evals import synth
 
-    target = length - count("Question: \nAnswer:")
+    target = length - count(synth.Q_PREFIX + synth.A_PREFIX)
     while True:
+        if target < synth.MIN_TARGET_CHARS:  # make_doc keeps one fact whatever the target: it would never fit
+            raise ValueError(f"--context-tokens {length}: too short for a lookup question, which needs "
+                             f"{synth.MIN_TARGET_CHARS} characters besides 'Question: ' and '\\nAnswer:'")
         doc = synth.make_doc(rng, target_chars=target)
-        n = count(f"Question: {doc['question']}\nAnswer:")
+        n = count(synth.Q_PREFIX + doc["question"] + synth.A_PREFIX)
         if n <= length:
             return {**doc, "context_tokens": length, "prompt_tokens_generated": n}
         target -= n - length  # a tokenizer that counts more than a token a character: shrink and redraw

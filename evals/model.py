@@ -261,6 +261,15 @@ class TinyIndexerLM:
         o = torch.einsum("thk,tkd->thd", scores.softmax(-1), vs)
         return o.reshape(T, -1) @ L["wo"]
 
+    def probe(self) -> None:
+        """One decode call on a two-token answer: raises :class:`BackendUnsupported` where the indexer's
+        backend declines this model's shape (or whatever the backend raises); the indexer's call counts
+        start from zero afterwards, so that a run counts its own calls only."""
+        try:
+            self.generate(["Question: a probe\nAnswer:"], 2, [])
+        finally:
+            self.indexer.calls = self.indexer.oob_calls = 0
+
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], max_tokens: int, stop: list[str] | None = None,

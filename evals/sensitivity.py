@@ -96,7 +96,7 @@ def run_row(row: Row, args, data_dir: Path, out: Path) -> dict:
                                selection=row.selection, device=args.device, backend_options=row.options)
         if row.fp8:
             model.cfg = replace(model.cfg, fp8=row.fp8)
-        model.generate(["Question: a probe\nAnswer:"], 2, [])  # one decode call: does the backend take the shape?
+        model.probe()  # one decode call: does the backend take the shape?
         res = evaluate(model, data_dir, out / "run", limit=args.limit, batch_size=args.batch_size,
                        max_gen_toks=args.max_gen_toks, label=row.id, data_record=read_record(data_dir))
         rec.update(metrics=res["metrics"], n=res["n"], doc_ids=res["doc_ids"], correct=res["correct"],
@@ -283,6 +283,8 @@ def _run_workers(args, rows: list[Row], data_dir: Path, rows_dir: Path) -> None:
     (progress per row and per question batch) and to ``rows/logs/<row>.log``."""
     import threading
 
+    from parity.run.devices import gpu_count
+
     pending, running = list(rows), []
     logs = rows_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -295,13 +297,14 @@ def _run_workers(args, rows: list[Row], data_dir: Path, rows_dir: Path) -> None:
                 sys.stderr.write(line)
                 sys.stderr.flush()
 
-    gpus = _gpu_count() if args.device.startswith("cuda") else 0
+    gpus = gpu_count() if args.device.startswith("cuda") else 0
     started = 0
     while pending or running:
         while pending and len(running) < args.jobs:
             row = pending.pop(0)
             env = dict(os.environ)
-            # Rows share the host's cores: one intra-op pool per worker the size of its share, not of the host.
+            # Rows share the host's cores: on a GPU host each worker's intra-op pool the size of its share,
+            # not of the host (on the CPU, evals' cpu_threads holds every process to one thread anyway).
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
             if gpus > 1:  # the workers spread over the host's GPUs, round robin
                 env["CUDA_VISIBLE_DEVICES"] = str(started % gpus)
@@ -331,12 +334,6 @@ def _finished(path: Path) -> bool:
         return json.loads(path.read_text()).get("status") in ("ok", "unsupported", "error")
     except (OSError, ValueError):
         return False
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _short(rec: dict) -> str:

@@ -40,6 +40,7 @@ SCENES = (
 )
 VALUES = (10, 999)  # 2 or 3 digits: a guessed or half-copied number is wrong
 SPLITS = ("train", "test")
+MIN_TARGET_CHARS = 120  # the long format's shortest question: the longest opening, one fact and the ask
 # lm-eval's gsm8k prompt: "Question: {q}\nAnswer:" then " {answer}", shots joined by "\n\n".
 Q_PREFIX, A_PREFIX, SHOT_SEP = "Question: ", "\nAnswer:", "\n\n"
 
@@ -61,8 +62,9 @@ class SynthSpec:
             raise ValueError(f"max_facts must be an int >= min_facts ({self.min_facts}), got {self.max_facts!r}")
         if self.max_facts > len(ALPHABET) ** CODE_LEN:
             raise ValueError(f"max_facts must be <= {len(ALPHABET) ** CODE_LEN} (distinct codes)")
-        if self.target_chars is not None and (not isinstance(self.target_chars, int) or self.target_chars < 120):
-            raise ValueError(f"target_chars must be an int >= 120 (room for one fact and the question), "
+        if self.target_chars is not None and (not isinstance(self.target_chars, int)
+                                              or self.target_chars < MIN_TARGET_CHARS):
+            raise ValueError(f"target_chars must be an int >= {MIN_TARGET_CHARS} (room for one fact and the question), "
                              f"got {self.target_chars!r}")
 
 
@@ -181,7 +183,7 @@ def training_text(rng: random.Random, max_chars: int, spec: SynthSpec, long_shar
     see few shots, the last ones many), or, with probability ``long_share``, one long question of
     the long format filling the sequence."""
     if rng.random() < long_share:
-        target = rng.randint(max(120, max_chars // 3), max_chars - 60)
+        target = rng.randint(max(MIN_TARGET_CHARS, max_chars // 3), max_chars - 60)
         docs_ = [make_doc(rng, target_chars=target)]
     else:
         docs_ = []

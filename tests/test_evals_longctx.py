@@ -84,6 +84,8 @@ def test_lookup_haystack_fills_each_length_with_the_trained_format():
         assert d["context_tokens"] - 40 < n <= d["context_tokens"] and n == d["prompt_tokens_generated"]
         value = d["answer"].rsplit("#### ", 1)[1]
         assert f" has {value}." in d["question"] and d["question"].endswith("?")
+    with pytest.raises(ValueError, match="--context-tokens 64: too short for a lookup question"):
+        longctx.generate([64], 1, seed=1, count=BYTES, haystack="lookup")  # a length under one fact: refused
     with pytest.raises(ValueError, match="--haystack must be one of"):
         longctx.generate([300], 1, seed=1, count=BYTES, haystack="needles")
 
