@@ -19,8 +19,8 @@ FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
 def quick_check(model, n: int = 256, batch: int = 64, seed: int = 0, data: synth.SynthSpec | None = None) -> dict:
     """Greedy answers to ``n`` generated test questions in lm-eval's 5-shot layout (shots drawn at
-    random from the train split), scored with lm-eval's two gsm8k filters. A progress check where
-    lm-eval is not installed; the figures of record come from lm-eval (``evals.lm``)."""
+    random from the train split), scored with lm-eval's two gsm8k filters: a progress check, run after every training; the figures
+    of record come from lm-eval itself (``evals.lm``)."""
     data = data or synth.SynthSpec()
     test, train_docs = synth.docs(data, "test")[:n], synth.docs(data, "train")
     rng = random.Random(1234 + seed)
@@ -86,7 +86,7 @@ def main(args) -> int:
         model = weights.embedded_model(out, selection=selection, device=str(args.device))
         checks[selection] = {**quick_check(model, n=args.check_n, batch=batch), "wall_s": round(time.time() - t0, 1)}
         print(f"quick check [{selection}]: {checks[selection]}", flush=True)
-    manifest["quick_check"] = {"what": "greedy, lm-eval's gsm8k layout and filters re-implemented (evals.train."
+    manifest["quick_check"] = {"what": "greedy, lm-eval's gsm8k layout and filters re-implemented (evals.train_cli."
                                "quick_check), shots drawn by the check itself: a progress figure", **checks}
     lm_eval_ok = importlib.util.find_spec("lm_eval") is not None
     if not args.no_eval and lm_eval_ok:

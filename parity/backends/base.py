@@ -8,8 +8,11 @@ A backend offers some of the three paths and writes into an output view the call
 
 ``out`` has dtype ``inputs.logits_dtype`` (float32, or bfloat16 where the backend lists it in
 ``logits_dtypes``). Row (b, i) has ``inputs.row_lens[b * next_n + i]`` valid positions: the causal
-diagonal, or ``inputs.context_lens_2d[b, i]`` for a backend with ``per_row_lengths``. A row with no
-valid position (a dummy sequence of context_len 0 or 1 padding a captured batch) must stay all -inf.
+diagonal, or ``inputs.context_lens_2d[b, i]`` for a backend with ``per_row_lengths``. What a backend
+leaves past a row's valid length, in any row (a dummy sequence of context_len 0 or 1 padding a captured
+batch included), is judged by the consumer rule (:mod:`parity.judge.consumers`): don't-care for a
+length-bounded reader, -inf required for an unbounded one. Writes outside the rows are out of bounds
+under either rule.
 
 ``out`` may be padded (``stride(-2) > max_model_len``) and arrives filled with -inf in its logical
 region. A backend must honour its strides and must not write outside it.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from parity.backends.base import Backend
-from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.judge import consumers
 from parity.judge.checks import Finding, check_mask, check_values
 from parity.problem.reference import reference_logits
 
@@ -39,7 +40,9 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
                       device: str = "cpu", path: str = "fused") -> Finding:
     """Call the backend through the strategy once per layer with fresh inputs and context lengths
     (a new seed per layer) and compare each result with its own reference: a value left by an
-    earlier call where the current call writes nothing shows up as a mask or value mismatch."""
+    earlier call where the current call writes nothing shows up as a mask or value mismatch.
+    Judged for an unbounded reader (the whole row): a value an earlier layer left past the current
+    row's length is harmless to a length-bounded one, and this check says where it is not."""
     leaks, prev = [], None
     for layer in range(layers):
         c = IndexerCase(**{**case.__dict__, "seed": case.seed + layer})
@@ -48,17 +51,17 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
         backend.run(path, inputs, out)
         ref = reference_logits(build_inputs(c, "cpu"))
         ctx = inputs.context_lens.cpu().long().repeat_interleave(inputs.next_n)
-        mask = check_mask(out, ref, valid_lengths(inputs.context_lens.cpu(), inputs.next_n))
+        lens = inputs.row_lens.cpu()
+        mask = check_mask(out, ref, lens, consumers.UNBOUNDED)
         values = check_values(out, ref, ctx, c.input_format)
         got = out.detach().cpu()
-        # The whole row, past context_len too: the prefill contract covers every invalid position.
-        stale = torch.isfinite(got) & ~torch.isfinite(ref)
+        stale = torch.isfinite(got) & ~torch.isfinite(ref)  # the whole row: what an unbounded reader ranks
         if not (mask.ok and values.ok) or bool(stale.any()):
             same = prev is not None and prev.shape == got.shape
             leaks.append({"layer": layer, "mask": mask.summary, "values": values.summary,
                           "finite_where_invalid": int(stale.sum()),
                           "equal_to_previous_call": int((stale & (got == prev)).sum()) if same else 0,
-                          "valid_lengths": valid_lengths(inputs.context_lens.cpu(), inputs.next_n).tolist()})
+                          "valid_lengths": lens.tolist()})
         prev = got.clone()
     ok = not leaks
     name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))

@@ -20,7 +20,7 @@ import torch
 from parity.contract import strategies
 from parity.backends.base import Backend
 from parity.judge.buffers import fill_sentinel, sentinel_mask
-from parity.problem.cases import IndexerCase, build_inputs, row_lengths
+from parity.problem.cases import IndexerCase, build_inputs
 from parity.judge.checks import Finding, check_mask, check_values
 from parity.problem.reference import reference_logits
 
@@ -83,7 +83,7 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
             ref = reference_logits(cpu_inputs)
             ctx = cpu_inputs.context_lens.long().repeat_interleave(cap["case"].next_n)
             got = cap["result"].cpu()
-            lens = row_lengths(cpu_inputs.context_lens, cap["case"].next_n, cpu_inputs.context_lens_2d)
+            lens = cpu_inputs.row_lens
             right = check_mask(got, ref, lens).ok and check_values(got, ref, ctx, cap["case"].input_format).ok
             damaged = sum(int((~sentinel_mask(v)).sum()) for v in victims)
             v_ptrs = [v.data_ptr() for v in victims]

@@ -30,7 +30,7 @@ from parity.judge.checks import MAX_CHUNK
 
 CLASSES = (
     "correct",  # inside context_len, value within the tolerance of the values check
-    "masked",  # -inf where the reference is -inf (causal rule), or untouched past context_len
+    "masked",  # -inf where the reference is -inf (causal rule), or untouched past the row's valid length
     "wrong_value",  # finite both, off by more than the tolerance; or NaN where the reference is -inf
     "spurious_finite",  # finite where the reference is -inf
     "spurious_neg_inf",  # -inf (or NaN, +inf) where the reference is finite
