@@ -20,8 +20,7 @@ CHUNK = 256  # columns one program stores at once in the buggy kernel
 class _Fault(SimpleBackend):
     """The torch paths with one bug. A fault changes what the kernel reads (:meth:`transform`, once per
     call), what it computes from it (:meth:`batch_logits`, a group of sequences at a time) or how it
-    stores (:meth:`run`). A fault that must change one sequence's reading alone overrides
-    :meth:`logits` instead, and is then run a sequence at a time."""
+    stores (:meth:`run`)."""
 
     def __init__(self, name: str, paths=("stage1", "fused", "preshuffle")):
         super().__init__(name=f"fault:{name}", paths=tuple(paths), logits_dtypes=(torch.float32, torch.bfloat16),
@@ -35,18 +34,10 @@ class _Fault(SimpleBackend):
         h = batch_head_logits(inputs, seqs, preshuffled=(path == "preshuffle"))
         return h if path == "stage1" else h.sum(1)
 
-    def logits(self, path: str, inputs: IndexerInputs, b: int) -> torch.Tensor:
-        return self.batch_logits(path, self.transform(path, inputs), slice(b, b + 1))[0]
-
     def run(self, path, inputs, out):
-        n = inputs.next_n
-        if type(self).logits is not _Fault.logits:  # a per-sequence reading
-            for b in range(inputs.batch):
-                store_rows(out, path, slice(b, b + 1), n, self.logits(path, inputs, b)[None])
-            return
         inputs = self.transform(path, inputs)
         for seqs in seq_groups(inputs):
-            store_rows(out, path, seqs, n, self.batch_logits(path, inputs, seqs))
+            store_rows(out, path, seqs, inputs.next_n, self.batch_logits(path, inputs, seqs))
 
 
 class UnmaskedChunkStore(_Fault):

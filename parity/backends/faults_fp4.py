@@ -10,6 +10,7 @@ import torch
 
 from parity.problem import mxfp4
 from parity.backends.faults import _Fault
+from parity.backends.torch_ref import seq_groups
 
 
 class _Fp4Fault(_Fault):
@@ -44,9 +45,9 @@ class NibblesSwapped(_Fp4Fault):
     def __init__(self):
         super().__init__("fp4_nibbles_swapped")
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         values, words = self.cache_parts(inputs)
-        return super().logits(path, self.with_cache(inputs, _swap_nibbles(values), words), b)
+        return self.with_cache(inputs, _swap_nibbles(values), words)
 
 
 class ScaleFromNeighbourGroup(_Fp4Fault):
@@ -56,10 +57,10 @@ class ScaleFromNeighbourGroup(_Fp4Fault):
     def __init__(self):
         super().__init__("fp4_scale_neighbour_group")
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         values, words = self.cache_parts(inputs)
         shifted = mxfp4.scale_words(mxfp4.scale_bytes(words).roll(-1, dims=-1))
-        return super().logits(path, self.with_cache(inputs, values, shifted), b)
+        return self.with_cache(inputs, values, shifted)
 
 
 class ScalesTokenInterleaved(_Fp4Fault):
@@ -69,13 +70,13 @@ class ScalesTokenInterleaved(_Fp4Fault):
     def __init__(self):
         super().__init__("fp4_scales_token_interleaved")
 
-    def logits(self, path, inputs, b):
+    def transform(self, path, inputs):
         nb, bs, _, width = inputs.kv_cache.shape
         half = width - mxfp4.SCALE_WORD_BYTES
         per_token = inputs.kv_cache.reshape(nb, bs, width)  # the wrong reading of the packed block
         values = per_token[..., :half].reshape(nb, -1)
         words = per_token[..., half:].contiguous().view(torch.int32).reshape(nb, bs)
-        return super().logits(path, self.with_cache(inputs, values, words), b)
+        return self.with_cache(inputs, values, words)
 
 
 class RowOffsetWraps(_Fp4Fault):
@@ -93,12 +94,12 @@ class RowOffsetWraps(_Fp4Fault):
         flat = torch.empty(0, dtype=out.dtype, device=out.device).set_(out.untyped_storage())
         size = out.element_size()
         col = torch.arange(cols, device=out.device)
-        for b in range(inputs.batch):
-            logits = self.logits(path, inputs, b)  # (next_n, cols)
-            for i in range(n):
-                r = b * n + i
+        for seqs in seq_groups(inputs):
+            logits = self.batch_logits(path, inputs, seqs).reshape(-1, cols)  # (G * next_n, cols)
+            for j in range(logits.shape[0]):
+                r = seqs.start * n + j
                 byte = ((r * out.stride(0) + col) * size) % (1 << self.bits)
-                flat[out.storage_offset() + byte // size] = logits[i].to(out.dtype)
+                flat[out.storage_offset() + byte // size] = logits[j].to(out.dtype)
 
 
 class OneGroupScaleOff(_Fp4Fault):
@@ -110,16 +111,16 @@ class OneGroupScaleOff(_Fp4Fault):
     def __init__(self):
         super().__init__("fp4_one_group_scale_off")
 
-    def logits(self, path, inputs, b):
-        bs = inputs.block_size
-        if int(inputs.context_lens[b]) <= self.COLUMN:
-            return super().logits(path, inputs, b)
+    def transform(self, path, inputs):
+        bs, j = inputs.block_size, self.COLUMN % inputs.block_size
         values, words = self.cache_parts(inputs)
-        blk, j = int(inputs.block_tables[b, self.COLUMN // bs]), self.COLUMN % bs
-        exps = mxfp4.scale_bytes(words[blk, j:j + 1])
-        exps[0, 0] += 1
-        words[blk, j] = mxfp4.scale_words(exps)[0]
-        return super().logits(path, self.with_cache(inputs, values, words), b)
+        reach = (inputs.context_lens > self.COLUMN).to(inputs.block_tables.device)  # sequences holding that token
+        # The block holding that token, once each (a block two sequences shared would still move one step).
+        for blk in inputs.block_tables[reach, self.COLUMN // bs].unique().tolist():
+            exps = mxfp4.scale_bytes(words[blk, j:j + 1])
+            exps[0, 0] += 1
+            words[blk, j] = mxfp4.scale_words(exps)[0]
+        return self.with_cache(inputs, values, words)
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
