@@ -203,9 +203,9 @@ class TinyIndexerLM:
 
     def _index_qk(self, L, h, pos, fp8):
         q, k, w = index_qk(self.cfg, L, h, pos)
-        q_scale = q.abs().amax(-1, keepdim=True).clamp_min(1e-12) / layouts.fp8_max(fp8)
-        q_fp8 = (q / q_scale).to(fp8)
-        weights = (w * q_scale.squeeze(-1)).float().contiguous()  # the q scale folded in, as DSv3.2 does
+        q_fp8, q_scale = layouts.quantize_per_token(q.reshape(-1, q.shape[-1]), fp8)  # per (token, head)
+        q_fp8, q_scale = q_fp8.view_as(q), q_scale.view(q.shape[:-1])
+        weights = (w * q_scale).float().contiguous()  # the q scale folded in, as DSv3.2 does
         k_fp8, k_scale = layouts.quantize_per_token(k, fp8)
         return q_fp8, weights, k_fp8, k_scale
 

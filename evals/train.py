@@ -72,6 +72,12 @@ class TrainSpec:
             raise ValueError(f"batch must be >= 1 and seq_chars >= 64, got {self.batch}, {self.seq_chars}")
 
 
+def _fake_quant(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` through fp8 with one scale per vector of its last dim (layouts.quantize_per_token), in float32."""
+    x8, scale = layouts.quantize_per_token(x.reshape(-1, x.shape[-1]), dtype)
+    return (x8.float() * scale[:, None]).view(x.shape)
+
+
 class Net(torch.nn.Module):
     """The inference model's tensors as parameters (same names), and a batched forward that
     computes what ``evals.model.TinyIndexerLM`` computes, for training."""
@@ -105,13 +111,9 @@ class Net(torch.nn.Module):
 
     def _index_logits(self, L, h, pos, fp8):
         q, k, w = index_qk(self.cfg, L, h, pos)
-        if fp8:
+        if fp8:  # quantized and back, exactly as inference quantizes (q per token and head, keys per token)
             dt = layouts.fp8_dtype(self.cfg.fp8)
-            fmax = layouts.fp8_max(dt)
-            qs = q.abs().amax(-1, keepdim=True).clamp_min(1e-12) / fmax
-            q = (q / qs).to(dt).float() * qs
-            ks = k.abs().amax(-1, keepdim=True).clamp_min(1e-12).float() / fmax
-            k = (k.float() / ks).to(dt).float() * ks
+            q, k = (_fake_quant(x, dt) for x in (q, k))
         T = h.shape[1]
         out = torch.einsum("bthd,bsd->bths", q, k).clamp_min(0)
         out = torch.einsum("bths,bth->bts", out, w)
