@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-EMBEDDED_MAX_GEN_TOKS = 48  # the trained model's answers and the "Question:" that stops them fit in 41
+from evals import synth
+
+EMBEDDED_MAX_GEN_TOKS = synth.MAX_GEN_TOKS
 UNTRAINED_MAX_GEN_TOKS = 32  # untrained, the embedded model never stops early; keep CPU runs short
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from evals import synth
 from evals.gsm8k import MANIFEST, RESULTS, SAMPLES, TASK, _now, hardware, task_config
 
 LM_NAME = "tiny-indexer-lm-inprocess"
@@ -28,7 +29,8 @@ class EmbeddedLM(LM):
     a time in lm-eval's order, so two runs of the same questions batch them identically (the row
     order of every decode call, which a kernel writing past its row depends on)."""
 
-    def __init__(self, model=None, batch_size: int = 8, max_gen_toks: int = 48, label: str = "", log=None):
+    def __init__(self, model=None, batch_size: int = 8, max_gen_toks: int = synth.MAX_GEN_TOKS, label: str = "",
+                 log=None):
         super().__init__()
         if model is None:
             from evals.weights import embedded_model
@@ -72,7 +74,7 @@ class EmbeddedLM(LM):
 
 
 def evaluate(model, data_dir: Path, out: Path | None = None, limit: int | None = None, batch_size: int = 8,
-             max_gen_toks: int = 48, seed: int = 0, label: str = "", data_record: dict | None = None,
+             max_gen_toks: int = synth.MAX_GEN_TOKS, seed: int = 0, label: str = "", data_record: dict | None = None,
              log=None) -> dict:
     """lm-eval's gsm8k on ``data_dir`` with ``model`` in process. Returns ``{"metrics", "n",
     "correct": {filter: [0/1 per doc_id]}, "doc_ids", "wall_s", "lm_stats"}``; with ``out``, also

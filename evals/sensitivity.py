@@ -23,9 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evals import stats
-
-FILTERS = ("flexible-extract", "strict-match")
-GATED = "flexible-extract"
+from evals.gate import DEFAULT_FILTER as GATED
+from evals.gate import FILTERS
 
 
 @dataclass(frozen=True)

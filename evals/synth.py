@@ -22,6 +22,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evals.data import SOURCE_FILE, SPLITS
+
 GENERATOR_VERSION = 1
 # No I/O/0/1: codes stay unambiguous to a reader. 32 symbols, 3 of them: 32768 codes, so a code
 # of the question being asked is almost never also in one of the few-shot examples before it.
@@ -39,7 +41,7 @@ SCENES = (
     ("A port counts barrels on its docks.", "Dock", "barrels", "on"),
 )
 VALUES = (10, 999)  # 2 or 3 digits: a guessed or half-copied number is wrong
-SPLITS = ("train", "test")
+MAX_GEN_TOKS = 48  # embedded runs' generation room: an answer and the "Question:" that stops it fit in 41
 MIN_TARGET_CHARS = 120  # the long format's shortest question: the longest opening, one fact and the ask
 # lm-eval's gsm8k prompt: "Question: {q}\nAnswer:" then " {answer}", shots joined by "\n\n".
 Q_PREFIX, A_PREFIX, SHOT_SEP = "Question: ", "\nAnswer:", "\n\n"
@@ -133,13 +135,13 @@ def write(dest: Path, spec: SynthSpec) -> dict:
         (dest / f"{split}.jsonl").write_bytes(data)
         sha[split] = hashlib.sha256(data).hexdigest()
     rec = record(spec, sha)
-    (dest / "source.json").write_text(json.dumps(rec, indent=1) + "\n")
+    (dest / SOURCE_FILE).write_text(json.dumps(rec, indent=1) + "\n")
     return rec
 
 
 def read_record(data_dir: Path) -> dict | None:
     """The generator's record of a data dir it wrote, if the files still match it (else None)."""
-    path = Path(data_dir) / "source.json"
+    path = Path(data_dir) / SOURCE_FILE
     try:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

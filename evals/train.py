@@ -40,7 +40,7 @@ from parity.problem import layouts
 # against 5-shot prompts of ~1.3 KB (up to 1.9 KB) and long questions up to the 2000-token window.
 TRAINED_CONFIG = ModelConfig(d_model=128, n_layers=4, n_heads=4, head_dim=32, index_heads=4, index_head_dim=32,
                              rope_dim=16, index_topk=32, block_size=64, max_model_len=2000, ffn=512, ngram=7)
-GEN_ROOM = 48  # max_gen_toks of embedded runs: the trained answers end well before it
+GEN_ROOM = synth.MAX_GEN_TOKS  # the room training leaves for the answer in each window
 
 
 @dataclass(frozen=True)
