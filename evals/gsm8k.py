@@ -55,6 +55,11 @@ def hardware() -> dict:
     return info
 
 
+def hardware_label(info: dict) -> str:
+    """One line for a manifest or a table: the GPUs of :func:`hardware`'s record, else its CPUs."""
+    return ", ".join(info.get("gpus") or []) or f"{info.get('cpus')} CPUs ({info.get('machine')})"
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -82,13 +82,13 @@ def all_rows(aiter_tree: str | None = None, triton: bool = True, builds: bool = 
 def run_row(row: Row, args, data_dir: Path, out: Path) -> dict:
     from dataclasses import replace
 
-    from evals.gsm8k import hardware
+    from evals.gsm8k import hardware, hardware_label
     from evals.lm import evaluate
     from evals.model import BackendUnsupported
     from evals.synth import read_record
     from evals.weights import embedded_model
 
-    rec = {"row": asdict(row), "status": "ok", "host": _hw(hardware())}
+    rec = {"row": asdict(row), "status": "ok", "host": hardware_label(hardware())}
     t0 = time.time()
     try:
         model = embedded_model(args.weights, backend=row.backend, buffer=row.buffer, path=row.path,
@@ -220,7 +220,7 @@ def _worker_cmd(args, row_id: str, data_dir: Path) -> list[str]:
 
 def main(args) -> int:
     from evals import synth
-    from evals.gsm8k import hardware
+    from evals.gsm8k import hardware, hardware_label
 
     out = Path(args.out)
     rows = all_rows(args.aiter_tree, triton=not args.no_triton, builds=not args.no_builds)
@@ -265,7 +265,7 @@ def main(args) -> int:
                         "parity": {"verdict": "n/a", "detail": "not reached"}})
     rec = synth.read_record(data_dir) or {"name": f"GSM8K-format files in {data_dir}"}
     # Where the rows ran (a table resumed from rows recorded on other hosts names them all).
-    hosts = sorted({r["host"] for r in records if r.get("host")}) or [_hw(hardware())]
+    hosts = sorted({r["host"] for r in records if r.get("host")}) or [hardware_label(hardware())]
     meta = {"date": time.strftime("%Y-%m-%d"), "hardware": " + ".join(hosts), "command": "python -m evals sensitivity "
             + " ".join(sys.argv[2:]), "model": _model_name(args), "data": rec, "n": next(
                 (r.get("n") for r in records if r.get("n")), None), "batch_size": args.batch_size}
@@ -344,10 +344,6 @@ def _short(rec: dict) -> str:
 
 def _safe(row_id: str) -> str:
     return row_id.replace(":", "_").replace("/", "_")
-
-
-def _hw(info: dict) -> str:
-    return ", ".join(info.get("gpus") or []) or f"{info.get('cpus')} CPUs ({info.get('machine')})"
 
 
 def _model_name(args) -> str:

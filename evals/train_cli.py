@@ -55,7 +55,7 @@ def main(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from evals.gsm8k import hardware
+    from evals.gsm8k import hardware, hardware_label
 
     spec = TrainSpec(seed=args.seed, data_seed=args.data_seed,
                      **{k: getattr(args, k) for k in STEP_FLAGS if getattr(args, k, None) is not None})
@@ -70,7 +70,7 @@ def main(args) -> int:
     hw = hardware()
     training = {"command": command_line(args), "seed": spec.seed, "data_seed": spec.data_seed,
                 "generator_version": synth.GENERATOR_VERSION, "git_commit": weights.git_commit(),
-                "hardware": ", ".join(hw.get("gpus") or []) or f"{hw.get('cpus')} CPUs", "torch": torch.__version__,
+                "hardware": hardware_label(hw), "torch": torch.__version__,
                 **record}
     test_spec = synth.SynthSpec()
     out = Path(args.out)
@@ -109,7 +109,6 @@ def main(args) -> int:
 
 
 def accuracy_record(res: dict, device: str, batch: int, hw: dict) -> dict:
-    return {"task": "gsm8k (lm-eval, 5-shot)", "data": synth.record(synth.SynthSpec())["name"], "n": res["n"],
-            **{k.split(",")[1]: round(float(v), 4) for k, v in res["metrics"].items() if k.startswith("exact_match,")},
-            "indexer": "torch (reference), fused, exact buffer", "device": device, "batch_size": batch,
-            "hardware": ", ".join(hw.get("gpus") or []) or f"{hw.get('cpus')} CPUs", "wall_s": res["wall_s"]}
+    scores = {k.split(",")[1]: v for k, v in res["metrics"].items() if k.startswith("exact_match,")}
+    return weights.accuracy_record(synth.record(synth.SynthSpec())["name"], res["n"], scores, device, hw,
+                                   res["wall_s"], batch_size=batch)

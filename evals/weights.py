@@ -170,6 +170,16 @@ def embedded_model(weights: str | Path | None = None, untrained: bool = False, b
                          info=info)
 
 
+def accuracy_record(data: str, n: int, scores: dict, device: str, hw: dict, wall_s, **extra) -> dict:
+    """The manifest's ``accuracy``: the reference indexer's lm-eval gsm8k scores on the generated task."""
+    from evals.gsm8k import hardware_label
+
+    return {"task": "gsm8k (lm-eval, 5-shot)", "data": data, "n": n,
+            **{f: round(float(v), 4) for f, v in scores.items()},
+            "indexer": "torch (reference), fused, exact buffer", "device": device, "hardware": hardware_label(hw),
+            "wall_s": wall_s, **extra}
+
+
 def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> int:
     """Writes the accuracy of a ``gsm8k run`` of these weights (reference indexer, generated task,
     all questions) into their manifest; refuses a run of other weights, data or indexer (exit 2)."""
@@ -196,13 +206,10 @@ def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> i
         problems.append(f"it ran --limit {flex.manifest['limit']}, not all questions")
     if problems:
         raise WeightsError(f"run {run_dir} cannot vouch for {mpath}: " + "; ".join(problems))
-    hw = flex.manifest.get("hardware") or {}
-    manifest["accuracy"] = {"task": "gsm8k (lm-eval, 5-shot)", "data": data.get("name"), "n": flex.n,
-                            "flexible-extract": round(flex.value, 4), "strict-match": round(strict.value, 4),
-                            "indexer": "torch (reference), fused, exact buffer", "device": info.get("device", "cpu"),
-                            "hardware": ", ".join(hw.get("gpus") or []) or f"{hw.get('cpus')} CPUs ({hw.get('machine')})",
-                            "run": str(run_dir), "wall_s": flex.manifest.get("wall_s"),
-                            "command": " ".join(str(c) for c in flex.manifest.get("command", []))}
+    manifest["accuracy"] = accuracy_record(
+        data.get("name"), flex.n, {"flexible-extract": flex.value, "strict-match": strict.value},
+        info.get("device", "cpu"), flex.manifest.get("hardware") or {}, flex.manifest.get("wall_s"),
+        run=str(run_dir), command=" ".join(str(c) for c in flex.manifest.get("command", [])))
     mpath.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{mpath}: accuracy flexible-extract {manifest['accuracy']['flexible-extract']}, strict-match "
           f"{manifest['accuracy']['strict-match']} (n={flex.n})")
