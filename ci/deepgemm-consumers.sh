@@ -7,7 +7,8 @@
 #      since 2026-04 cannot) at each LEVEL, under --consumer length-bounded and --consumer unbounded;
 #      deepgemm:clean as well, which skips with the reason where the release cannot clean.
 # Expected of a correct build that leaves its rows uncleaned: length-bounded clean (exit 0), unbounded
-# `mask` findings past the rows' lengths (exit 1).
+# `mask` findings past the rows' lengths (exit 1). The script exits 0 when deepgemm:noclean gave exactly
+# that at every level it ran, 1 when it did not, 2 when the build failed.
 #
 #   ci/deepgemm-consumers.sh [OUT_DIR]
 #   env: PYTHON (default python3), DEEPGEMM_SRC, LEVELS (default "quick full"), DEADLINE_S (default 300)
@@ -17,6 +18,8 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-deepgemm-consumers}}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
+# shellcheck source=ci/lib.sh
+source ci/lib.sh
 SRC="${DEEPGEMM_SRC:-third_party/DeepGEMM}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 S="$OUT_DIR/summary.md"
@@ -25,12 +28,9 @@ echo "# DeepGEMM under both consumer rules $(date -u +%FT%TZ)" > "$S"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$S" 2>&1
 
 if [ -d "$SRC" ]; then
-  timeout 180 ci/build-deepgemm.sh "$SRC" --direct --std c++20 --reuse > "$OUT_DIR/dg-build.txt" 2>&1
-  rc=$?
-  line="$(tail -n 1 "$OUT_DIR/dg-build.txt")"
-  echo "deepgemm build ($(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo "tree $SRC")): exit $rc" | tee -a "$S"
-  [ $rc -eq 0 ] && [[ "$line" == PYTHONPATH=* ]] && export PYTHONPATH="${line#PYTHONPATH=}:$PYTHONPATH"
+  build_deepgemm "$SRC" "$OUT_DIR" "$S" || exit 2
 fi
+status=0
 
 for level in ${LEVELS:-quick full}; do
   for variant in deepgemm:noclean deepgemm:clean; do
@@ -41,9 +41,14 @@ for level in ${LEVELS:-quick full}; do
       timeout "$left" "$PY" -m parity run --backend "$variant" --consumer "$consumer" --level "$level" \
         --device cuda --out "$OUT_DIR/$name.json" > "$OUT_DIR/$name.log" 2>&1
       rc=$?
+      if [ "$variant" = deepgemm:noclean ]; then  # the expectation above, or a finding of this script
+        want=0; [ "$consumer" = unbounded ] && want=1
+        [ "$rc" -eq "$want" ] || status=1
+      fi
       echo "| $variant | $consumer | $level | exit $rc: $(grep -E 'verdict|passed|failed' "$OUT_DIR/$name.log" | tail -n 2 | tr '\n' ' ' | head -c 300) |" \
         | tee -a "$S"
     done
   done
 done
-exit 0
+[ $status -eq 0 ] || echo "deepgemm:noclean did not give length-bounded exit 0 and unbounded exit 1" | tee -a "$S"
+exit $status

@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-study-results}}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
+# shellcheck source=ci/lib.sh
+source ci/lib.sh
 SRC="${DEEPGEMM_SRC:-third_party/DeepGEMM}"
 STUDY_S="${STUDY_S:-240}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -28,12 +30,7 @@ LOG="$OUT_DIR/log.txt"
 } > "$S" 2>&1
 
 if [ -d "$SRC" ]; then
-  t0=$SECONDS
-  timeout 180 ci/build-deepgemm.sh "$SRC" --direct --std c++20 --reuse > "$OUT_DIR/dg-build.txt" 2>&1
-  rc=$?
-  line="$(tail -n 1 "$OUT_DIR/dg-build.txt")"
-  echo "deepgemm build: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"
-  [ $rc -eq 0 ] && [[ "$line" == PYTHONPATH=* ]] && export PYTHONPATH="${line#PYTHONPATH=}:$PYTHONPATH"
+  build_deepgemm "$SRC" "$OUT_DIR" "$S"
 else
   echo "deepgemm: no source tree at $SRC" | tee -a "$S"
 fi

@@ -22,3 +22,17 @@ ensure_xdist() {
     | tee -a "$1"
   return 1
 }
+
+# build_deepgemm SRC OUT_DIR SUMMARY: DeepGEMM from the source tree SRC with ci/build-deepgemm.sh --direct
+# --std c++20 --reuse (about 60 s; none where an up-to-date build is there), its log in OUT_DIR/dg-build.txt,
+# one line in SUMMARY; on success its directory is put on PYTHONPATH. Returns the build's exit status.
+build_deepgemm() {
+  local src="$1" out="$2" summary="$3" t0=$SECONDS rc line
+  timeout 180 ci/build-deepgemm.sh "$src" --direct --std c++20 --reuse > "$out/dg-build.txt" 2>&1
+  rc=$?
+  line="$(tail -n 1 "$out/dg-build.txt")"
+  echo "deepgemm build ($([ -e "$src/.git" ] && git -C "$src" rev-parse --short HEAD || echo "tree $src")): exit $rc" \
+    "after $((SECONDS - t0)) s" | tee -a "$summary"
+  [ $rc -eq 0 ] && [[ "$line" == PYTHONPATH=* ]] && export PYTHONPATH="${line#PYTHONPATH=}:$PYTHONPATH"
+  return $rc
+}

@@ -66,13 +66,17 @@ if [ "$PHASE" != train ]; then
   if [ -n "${ROWS_FROM:-}" ]; then
     mkdir -p "$OUT/sensitivity/rows" && cp "$ROWS_FROM"/*.json "$OUT/sensitivity/rows/"
   fi
+  SENS_TIMEOUT_S="${SENS_TIMEOUT_S:-86400}"
+  [[ "$SENS_TIMEOUT_S" =~ ^[1-9][0-9]*$ ]] || { echo "SENS_TIMEOUT_S must be a positive number of seconds"; exit 2; }
   T=$(date +%s)
-  timeout "${SENS_TIMEOUT_S:-86400}" "$PY" -m evals sensitivity --out "$OUT/sensitivity" --device cuda \
+  sens_rc=0  # a table stopped by SENS_TIMEOUT_S is still packed: its finished rows are what a --resume keeps
+  timeout "$SENS_TIMEOUT_S" "$PY" -m evals sensitivity --out "$OUT/sensitivity" --device cuda \
     --jobs "${JOBS:-12}" --resume "${WEIGHTS[@]}" "${LIMIT_ARGS[@]}" "${AITER[@]}" "${MORE[@]}" 2>&1 \
-    | tee "$OUT/sensitivity.log"
-  echo "sensitivity: $(( $(date +%s) - T )) s" | tee -a "$OUT/sensitivity.log"
+    | tee "$OUT/sensitivity.log" || sens_rc=$?
+  echo "sensitivity: exit $sens_rc after $(( $(date +%s) - T )) s" | tee -a "$OUT/sensitivity.log"
   (cd "$OUT/sensitivity" && tar czf ../sensitivity.tgz --exclude='rows/*/run' rows/*.json rows/logs \
     sensitivity.json sensitivity.md 2>/dev/null) || true
+  [ "$sens_rc" -eq 0 ] || exit "$sens_rc"
   if [ -f "$OUT/weights/manifest.json" ] && [ -z "${LIMIT:-}" ]; then
     "$PY" -m evals record-accuracy "$OUT/sensitivity/rows/reference/run" --weights "$OUT/weights" \
       | tee -a "$OUT/sensitivity.log"

@@ -6,7 +6,8 @@
 # unexpected, with the rows and the counts. One H200, no network, installs nothing.
 #
 #   ci/vllm-topk-cases.sh OUT_DIR [--only CASE_ID ...] [--runs N]
-#   env: PYTHON (default python3), PARITY_VLLM_SRC (default third_party/vllm-src: csrc/sampler.cu and the
+#   env: PYTHON (default python3), DEADLINE_S (the build and the cases together, default 560: one
+#        10-minute device call), PARITY_VLLM_SRC (default third_party/vllm-src: csrc/sampler.cu and the
 #        headers it includes, see README "Downstream contract"; git-ignored, carry it to the GPU machine)
 # Leaves OUT_DIR/{summary.md, topk-build.txt, topk-cases.txt, topk-cases.json, topk-cases.md}.
 # Exit 0 when the op was built and every case ran (the verdicts are in the files), 1 otherwise, 2 on bad use.
@@ -40,6 +41,7 @@ fi
   exit 2
 }
 
+END=$((SECONDS + ${DEADLINE_S:-560}))
 t0=$SECONDS
 timeout 300 "$PY" -m parity.backends.vllm_topk_ext --vllm-src "$src" > "$OUT_DIR/topk-build.txt" 2>&1
 rc=$?
@@ -50,7 +52,9 @@ if [ $rc -ne 0 ]; then
 fi
 
 t0=$SECONDS
-timeout 420 "$PY" -m parity.contract.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
+left=$((END - SECONDS))
+[ "$left" -ge 30 ] || { echo "cases: not run, the deadline is spent" | tee -a "$S"; exit 1; }
+timeout "$left" "$PY" -m parity.contract.topk_cases --vllm-src "$src" --out "$OUT_DIR" "$@" > "$OUT_DIR/topk-cases.txt" 2>&1
 rc=$?
 echo "cases: exit $rc after $((SECONDS - t0)) s" | tee -a "$S"
 tail -n 40 "$OUT_DIR/topk-cases.txt" >> "$S"
