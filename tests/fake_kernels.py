@@ -3,6 +3,8 @@ written from SPEC section 1 (not the reference under test, so that a fake agrees
 the adapter hands it the right arguments)."""
 import torch
 
+from parity.backends.base import SimpleBackend
+from parity.backends.torch_ref import TorchBackend
 from parity.problem import layouts
 
 
@@ -51,3 +53,22 @@ def paged_logits_fp4(q_packed, q_sf, kv_cache, weights, block_table, row_lens, m
     s = torch.einsum("bnhd,btd->bnht", q, k).relu()
     out = (s * weights.float().view(B, n, H, 1)).sum(2).reshape(B * n, max_len)
     return out.masked_fill(t[None, :] >= row_lens.view(-1, 1).long(), float("-inf")) if masked else out
+
+
+
+class WritesPastLengths(SimpleBackend):
+    """A correct backend for every valid position that leaves a finite value in every other position of
+    every row, as a kernel that allocates its output with torch.empty and never cleans does; with
+    ``per_call`` the value changes from call to call, as such a buffer's leftovers do."""
+
+    def __init__(self, junk: float = 3.0, per_call: bool = False):
+        super().__init__(name="writes-past-lengths", paths=("stage1", "fused", "preshuffle"),
+                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
+        self.junk, self.per_call, self.calls = junk, per_call, 0
+
+    def run(self, path, inputs, out):
+        TorchBackend().run(path, inputs, out)
+        self.calls += 1
+        lens = inputs.row_lens.to(out.device)
+        past = torch.arange(out.shape[-1], device=out.device)[None, :] >= lens[:, None]
+        out.masked_fill_(past.expand_as(out), self.junk + (self.calls if self.per_call else 0))

@@ -9,6 +9,9 @@ from parity.problem.cases import IndexerCase
 from parity.run.harness import run_cell
 from parity.selftest import PLANTED
 
+from fake_kernels import WritesPastLengths
+from findings import finding
+
 
 @pytest.mark.parametrize("planted", PLANTED, ids=lambda p: f"{p.fault}-{p.buffer}-{p.case.context}")
 def test_planted_fault_is_caught_where_it_is(planted):
@@ -96,28 +99,12 @@ def test_determinism_judges_what_the_consumer_reads():
     assert not f.ok and f.details["first_positions"] == [[1, 5]]
 
 
-class _LeavesJunkPastLength(SimpleBackend):
-    """A correct kernel that writes its own output buffer with whatever was there past each row's length
-    (DeepGEMM allocates with torch::empty and never cleans with 2-D lengths): different junk every call."""
-
-    calls = 0
-
-    def run(self, path, inputs, out):
-        from parity.backends.torch_ref import TorchBackend
-
-        TorchBackend(clean_logits=True).run(path, inputs, out)
-        type(self).calls += 1
-        past = torch.arange(out.shape[-1])[None, :] >= inputs.row_lens[:, None]
-        out.masked_fill_(past, float(self.calls))
-
-
 def test_junk_past_the_length_that_changes_per_call_fails_only_the_unbounded_rule():
     case = IndexerCase(batch=2, next_n=2, context="ctx_eq_max_first")
-    bounded = run_cell(_LeavesJunkPastLength(name="junk"), "fused", "exact", case, consumer="length-bounded")
+    bounded = run_cell(WritesPastLengths(per_call=True), "fused", "exact", case, consumer="length-bounded")
     assert bounded["status"] == "pass", bounded["findings"]
-    det = next(f for f in bounded["findings"] if f["check"] == "determinism")
-    assert det["details"]["dont_care_differ"] > 0
-    unbounded = run_cell(_LeavesJunkPastLength(name="junk"), "fused", "exact", case, consumer="unbounded")
+    assert finding(bounded, "determinism")["details"]["dont_care_differ"] > 0
+    unbounded = run_cell(WritesPastLengths(per_call=True), "fused", "exact", case, consumer="unbounded")
     failed = {f["check"] for f in unbounded["findings"] if not f["ok"]}
     assert "mask" in failed and "determinism" in failed
 

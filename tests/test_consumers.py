@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from parity.backends import load_backend
-from parity.backends.base import SimpleBackend
 from parity.backends.torch_ref import TorchBackend
 from parity.cli import main as cli_main
 from parity.judge import consumers
@@ -19,24 +18,11 @@ from parity.problem.grids import stress_cases
 from parity.reports import render, report
 from parity.run import shards
 from parity.run.harness import run_cell
-from xdist_runs import CHECKOUT, clean_env
+from fake_kernels import WritesPastLengths
+from findings import failing, finding
+from xdist_runs import CHECKOUT, clean_env, plugin_args
 
 JUNK = 3.0
-
-
-class WritesPastLengths(SimpleBackend):
-    """Right logits in every valid position, and a finite value in every other position of every row
-    (as a kernel that allocates its output with torch.empty and never cleans does)."""
-
-    def __init__(self):
-        super().__init__(name="writes-past-lengths", paths=("stage1", "fused", "preshuffle"),
-                         logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True)
-
-    def run(self, path, inputs, out):
-        TorchBackend().run(path, inputs, out)
-        lens = inputs.row_lens.to(out.device)
-        past = torch.arange(out.shape[-1], device=out.device)[None, :] >= lens[:, None]
-        out.masked_fill_(past.expand_as(out), JUNK)
 
 
 DUMMY = next(c for c in stress_cases() if c.id == "B4-n2-bs64-dummy_rows-H64-mml320")
@@ -44,25 +30,21 @@ ALL_DUMMY = next(c for c in stress_cases() if c.id == "B2-n3-bs16-all_dummy")
 SPECULATIVE = IndexerCase(batch=2, next_n=3, block_size=16, max_model_len=300, context="random")
 
 
-def _failing(result):
-    return sorted(f["check"] for f in result["findings"] if not f["ok"])
-
-
 @pytest.mark.parametrize("case", [DUMMY, ALL_DUMMY, SPECULATIVE], ids=lambda c: c.id)
 @pytest.mark.parametrize("path, buffer", [("fused", "exact"), ("fused", "padded"), ("stage1", "exact")])
 def test_finite_values_past_every_length_are_the_consumers_business(case, path, buffer):
     backend = WritesPastLengths()
     bounded = run_cell(backend, path, buffer, case)
-    assert bounded["status"] == "pass" and bounded["consumer"] == "length-bounded", _failing(bounded)
-    mask = next(f for f in bounded["findings"] if f["check"] == "mask")
+    assert bounded["status"] == "pass" and bounded["consumer"] == "length-bounded", failing(bounded)
+    mask = finding(bounded, "mask")
     lens = build_inputs(case).row_lens.repeat(case.heads if path == "stage1" else 1)
     short = torch.nonzero(lens < case.max_model_len).flatten().tolist()[:64]  # rows with columns past their length
     past = mask["details"]["past_valid_len"]
     assert past["dont_care"] and past["rows"] == short
     assert "don't-care for a length-bounded reader" in mask["summary"]
     unbounded = run_cell(backend, path, buffer, case, consumer="unbounded")
-    assert _failing(unbounded) == ["mask"]
-    mask = next(f for f in unbounded["findings"] if f["check"] == "mask")
+    assert failing(unbounded) == ["mask"]
+    mask = finding(unbounded, "mask")
     assert mask["details"]["rows"] == short and "unbounded reader needs -inf" in mask["summary"]
     assert bool(mask["details"]["dummy_rows_written"]) is (case.context in ("dummy_rows", "all_dummy"))
     assert unbounded["map"]["counts"]["spurious_finite"] == mask["details"]["past_valid_len"]["count"]
@@ -87,14 +69,14 @@ def test_writing_an_empty_row_is_correct_for_a_length_bounded_reader():
     """The old empty-row fault: a finite logit in a row with no valid position, nothing out of bounds."""
     fault = load_backend("fault:writes_dummy_rows")
     assert run_cell(fault, "fused", "exact", DUMMY)["status"] == "pass"
-    assert _failing(run_cell(fault, "fused", "exact", DUMMY, consumer="unbounded")) == ["mask"]
+    assert failing(run_cell(fault, "fused", "exact", DUMMY, consumer="unbounded")) == ["mask"]
 
 
 def test_an_empty_rows_stores_past_its_end_are_caught_under_both_rules():
     fault = load_backend("fault:dummy_row_overrun")
     for consumer in consumers.CONSUMERS:
         r = run_cell(fault, "fused", "padded", DUMMY, consumer=consumer)
-        oob = next(f for f in r["findings"] if f["check"] == "oob")
+        oob = finding(r, "oob")
         assert not oob["ok"] and oob["details"]["landed"]["row_padding"]["rows"] == [0, 1, 2]
 
 
@@ -156,7 +138,7 @@ def test_pytest_option_picks_the_rule(tmp_path):
     runs = {}
     for rule in consumers.CONSUMERS:
         runs[rule] = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "parity",
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", *plugin_args(), "-m", "parity",
              "--backend", str(backend), "--parity-consumer", rule, "-k", "fused-exact-B2-n2-bs64-block_multiple_plus1"],
             cwd=tmp_path, env=clean_env(PYTHONPATH=str(CHECKOUT)), capture_output=True, text=True, timeout=300)
     bounded, unbounded = runs["length-bounded"], runs["unbounded"]

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from evals import sensitivity, weights
+from evals import sensitivity
 from evals.__main__ import main
-from evals.model import ModelConfig
-from evals.train import Net
 from parity.selftest import PLANTED
-
-TINY = ModelConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, index_heads=2, index_head_dim=16, rope_dim=8,
-                   index_topk=8, block_size=16, max_model_len=2000, ffn=64, seed=3)
+from tiny_model import save_tiny
 
 
 def test_every_planted_fault_has_a_row():
@@ -50,7 +46,7 @@ def test_the_gate_sees_a_large_drop_and_passes_noise():
 
 def test_rows_that_cannot_run_say_why(tmp_path):
     w = tmp_path / "w"
-    weights.save(w, Net(TINY).tensors(), TINY, training={"command": "test"})
+    save_tiny(w)
     out = tmp_path / "sens"
     rc = main(["sensitivity", "--out", str(out), "--weights", str(w), "--limit", "2", "--jobs", "0", "--device", "cpu",
                "--only", "fault:raises/fused/exact,deepgemm/fused/exact"])
@@ -79,7 +75,7 @@ def test_judge_never_passes_a_row_without_results():
 def test_resume_keeps_recorded_rows_and_skip_leaves_rows_out(tmp_path):
     """A table split over two hosts: rows recorded elsewhere are kept as they are, crashed ones rerun."""
     w = tmp_path / "w"
-    weights.save(w, Net(TINY).tensors(), TINY, training={"command": "test"})
+    save_tiny(w)
     out = tmp_path / "sens"
     rows = out / "rows"
     rows.mkdir(parents=True)

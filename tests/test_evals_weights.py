@@ -13,16 +13,13 @@ from evals import weights
 from evals.__main__ import main
 from evals.model import BlockPool, ModelConfig, TinyIndexerLM, rmsnorm
 from evals.train import Net, TrainSpec, train
+from tiny_model import TINY, save_tiny
 
-TINY = ModelConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, index_heads=2, index_head_dim=16, rope_dim=8,
-                   index_topk=8, block_size=16, max_model_len=2000, ffn=64, seed=3, ngram=3)
 
 
 @pytest.fixture
 def saved(tmp_path):
-    net = Net(TINY)
-    weights.save(tmp_path / "w", net.tensors(), TINY, training={"command": "test"})
-    return tmp_path / "w", net
+    return save_tiny(tmp_path / "w")
 
 
 def test_round_trip_checks_the_hash(saved):
@@ -128,7 +125,7 @@ def test_decode_sees_the_bytes_before_each_token():
 
 
 def test_three_stages_run_and_their_weights_load():
-    cfg = replace(TINY, max_model_len=2000)
+    cfg = TINY
     spec = TrainSpec(dense_steps=3, indexer_steps=2, sparse_steps=2, batch=2, seq_chars=300, min_facts=2,
                      max_facts=3, warmup=1, long_share=0.5)
     net, record = train(spec, cfg, device="cpu", log=lambda *a, **k: None)
