@@ -80,8 +80,6 @@ def all_rows(aiter_tree: str | None = None, triton: bool = True, builds: bool = 
 
 # -- one row ------------------------------------------------------------------------------------
 def run_row(row: Row, args, data_dir: Path, out: Path) -> dict:
-    from dataclasses import replace
-
     from evals.gsm8k import hardware, hardware_label
     from evals.lm import evaluate
     from evals.model import BackendUnsupported
@@ -92,9 +90,7 @@ def run_row(row: Row, args, data_dir: Path, out: Path) -> dict:
     t0 = time.time()
     try:
         model = embedded_model(args.weights, backend=row.backend, buffer=row.buffer, path=row.path,
-                               selection=row.selection, device=args.device, backend_options=row.options)
-        if row.fp8:
-            model.cfg = replace(model.cfg, fp8=row.fp8)
+                               selection=row.selection, device=args.device, backend_options=row.options, fp8=row.fp8)
         model.probe()  # one decode call: does the backend take the shape?
         res = evaluate(model, data_dir, out / "run", limit=args.limit, batch_size=args.batch_size,
                        max_gen_toks=args.max_gen_toks, label=row.id, data_record=read_record(data_dir))

@@ -150,12 +150,17 @@ def describe(manifest: dict) -> dict:
 def embedded_model(weights: str | Path | None = None, untrained: bool = False, backend: str = "torch",
                    buffer: str = "exact", path: str = "fused", selection: str = "indexer",
                    model_seed: int | None = None, max_model_len: int | None = None, device: str = "cpu",
-                   backend_options: dict | None = None):
+                   backend_options: dict | None = None, fp8: str | None = None):
     """The embedded model as the CLI builds it: the shipped (or ``weights``) trained model, or
-    the seeded random one, on :func:`embedded_config`."""
+    the seeded random one, on :func:`embedded_config`; ``fp8`` another fp8 flavour for its q and keys
+    (e4m3fnuz: an AMD-quantized cache)."""
+    from dataclasses import replace
+
     from evals.model import Indexer, TinyIndexerLM
 
     cfg = embedded_config(weights, untrained, model_seed, max_model_len)
+    if fp8 is not None:
+        cfg = replace(cfg, fp8=fp8)
     if untrained:
         tensors, info = None, {"weights": "untrained (seeded random)"}
     else:

@@ -32,13 +32,11 @@ class VllmBackend(DeepGemmBackend):
         self.topk_reason = reason or (None if c_ops is not None and hasattr(c_ops, "top_k_per_row_decode")
                                       else "vllm build has no torch.ops._C.top_k_per_row_decode")
 
-    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-        """int32 ``(rows, k)`` indices chosen by vLLM's op, read through ``logits``' own strides (into
-        ``out`` when given)."""
+    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int) -> torch.Tensor:
+        """int32 ``(rows, k)`` indices chosen by vLLM's op, read through ``logits``' own strides."""
         if self.topk_reason:
             raise RuntimeError(self.topk_reason)
-        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k, out)
+        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k)
 
     def describe(self) -> dict:
         info = super().describe()

@@ -212,9 +212,8 @@ class SourceTopk:
     def __init__(self, build: BuildPlan, ops):
         self.build, self.ops = build, ops
 
-    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k, out)
+    def topk_decode(self, logits: torch.Tensor, context_lens: torch.Tensor, next_n: int, k: int) -> torch.Tensor:
+        return decode_topk(self.ops.top_k_per_row_decode, logits, context_lens, next_n, k)
 
     def describe(self) -> dict:
         b = self.build

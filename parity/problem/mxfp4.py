@@ -68,6 +68,8 @@ def random_cache(num_blocks: int, block_size: int, head_dim: int, device=None, g
     """A cache of random keys without a quantizer pass: every byte is a valid pair of E2M1 codes, so random
     bytes are random values; the scales are :func:`random_words`."""
     half = head_dim // 2
+    # Written in place rather than through pack_kv_cache: a cache of gigabytes would be held twice by its
+    # concatenation.
     cache = torch.empty(num_blocks, block_size * token_bytes(head_dim), dtype=torch.uint8, device=device)
     cache[:, : block_size * half] = torch.randint(0, 256, (num_blocks, block_size * half), device=device,
                                                   generator=generator, dtype=torch.int32).to(torch.uint8)
