@@ -3,7 +3,6 @@ weights and manifest it writes, the quick checks (reference, random top-k, dense
 is installed, lm-eval's gsm8k on all generated test questions."""
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -74,8 +73,7 @@ def main(args) -> int:
                 **record}
     test_spec = synth.SynthSpec()
     out = Path(args.out)
-    weights.save(out, net.tensors(), net.cfg, training=training, eval_data=synth.record(test_spec))
-    manifest = weights.read_manifest(out)
+    manifest = weights.save(out, net.tensors(), net.cfg, training=training, eval_data=synth.record(test_spec))
     print(f"weights: {out / weights.WEIGHTS_FILE} ({manifest['bytes']} bytes, sha256 {manifest['sha256'][:16]}) "
           f"after {record['wall_s']} s", flush=True)
     batch = args.eval_batch_size or (128 if str(args.device).startswith("cuda") else 8)
@@ -103,8 +101,7 @@ def main(args) -> int:
     elif not args.no_eval:
         print("lm-eval is not installed here: the manifest's accuracy is left to `python -m evals gsm8k run` "
               "(then `python -m evals record-accuracy RUN_DIR --weights DIR`)", flush=True)
-    manifest.pop("_path", None)
-    (out / weights.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    weights.write_manifest(out / weights.MANIFEST, manifest)
     return 0
 
 

@@ -82,8 +82,13 @@ def save(dest: Path, tensors: dict[str, torch.Tensor], cfg: ModelConfig, **recor
     manifest = {"schema": SCHEMA, "model": "tiny-indexer-lm", "file": WEIGHTS_FILE, "sha256": sha256_file(path),
                 "bytes": path.stat().st_size, "config": asdict(cfg),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **record}
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(dest / MANIFEST, manifest)
     return manifest
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """``manifest`` as ``path`` (read_manifest's ``_path`` left out: where it was read is not a record)."""
+    Path(path).write_text(json.dumps({k: v for k, v in manifest.items() if k != "_path"}, indent=1) + "\n")
 
 
 def manifest_path(path: str | Path | None) -> Path:
@@ -215,7 +220,7 @@ def record_accuracy(run_dir: str | Path, weights: str | Path | None = None) -> i
         data.get("name"), flex.n, {"flexible-extract": flex.value, "strict-match": strict.value},
         info.get("device", "cpu"), flex.manifest.get("hardware") or {}, flex.manifest.get("wall_s"),
         run=str(run_dir), command=" ".join(str(c) for c in flex.manifest.get("command", [])))
-    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(mpath, manifest)
     print(f"{mpath}: accuracy flexible-extract {manifest['accuracy']['flexible-extract']}, strict-match "
           f"{manifest['accuracy']['strict-match']} (n={flex.n})")
     return 0
