@@ -102,3 +102,58 @@ def fp4_report(num_stages: int = 3) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps({**kernel_report(), **{f"fp4-{k}": v for k, v in fp4_report().items()}}, indent=1))
+
+
+# The Gluon kernel for Hopper (parity.kernels.paged_mqa_logits_sm90) at the same shape: descriptors of the key
+# tiles and of q's rows (a box of 64 rows of 128 fp8 bytes each), plain pointers for the rest.
+SM90_POINTERS = {"scale_ptr": "*fp32", "w_ptr": "*fp32", "ctx_ptr": "*i32", "lens_ptr": "*i32",
+                 "table_ptr": "*i32", "out_ptr": "*fp32"}
+SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True)
+SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
+
+
+def compile_sm90(fn, next_n: int) -> dict:
+    """ptxas's account of ``fn`` (the Gluon kernel, or a variant of it) compiled for sm_90a at next_n: its
+    registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
+    and how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
+    product). Uses the ptxas that ships with Triton; no GPU needed."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    tile = gl.NVMMASharedLayout.get_default_for([64, 128], gl.float8e4nv)
+    desc = f"tensordesc<fp8e4nv[64,128],{tile!r}>"
+    names = fn.arg_names
+    constexprs = {k: v for k, v in {**SM90_CONSTEXPRS, "NEXT_N": next_n}.items() if k in names}
+    signature = {n: "constexpr" if n in constexprs else desc if n.endswith("_desc") else SM90_POINTERS.get(n, "i32")
+                 for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] in ("i32",)
+             or signature[n].startswith("*")}
+    src = GluonASTSource(fn, signature, constexprs={(names.index(n),): v for n, v in constexprs.items()}, attrs=attrs)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return {"registers": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
+            "serialized": sorted(set(SERIALIZED.findall(log))),
+            "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx))}
+
+
+def sm90_report() -> dict:
+    """The Gluon kernel at next_n 1, 2 and 4 (see :func:`compile_sm90`)."""
+    from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel
+
+    return {f"n{n}": compile_sm90(paged_mqa_logits_sm90_kernel, n) for n in (1, 2, 4)}

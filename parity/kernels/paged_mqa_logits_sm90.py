@@ -1,0 +1,229 @@
+"""The fused paged MQA logits kernel for NVIDIA Hopper (sm_90a), in Gluon (Triton's explicit-layout dialect):
+fp8 e4m3fn keys in the plain paged layout, next_n 1, 2 or 4 (SPEC sections 1-2). The backend runs it where
+``_sm90_unfit`` (parity.backends.triton_kernels) finds nothing against it and the GPU's config asks for it.
+
+Why a second kernel: in ``paged_mqa_logits.py`` every tile's epilogue waits for that tile's product, since
+Triton overlaps a dot with other work only when its result is an accumulator (docs/design.md). Here:
+
+- a tile's products are *units* (one speculative row: 64 tokens x 64 heads, 32 accumulator registers per
+  thread; or half of its heads at odd next_n, so that every tile has an even number) and each unit's
+  epilogue runs while the next unit's product is on the tensor cores (``warpgroup_mma`` asynchronous, then
+  ``warpgroup_mma_wait(1)``). The last unit of a tile is waited for in full: ptxas serializes every product
+  of a kernel where one is still in flight at a loop's back edge (docs/h200-kernel-study.md section 10);
+- a tile's keys arrive by a bulk tensor copy and its scales by asynchronous copies, both completing one
+  mbarrier, ``NUM_STAGES - 1`` tiles ahead; q by bulk copies once a sequence; block ids are read an
+  iteration before the copy that needs them;
+- the head sum happens in the product's register layout (16 heads in each thread, then two lane shuffles)
+  and the logits are stored from it, with no layout conversion through shared memory.
+
+Per tile of ``BLOCK_T`` tokens of sequence b and speculative row i (the portable kernel's formula):
+
+    s[t, h]       = k[t, :] . q[b, i, h, :]            (fp32 accumulation, fp8 tensor cores)
+    logits[i, t]  = scale[t] * sum_h w[b, i, h] relu(s[t, h])
+
+Scheduling and what is written are the portable kernel's: each persistent program takes an equal
+contiguous run of the batch's ``B x cdiv(max_model_len, BLOCK_T)`` tiles, clipped to each sequence's
+length; positions ``t < min(context_len, max_model_len)`` of each row are written, -inf from the row's own
+limit (the causal diagonal, or its 2-D length) on.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+# names that changed after Triton 3.6 (the H200 image's): a barrier of the program's warps, the asynchronous
+# copy into shared memory, the bulk tensor copy into shared memory
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+_copy_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_copy_bulk = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+
+@gluon.jit
+def _block_id(table_row, t0, t_hi, table_cols, BS: gl.constexpr):
+    """The cache block of token ``t0`` (0 from ``t_hi`` on, where the table may hold anything)."""
+    return gl.load(table_row + t0 // BS, mask=(t0 < t_hi) & (t0 // BS < table_cols), other=0)
+
+
+@gluon.jit
+def _issue_tile(k_desc, scale_ptr, blk, t0, bar, k_buf, s_buf, block_floats, scale_base, BS: gl.constexpr,
+                ROWS_PER_BLOCK: gl.constexpr, BLOCK_T: gl.constexpr):
+    """The copies of the tile at token ``t0`` (inside block ``blk``), done on mbarrier ``bar``: its keys into
+    ``k_buf`` by one bulk tensor copy, its fp32 scales into ``s_buf`` by asynchronous copies (``cp.async``)
+    whose completion the barrier also waits for (each thread's arrival counted in before the bulk copy's).
+
+    Not read into registers a tile ahead: a value loaded in one iteration and carried into the next is
+    moved between registers at the loop's back edge, and that move waits for the load (the largest single
+    stall of that form on the H200, Nsight Compute). Not by a bulk copy either: the epilogue reads the
+    scales through the generic proxy, and the bulk copy that refills the slot would need a proxy fence."""
+    sl: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
+    offs = gl.arange(0, BLOCK_T, layout=sl)
+    _copy_async(s_buf, scale_ptr + blk.to(gl.int64) * block_floats + scale_base + t0 % BS + offs)
+    async_copy.mbarrier_arrive(bar)
+    mbarrier.expect(bar, BLOCK_T * k_desc.block_type.shape[1])
+    _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], bar, k_buf)
+
+
+@gluon.jit
+def _unit_sum(acc, w, scale):
+    """relu, weights and the head sum of one unit's product: per token (16 or 8 heads in each thread, then
+    two lane shuffles), times the token's scale."""
+    return gl.sum(gl.maximum(acc, 0.0) * w[None, :], axis=1) * scale
+
+
+@gluon.jit
+def _share(stream, streams, n_tiles, tiles_per_seq):
+    """Stream ``stream``'s equal contiguous run ``[lo, hi)`` of the batch's tiles, and how many sequences
+    it touches."""
+    lo = stream * n_tiles // streams
+    hi = (stream + 1) * n_tiles // streams
+    return lo, hi, gl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
+
+
+@gluon.jit
+def _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr):
+    """Segment ``seg`` of a run: its sequence ``b``, that sequence's length, where its keys end, the token
+    range ``[t_lo, t_hi)`` computed and its number of tiles."""
+    b = lo // tiles_per_seq + seg
+    first = b * tiles_per_seq
+    ctx = gl.load(ctx_ptr + b)
+    end = gl.minimum(ctx, max_model_len)
+    t_lo = ((gl.maximum(lo, first) - first) * BLOCK_T).to(gl.int32)
+    t_hi = gl.minimum((gl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(gl.int32)
+    return b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T)
+
+
+@gluon.jit
+def _weights(w_ptr, row0, heads, NEXT_N: gl.constexpr, H: gl.constexpr, HALVES: gl.constexpr):
+    """Each unit's weights (16 heads per thread; units: see _tile), held for a segment."""
+    HN: gl.constexpr = H // HALVES
+    w0 = gl.load(w_ptr + row0 * H + heads)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if NEXT_N * HALVES > 1:
+        w1 = gl.load(w_ptr + row0 * H + HN + heads)
+    if NEXT_N * HALVES > 2:
+        w2 = gl.load(w_ptr + row0 * H + 2 * HN + heads)
+    if NEXT_N * HALVES > 3:
+        w3 = gl.load(w_ptr + row0 * H + 3 * HN + heads)
+    return w0, w1, w2, w3
+
+
+@gluon.jit
+def _tile(k, s_buf, full, phase, t, q_bufs, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or,
+          NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
+    """The units of the key tile ``k`` at tokens ``t``, with its scales ``s_buf``, both in shared memory once
+    mbarrier ``full`` completes ``phase``. A unit is one speculative row, or half of its heads when ``HALVES``
+    is 2; each unit's epilogue runs while the next unit's product is computed. ``out_b`` points at the
+    sequence's first logits row.
+
+    Every product is waited for before returning. Carried into the next iteration in flight, the last
+    product made ptxas serialize every product of the kernel (C7514: it does not follow the wait groups
+    across the loop's back edge), and one flowing out of a branch gets a full wait at the join (C7517)."""
+    HN: gl.constexpr = q_bufs.type.shape[1] // HALVES  # heads per unit
+    mbarrier.wait(full, phase)
+    acc = warpgroup_mma(k, q_bufs.index(0).slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
+    scale = s_buf.load(t.type.layout)
+    for u in gl.static_range(NEXT_N * HALVES):
+        if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
+            q_next = q_bufs.index((u + 1) // HALVES).slice(((u + 1) % HALVES) * HN, HN)
+            nxt = warpgroup_mma(k, q_next.permute((1, 0)), zero, use_acc=False, is_async=True)
+            done = warpgroup_mma_wait(1, deps=(acc,))
+        else:
+            done = warpgroup_mma_wait(0, deps=(acc,))
+            nxt = acc
+        w = w0 if u == 0 else (w1 if u == 1 else (w2 if u == 2 else w3))
+        if u % HALVES == 0:
+            logit = _unit_sum(done, w, scale)
+        else:
+            logit += _unit_sum(done, w, scale)
+        if u % HALVES == HALVES - 1:  # the row's last unit: store it
+            if PER_ROW:
+                lim = gl.load(lens_ptr + row0 + u // HALVES)
+            else:
+                lim = causal0 + u // HALVES
+            gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+        acc = nxt
+
+
+@gluon.jit
+def paged_mqa_logits_sm90_kernel(
+    q_desc, k_desc, scale_ptr, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
+    stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq,
+    NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
+    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
+):
+    if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)  # before it has finished
+    gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
+    gl.static_assert(NUM_STAGES >= 2, "a tile in flight while one is computed")
+    HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: see _tile
+    HN: gl.constexpr = H // HALVES  # heads per unit
+    gl.static_assert(NEXT_N * HALVES <= 4, "the weights of at most 4 units are held in registers: next_n 1, 2, 4")
+    ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache seen as rows of D bytes (k_desc)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HN, 32])
+    row_l: gl.constexpr = gl.SliceLayout(1, mma)  # per token
+    col_l: gl.constexpr = gl.SliceLayout(0, mma)  # per head
+
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_T, D], k_desc.layout)
+    s_bufs = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, BLOCK_T], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [NEXT_N, H, D], q_desc.layout)
+    k_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_bars.index(s), count=1)
+    mbarrier.init(q_bar, count=1)
+
+    lo, hi, n_segments = _share(gl.program_id(0).to(gl.int64), gl.num_programs(0), n_tiles, tiles_per_seq)
+
+    rows = gl.arange(0, BLOCK_T, layout=row_l)
+    heads = gl.arange(0, HN, layout=col_l)
+    zero = gl.zeros([BLOCK_T, HN], gl.float32, mma)  # the products' input, ignored (use_acc=False)
+    issued = 0  # tiles whose copies this program has issued: the slot and the mbarrier phase of the next
+    q_phase = 0
+    for seg in range(0, n_segments):
+        b, ctx, end, t_lo, t_hi, n = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
+        if n > 0:
+            table_row = table_ptr + b * stride_tb
+            row0 = (b * NEXT_N).to(gl.int32)
+            out_b = out_ptr + (b * NEXT_N) * stride_or  # 64-bit: the logits may pass 2 GiB
+            # q of every row of this sequence (the previous segment's products are all waited for)
+            mbarrier.expect(q_bar, NEXT_N * H * D)
+            for i in gl.static_range(NEXT_N):
+                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_bar, q_bufs.index(i))
+            for s in gl.static_range(NUM_STAGES - 1):
+                if s < n:
+                    slot = (issued + s) % NUM_STAGES
+                    _issue_tile(k_desc, scale_ptr, _block_id(table_row, t_lo + s * BLOCK_T, t_hi, table_cols, BS),
+                                t_lo + s * BLOCK_T, k_bars.index(slot), k_bufs.index(slot), s_bufs.index(slot),
+                                block_floats, scale_base, BS, ROWS_PER_BLOCK, BLOCK_T)
+            # the block id of the next copy, read an iteration before the copy is issued
+            blk_next = _block_id(table_row, t_lo + (NUM_STAGES - 1) * BLOCK_T, t_hi, table_cols, BS)
+            w0, w1, w2, w3 = _weights(w_ptr, row0, heads, NEXT_N, H, HALVES)
+            causal0 = ctx - NEXT_N + 1  # row i sees t < causal0 + i
+            mbarrier.wait(q_bar, q_phase)
+            q_phase ^= 1
+            for j in range(0, n):
+                c = issued + j  # this tile's copy number
+                t0 = t_lo + j * BLOCK_T
+                # the slot of tile j - 1 is free once every warp is past this barrier (its products were waited
+                # for in _tile): refill it with tile j + NUM_STAGES - 1
+                _cta_barrier()
+                if j + NUM_STAGES - 1 < n:
+                    fill = (c + NUM_STAGES - 1) % NUM_STAGES
+                    _issue_tile(k_desc, scale_ptr, blk_next, t0 + (NUM_STAGES - 1) * BLOCK_T, k_bars.index(fill),
+                                k_bufs.index(fill), s_bufs.index(fill), block_floats, scale_base, BS, ROWS_PER_BLOCK,
+                                BLOCK_T)
+                blk_next = _block_id(table_row, t0 + NUM_STAGES * BLOCK_T, t_hi, table_cols, BS)
+                slot = c % NUM_STAGES
+                _tile(k_bufs.index(slot), s_bufs.index(slot), k_bars.index(slot), (c // NUM_STAGES) & 1, t0 + rows,
+                      q_bufs, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or, NEXT_N, HALVES,
+                      PER_ROW)
+            issued += n
+            _cta_barrier()  # every warp is past its last product before q is overwritten
+    for s in gl.static_range(NUM_STAGES):
+        mbarrier.invalidate(k_bars.index(s))
+    mbarrier.invalidate(q_bar)

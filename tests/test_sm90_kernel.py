@@ -1,0 +1,136 @@
+"""The Gluon kernel for Hopper (parity.kernels.paged_mqa_logits_sm90), compiled for sm_90a by the ptxas that
+ships with Triton (no GPU needed): ptxas serializes none of its products, nothing spills, each epilogue but a
+tile's last overlaps the next product, and at next_n 2 three programs fit a multiprocessor. The checks catch
+the two planted faults that cost the kernel its overlap while it was written: a product carried in flight
+across the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product.
+Which calls the backend gives the kernel is checked on the CPU. Its logits are checked on a GPU (``parity
+run --backend triton:sm90``; the suite's GPU tests)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+# compiled in a child process without TRITON_INTERPRET (the parity plugin sets it where there is no GPU)
+CHILD = textwrap.dedent("""
+    import json, pathlib, sys, tempfile, importlib.util
+    try:
+        from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
+        from parity.kernels import pipelining, paged_mqa_logits_sm90 as km
+    except ImportError as exc:
+        print(json.dumps({"skip": f"no Gluon for Hopper in this Triton: {exc}"})); sys.exit(0)
+    tmp = pathlib.Path(tempfile.mkdtemp())
+
+    def load(name, src):
+        (tmp / f"{name}.py").write_text(src)
+        spec = importlib.util.spec_from_file_location(name, tmp / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+        return mod
+
+    if sys.argv[1] == "kernel":
+        print(json.dumps(pipelining.sm90_report())); sys.exit(0)
+    if sys.argv[1] == "full_waits":
+        src = pathlib.Path(km.__file__).read_text()
+        overlap = "done = warpgroup_mma_wait(1, deps=(acc,))"
+        assert overlap in src, "the kernel no longer waits as this test expects"
+        mod = load("full_waits", src.replace(overlap, "done = warpgroup_mma_wait(0, deps=(acc,))"))
+        print(json.dumps(pipelining.compile_sm90(mod.paged_mqa_logits_sm90_kernel, 2))); sys.exit(0)
+    mod = load("carried", pathlib.Path(sys.argv[2]).read_text())
+    print(json.dumps(pipelining.compile_sm90(mod.carried_kernel, 2)))
+""")
+
+
+# a kernel whose next product is still in flight at its loop's back edge, each epilogue reading the last
+CARRIED = textwrap.dedent("""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
+
+
+    @gluon.jit
+    def carried_kernel(k_desc, q_desc, out_ptr, n, H: gl.constexpr, D: gl.constexpr, BLOCK_T: gl.constexpr):
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, H, 32])
+        k = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_T, D], k_desc.layout)
+        q = gl.allocate_shared_memory(q_desc.dtype, [H, D], q_desc.layout)
+        zero = gl.zeros([BLOCK_T, H], gl.float32, mma)
+        rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
+        acc = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+        for j in range(0, n):
+            nxt = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+            done = warpgroup_mma_wait(1, deps=(acc,))
+            gl.store(out_ptr + j * BLOCK_T + rows, gl.sum(done, axis=1))
+            acc = nxt
+        done = warpgroup_mma_wait(0, deps=(acc,))
+        gl.store(out_ptr + rows, gl.sum(done, axis=1))
+""")
+
+
+def _child(what: str, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.getcwd() + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", CHILD, what, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    return out
+
+
+# units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
+OVERLAPS = {"n1": 1, "n2": 1, "n4": 3}
+
+
+def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
+    report = _child("kernel")
+    for n, facts in report.items():
+        assert facts["serialized"] == [], (n, facts)
+        assert facts["spill_bytes"] == 0, (n, facts)
+        assert facts["overlapping_waits"] >= OVERLAPS[n], (n, facts)
+    assert report["n2"]["registers"] <= 168, report  # 3 programs of 128 threads per multiprocessor
+
+
+def test_the_check_catches_a_product_carried_across_the_back_edge(tmp_path):
+    (tmp_path / "carried.py").write_text(CARRIED)
+    facts = _child("carried", str(tmp_path / "carried.py"))
+    assert "C7514" in facts["serialized"], facts
+
+
+def test_the_check_catches_full_waits():
+    facts = _child("full_waits")
+    assert facts["overlapping_waits"] == 0, facts
+
+
+def test_the_h200_config_runs_the_sm90_kernel_up_to_next_n_2():
+    from parity.backends import triton_configs
+
+    config, source = triton_configs.lookup("NVIDIA H200")
+    assert config["kernel"] == "sm90" and config["sm90_max_next_n"] == 2, (config, source)
+    config, _ = triton_configs.lookup("NVIDIA H100 80GB HBM3")
+    assert config["kernel"] == "portable"
+
+
+def test_off_a_hopper_gpu_the_portable_kernel_runs():
+    """Asked for the sm90 kernel on the CPU (the interpreter), the backend launches the portable one and says
+    why the other could not run."""
+    from parity.backends import load_backend
+    from parity.backends.triton_kernels import _sm90_unfit
+    from parity.problem.cases import IndexerCase, build_inputs
+
+    inputs = build_inputs(IndexerCase(batch=2, next_n=2, max_model_len=256, block_size=64), "cpu")
+    out = torch.empty(4, 256)
+    kernel, *_ = load_backend("triton:sm90")._launch("fused", inputs, out)
+    assert kernel.__name__ == "paged_mqa_logits_kernel"
+    assert _sm90_unfit("fused", inputs, inputs.kv_cache, 64) == "not an NVIDIA GPU"
+
+
+def test_bad_kernel_option_is_refused():
+    from parity.backends import load_backend
+
+    with pytest.raises(ValueError, match="kernel must be None or one of"):
+        load_backend("triton", kernel="sm100")
