@@ -9,6 +9,8 @@ from parity.backends.base import PATHS, Backend, SimpleBackend, load_backend, re
 _LAZY = {
     "torch": "parity.backends.torch_ref:make_backend",
     "triton": "parity.backends.triton_kernels:make_backend",
+    "triton:portable": "parity.backends.triton_kernels:make_portable_backend",
+    "triton:sm90": "parity.backends.triton_kernels:make_sm90_backend",
     "aiter": "parity.backends.aiter:make_backend",
     "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
     "aiter:varctx": "parity.backends.aiter:make_varctx_backend",

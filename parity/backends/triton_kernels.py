@@ -16,6 +16,7 @@ from parity.problem.cases import IndexerInputs
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+KERNELS = ("portable", "sm90")
 UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2, "decode": 3}
 EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
 
@@ -88,6 +89,32 @@ def _descriptors(keys: torch.Tensor, scales: torch.Tensor, bs: int, D: int, bloc
             TensorDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t]))
 
 
+def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: int) -> str | None:
+    """Why the Hopper kernel (``parity.kernels.paged_mqa_logits_sm90``) cannot run this call, or None: it
+    takes the fused path on the plain layout, e4m3fn, 16-128 heads (a power of two), head_dim 128, key
+    tiles inside one block, next_n 1, 2 or 4, on a GPU of compute capability 9.0 exactly (its
+    products are sm_90a instructions)."""
+    B, n, H, D = inputs.q_fp8.shape
+    bs = cache.shape[1]
+    dev = inputs.device
+    if INTERPRETED or dev.type != "cuda" or torch.version.hip:
+        return "not an NVIDIA GPU"
+    if torch.cuda.get_device_capability(dev) != (9, 0):
+        return f"compute capability {torch.cuda.get_device_capability(dev)}, not (9, 0)"
+    checks = {"path fused": path == "fused", "fp8 e4m3fn": inputs.q_fp8.dtype == torch.float8_e4m3fn,
+              "heads 16-128, a power of two": H in (16, 32, 64, 128), "head_dim 128": D == 128,
+              f"block_size a multiple of {block_t}": bs % block_t == 0 and block_t == 64, "next_n 1, 2 or 4": n in (1, 2, 4),
+              "16-byte aligned cache": cache.data_ptr() % 16 == 0}
+    failed = [k for k, ok in checks.items() if not ok]
+    if failed:
+        return "needs " + ", ".join(failed)
+    try:
+        import triton.experimental.gluon.language.nvidia.hopper  # noqa: F401
+    except ImportError as e:
+        return f"this Triton has no Gluon for Hopper ({e})"
+    return None
+
+
 class TritonBackend(SimpleBackend):
     """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t``
     tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel
@@ -97,7 +124,8 @@ class TritonBackend(SimpleBackend):
     through two dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it,
     next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
     programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
-    per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor.
+    per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
+    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``).
     ``programs`` (0: from
     ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
@@ -105,10 +133,11 @@ class TritonBackend(SimpleBackend):
                  num_warps: int | None = None, num_stages: int | None = None, flat: bool | None = None,
                  max_dot_n: int | None = None, upcast: str = "auto", tma: bool | None = None,
                  pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
-                 tma_max_next_n: int | None = None):
+                 tma_max_next_n: int | None = None, kernel: str | None = None,
+                 sm90_max_next_n: int | None = None):
         import triton
 
-        super().__init__(name="triton", info={"triton": triton.__version__, "interpreted": INTERPRETED},
+        super().__init__(name="triton" if kernel is None else f"triton:{kernel}", info={"triton": triton.__version__, "interpreted": INTERPRETED},
                          logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True,
                          key_formats=("fp8", "mxfp4"))
         if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
@@ -121,12 +150,15 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"num_warps must be a power of two, got {num_warps}")
         if maxnreg is not None and not 24 <= maxnreg <= 255:
             raise ValueError(f"maxnreg must be None or 24-255 registers per thread, got {maxnreg}")
+        if kernel is not None and kernel not in KERNELS:
+            raise ValueError(f"kernel must be None or one of {KERNELS}, got {kernel!r}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         # what the caller fixed; None: the GPU's config decides
         self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
-                          tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n)
+                          tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
+                          sm90_max_next_n=sm90_max_next_n)
         self.opts = dict(programs=programs, upcast=upcast)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -215,7 +247,9 @@ class TritonBackend(SimpleBackend):
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
                 block_bytes, bs * (D // 2) // 4, n_tiles, tiles_per_seq)
-        return (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
+        from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
+
+        return paged_mqa_logits_fp4_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
 
     def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
         """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
@@ -229,6 +263,11 @@ class TritonBackend(SimpleBackend):
             raise ValueError("preshuffle needs inputs.kv_cache_preshuffled (block_size a multiple of 16)")
         layouts.check_kv_cache(cache)
         bs = cache.shape[1]
+        o, _ = self.config(inputs.device)
+        o.update(self.opts)
+        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"]
+                and _sm90_unfit(path, inputs, cache, o["block_t"]) is None):
+            return self._launch_sm90(inputs, out, cache, o)
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
@@ -237,8 +276,6 @@ class TritonBackend(SimpleBackend):
         scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
         q = inputs.q_fp8.contiguous().view(as_dtype)
         table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
-        o, _ = self.config(inputs.device)
-        o.update(self.opts)
         tiles_per_seq = triton.cdiv(cols, o["block_t"])
         n_tiles = B * tiles_per_seq
         stage1 = path == "stage1"
@@ -273,21 +310,47 @@ class TritonBackend(SimpleBackend):
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
                 layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq)
-        return (min(n_tiles, programs),), args, consts, key
-
-    @staticmethod
-    def _kernel(inputs: IndexerInputs):
-        if inputs.key_format == "mxfp4":
-            from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
-
-            return paged_mqa_logits_fp4_kernel
         from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 
-        return paged_mqa_logits_kernel
+        return paged_mqa_logits_kernel, (min(n_tiles, programs),), args, consts, key
+
+    def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict):
+        """The Hopper kernel's launch (see :meth:`_launch`): q and the key tiles by bulk tensor copies (the
+        cache as rows of D key bytes), scales and block ids by plain loads; ``num_stages`` key tiles buffered,
+        ``ctas_per_sm`` programs per multiprocessor; the fused path into float32 or bf16 rows."""
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+        from parity.kernels import paged_mqa_logits_sm90 as sm90
+
+        B, n, H, D = inputs.q_fp8.shape
+        cols, bs, block_t = inputs.max_model_len, cache.shape[1], o["block_t"]
+        flat = cache.contiguous().view(-1)
+        rows = flat.view(torch.float8_e4m3fn).view(-1, D)
+        q_rows = inputs.q_fp8.contiguous().view(-1, D)
+        tile = gl.NVMMASharedLayout.get_default_for([block_t, D], gl.float8e4nv)
+        k_desc = GluonDescriptor(rows, list(rows.shape), [D, 1], [block_t, D], tile)
+        q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
+                                 gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
+        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        tiles_per_seq = triton.cdiv(cols, block_t)
+        n_tiles = B * tiles_per_seq
+        consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
+                      PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), num_warps=4)
+        if o["maxnreg"]:
+            consts["maxnreg"] = o["maxnreg"]
+        if consts["PDL"]:
+            consts["launch_pdl"] = True
+        key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
+        args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens,
+                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
+                out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,
+                bs * D // 4, n_tiles, tiles_per_seq)
+        return sm90.paged_mqa_logits_sm90_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        grid, args, consts, key = self._launch(path, inputs, out)
-        self.last_launch = self._kernel(inputs)[grid](*args, **consts)
+        kernel, grid, args, consts, key = self._launch(path, inputs, out)
+        self.last_launch = kernel[grid](*args, **consts)
         if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
             per_sm = self.config(inputs.device)[0]["ctas_per_sm"]
             fits = _programs_per_sm(self.last_launch, inputs.device) or per_sm
@@ -296,7 +359,7 @@ class TritonBackend(SimpleBackend):
     def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
         (tensors by dtype and 16-byte alignment, integers by == 1 and divisibility by 16)."""
-        _, args, consts, _ = self._launch(path, inputs, out)
+        _, _, args, consts, _ = self._launch(path, inputs, out)
         spec = tuple((str(a.dtype), a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
                      else (a == 1, a % 16 == 0) if isinstance(a, int)
                      else (type(a).__name__, tuple(getattr(a, "block_shape", ()))) for a in args)
@@ -308,8 +371,8 @@ class TritonBackend(SimpleBackend):
         compiles nothing."""
         if INTERPRETED:
             return
-        grid, args, consts, _ = self._launch(path, inputs, out)
-        self._kernel(inputs).warmup(*args, grid=grid, **consts)
+        kernel, grid, args, consts, _ = self._launch(path, inputs, out)
+        kernel.warmup(*args, grid=grid, **consts)
 
 
 import triton  # noqa: E402  (after INTERPRETED is read; the kernel module imports it too)
@@ -317,3 +380,14 @@ import triton  # noqa: E402  (after INTERPRETED is read; the kernel module impor
 
 def make_backend(**options) -> TritonBackend:
     return TritonBackend(**options)
+
+
+def make_portable_backend(**options) -> TritonBackend:
+    """The portable kernel whatever the GPU's config says (``triton:portable``)."""
+    return TritonBackend(**{**options, "kernel": "portable"})
+
+
+def make_sm90_backend(**options) -> TritonBackend:
+    """The Hopper kernel on the calls it takes (``triton:sm90``); the portable kernel on the others."""
+    return TritonBackend(**{"sm90_max_next_n": 4, **options, "kernel": "sm90"})
+
