@@ -27,6 +27,9 @@ def test_measured_gpus_are_found_by_name():
 def test_unmeasured_gpus_get_a_config_from_their_properties():
     gh200, why = triton_configs.lookup("NVIDIA GH200 480GB", _props(9, clock_khz=2_619_000, bus_bits=6144))
     assert gh200["tma"] and gh200["pdl"] and "not reported" not in why and "measured" not in why  # not an H200
+    assert gh200["kernel"] == "sm90" and gh200["sm90_max_next_n"] == 2  # compute capability 9.0: sm_90a
+    blackwell, _ = triton_configs.lookup("NVIDIA B200", _props(10))
+    assert blackwell["tma"] and blackwell["kernel"] == "portable"
     ampere, why = triton_configs.lookup("NVIDIA A100-SXM4-80GB", _props(8))
     assert ampere == triton_configs.BASE and "8.0" in why
     rocm, _ = triton_configs.lookup("AMD Instinct MI300X", _props(9, 4), hip=True)
@@ -50,7 +53,7 @@ def test_bulk_copies_only_where_they_paid(min_tiles, next_n, expect):
     inputs = build_inputs(IndexerCase(batch=4, next_n=next_n, max_model_len=512, block_size=64), "cpu")
     out = torch.empty(4 * next_n, 512)
     backend = load_backend("triton", tma=True, tma_min_tiles=min_tiles)
-    _, args, consts, _ = backend._launch("fused", inputs, out)
+    _, _, args, consts, _ = backend._launch("fused", inputs, out)
     assert consts["TMA"] is (expect and backend.config(torch.device("cpu"))[0]["tma"])
     assert (args[3] is not None) == consts["TMA"]  # the key descriptor travels only when used
 

@@ -12,7 +12,10 @@ Keys: ``block_t`` tokens per tile; ``ctas_per_sm`` persistent programs per multi
 (speculative rows above this many columns go through two dots); ``tma`` (key tiles and scales copied by the
 bulk tensor copy engine, NVIDIA compute capability 9.0 and later); ``pdl`` (programmatic dependent launch:
 the kernel's launch overlaps the end of the kernel before it, which it waits for before reading anything);
-``maxnreg`` (a register cap per thread, NVIDIA); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where
+``maxnreg`` (a register cap per thread, NVIDIA); ``kernel`` (``portable``: the Triton kernel of every target;
+``sm90``: the Gluon kernel for compute capability 9.0, ``parity.kernels.paged_mqa_logits_sm90``, on the calls
+it takes, up to next_n ``sm90_max_next_n``, and the portable kernel on the others); ``tma_min_tiles`` and
+``tma_max_next_n`` (``tma`` only where
 each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower
 with 2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
-            maxnreg=None, tma_min_tiles=8, tma_max_next_n=2)
+            maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4)
 KEYS = tuple(BASE)
 
 
@@ -38,11 +41,13 @@ class Measured:
 
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
-    Measured("H200", dict(tma=True, pdl=True),
-             "ci/kernel-study.sh, 2026-12-04 (docs/h200-kernel-study.md): bulk copies, 3 stages, fused "
-             "B64-n2-ctx8192 29.7 -> 27.6 us, B128-n2-ctx8192 54.9 -> 51.3, B64-n2-ctx32768 103.9 -> 96.3; "
-             "3-6 stages alike; programmatic launch -0.2 to -0.9 us at 5 of 8 shapes; the copy path kept at "
-             "next_n 4 and under 8 tiles per program, where bulk copies were slower"),
+    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2),
+             "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md section 10): the sm90 "
+             "kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
+             "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5); "
+             "the portable kernel at next_n 4 (sm90 42.9 against 45.0 at B64, 349.3 against 337.1 at "
+             "B128-n4-ctx32768); for the portable kernel bulk copies and programmatic launch (B64-n2-ctx8192 "
+             "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 
@@ -57,12 +62,16 @@ def peak_gbps(props) -> float | None:
 def by_properties(props, hip: bool) -> tuple[dict, str]:
     """A config from what the device reports, for GPUs no run has measured: NVIDIA compute capability 9.0
     and later have the bulk tensor copy engine and programmatic dependent launch, and get the H200's
-    choices (on the H200, 3 to 6 stages ran alike, so the stage count does not follow the bandwidth)."""
+    choices (on the H200, 3 to 6 stages ran alike, so the stage count does not follow the bandwidth); 9.0
+    exactly also the H200's kernel (its products are sm_90a instructions)."""
     gbps = peak_gbps(props)
     seen = f"compute capability {props.major}.{props.minor}{' (ROCm)' if hip else ''}, peak memory " + (
         "not reported" if gbps is None else f"{gbps:.0f} GB/s")
     if hip or props.major < 9:
         return {}, f"{seen}: base config"
+    if (props.major, props.minor) == (9, 0):
+        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2),
+                f"{seen}: the sm90 kernel up to next_n 2, bulk tensor copies and programmatic launch, as on the H200")
     return dict(tma=True, pdl=True), f"{seen}: bulk tensor copies and programmatic launch, as on the H200"
 
 

@@ -24,18 +24,25 @@ import torch
 from parity.perf import bench
 from parity.backends import load_backend
 
-# name -> TritonBackend options. "base": the config before the study of 2026-12-04 (copies by cp.async, 3
-# stages, 3 programs per multiprocessor); "default": the config chosen for the GPU (parity.backends.triton_configs);
-# "c4*": 4 programs per multiprocessor (16 warps, as many math warpgroups as DeepGEMM's SM90 kernel), the fused
-# kernel held to 128 registers (maxnreg; 148 without) or split over two dots of 64 columns (104 registers).
+# name -> TritonBackend options. "default": the config chosen for the GPU (parity.backends.triton_configs).
+# The portable kernel's: "base", the config before the study of 2026-12-04 (copies by cp.async, 3 stages, 3
+# programs per multiprocessor); "portable", its H200 config (bulk copies, programmatic launch); "c4*": 4
+# programs per multiprocessor, held to 128 registers (maxnreg; 148 without) or split over two dots of 64
+# columns (104 registers). The Gluon kernel's (parity.kernels.paged_mqa_logits_sm90), "sm90*": stages and
+# programs per multiprocessor.
+P = dict(kernel="portable")
 VARIANTS = {
-    "base": dict(tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
+    "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
     "default": dict(),
-    "tma-pdl": dict(tma=True, num_stages=3, pdl=True, ctas_per_sm=3),
-    "c4": dict(tma=True, pdl=True, ctas_per_sm=4, maxnreg=128),
-    "c4-s4": dict(tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
-    "c4-g2": dict(tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
-    "tma4": dict(tma=True, num_stages=4, pdl=False, ctas_per_sm=3),
+    "portable": dict(P, tma=True, num_stages=3, pdl=True, ctas_per_sm=3),
+    "c4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128),
+    "c4-s4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
+    "c4-g2": dict(P, tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
+    "tma4": dict(P, tma=True, num_stages=4, pdl=False, ctas_per_sm=3),
+    "sm90": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
+    "sm90-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
+    "sm90-s6": dict(kernel="sm90", num_stages=6, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
+    "sm90-c4": dict(kernel="sm90", num_stages=3, ctas_per_sm=4, pdl=True, sm90_max_next_n=4),
 }
 BAR = "B64-n2-ctx8192"
 
