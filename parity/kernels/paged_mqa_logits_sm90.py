@@ -33,6 +33,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+from parity.kernels.paged_mqa_logits import _program_tiles, _segment  # the schedule: scalars, shared with it
+
 # names that changed after Triton 3.6 (the H200 image's): a barrier of the program's warps, the asynchronous
 # copy into shared memory, the bulk tensor copy into shared memory
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -70,28 +72,6 @@ def _unit_sum(acc, w, scale):
     """relu, weights and the head sum of one unit's product: per token (16 or 8 heads in each thread, then
     two lane shuffles), times the token's scale."""
     return gl.sum(gl.maximum(acc, 0.0) * w[None, :], axis=1) * scale
-
-
-@gluon.jit
-def _share(stream, streams, n_tiles, tiles_per_seq):
-    """Stream ``stream``'s equal contiguous run ``[lo, hi)`` of the batch's tiles, and how many sequences
-    it touches."""
-    lo = stream * n_tiles // streams
-    hi = (stream + 1) * n_tiles // streams
-    return lo, hi, gl.where(hi > lo, (hi - 1) // tiles_per_seq - lo // tiles_per_seq + 1, 0)
-
-
-@gluon.jit
-def _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr):
-    """Segment ``seg`` of a run: its sequence ``b``, that sequence's length, where its keys end, the token
-    range ``[t_lo, t_hi)`` computed and its number of tiles."""
-    b = lo // tiles_per_seq + seg
-    first = b * tiles_per_seq
-    ctx = gl.load(ctx_ptr + b)
-    end = gl.minimum(ctx, max_model_len)
-    t_lo = ((gl.maximum(lo, first) - first) * BLOCK_T).to(gl.int32)
-    t_hi = gl.minimum((gl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(gl.int32)
-    return b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T)
 
 
 @gluon.jit
@@ -177,7 +157,7 @@ def paged_mqa_logits_sm90_kernel(
         mbarrier.init(k_bars.index(s), count=1)
     mbarrier.init(q_bar, count=1)
 
-    lo, hi, n_segments = _share(gl.program_id(0).to(gl.int64), gl.num_programs(0), n_tiles, tiles_per_seq)
+    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
 
     rows = gl.arange(0, BLOCK_T, layout=row_l)
     heads = gl.arange(0, HN, layout=col_l)
@@ -185,7 +165,8 @@ def paged_mqa_logits_sm90_kernel(
     issued = 0  # tiles whose copies this program has issued: the slot and the mbarrier phase of the next
     q_phase = 0
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
+        b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
+        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
         if n > 0:
             table_row = table_ptr + b * stride_tb
             row0 = (b * NEXT_N).to(gl.int32)
