@@ -36,11 +36,28 @@ VARIANTS = [
     # key tiles and scales through tensor descriptors (bulk copies on a GPU), at every tile count and next_n
     {"tma": True, "tma_min_tiles": 0, "tma_max_next_n": 4},
     {"tma": True, "tma_min_tiles": 0, "tma_max_next_n": 4, "block_t": 16, "max_dot_n": 16},  # tiles per block
+    # shares of the tiles the batch really has, by context length: as many programs as tiles, and one
+    {"balanced": True, "programs": 1000, "block_t": 16},
+    {"balanced": True, "programs": 1},
 ]
 FNUZ_CASE = next(c for c in quick_cases() if c.fp8 == "e4m3fnuz" and c.block_size == 16)
 
 
 H64_CASE = next(c for c in quick_cases() if c.heads == 64 and c.block_size == 64 and c.next_n == 3)
+SHORT_CASES = [c for c in quick_cases() if "random" in c.id][:2]  # contexts well under max_model_len
+
+
+@pytest.mark.parametrize("case", SHORT_CASES, ids=lambda c: c.id)
+def test_balanced_shares_compute_the_same_logits(case):
+    """Programs that split the tiles the batch really has (by context length) write what the even split
+    over B x max_model_len writes, on every path."""
+    backend = load_backend("triton", balanced=True, programs=3)
+    for path in ("stage1", "fused", "preshuffle"):
+        result = run_cell(backend, path, "padded", case, DEVICE)
+        if path == "preshuffle" and case.block_size % 16:  # no preshuffled layout for this block size
+            assert result["status"] == "skip"
+            continue
+        assert result["status"] == "pass", "\n".join(failed_checks(result))
 
 
 @pytest.mark.parametrize("case", [CASES[0], FNUZ_CASE, H64_CASE], ids=lambda c: c.id)

@@ -56,6 +56,10 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
     return max(1, min(by_regs, by_smem, by_warps))
 
 
+# The batch sizes whose schedule (``balanced``) a program computes in registers: every context length loaded
+# and summed by each program.
+MAX_BALANCED_BATCH = 4096
+
 # A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): where the
 # tiles would give each of ctas_per_sm programs per SM fewer than this many, one program fewer per SM
 # runs faster. H100, next_n 2, ctx 8192, benchmark rotation (programs per SM 3 / 2 / 1, us): B4 (1.3 tiles
@@ -124,7 +128,9 @@ class TritonBackend(SimpleBackend):
     next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
     programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
     per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
-    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``).
+    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``);
+    ``balanced`` the portable kernel's fp8 programs share the tiles the batch really has, by context length
+    (batches up to ``MAX_BALANCED_BATCH``; the sm90 kernel does not take it).
     ``programs`` (0: from
     ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
@@ -133,7 +139,7 @@ class TritonBackend(SimpleBackend):
                  max_dot_n: int | None = None, upcast: str = "auto", tma: bool | None = None,
                  pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
                  tma_max_next_n: int | None = None, kernel: str | None = None,
-                 sm90_max_next_n: int | None = None):
+                 sm90_max_next_n: int | None = None, balanced: bool | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -158,7 +164,7 @@ class TritonBackend(SimpleBackend):
         self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
-                          sm90_max_next_n=sm90_max_next_n)
+                          sm90_max_next_n=sm90_max_next_n, balanced=balanced)
         self.opts = dict(programs=programs, upcast=upcast)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -265,7 +271,7 @@ class TritonBackend(SimpleBackend):
         bs = cache.shape[1]
         o, _ = self.config(inputs.device)
         o.update(self.opts)
-        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"]
+        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"] and not o["balanced"]
                 and _sm90_unfit(path, inputs, cache, o["block_t"]) is None):
             return self._launch_sm90(inputs, out, cache, o)
         upcast = self._upcast(inputs)
@@ -296,6 +302,7 @@ class TritonBackend(SimpleBackend):
             GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
             PER_ROW=inputs.context_lens_2d is not None,
             TMA=tma, PDL=bool(o["pdl"]) and cuda,
+            BLOCK_B=triton.next_power_of_2(B) if o["balanced"] and B <= MAX_BALANCED_BATCH else 0,
             num_warps=o["num_warps"], num_stages=o["num_stages"])
         if consts["PDL"]:
             consts["launch_pdl"] = True
@@ -309,7 +316,7 @@ class TritonBackend(SimpleBackend):
         args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens,
                 inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
                 out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
-                layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq)
+                layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, B)
         from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 
         return paged_mqa_logits_kernel, (min(n_tiles, programs),), args, consts, key

@@ -77,12 +77,50 @@ def _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T: tl.con
     """Segment ``seg`` of a program's share: its sequence ``b``, that sequence's length, where its keys
     end (``min(ctx, max_model_len)``) and the token range ``[t_lo, t_hi)`` this program computes."""
     b = lo // tiles_per_seq + seg
-    first = b * tiles_per_seq
+    return _seq_range(ctx_ptr, b, b * tiles_per_seq, tiles_per_seq, lo, hi, max_model_len, BLOCK_T)
+
+
+@triton.jit
+def _seq_range(ctx_ptr, b, first, size, lo, hi, max_model_len, BLOCK_T: tl.constexpr):
+    """Sequence ``b``, whose tiles are ``[first, first + size)`` of the batch's list, within a share
+    ``[lo, hi)``: (b, its length, where its keys end, the token range ``[t_lo, t_hi)`` of the share)."""
     ctx = tl.load(ctx_ptr + b)
     end = tl.minimum(ctx, max_model_len)
     t_lo = ((tl.maximum(lo, first) - first) * BLOCK_T).to(tl.int32)
-    t_hi = tl.minimum((tl.minimum(hi, first + tiles_per_seq) - first) * BLOCK_T, end).to(tl.int32)
+    t_hi = tl.minimum((tl.minimum(hi, first + size) - first) * BLOCK_T, end).to(tl.int32)
     return b, ctx, end, t_lo, t_hi
+
+
+@triton.jit
+def _balanced_tiles(ctx_ptr, batch, max_model_len, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's even share ``[lo, hi)`` of the tiles the batch really has (sequence b has
+    ``cdiv(min(context_len, max_model_len), BLOCK_T)``, where the even split of ``_program_tiles`` counts
+    ``max_model_len`` for every sequence and leaves the programs past each short sequence idle), the first
+    sequence it touches and how many; with every sequence's first tile and tile count, for ``_balanced_segment``.
+    ``BLOCK_B``: a power of two >= ``batch``."""
+    seqs = tl.arange(0, BLOCK_B)
+    ctx = tl.load(ctx_ptr + seqs, mask=seqs < batch, other=0).to(tl.int64)
+    sizes = (tl.minimum(ctx, max_model_len) + BLOCK_T - 1) // BLOCK_T
+    ends = tl.cumsum(sizes, 0)
+    total = tl.sum(sizes, 0)
+    pid = tl.program_id(0).to(tl.int64)
+    progs = tl.num_programs(0)
+    lo = pid * total // progs
+    hi = (pid + 1) * total // progs
+    b0 = tl.sum((ends <= lo).to(tl.int32), 0)  # sequences wholly before the share
+    b1 = tl.sum((ends - sizes < hi).to(tl.int32), 0)  # sequences that start before its end
+    return lo, hi, tl.where(hi > lo, b1 - b0, 0), b0, ends - sizes, sizes
+
+
+@triton.jit
+def _balanced_segment(ctx_ptr, lo, hi, b0, seg, firsts, sizes, max_model_len, BLOCK_T: tl.constexpr,
+                      BLOCK_B: tl.constexpr):
+    """Segment ``seg`` of a share from ``_balanced_tiles`` (see ``_seq_range``)."""
+    b = b0 + seg
+    pick = tl.arange(0, BLOCK_B) == b
+    first = tl.sum(tl.where(pick, firsts, 0), 0)
+    size = tl.sum(tl.where(pick, sizes, 0), 0)
+    return _seq_range(ctx_ptr, b, first, size, lo, hi, max_model_len, BLOCK_T)
 
 
 @triton.jit
@@ -209,19 +247,27 @@ def _rows_out(s, w, scale, t, end, causal0, lens_b, out_b, stride_oh, stride_or,
 def paged_mqa_logits_kernel(
     q_ptr, k_ptr, scale_ptr, k_desc, s_desc, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_oh, stride_or, max_model_len, block_bytes, scale_base, n_tiles, tiles_per_seq,
-    NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    batch, NEXT_N: tl.constexpr, H: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_T: tl.constexpr, STAGE1: tl.constexpr, PRESHUFFLE: tl.constexpr, FLAT: tl.constexpr,
     UPCAST: tl.constexpr, EXP_BIAS: tl.constexpr, NP: tl.constexpr, NUM_STAGES: tl.constexpr,
-    GROUPS: tl.constexpr, PER_ROW: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
+    GROUPS: tl.constexpr, PER_ROW: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
         tl.extra.cuda.gdc_wait()  # before it has finished
-    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
+    # BLOCK_B > 0: shares of the tiles the batch really has (_balanced_tiles); else of B x cdiv(max_model_len)
+    if BLOCK_B > 0:
+        lo, hi, n_segments, b0, firsts, sizes = _balanced_tiles(ctx_ptr, batch, max_model_len, BLOCK_T, BLOCK_B)
+    else:
+        lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
     RD: tl.constexpr = NP // GROUPS  # speculative rows per dot
     d = tl.arange(0, D)
     c = tl.arange(0, RD * BLOCK_H)
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
+        if BLOCK_B > 0:
+            b, ctx, end, t_lo, t_hi = _balanced_segment(ctx_ptr, lo, hi, b0, seg, firsts, sizes, max_model_len,
+                                                        BLOCK_T, BLOCK_B)
+        else:
+            b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
         table_row = table_ptr + b * stride_tb
         # the first block id before q: q's copy to shared memory waits for q, and the first key tile would
         # otherwise wait for q and then for this read (see the module docstring for why it is carried)

@@ -23,7 +23,7 @@ POINTERS = {"q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "w_p
 # the reference shape B64-n2-ctx8192 (H=64, D=128, block_size 64, next_n 2), fp8 dot
 BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAGE1=False, PRESHUFFLE=False,
                       FLAT=False, UPCAST=0, EXP_BIAS=7, NP=2, NUM_STAGES=3, GROUPS=1, PER_ROW=False, TMA=False,
-                      PDL=False, k_desc=None, s_desc=None)
+                      PDL=False, BLOCK_B=0, k_desc=None, s_desc=None)
 # with TMA, the descriptors of the cache as rows of D fp8 bytes and as rows of BS fp32 scales, one tile's box each
 TMA_DESCRIPTORS = {"k_desc": "tensordesc<fp8e4nv[64, 128]>", "s_desc": "tensordesc<fp32[1, 64]>"}
 
