@@ -76,7 +76,7 @@ def _unit_sum(acc, w, scale):
 
 @gluon.jit
 def _weights(w_ptr, row0, heads, NEXT_N: gl.constexpr, H: gl.constexpr, HALVES: gl.constexpr):
-    """Each unit's weights (16 heads per thread; units: see _tile), held for a segment."""
+    """Each unit's weights (16 heads per thread, 8 at odd next_n; units: see _tile), held for a segment."""
     HN: gl.constexpr = H // HALVES
     w0 = gl.load(w_ptr + row0 * H + heads)
     w1 = w0
