@@ -243,3 +243,20 @@ def test_a_prepare_that_raises_is_a_skipped_row():
     (row,) = bench.bench_shape(bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16),
                                {"bad": PreparedFake("bad", fail=True)}, ["fused"], "cpu", 10.0, False, 0, 5, None)
     assert "us" not in row and row["skipped"].startswith("error: RuntimeError: schedule refused")
+
+
+def test_serving_shapes_have_rows_wider_than_their_contexts():
+    """A server's call: logits rows max_model_len wide, contexts far shorter; in the full set, and by glob."""
+    class A:
+        quick, shapes, formats = False, None, "fp8"
+    ids = [s.id for s in bench.select_shapes(A, "cuda")]
+    assert "B64-n2-ctx8192-mml163840" in ids and len(ids) == len(bench.FULL) + len(bench.SERVING)
+    A.shapes = "*-mml*"
+    assert [s.id for s in bench.select_shapes(A, "cuda")] == [f"B{b}-n{n}-ctx{c}-mml163840" for b, n, c in bench.SERVING]
+    shape = bench.Shape(2, 2, 256, max_model_len=1024)
+    inp = bench.make_inputs(shape, "cpu")
+    assert inp.max_model_len == 1024 and inp.context_lens.tolist() == [256, 256]
+    from parity.backends import load_backend
+
+    rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["fused"], "cpu", 100.0, False, 1, 1)
+    assert rows[0]["shape"] == "B2-n2-ctx256-mml1024" and "us" in rows[0], rows

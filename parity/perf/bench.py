@@ -39,6 +39,10 @@ FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 1
 QUICK = [(1, 2, 8192), (8, 2, 8192), (64, 1, 8192), (64, 2, 8192), (64, 4, 8192), (128, 2, 8192),
          (64, 2, 32768), (128, 4, 32768)]
 CPU_SHAPES = [(2, 2, 512)]
+# a server's call: the logits rows are max_model_len wide (163840 for DeepSeek-V3.2) and the contexts far
+# shorter, so a kernel that splits B x max_model_len evenly leaves most programs idle (--shapes '*-mml*')
+SERVING_MML = 163840
+SERVING = [(8, 2, 8192), (64, 2, 8192), (128, 2, 4096)]
 ROTATE_BYTES = 4 * 64 << 20  # several times any current L2
 FORMATS = ("fp8", "mxfp4")
 
@@ -52,10 +56,16 @@ class Shape:
     head_dim: int = HEAD_DIM
     block_size: int = BLOCK_SIZE
     key_format: str = "fp8"  # FORMATS
+    max_model_len: int = 0  # the logits rows' width; 0: the context
+
+    @property
+    def cols(self) -> int:
+        return self.max_model_len or self.context
 
     @property
     def id(self) -> str:
-        return f"B{self.batch}-n{self.next_n}-ctx{self.context}" + ("" if self.key_format == "fp8" else "-mxfp4")
+        return (f"B{self.batch}-n{self.next_n}-ctx{self.context}" + (f"-mml{self.max_model_len}" if self.max_model_len
+                else "") + ("" if self.key_format == "fp8" else "-mxfp4"))
 
     @property
     def token_bytes(self) -> int:
@@ -98,7 +108,7 @@ def make_inputs(shape: Shape, device, fp8=torch.float8_e4m3fn, gen: torch.Genera
     return IndexerInputs(
         q_fp8=q, kv_cache=kv, weights=torch.randn(B * n, H, device=device, generator=gen) * H**-0.5,
         context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device),
-        block_tables=perm.view(B, per_seq), max_model_len=ctx,
+        block_tables=perm.view(B, per_seq), max_model_len=shape.cols,
         kv_cache_preshuffled=layouts.preshuffle_kv_cache(kv))
 
 
@@ -111,7 +121,7 @@ def _mxfp4_inputs(shape: Shape, device, num_blocks: int, per_seq: int, gen) -> I
         q_fp8=q, kv_cache=mxfp4.random_cache(num_blocks, bs, D, device, gen),
         weights=(torch.randn(B * n, H, device=device, generator=gen) * H**-0.5).bfloat16().float(),
         context_lens=torch.full((B,), ctx, dtype=torch.int32, device=device), block_tables=perm.view(B, per_seq),
-        max_model_len=ctx, key_format="mxfp4", q_sf=mxfp4.random_words((B, n, H), device, gen))
+        max_model_len=shape.cols, key_format="mxfp4", q_sf=mxfp4.random_words((B, n, H), device, gen))
 
 
 def _sync(device) -> None:
@@ -275,7 +285,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         gen = torch.Generator(device=device).manual_seed(hash(shape.id) & 0xFFFF)
         sets = [make_inputs(shape, device, gen=gen) for _ in range(n_sets)]
         lead = (shape.heads,) if path == "stage1" else ()
-        outs = [torch.full((*lead, shape.batch * shape.next_n, shape.context), float("-inf"), device=device)
+        outs = [torch.full((*lead, shape.batch * shape.next_n, shape.cols), float("-inf"), device=device)
                 for _ in sets]
         roof = roofline(shape.bytes_moved(path), shape.flops(path), bandwidth, tflops)
         if read_us is None and graph:
@@ -371,7 +381,8 @@ def parse_args(argv):
     p.add_argument("--backend", action="append", default=None,
                    help="registered name, pkg.mod:factory or file.py[:factory] (repeatable; default torch, triton)")
     p.add_argument("--path", action="append", choices=PATHS, default=None, help="repeatable; default all")
-    p.add_argument("--quick", action="store_true", help=f"{len(QUICK)} shapes around B=64, next_n=2, ctx=8192")
+    p.add_argument("--quick", action="store_true", help=f"{len(QUICK)} shapes around B=64, next_n=2, ctx=8192 "
+                   f"(without: {len(FULL)} shapes, and {len(SERVING)} with max_model_len {SERVING_MML})")
     p.add_argument("--shapes", default=None,
                    help="comma-separated glob patterns on shape ids, e.g. 'B64-n2-ctx8192,B*-n1-*'")
     p.add_argument("--formats", default="fp8",
@@ -394,15 +405,17 @@ def select_shapes(args, device) -> list[Shape]:
         raise ValueError(f"--formats takes a comma-separated list of {', '.join(FORMATS)}, got {args.formats!r}")
     base = CPU_SHAPES if torch.device(device).type == "cpu" and not args.shapes else (QUICK if args.quick else FULL)
     flavoured = lambda sizes: [Shape(*s, key_format=f) for s in sizes for f in formats]  # noqa: E731
+    serving = [Shape(*s, key_format=f, max_model_len=SERVING_MML) for s in SERVING for f in formats]
     if args.shapes:
         pats = [s.strip() for s in args.shapes.split(",") if s.strip()]
-        universe = [Shape(*s, key_format=f) for s in dict.fromkeys(FULL + QUICK + CPU_SHAPES) for f in FORMATS]
+        universe = [Shape(*s, key_format=f) for s in dict.fromkeys(FULL + QUICK + CPU_SHAPES) for f in FORMATS] + [
+            Shape(*s, key_format=f, max_model_len=SERVING_MML) for s in SERVING for f in FORMATS]
         chosen = [s for s in universe if any(fnmatch.fnmatch(s.id, p) for p in pats)]
         if not chosen:
             raise ValueError(f"--shapes {args.shapes!r} matches no shape id (ids look like "
                              f"{Shape(*FULL[0]).id} or {Shape(*FULL[0], key_format='mxfp4').id}; patterns are globs)")
-        return [s for s in flavoured(base) if s in chosen] or chosen
-    return flavoured(base)
+        return [s for s in flavoured(base) + serving if s in chosen] or chosen
+    return flavoured(base) + (serving if base is FULL else [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ from parity.backends import load_backend
 
 # name -> TritonBackend options. "default": the config chosen for the GPU (parity.backends.triton_configs).
 # The portable kernel's: "base", the config before the study of 2026-12-04 (copies by cp.async, 3 stages, 3
-# programs per multiprocessor); "portable", its H200 config (bulk copies, programmatic launch); "c4*": 4
+# programs per multiprocessor); "portable", its H200 config (bulk copies, programmatic launch), "balanced" the
+# same splitting the tiles the batch really has by context length; "c4*": 4
 # programs per multiprocessor, held to 128 registers (maxnreg; 148 without) or split over two dots of 64
 # columns (104 registers). The Gluon kernel's (parity.kernels.paged_mqa_logits_sm90), "sm90*": stages and
 # programs per multiprocessor.
@@ -35,6 +36,8 @@ VARIANTS = {
     "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
     "default": dict(),
     "portable": dict(P, tma=True, num_stages=3, pdl=True, ctas_per_sm=3),
+    # its programs split the tiles the batch really has (for the serving shapes: --shapes '*-mml*')
+    "balanced": dict(P, tma=True, num_stages=3, pdl=True, ctas_per_sm=3, balanced=True),
     "c4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128),
     "c4-s4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
     "c4-g2": dict(P, tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
