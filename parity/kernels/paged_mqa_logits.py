@@ -9,9 +9,12 @@ accumulator registers than leave room for 3 programs per SM (next_n = 4, 64 head
     s[t, c]    = k[t, :] . q[b, i, h, :]              (fp32 accumulation)
     logits[t]  = scale[t] * sum_h w[h] relu(s[t, c])    relu(x * scale) = scale * relu(x) as scale > 0
 
-Scheduling is balanced and persistent: the tiles of all sequences form one list, each program takes an
-equal contiguous run of it (so no wave is left half empty) and reloads q only when its run crosses into
-the next sequence. Only Triton features common to NVIDIA and AMD targets are used.
+Scheduling is persistent: the tiles of all sequences form one list, each program takes an equal
+contiguous run of it (so no wave is left half empty) and reloads q only when its run crosses into the next
+sequence. The list counts ``cdiv(max_model_len, BLOCK_T)`` tiles for every sequence, and a program skips
+those past its sequence's length: balanced where contexts fill max_model_len (the benchmark's quick
+shapes), not where they are far shorter (a server's call). ``BLOCK_B`` > 0 counts each sequence's real
+tiles instead (``_balanced_tiles``). Only Triton features common to NVIDIA and AMD targets are used.
 
 Key tiles are multi-buffered (``NUM_STAGES``): the block id of the next tile is loaded one iteration ahead
 and carried by the loop. Loaded inside the iteration that uses it, the block-table read makes the key
