@@ -30,22 +30,31 @@ BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAG
 TMA_DESCRIPTORS = {"k_desc": "tensordesc<fp8e4nv[64, 128]>", "s_desc": "tensordesc<fp32[1, 64]>"}
 
 
-def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
-                  arch: int = 90) -> str:
-    """TTGIR of ``fn`` compiled for CUDA ``sm_<arch>``. Every argument is taken as a multiple of 16, as
-    Triton specializes pointers and integers at launch (at the reference shape all of them are)."""
+def compile_for(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3, arch: int = 90):
+    """``fn`` (a Triton or a Gluon kernel) compiled for CUDA ``sm_<arch>``; ``pointers`` gives the type of
+    each pointer or descriptor argument, every other non-constexpr argument is i32. Every argument is taken
+    as a multiple of 16, as Triton specializes pointers and integers at launch (at the reference shape all
+    of them are)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if n not in constexprs and not signature[n].startswith("tensordesc")}
-    src = ASTSource(fn, signature, constexprs={n: v for n, v in constexprs.items() if n in names}, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-    return compiled.asm["ttgir"]
+    src = source(fn, signature, constexprs={n: v for n, v in constexprs.items() if n in names}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
+                  arch: int = 90) -> str:
+    """TTGIR of ``fn`` compiled for CUDA ``sm_<arch>`` (see :func:`compile_for`)."""
+    return compile_for(fn, constexprs, pointers, num_warps, num_stages, arch).asm["ttgir"]
 
 
 def tiles_in_flight(ttgir: str) -> dict:
@@ -122,23 +131,13 @@ def compile_sm90(fn, next_n: int) -> dict:
     import subprocess
     import tempfile
 
-    import triton
-    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
 
     tile = gl.NVMMASharedLayout.get_default_for([64, 128], gl.float8e4nv)
     desc = f"tensordesc<fp8e4nv[64,128],{tile!r}>"
-    names = fn.arg_names
-    constexprs = {k: v for k, v in {**SM90_CONSTEXPRS, "NEXT_N": next_n}.items() if k in names}
-    signature = {n: "constexpr" if n in constexprs else desc if n.endswith("_desc") else SM90_POINTERS.get(n, "i32")
-                 for n in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] in ("i32",)
-             or signature[n].startswith("*")}
-    src = GluonASTSource(fn, signature, constexprs={(names.index(n),): v for n, v in constexprs.items()}, attrs=attrs)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
-    from triton.backends.nvidia.compiler import get_ptxas
-
+    pointers = {**SM90_POINTERS, **{n: desc for n in fn.arg_names if n.endswith("_desc")}}
+    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n}, pointers).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
