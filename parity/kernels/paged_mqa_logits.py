@@ -87,7 +87,12 @@ def _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T: tl.con
 def _seq_range(ctx_ptr, b, first, size, lo, hi, max_model_len, BLOCK_T: tl.constexpr):
     """Sequence ``b``, whose tiles are ``[first, first + size)`` of the batch's list, within a share
     ``[lo, hi)``: (b, its length, where its keys end, the token range ``[t_lo, t_hi)`` of the share)."""
-    ctx = tl.load(ctx_ptr + b)
+    return _known_range(tl.load(ctx_ptr + b), b, first, size, lo, hi, max_model_len, BLOCK_T)
+
+
+@triton.jit
+def _known_range(ctx, b, first, size, lo, hi, max_model_len, BLOCK_T: tl.constexpr):
+    """``_seq_range`` of a sequence whose length ``ctx`` was read already."""
     end = tl.minimum(ctx, max_model_len)
     t_lo = ((tl.maximum(lo, first) - first) * BLOCK_T).to(tl.int32)
     t_hi = tl.minimum((tl.minimum(hi, first + size) - first) * BLOCK_T, end).to(tl.int32)

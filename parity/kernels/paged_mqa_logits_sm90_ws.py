@@ -1,0 +1,220 @@
+"""The fused paged MQA logits kernel for NVIDIA Hopper, warp-specialized (Gluon): the same calls, formula and
+writes as ``paged_mqa_logits_sm90`` (fp8 e4m3fn keys in the plain paged layout, 64 heads of 128, next_n 1, 2
+or 4), with the copies taken off the compute warps.
+
+Why: in the single-partition kernel the four compute warps also read the block table, issue the copies and
+meet at four barriers per tile (one before each refill, three that Triton's shared-memory analysis puts
+around the mbarrier operations), and they stall at each new sequence of their share for its length, its
+weights and its q, one read after the other. Here each program is
+
+- a *load* warp: q and the weights of each sequence (two buffers, so the next sequence's are loaded while
+  this one is computed), then every tile's keys and scales by bulk tensor copies into the next free slot.
+  Block ids are read 32 tiles at a time, one per lane, the next 32 while these are copied;
+- a *compute* warpgroup: waits for a slot, runs its products and epilogues as ``_tile`` of the
+  single-partition kernel does, hands the slot back once its four warps are past the last product (one
+  barrier of the four warps, one mbarrier arrival), and reads the next sequence's length a sequence ahead.
+
+Triton pads the load warp to a warpgroup (three idle warps) and splits the registers with ``setmaxnreg``:
+launched at 80 per thread (3 programs per multiprocessor), the compute warps get 136 and the load warps 24.
+The schedule is the single-partition kernel's (``_program_tiles``), computed by both partitions alike.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+
+from parity.kernels.paged_mqa_logits import _known_range, _program_tiles
+from parity.kernels.paged_mqa_logits_sm90 import _block_id, _copy_bulk, _cta_barrier, _unit_sum
+
+LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
+
+
+def launch_maxnreg(ctas_per_sm: int) -> int:
+    """The registers per thread at launch that fit ``ctas_per_sm`` programs of 8 warps (the compute warpgroup,
+    and the load warp padded to a warpgroup) on a multiprocessor of 65536 registers."""
+    return min(128, 65536 // (256 * ctas_per_sm) // 8 * 8)
+
+
+@gluon.jit
+def _ctx_of(ctx_ptr, lo, seg, n_segments, tiles_per_seq):
+    """The length of segment ``seg``'s sequence (0 past the last), read a segment before it is needed."""
+    return gl.load(ctx_ptr + lo // tiles_per_seq + seg, mask=seg < n_segments, other=0)
+
+
+@gluon.jit
+def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.constexpr):
+    """The cache blocks of the 32 tiles from token ``t0`` on, one per lane of the load warp."""
+    tiles = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
+    return _block_id(table_row, t0 + tiles * BLOCK_T, t_hi, table_cols, BS)
+
+
+@gluon.jit
+def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                    empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                    NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
+                    BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr):
+    ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
+    SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
+    lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
+    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
+    ctx_next = _ctx_of(ctx_ptr, lo, 0, n_segments, tiles_per_seq)
+    c = 0  # tiles issued
+    q_n = 0  # sequences whose q was issued
+    for seg in range(0, n_segments):
+        b = lo // tiles_per_seq + seg
+        b, ctx, end, t_lo, t_hi = _known_range(ctx_next, b, b * tiles_per_seq, tiles_per_seq, lo, hi,
+                                               max_model_len, BLOCK_T)
+        ctx_next = _ctx_of(ctx_ptr, lo, seg + 1, n_segments, tiles_per_seq)
+        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
+        if n > 0:
+            table_row = table_ptr + b * stride_tb
+            ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
+            ids_next = _block_ids(table_row, t_lo + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
+            row0 = (b * NEXT_N).to(gl.int32)
+            qs = q_n % 2
+            mbarrier.wait(q_empty.index(qs), ((q_n // 2) & 1) ^ 1)
+            mbarrier.expect(q_full.index(qs), NEXT_N * H * (D + 4))
+            _copy_bulk(w_desc, [row0, 0], q_full.index(qs), w_bufs.index(qs))
+            for i in gl.static_range(NEXT_N):
+                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_full.index(qs), q_bufs.index(qs).slice(i * H, H))
+            q_n += 1
+            for j in range(0, n):
+                t0 = t_lo + j * BLOCK_T
+                if j % 32 == 0:
+                    if j > 0:
+                        ids = ids_next
+                        ids_next = _block_ids(table_row, t0 + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
+                blk = gl.sum(gl.where(lanes == j % 32, ids, 0), axis=0)
+                slot = c % NUM_STAGES
+                mbarrier.wait(empty.index(slot), ((c // NUM_STAGES) & 1) ^ 1)
+                mbarrier.expect(full.index(slot), BLOCK_T * (D + 4))
+                _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
+                _copy_bulk(s_desc, [blk * SROWS_PER_BLOCK + D // 4, t0 % BS], full.index(slot), s_bufs.index(slot))
+                c += 1
+
+
+@gluon.jit
+def _weights(w_buf, heads, UNITS: gl.constexpr):
+    """Each unit's weights from a sequence's ``[next_n, H]`` in shared memory (units: see ``_tile``), held in
+    registers for the sequence."""
+    HN: gl.constexpr = heads.shape[0]
+    flat = w_buf.reshape([UNITS * HN])
+    w0 = flat.slice(0, HN).load(heads.type.layout)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if UNITS > 1:
+        w1 = flat.slice(HN, HN).load(heads.type.layout)
+    if UNITS > 2:
+        w2 = flat.slice(2 * HN, HN).load(heads.type.layout)
+    if UNITS > 3:
+        w3 = flat.slice(3 * HN, HN).load(heads.type.layout)
+    return w0, w1, w2, w3
+
+
+@gluon.jit
+def _tile(k, s_buf, full, phase, empty, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b,
+          stride_or, NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
+    """The units of the key tile ``k`` at tokens ``t`` (``_tile`` of the single-partition kernel: unit u + 1
+    on the tensor cores while unit u's epilogue runs); ``q_rows`` the sequence's q, each unit's weights
+    ``w0``-``w3``. The slot goes back (``empty``) once every warp is past the tile's last product."""
+    HN: gl.constexpr = q_rows.type.shape[0] // (NEXT_N * HALVES)  # heads per unit
+    mbarrier.wait(full, phase)
+    acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
+    scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
+    for u in gl.static_range(NEXT_N * HALVES):
+        if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
+            q_next = q_rows.slice((u + 1) * HN, HN)
+            nxt = warpgroup_mma(k, q_next.permute((1, 0)), zero, use_acc=False, is_async=True)
+            done = warpgroup_mma_wait(1, deps=(acc,))
+        else:
+            done = warpgroup_mma_wait(0, deps=(acc,))
+            _cta_barrier()  # the compute warps only: each is past its last read of the slot
+            mbarrier.arrive(empty)
+            nxt = acc
+        w = w0 if u == 0 else (w1 if u == 1 else (w2 if u == 2 else w3))
+        if u % HALVES == 0:
+            logit = _unit_sum(done, w, scale)
+        else:
+            logit += _unit_sum(done, w, scale)
+        if u % HALVES == HALVES - 1:  # the row's last unit: store it
+            if PER_ROW:
+                lim = gl.load(lens_ptr + row0 + u // HALVES)
+            else:
+                lim = causal0 + u // HALVES
+            gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+        acc = nxt
+
+
+@gluon.jit
+def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
+                       stride_or, max_model_len, n_tiles, tiles_per_seq, NEXT_N: gl.constexpr, H: gl.constexpr,
+                       BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr):
+    HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: every tile has an even number
+    HN: gl.constexpr = H // HALVES
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HN, 32])
+    rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
+    heads = gl.arange(0, HN, layout=gl.SliceLayout(0, mma))
+    zero = gl.zeros([BLOCK_T, HN], gl.float32, mma)  # the products' input, ignored (use_acc=False)
+    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
+    ctx_next = _ctx_of(ctx_ptr, lo, 0, n_segments, tiles_per_seq)
+    c = 0  # tiles computed
+    q_n = 0  # sequences computed
+    for seg in range(0, n_segments):
+        b = lo // tiles_per_seq + seg
+        b, ctx, end, t_lo, t_hi = _known_range(ctx_next, b, b * tiles_per_seq, tiles_per_seq, lo, hi,
+                                               max_model_len, BLOCK_T)
+        ctx_next = _ctx_of(ctx_ptr, lo, seg + 1, n_segments, tiles_per_seq)
+        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
+        if n > 0:
+            row0 = (b * NEXT_N).to(gl.int32)
+            out_b = out_ptr + (b * NEXT_N) * stride_or  # 64-bit: the logits may pass 2 GiB
+            causal0 = ctx - NEXT_N + 1  # row i sees t < causal0 + i
+            qs = q_n % 2
+            mbarrier.wait(q_full.index(qs), (q_n // 2) & 1)
+            w0, w1, w2, w3 = _weights(w_bufs.index(qs), heads, NEXT_N * HALVES)
+            for j in range(0, n):
+                slot = c % NUM_STAGES
+                _tile(k_bufs.index(slot), s_bufs.index(slot), full.index(slot), (c // NUM_STAGES) & 1,
+                      empty.index(slot), t_lo + j * BLOCK_T + rows, q_bufs.index(qs), zero, w0, w1, w2, w3, causal0,
+                      lens_ptr, row0, end, out_b, stride_or, NEXT_N, HALVES, PER_ROW)
+                c += 1
+            mbarrier.arrive(q_empty.index(qs))  # every warp passed the last tile's barrier after its products
+            q_n += 1
+
+
+@gluon.jit
+def paged_mqa_logits_sm90_ws_kernel(
+    q_desc, w_desc, k_desc, s_desc, ctx_ptr, lens_ptr, table_ptr, out_ptr,
+    stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq,
+    NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
+    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
+):
+    if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)  # before it has finished
+    gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
+    gl.static_assert(NEXT_N * (2 if NEXT_N % 2 == 1 else 1) <= 4, "next_n 1, 2 or 4")
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_T, D], k_desc.layout)
+    s_bufs = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, 1, BLOCK_T], s_desc.layout)
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, NEXT_N * H, D], q_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.float32, [2, NEXT_N, H], w_desc.layout)
+    full = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    q_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(NUM_STAGES):
+        mbarrier.init(full.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+    for s in gl.static_range(2):
+        mbarrier.init(q_full.index(s), count=1)
+        mbarrier.init(q_empty.index(s), count=1)
+    gl.warp_specialize([
+        (_compute_partition, (ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
+                              q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, NEXT_N, H, BLOCK_T,
+                              NUM_STAGES, PER_ROW)),
+        (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                           NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES)),
+    ], [1], [LOAD_REGS])
