@@ -11,6 +11,7 @@ _LAZY = {
     "triton": "parity.backends.triton_kernels:make_backend",
     "triton:portable": "parity.backends.triton_kernels:make_portable_backend",
     "triton:sm90": "parity.backends.triton_kernels:make_sm90_backend",
+    "triton:sm90-ws": "parity.backends.triton_kernels:make_sm90_ws_backend",
     "aiter": "parity.backends.aiter:make_backend",
     "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
     "aiter:varctx": "parity.backends.aiter:make_varctx_backend",

@@ -14,7 +14,9 @@ bulk tensor copy engine, NVIDIA compute capability 9.0 and later); ``pdl`` (prog
 the kernel's launch overlaps the end of the kernel before it, which it waits for before reading anything);
 ``maxnreg`` (a register cap per thread, NVIDIA); ``kernel`` (``portable``: the Triton kernel of every target;
 ``sm90``: the Gluon kernel for compute capability 9.0, ``parity.kernels.paged_mqa_logits_sm90``, on the calls
-it takes, up to next_n ``sm90_max_next_n``, and the portable kernel on the others); ``balanced`` (the portable
+it takes, up to next_n ``sm90_max_next_n``, and the portable kernel on the others; its warp-specialized form,
+``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles,
+the single-partition form below that); ``balanced`` (the portable
 fp8 kernel's programs split the tiles the batch really has, by context length, instead of ``B x
 cdiv(max_model_len, block_t)``: correct under the interpreter, not yet timed on a GPU, so off everywhere); ``tma_min_tiles`` and
 ``tma_max_next_n`` (``tma`` only where
@@ -31,7 +33,7 @@ import torch
 
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
             maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4,
-            balanced=False)
+            sm90_ws_min_tiles=8, balanced=False)
 KEYS = tuple(BASE)
 
 

@@ -118,6 +118,14 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
     return None
 
 
+def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
+    """Whether a call the sm90 kernel takes runs in its warp-specialized form
+    (``parity.kernels.paged_mqa_logits_sm90_ws``): next_n 1 or 2 (where it was measured; at 4 its compute
+    warps spill at 3 programs per multiprocessor) and at least ``sm90_ws_min_tiles`` tiles per program (with
+    fewer its longer start cost more than it saved on the H200: B8-n2-ctx8192, 2.6 tiles per program)."""
+    return next_n <= 2 and n_tiles >= o["sm90_ws_min_tiles"] * o["ctas_per_sm"] * sms
+
+
 class TritonBackend(SimpleBackend):
     """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t``
     tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel
@@ -128,7 +136,8 @@ class TritonBackend(SimpleBackend):
     next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
     programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
     per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
-    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``);
+    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``;
+    warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles);
     ``balanced`` the portable kernel's fp8 programs share the tiles the batch really has, by context length
     (batches up to ``MAX_BALANCED_BATCH``; the sm90 kernel does not take it).
     ``programs`` (0: from
@@ -139,7 +148,8 @@ class TritonBackend(SimpleBackend):
                  max_dot_n: int | None = None, upcast: str = "auto", tma: bool | None = None,
                  pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
                  tma_max_next_n: int | None = None, kernel: str | None = None,
-                 sm90_max_next_n: int | None = None, balanced: bool | None = None):
+                 sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
+                 balanced: bool | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -164,7 +174,7 @@ class TritonBackend(SimpleBackend):
         self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
-                          sm90_max_next_n=sm90_max_next_n, balanced=balanced)
+                          sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced)
         self.opts = dict(programs=programs, upcast=upcast)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -329,6 +339,7 @@ class TritonBackend(SimpleBackend):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
         from parity.kernels import paged_mqa_logits_sm90 as sm90
+        from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
 
         B, n, H, D = inputs.q_fp8.shape
         cols, bs, block_t = inputs.max_model_len, cache.shape[1], o["block_t"]
@@ -339,19 +350,33 @@ class TritonBackend(SimpleBackend):
         k_desc = GluonDescriptor(rows, list(rows.shape), [D, 1], [block_t, D], tile)
         q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
                                  gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
-        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
         tiles_per_seq = triton.cdiv(cols, block_t)
         n_tiles = B * tiles_per_seq
         consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
                       PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), num_warps=4)
-        if o["maxnreg"]:
-            consts["maxnreg"] = o["maxnreg"]
         if consts["PDL"]:
             consts["launch_pdl"] = True
+        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
+        if sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
+            consts["maxnreg"] = sm90_ws.launch_maxnreg(o["ctas_per_sm"])
+            f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+            srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
+            s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
+            weights = inputs.weights.contiguous()
+            if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
+                weights = weights.clone()
+            w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
+            key = (str(inputs.device), "sm90_ws", *consts.items(), o["ctas_per_sm"])
+            args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
+                    table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq)
+            return (sm90_ws.paged_mqa_logits_sm90_ws_kernel, (self._grid(o, key, n_tiles, inputs.device),), args,
+                    consts, key)
+        if o["maxnreg"]:
+            consts["maxnreg"] = o["maxnreg"]
         key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
-        args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens,
-                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
-                out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,
+        args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
+                table, out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,
                 bs * D // 4, n_tiles, tiles_per_seq)
         return sm90.paged_mqa_logits_sm90_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
 
@@ -397,4 +422,10 @@ def make_portable_backend(**options) -> TritonBackend:
 def make_sm90_backend(**options) -> TritonBackend:
     """The Hopper kernel on the calls it takes (``triton:sm90``); the portable kernel on the others."""
     return TritonBackend(**{"sm90_max_next_n": 4, **options, "kernel": "sm90"})
+
+
+def make_sm90_ws_backend(**options) -> TritonBackend:
+    """The Hopper kernel's warp-specialized form at every call it takes, whatever its size (``triton:sm90-ws``);
+    the single-partition form at next_n 4, the portable kernel on the calls the sm90 kernel does not take."""
+    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, **options, "kernel": "sm90"})
 
