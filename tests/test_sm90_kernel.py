@@ -1,10 +1,12 @@
-"""The Gluon kernel for Hopper (parity.kernels.paged_mqa_logits_sm90), compiled for sm_90a by the ptxas that
-ships with Triton (no GPU needed): ptxas serializes none of its products, nothing spills, each epilogue but a
-tile's last overlaps the next product, and at next_n 2 three programs fit a multiprocessor. The checks catch
-the two planted faults that cost the kernel its overlap while it was written: a product carried in flight
-across the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product.
-Which calls the backend gives the kernel is checked on the CPU. Its logits are checked on a GPU (``parity
-run --backend triton:sm90``; the suite's GPU tests)."""
+"""The Gluon kernels for Hopper (parity.kernels.paged_mqa_logits_sm90 and its warp-specialized form,
+paged_mqa_logits_sm90_ws), compiled for sm_90a by the ptxas that ships with Triton (no GPU needed): ptxas
+serializes none of their products, nothing spills, each epilogue but a tile's last overlaps the next product,
+three programs fit a multiprocessor at next_n 2 (the warp-specialized form within its cap of 80 registers
+at launch, its compute warps raised to 136 and its load warps lowered to 24). The checks catch the two
+planted faults that cost the kernel its overlap while it was written: a product carried in flight across
+the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product, in
+either form. Which calls the backend gives which form is checked on the CPU. Their logits are checked on a
+GPU (``parity run --backend triton:sm90`` and ``triton:sm90-ws``)."""
 import json
 import os
 import subprocess
@@ -34,12 +36,15 @@ CHILD = textwrap.dedent("""
 
     if sys.argv[1] == "kernel":
         print(json.dumps(pipelining.sm90_report())); sys.exit(0)
-    if sys.argv[1] == "full_waits":
-        src = pathlib.Path(km.__file__).read_text()
+    if sys.argv[1] in ("full_waits", "ws_full_waits"):
+        from parity.kernels import paged_mqa_logits_sm90_ws as kw
+        ws = sys.argv[1] == "ws_full_waits"
+        src = pathlib.Path((kw if ws else km).__file__).read_text()
         overlap = "done = warpgroup_mma_wait(1, deps=(acc,))"
         assert overlap in src, "the kernel no longer waits as this test expects"
-        mod = load("full_waits", src.replace(overlap, "done = warpgroup_mma_wait(0, deps=(acc,))"))
-        print(json.dumps(pipelining.compile_sm90(mod.paged_mqa_logits_sm90_kernel, 2))); sys.exit(0)
+        mod = load(sys.argv[1], src.replace(overlap, "done = warpgroup_mma_wait(0, deps=(acc,))"))
+        fn = mod.paged_mqa_logits_sm90_ws_kernel if ws else mod.paged_mqa_logits_sm90_kernel
+        print(json.dumps(pipelining.compile_sm90(fn, 2, kw.launch_maxnreg(3) if ws else None))); sys.exit(0)
     mod = load("carried", pathlib.Path(sys.argv[2]).read_text())
     print(json.dumps(pipelining.compile_sm90(mod.carried_kernel, 2)))
 """)
@@ -83,7 +88,7 @@ def _child(what: str, *args: str) -> dict:
 
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
-OVERLAPS = {"n1": 1, "n2": 1, "n4": 3}
+OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
@@ -93,6 +98,8 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
         assert facts["spill_bytes"] == 0, (n, facts)
         assert facts["overlapping_waits"] >= OVERLAPS[n], (n, facts)
     assert report["n2"]["registers"] <= 168, report  # 3 programs of 128 threads per multiprocessor
+    for n in ("ws-n1", "ws-n2"):  # 3 programs of 256 threads; the compute warps get what the load warps give up
+        assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report
 
 
 def test_the_check_catches_a_product_carried_across_the_back_edge(tmp_path):
@@ -101,9 +108,41 @@ def test_the_check_catches_a_product_carried_across_the_back_edge(tmp_path):
     assert "C7514" in facts["serialized"], facts
 
 
-def test_the_check_catches_full_waits():
-    facts = _child("full_waits")
+@pytest.mark.parametrize("form", ["full_waits", "ws_full_waits"])
+def test_the_check_catches_full_waits(form):
+    facts = _child(form)
     assert facts["overlapping_waits"] == 0, facts
+
+
+@pytest.mark.parametrize("next_n, batch, expected", [
+    (2, 64, True),  # B64-n2-ctx8192: 20.7 tiles per program
+    (1, 64, True),
+    (2, 8, False),  # B8-n2-ctx8192: 2.6 tiles per program, where the single-partition form was faster
+    (4, 64, False),  # next_n 4: not measured warp-specialized, and its compute warps would spill
+])
+def test_the_warp_specialized_form_takes_large_calls_at_next_n_up_to_2(next_n, batch, expected):
+    from parity.backends import triton_configs
+    from parity.backends.triton_kernels import sm90_warp_specialized
+
+    config, _ = triton_configs.lookup("NVIDIA H200")
+    n_tiles = batch * 8192 // config["block_t"]
+    assert sm90_warp_specialized(next_n, n_tiles, config, 132) is expected
+
+
+def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg
+
+    for per_sm in (1, 2, 3, 4):
+        assert per_sm * 256 * launch_maxnreg(per_sm) <= 65536 and launch_maxnreg(per_sm) % 8 == 0
+    assert launch_maxnreg(3) == 80 and launch_maxnreg(2) == 128
+
+
+def test_triton_sm90_ws_pins_the_warp_specialized_form():
+    from parity.backends import load_backend
+
+    config, _ = load_backend("triton:sm90-ws").config(torch.device("cpu"))
+    assert config["kernel"] == "sm90" and config["sm90_ws_min_tiles"] == 0
 
 
 def test_the_h200_config_runs_the_sm90_kernel_up_to_next_n_2():

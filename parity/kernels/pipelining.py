@@ -30,7 +30,8 @@ BAR_CONSTEXPRS = dict(NEXT_N=2, H=64, BLOCK_H=64, D=128, BS=64, BLOCK_T=64, STAG
 TMA_DESCRIPTORS = {"k_desc": "tensordesc<fp8e4nv[64, 128]>", "s_desc": "tensordesc<fp32[1, 64]>"}
 
 
-def compile_for(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3, arch: int = 90):
+def compile_for(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3, arch: int = 90,
+                maxnreg: int | None = None):
     """``fn`` (a Triton or a Gluon kernel) compiled for CUDA ``sm_<arch>``; ``pointers`` gives the type of
     each pointer or descriptor argument, every other non-constexpr argument is i32. Every argument is taken
     as a multiple of 16, as Triton specializes pointers and integers at launch (at the reference shape all
@@ -47,8 +48,8 @@ def compile_for(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_st
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if n not in constexprs and not signature[n].startswith("tensordesc")}
     src = source(fn, signature, constexprs={n: v for n, v in constexprs.items() if n in names}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+    options = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def compile_ttgir(fn, constexprs: dict, pointers: dict, num_warps: int = 4, num_stages: int = 3,
@@ -122,11 +123,12 @@ SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=Fal
 SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
 
 
-def compile_sm90(fn, next_n: int) -> dict:
-    """ptxas's account of ``fn`` (the Gluon kernel, or a variant of it) compiled for sm_90a at next_n: its
-    registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
-    and how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
-    product). Uses the ptxas that ships with Triton; no GPU needed."""
+def compile_sm90(fn, next_n: int, maxnreg: int | None = None) -> dict:
+    """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
+    (under a register cap ``maxnreg``): its registers and spill bytes, the notes where ptxas serialized
+    products or injected waits (C7514-C7519), how many waits leave one product in flight (``wgmma.wait_group
+    1``: an epilogue overlapping the next product) and the register counts its partitions ask for
+    (``setmaxnreg``, warp-specialized kernels). Uses the ptxas that ships with Triton; no GPU needed."""
     import os
     import subprocess
     import tempfile
@@ -134,10 +136,12 @@ def compile_sm90(fn, next_n: int) -> dict:
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.experimental.gluon import language as gl
 
-    tile = gl.NVMMASharedLayout.get_default_for([64, 128], gl.float8e4nv)
-    desc = f"tensordesc<fp8e4nv[64,128],{tile!r}>"
-    pointers = {**SM90_POINTERS, **{n: desc for n in fn.arg_names if n.endswith("_desc")}}
-    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n}, pointers).asm["ptx"]
+    f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    descs = {n: f"tensordesc<fp8e4nv[64,128],{gl.NVMMASharedLayout.get_default_for([64, 128], gl.float8e4nv)!r}>"
+             for n in ("q_desc", "k_desc")}
+    descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
+    pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
+    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n}, pointers, maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -149,14 +153,19 @@ def compile_sm90(fn, next_n: int) -> dict:
     spills = re.search(r"(\d+) bytes spill stores", log)
     return {"registers": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
             "serialized": sorted(set(SERIALIZED.findall(log))),
-            "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx))}
+            "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx)),
+            "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)})}
 
 
 def sm90_report() -> dict:
-    """The Gluon kernel at next_n 1, 2 and 4 (see :func:`compile_sm90`)."""
+    """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
+    and 2 under the register cap of 3 programs per multiprocessor (see :func:`compile_sm90`)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel
+    from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel
 
-    return {f"n{n}": compile_sm90(paged_mqa_logits_sm90_kernel, n) for n in (1, 2, 4)}
+    report = {f"n{n}": compile_sm90(paged_mqa_logits_sm90_kernel, n) for n in (1, 2, 4)}
+    report.update({f"ws-n{n}": compile_sm90(paged_mqa_logits_sm90_ws_kernel, n, launch_maxnreg(3)) for n in (1, 2)})
+    return report
 
 
 if __name__ == "__main__":
