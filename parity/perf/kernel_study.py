@@ -32,6 +32,7 @@ from parity.backends import load_backend
 # columns (104 registers). The Gluon kernel's (parity.kernels.paged_mqa_logits_sm90), "sm90*": stages and
 # programs per multiprocessor.
 P = dict(kernel="portable")
+ONE_P = 1 << 30  # sm90_ws_min_tiles: the single-partition form at every call
 VARIANTS = {
     "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
     "default": dict(),
@@ -42,10 +43,13 @@ VARIANTS = {
     "c4-s4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
     "c4-g2": dict(P, tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
     "tma4": dict(P, tma=True, num_stages=4, pdl=False, ctas_per_sm=3),
-    "sm90": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
-    "sm90-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
-    "sm90-s6": dict(kernel="sm90", num_stages=6, ctas_per_sm=3, pdl=True, sm90_max_next_n=4),
-    "sm90-c4": dict(kernel="sm90", num_stages=3, ctas_per_sm=4, pdl=True, sm90_max_next_n=4),
+    "sm90": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-s6": dict(kernel="sm90", num_stages=6, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-c4": dict(kernel="sm90", num_stages=3, ctas_per_sm=4, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    # the warp-specialized form at every call (parity.kernels.paged_mqa_logits_sm90_ws)
+    "ws": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=2, sm90_ws_min_tiles=0),
+    "ws-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=2, sm90_ws_min_tiles=0),
 }
 BAR = "B64-n2-ctx8192"
 
