@@ -47,9 +47,11 @@ class Measured:
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
     Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2),
-             "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md section 10): the sm90 "
-             "kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
-             "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5); "
+             "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md sections 10 and 12): "
+             "the sm90 kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
+             "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5), "
+             "warp-specialized from 8 tiles per program (B64-n2-ctx8192 26.4 -> 24.7 us, B128-n2-ctx8192 "
+             "48.8 -> 45.8, B64-n2-ctx32768 94.6 -> 86.7; below that 7.2-7.6 against 7.8-8.0 at B8-n2); "
              "the portable kernel at next_n 4 (sm90 42.9 against 45.0 at B64, 349.3 against 337.1 at "
              "B128-n4-ctx32768); for the portable kernel bulk copies and programmatic launch (B64-n2-ctx8192 "
              "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program"),
