@@ -75,6 +75,26 @@ def _unit_sum(acc, w, scale):
 
 
 @gluon.jit
+def _unit_out(done, u: gl.constexpr, logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0, end, out_b,
+              stride_or, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
+    """Unit ``u``'s epilogue (units: see ``_tile``): its head sum starts its row's logits or is added to them
+    (``logit``), and after the row's last unit the row is stored, -inf from the row's own limit on. Returns
+    the row's logits so far."""
+    w = w0 if u == 0 else (w1 if u == 1 else (w2 if u == 2 else w3))
+    if u % HALVES == 0:
+        logit = _unit_sum(done, w, scale)
+    else:
+        logit += _unit_sum(done, w, scale)
+    if u % HALVES == HALVES - 1:  # the row's last unit: store it
+        if PER_ROW:
+            lim = gl.load(lens_ptr + row0 + u // HALVES)
+        else:
+            lim = causal0 + u // HALVES
+        gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+    return logit
+
+
+@gluon.jit
 def _weights(w_ptr, row0, heads, NEXT_N: gl.constexpr, H: gl.constexpr, HALVES: gl.constexpr):
     """Each unit's weights (16 heads per thread, 8 at odd next_n; units: see _tile), held for a segment."""
     HN: gl.constexpr = H // HALVES
@@ -114,17 +134,8 @@ def _tile(k, s_buf, full, phase, t, q_bufs, zero, w0, w1, w2, w3, causal0, lens_
         else:
             done = warpgroup_mma_wait(0, deps=(acc,))
             nxt = acc
-        w = w0 if u == 0 else (w1 if u == 1 else (w2 if u == 2 else w3))
-        if u % HALVES == 0:
-            logit = _unit_sum(done, w, scale)
-        else:
-            logit += _unit_sum(done, w, scale)
-        if u % HALVES == HALVES - 1:  # the row's last unit: store it
-            if PER_ROW:
-                lim = gl.load(lens_ptr + row0 + u // HALVES)
-            else:
-                lim = causal0 + u // HALVES
-            gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+        logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
+                          end, out_b, stride_or, HALVES, PER_ROW)
         acc = nxt
 
 

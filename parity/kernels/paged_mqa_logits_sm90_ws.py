@@ -1,6 +1,7 @@
 """The fused paged MQA logits kernel for NVIDIA Hopper, warp-specialized (Gluon): the same calls, formula and
 writes as ``paged_mqa_logits_sm90`` (fp8 e4m3fn keys in the plain paged layout, 64 heads of 128, next_n 1, 2
-or 4), with the copies taken off the compute warps.
+or 4; the backend gives it next_n <= 2, ``sm90_warp_specialized``), with the copies taken off the compute
+warps.
 
 Why: in the single-partition kernel the four compute warps also read the block table, issue the copies and
 meet at four barriers per tile (one before each refill, three that Triton's shared-memory analysis puts
@@ -25,7 +26,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from parity.kernels.paged_mqa_logits import _known_range, _program_tiles
-from parity.kernels.paged_mqa_logits_sm90 import _block_id, _copy_bulk, _cta_barrier, _unit_sum
+from parity.kernels.paged_mqa_logits_sm90 import _block_id, _copy_bulk, _cta_barrier, _unit_out
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
 
@@ -133,17 +134,8 @@ def _tile(k, s_buf, full, phase, empty, t, q_rows, zero, w0, w1, w2, w3, causal0
             _cta_barrier()  # the compute warps only: each is past its last read of the slot
             mbarrier.arrive(empty)
             nxt = acc
-        w = w0 if u == 0 else (w1 if u == 1 else (w2 if u == 2 else w3))
-        if u % HALVES == 0:
-            logit = _unit_sum(done, w, scale)
-        else:
-            logit += _unit_sum(done, w, scale)
-        if u % HALVES == HALVES - 1:  # the row's last unit: store it
-            if PER_ROW:
-                lim = gl.load(lens_ptr + row0 + u // HALVES)
-            else:
-                lim = causal0 + u // HALVES
-            gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+        logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
+                          end, out_b, stride_or, HALVES, PER_ROW)
         acc = nxt
 
 
