@@ -43,6 +43,14 @@ _copy_bulk = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
+def _wait_for_previous_kernel(PDL: gl.constexpr):
+    """Launched early (programmatic dependent launch), a kernel reads and writes nothing before the kernel
+    before it has finished."""
+    if PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _block_id(table_row, t0, t_hi, table_cols, BS: gl.constexpr):
     """The cache block of token ``t0`` (0 from ``t_hi`` on, where the table may hold anything)."""
     return gl.load(table_row + t0 // BS, mask=(t0 < t_hi) & (t0 // BS < table_cols), other=0)
@@ -146,9 +154,7 @@ def paged_mqa_logits_sm90_kernel(
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
-        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
-                                  pack=1)  # before it has finished
+    _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
     gl.static_assert(NUM_STAGES >= 2, "a tile in flight while one is computed")
     HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: see _tile

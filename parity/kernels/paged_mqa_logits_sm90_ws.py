@@ -26,7 +26,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from parity.kernels.paged_mqa_logits import _known_range, _program_tiles
-from parity.kernels.paged_mqa_logits_sm90 import _block_id, _copy_bulk, _cta_barrier, _unit_out
+from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _cta_barrier, _unit_out,
+                                                  _wait_for_previous_kernel)
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
 
@@ -41,6 +42,17 @@ def launch_maxnreg(ctas_per_sm: int) -> int:
 def _ctx_of(ctx_ptr, lo, seg, n_segments, tiles_per_seq):
     """The length of segment ``seg``'s sequence (0 past the last), read a segment before it is needed."""
     return gl.load(ctx_ptr + lo // tiles_per_seq + seg, mask=seg < n_segments, other=0)
+
+
+@gluon.jit
+def _segment_ahead(ctx, ctx_ptr, lo, hi, seg, n_segments, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr):
+    """Segment ``seg`` of the program's share (``_segment`` of the single-partition kernel) from its
+    sequence's length ``ctx``, read a segment ago: (b, ctx, end, t_lo, t_hi, its tile count, the next
+    segment's length, read now)."""
+    b = lo // tiles_per_seq + seg
+    b, ctx, end, t_lo, t_hi = _known_range(ctx, b, b * tiles_per_seq, tiles_per_seq, lo, hi, max_model_len, BLOCK_T)
+    return b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T), _ctx_of(ctx_ptr, lo, seg + 1, n_segments,
+                                                                           tiles_per_seq)
 
 
 @gluon.jit
@@ -63,11 +75,8 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
     for seg in range(0, n_segments):
-        b = lo // tiles_per_seq + seg
-        b, ctx, end, t_lo, t_hi = _known_range(ctx_next, b, b * tiles_per_seq, tiles_per_seq, lo, hi,
-                                               max_model_len, BLOCK_T)
-        ctx_next = _ctx_of(ctx_ptr, lo, seg + 1, n_segments, tiles_per_seq)
-        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
+        b, ctx, end, t_lo, t_hi, n, ctx_next = _segment_ahead(ctx_next, ctx_ptr, lo, hi, seg, n_segments,
+                                                              tiles_per_seq, max_model_len, BLOCK_T)
         if n > 0:
             table_row = table_ptr + b * stride_tb
             ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
@@ -154,11 +163,8 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
     c = 0  # tiles computed
     q_n = 0  # sequences computed
     for seg in range(0, n_segments):
-        b = lo // tiles_per_seq + seg
-        b, ctx, end, t_lo, t_hi = _known_range(ctx_next, b, b * tiles_per_seq, tiles_per_seq, lo, hi,
-                                               max_model_len, BLOCK_T)
-        ctx_next = _ctx_of(ctx_ptr, lo, seg + 1, n_segments, tiles_per_seq)
-        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
+        b, ctx, end, t_lo, t_hi, n, ctx_next = _segment_ahead(ctx_next, ctx_ptr, lo, hi, seg, n_segments,
+                                                              tiles_per_seq, max_model_len, BLOCK_T)
         if n > 0:
             row0 = (b * NEXT_N).to(gl.int32)
             out_b = out_ptr + (b * NEXT_N) * stride_or  # 64-bit: the logits may pass 2 GiB
@@ -183,9 +189,7 @@ def paged_mqa_logits_sm90_ws_kernel(
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): nothing is read or written before the kernel
-        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
-                                  pack=1)  # before it has finished
+    _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
     gl.static_assert(NEXT_N * (2 if NEXT_N % 2 == 1 else 1) <= 4, "next_n 1, 2 or 4")
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_T, D], k_desc.layout)
