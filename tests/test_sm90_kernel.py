@@ -173,3 +173,5 @@ def test_bad_kernel_option_is_refused():
 
     with pytest.raises(ValueError, match="kernel must be None or one of"):
         load_backend("triton", kernel="sm100")
+    with pytest.raises(ValueError, match="sm90_ws_min_tiles must be None or >= 0"):
+        load_backend("triton", sm90_ws_min_tiles=-1)

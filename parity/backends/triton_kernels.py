@@ -162,6 +162,8 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"programs must be >= 0 and ctas_per_sm >= 1, got {programs}, {ctas_per_sm}")
         if num_stages is not None and num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        if sm90_ws_min_tiles is not None and sm90_ws_min_tiles < 0:
+            raise ValueError(f"sm90_ws_min_tiles must be None or >= 0 tiles per program, got {sm90_ws_min_tiles}")
         if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
             raise ValueError(f"num_warps must be a power of two, got {num_warps}")
         if maxnreg is not None and not 24 <= maxnreg <= 255:
