@@ -260,3 +260,25 @@ def test_serving_shapes_have_rows_wider_than_their_contexts():
 
     rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["fused"], "cpu", 100.0, False, 1, 1)
     assert rows[0]["shape"] == "B2-n2-ctx256-mml1024" and "us" in rows[0], rows
+
+
+def test_the_read_floor_rotates_over_the_most_sets_of_any_path(monkeypatch):
+    """stage1's outputs are H times the fused path's, so it rotates over fewer sets (B64-n2-ctx8192: 1
+    against 4); the read floor (the same bytes for every path) is timed over the most sets any path gets and
+    given to every row of the shape."""
+    shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
+    monkeypatch.setattr(bench, "rotation_sets", lambda shape, path: {"stage1": 1, "fused": 3}[path])
+    seen = []
+
+    def fake_floor(sets, device):
+        seen.append(len(sets))
+        return 1.0 * len(sets)  # us: which sets the floor came from shows in its value
+
+    monkeypatch.setattr(bench, "read_floor_us", fake_floor)
+    monkeypatch.setattr(bench, "graph_time_ms", lambda call, n, device: None)
+    from parity.backends import load_backend
+
+    rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["stage1", "fused"], "cpu", 100.0, True, 0, 1)
+    assert [r["sets"] for r in rows] == [1, 3], rows
+    assert seen == [3] and [r["read_us"] for r in rows] == [3.0, 3.0], (seen, rows)
+    assert all(r["x_read"] == r["us"] / r["read_us"] for r in rows)

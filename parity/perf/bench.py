@@ -275,6 +275,10 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
     """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors."""
     rows = []
     read_us = None
+    # the read floor rotates over the most sets any path gets (the fused path's; stage1's outputs are H times
+    # larger, so it gets fewer): a graph of one call pays its launch and ramp once per call, and the floor
+    # came out 24 % high at B64-n2-ctx8192 on an H200 (2026-12-04) when it took stage1's one set
+    read_path = max(paths, key=lambda p: rotation_sets(shape, p))
     for path in paths:
         n_sets = rotation_sets(shape, path)
         if not _fits(shape, path, device, n_sets):
@@ -288,7 +292,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         outs = [torch.full((*lead, shape.batch * shape.next_n, shape.cols), float("-inf"), device=device)
                 for _ in sets]
         roof = roofline(shape.bytes_moved(path), shape.flops(path), bandwidth, tflops)
-        if read_us is None and graph:
+        if path == read_path and graph:
             read_us = read_floor_us(sets, device)
         for name, backend in backends.items():
             row = {"backend": name, "path": path, "shape": shape.id, "sets": n_sets}
@@ -311,14 +315,15 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
                        gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=roof.bytes_us,
                        x_floor=us / roof.bytes_us, pct_floor=100 * roof.bytes_us / us,
                        flop_us=roof.compute_us, roof_us=roof.roof_us, bound=roof.bound, x_roof=roof.x_roof(us))
-            if read_us:
-                row.update(read_us=read_us, x_read=us / read_us)
             rows.append(row)
         call = None  # a prepared call holds its handles, and they the sets: let them all go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     timed = [r for r in rows if "us" in r]
+    if read_us:
+        for r in timed:
+            r.update(read_us=read_us, x_read=r["us"] / read_us)
     for r in timed:  # ratio to every other backend on the same shape and path: > 1 means r is faster
         r["speedup_vs"] = {o["backend"]: o["us"] / r["us"] for o in timed
                            if o["path"] == r["path"] and o["backend"] != r["backend"]}
