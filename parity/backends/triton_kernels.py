@@ -93,6 +93,14 @@ def _descriptors(keys: torch.Tensor, scales: torch.Tensor, bs: int, D: int, bloc
             TensorDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t]))
 
 
+def _table_and_lens(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block table with unit stride along a row, and the row lengths the kernels read for ``PER_ROW``
+    (the 2-D lengths where given, else ``context_lens``, which they then ignore)."""
+    table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+    lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
+    return table, lens
+
+
 def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: int) -> str | None:
     """Why the Hopper kernel (``parity.kernels.paged_mqa_logits_sm90``) cannot run this call, or None. It
     takes what it was checked on, on an H200 (full and stress level, 2026-12-04): the fused path on the
@@ -245,7 +253,7 @@ class TritonBackend(SimpleBackend):
         layouts.check_kv_cache(cache)
         bs = cache.shape[1]
         flat = cache.contiguous().view(-1)
-        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        table, lens = _table_and_lens(inputs)
         o, _ = self.config(inputs.device)  # the fp8 kernel's tile, warps and stages; no TMA, PDL or register cap
         o.update(self.opts)
         tiles_per_seq = triton.cdiv(cols, o["block_t"])
@@ -261,10 +269,9 @@ class TritonBackend(SimpleBackend):
         key = (str(inputs.device), "mxfp4", *consts.items())
         block_bytes = mxfp4.block_bytes(bs, D)
         args = (inputs.q_fp8.contiguous(), inputs.q_sf.contiguous(), flat, flat.view(torch.int32),
-                inputs.weights.contiguous(), inputs.context_lens,
-                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
-                out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
-                block_bytes, bs * (D // 2) // 4, n_tiles, tiles_per_seq)
+                inputs.weights.contiguous(), inputs.context_lens, lens, table, out, table.stride(0), table.shape[1],
+                out.stride(0) if stage1 else 0, out.stride(-2), cols, block_bytes, bs * (D // 2) // 4, n_tiles,
+                tiles_per_seq)
         from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
 
         return paged_mqa_logits_fp4_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
@@ -293,7 +300,7 @@ class TritonBackend(SimpleBackend):
         keys = flat.view(as_dtype)
         scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
         q = inputs.q_fp8.contiguous().view(as_dtype)
-        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+        table, lens = _table_and_lens(inputs)
         tiles_per_seq = triton.cdiv(cols, o["block_t"])
         n_tiles = B * tiles_per_seq
         stage1 = path == "stage1"
@@ -325,9 +332,8 @@ class TritonBackend(SimpleBackend):
         descs = _descriptors(keys, scales, bs, D, o["block_t"]) if tma else (None, None)
         key = (str(inputs.device), *consts.items())
         programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
-        args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens,
-                inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous(), table,
-                out, table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
+        args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens, lens, table, out,
+                table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
                 layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, B)
         from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
 
@@ -358,8 +364,7 @@ class TritonBackend(SimpleBackend):
                       PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), num_warps=4)
         if consts["PDL"]:
             consts["launch_pdl"] = True
-        table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
-        lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
+        table, lens = _table_and_lens(inputs)
         if sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
             consts["maxnreg"] = sm90_ws.launch_maxnreg(o["ctas_per_sm"])
             f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)

@@ -1,6 +1,7 @@
 """The fused paged MQA logits kernel for NVIDIA Hopper (sm_90a), in Gluon (Triton's explicit-layout dialect):
-fp8 e4m3fn keys in the plain paged layout, 64 heads of 128, next_n 1, 2 or 4 (SPEC sections 1-2). The backend runs it where
-``_sm90_unfit`` (parity.backends.triton_kernels) finds nothing against it and the GPU's config asks for it.
+fp8 e4m3fn keys in the plain paged layout, 64 heads of 128, next_n 1, 2 or 4 (SPEC sections 1-2). The backend
+runs it where ``_sm90_unfit`` (parity.backends.triton_kernels) finds nothing against it and the GPU's config
+asks for it (its warp-specialized form, ``paged_mqa_logits_sm90_ws``, on the larger calls).
 
 Why a second kernel: in ``paged_mqa_logits.py`` every tile's epilogue waits for that tile's product, since
 Triton overlaps a dot with other work only when its result is an accumulator (docs/design.md). Here:

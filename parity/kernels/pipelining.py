@@ -112,9 +112,6 @@ def fp4_report(num_stages: int = 3) -> dict:
     return out
 
 
-
-
-
 # The Gluon kernel for Hopper (parity.kernels.paged_mqa_logits_sm90) at the same shape: descriptors of the key
 # tiles and of q's rows (a box of 64 rows of 128 fp8 bytes each), plain pointers for the rest.
 SM90_POINTERS = {"scale_ptr": "*fp32", "w_ptr": "*fp32", "ctx_ptr": "*i32", "lens_ptr": "*i32",

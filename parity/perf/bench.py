@@ -409,12 +409,13 @@ def select_shapes(args, device) -> list[Shape]:
     if bad or not formats:
         raise ValueError(f"--formats takes a comma-separated list of {', '.join(FORMATS)}, got {args.formats!r}")
     base = CPU_SHAPES if torch.device(device).type == "cpu" and not args.shapes else (QUICK if args.quick else FULL)
-    flavoured = lambda sizes: [Shape(*s, key_format=f) for s in sizes for f in formats]  # noqa: E731
-    serving = [Shape(*s, key_format=f, max_model_len=SERVING_MML) for s in SERVING for f in formats]
+    flavoured = lambda sizes, fmts=formats: [Shape(*s, key_format=f) for s in sizes for f in fmts]  # noqa: E731
+    served = lambda fmts: [Shape(*s, key_format=f, max_model_len=SERVING_MML)  # noqa: E731
+                           for s in SERVING for f in fmts]
+    serving = served(formats)
     if args.shapes:
         pats = [s.strip() for s in args.shapes.split(",") if s.strip()]
-        universe = [Shape(*s, key_format=f) for s in dict.fromkeys(FULL + QUICK + CPU_SHAPES) for f in FORMATS] + [
-            Shape(*s, key_format=f, max_model_len=SERVING_MML) for s in SERVING for f in FORMATS]
+        universe = flavoured(dict.fromkeys(FULL + QUICK + CPU_SHAPES), FORMATS) + served(FORMATS)
         chosen = [s for s in universe if any(fnmatch.fnmatch(s.id, p) for p in pats)]
         if not chosen:
             raise ValueError(f"--shapes {args.shapes!r} matches no shape id (ids look like "
