@@ -55,7 +55,6 @@ def paged_logits_fp4(q_packed, q_sf, kv_cache, weights, block_table, row_lens, m
     return out.masked_fill(t[None, :] >= row_lens.view(-1, 1).long(), float("-inf")) if masked else out
 
 
-
 class WritesPastLengths(SimpleBackend):
     """A correct backend for every valid position that leaves a finite value in every other position of
     every row, as a kernel that allocates its output with torch.empty and never cleans does; with

@@ -16,7 +16,6 @@ from evals.train import Net, TrainSpec, train
 from tiny_model import TINY, save_tiny
 
 
-
 @pytest.fixture
 def saved(tmp_path):
     return save_tiny(tmp_path / "w")
@@ -125,10 +124,9 @@ def test_decode_sees_the_bytes_before_each_token():
 
 
 def test_three_stages_run_and_their_weights_load():
-    cfg = TINY
     spec = TrainSpec(dense_steps=3, indexer_steps=2, sparse_steps=2, batch=2, seq_chars=300, min_facts=2,
                      max_facts=3, warmup=1, long_share=0.5)
-    net, record = train(spec, cfg, device="cpu", log=lambda *a, **k: None)
+    net, record = train(spec, TINY, device="cpu", log=lambda *a, **k: None)
     assert set(record["stages"]) == {"dense", "indexer", "sparse"}
     dense_log = record["stages"]["dense"]["log"]
     assert dense_log[-1]["lm"] < dense_log[0]["lm"]  # it learns something in three steps
