@@ -275,10 +275,28 @@ def test_the_read_floor_rotates_over_the_most_sets_of_any_path(monkeypatch):
         return 1.0 * len(sets)  # us: which sets the floor came from shows in its value
 
     monkeypatch.setattr(bench, "read_floor_us", fake_floor)
-    monkeypatch.setattr(bench, "graph_time_ms", lambda call, n, device: None)
+    monkeypatch.setattr(bench, "interleaved_graph_ms", lambda calls, n, device: dict.fromkeys(calls))
     from parity.backends import load_backend
 
     rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["stage1", "fused"], "cpu", 100.0, True, 0, 1)
     assert [r["sets"] for r in rows] == [1, 3], rows
     assert seen == [3] and [r["read_us"] for r in rows] == [3.0, 3.0], (seen, rows)
     assert all(r["x_read"] == r["us"] / r["read_us"] for r in rows)
+
+
+def test_graphs_are_replayed_in_turn_with_the_order_rotating(monkeypatch):
+    """Every backend of a shape is captured first, then replayed one after the other, round after round, the
+    first of a round moving on each time; a capture that fails leaves that backend untimed (None)."""
+    def capture(call, device, n):
+        if call == "syncs":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return call
+
+    replays = []
+    per_replay = {"a": 4.0, "b": 8.0, "c": 12.0}
+    monkeypatch.setattr(bench, "_capture", capture)
+    monkeypatch.setattr(bench, "_replay_ms", lambda graph, device: replays.append(graph) or per_replay[graph])
+    calls = {"a": "a", "syncs": "syncs", "b": "b", "c": "c"}
+    got = bench.interleaved_graph_ms(calls, 2, "cuda", reps=3)
+    assert got == {"a": 2.0, "syncs": None, "b": 4.0, "c": 6.0}, got
+    assert replays == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], replays

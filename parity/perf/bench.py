@@ -159,12 +159,29 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
 def graph_time_ms(call, n_sets: int, device, reps: int = 20) -> float | None:
     """Median ms per call replayed from a CUDA graph that runs ``call(i)`` once for every rotating set i:
     device time without the host's launch cost (decode steps run as graphs). None where capture fails."""
+    return interleaved_graph_ms({"call": call}, n_sets, device, reps)["call"]
+
+
+def interleaved_graph_ms(calls: dict, n_sets: int, device, reps: int = 20) -> dict:
+    """``graph_time_ms`` of each of ``calls`` (name -> ``call(i)``), all captured first and then replayed in
+    turn, ``reps`` rounds with the order rotating each round: a drift of the GPU's clocks or temperature
+    while a shape is timed falls on every backend alike instead of on whichever came last, and the ratios
+    within one run are what the tables compare. A name whose capture fails maps to None."""
     if torch.device(device).type != "cuda":
-        return None
-    try:
-        return _graph_ms(call, device, calls=n_sets, reps=reps)
-    except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
-        return None
+        return {name: None for name in calls}
+    graphs = {}
+    for name, call in calls.items():
+        try:
+            graphs[name] = _capture(call, device, n_sets)
+        except Exception:  # noqa: BLE001  (a backend that syncs on the host cannot be captured)
+            graphs[name] = None
+    live = [name for name, g in graphs.items() if g is not None]
+    times: dict = {name: [] for name in live}
+    for r in range(reps):
+        for k in range(len(live)):
+            name = live[(r + k) % len(live)]
+            times[name].append(_replay_ms(graphs[name], device) / n_sets)
+    return {name: statistics.median(times[name]) if name in times else None for name in calls}
 
 
 def timed_call(backend, path: str, sets: list, outs: list):
@@ -185,8 +202,8 @@ def timed_call(backend, path: str, sets: list, outs: list):
     return (lambda i: run_prepared(handles[i])), True
 
 
-def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
-    """Median ms per call of ``fn(i)`` for i in range(calls), replayed from one CUDA graph."""
+def _capture(fn, device, calls: int):
+    """A CUDA graph of ``fn(i)`` for i in range(calls), after one run of them outside it, replayed once."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -199,15 +216,23 @@ def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
             fn(i)
     graph.replay()
     _sync(device)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    return graph
+
+
+def _replay_ms(graph, device) -> float:
+    """Milliseconds of one replay of ``graph``, by events around it."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
+    """Median ms per call of ``fn(i)`` for i in range(calls), replayed from one CUDA graph."""
+    graph = _capture(fn, device, calls)
+    return statistics.median(_replay_ms(graph, device) / calls for _ in range(reps))
 
 
 def launch_floor_us(device) -> float | None:
@@ -294,6 +319,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         roof = roofline(shape.bytes_moved(path), shape.flops(path), bandwidth, tflops)
         if path == read_path and graph:
             read_us = read_floor_us(sets, device)
+        ran = {}  # name -> (row, call, eager ms)
         for name, backend in backends.items():
             row = {"backend": name, "path": path, "shape": shape.id, "sets": n_sets}
             reason = backend.unsupported(path, sets[0])
@@ -308,15 +334,19 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
                 msg = f"{type(exc).__name__}: {exc}".splitlines()
                 rows.append({**row, "skipped": f"error: {' '.join(msg[:1] + msg[-1:])}"[:200]})
                 continue
-            g = graph_time_ms(call, n_sets, device) if graph else None
+            row["prepared"] = prepared
+            rows.append(row)  # filled in once every backend of the path has been graph-timed
+            ran[name] = (row, call, eager)
+        graphed = interleaved_graph_ms({n: c for n, (_, c, _) in ran.items()}, n_sets, device) if graph else {}
+        for name, (row, _, eager) in ran.items():
+            g = graphed.get(name)
             ms = eager if g is None else g
             us = ms * 1e3
-            row.update(us=us, timing="eager" if g is None else "graph", eager_us=eager * 1e3, prepared=prepared,
+            row.update(us=us, timing="eager" if g is None else "graph", eager_us=eager * 1e3,
                        gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=roof.bytes_us,
                        x_floor=us / roof.bytes_us, pct_floor=100 * roof.bytes_us / us,
                        flop_us=roof.compute_us, roof_us=roof.roof_us, bound=roof.bound, x_roof=roof.x_roof(us))
-            rows.append(row)
-        call = None  # a prepared call holds its handles, and they the sets: let them all go before the next path
+        ran = graphed = None  # a prepared call holds its handles, and they the sets: let them go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
