@@ -382,8 +382,8 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
             else f"dense fp8 matrix throughput {compute.method}")
     prepared = sorted({r["backend"] for r in rows if r.get("prepared")})
     lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write); {peak}", "",
-             "us: CUDA-graph replay where the backend can be captured (marked g), else eager; eager us: "
-             "triton.testing.do_bench median of single calls, host launch cost included"
+             "us: CUDA-graph replay where the backend can be captured (marked g; the backends of a shape "
+             "replayed in turn, round after round), else eager; eager us: triton.testing.do_bench median of single calls, host launch cost included"
              + (f"; {', '.join(prepared)}: run_prepared only (schedule, and any copy into the caller's buffer, "
                 "outside the timed region)" if prepared else ""), "",
              "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
