@@ -45,6 +45,13 @@ CHILD = textwrap.dedent("""
         mod = load(sys.argv[1], src.replace(overlap, "done = warpgroup_mma_wait(0, deps=(acc,))"))
         fn = mod.paged_mqa_logits_sm90_ws_kernel if ws else mod.paged_mqa_logits_sm90_kernel
         print(json.dumps(pipelining.compile_sm90(fn, 2, kw.launch_maxnreg(3) if ws else None))); sys.exit(0)
+    if sys.argv[1] == "split_schedule":  # the schedule's chunk split over the warps instead of repeated
+        src = pathlib.Path(km.__file__).read_text()
+        repeated = "gl.BlockedLayout([CHUNK // 32], [32], [num_warps], [0])"
+        assert repeated in src, "the schedule no longer lays its chunk out as this test expects"
+        mod = load("split_schedule", src.replace(repeated, "gl.BlockedLayout([1], [32], [num_warps], [0])"))
+        print(json.dumps({"planted": pipelining.compile_sm90(mod.paged_mqa_logits_sm90_kernel, 2, balanced=True),
+                          "even": pipelining.compile_sm90(km.paged_mqa_logits_sm90_kernel, 2)})); sys.exit(0)
     mod = load("carried", pathlib.Path(sys.argv[2]).read_text())
     print(json.dumps(pipelining.compile_sm90(mod.carried_kernel, 2)))
 """)
@@ -88,7 +95,7 @@ def _child(what: str, *args: str) -> dict:
 
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
-OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1}
+OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "bal-n2": 1, "bal-ws-n2": 1}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
@@ -97,9 +104,18 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
         assert facts["serialized"] == [], (n, facts)
         assert facts["spill_bytes"] == 0, (n, facts)
         assert facts["overlapping_waits"] >= OVERLAPS[n], (n, facts)
-    assert report["n2"]["registers"] <= 168, report  # 3 programs of 128 threads per multiprocessor
-    for n in ("ws-n1", "ws-n2"):  # 3 programs of 256 threads; the compute warps get what the load warps give up
-        assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report
+    for n in ("n2", "bal-n2"):  # 3 programs of 128 threads per multiprocessor
+        assert report[n]["registers"] <= 168, report
+    for n in ("ws-n1", "ws-n2", "bal-ws-n2"):  # 3 programs of 256 threads; the compute warps get what the load
+        assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report  # warps give up
+    # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
+    assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
+    assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report
+
+
+def test_the_check_catches_a_schedule_split_over_the_warps():
+    facts = _child("split_schedule")
+    assert facts["planted"]["barriers"] > facts["even"]["barriers"], facts
 
 
 def test_the_check_catches_a_product_carried_across_the_back_edge(tmp_path):

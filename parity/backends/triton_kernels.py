@@ -115,7 +115,9 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
     checks = {"the fused path": path == "fused", "fp8 e4m3fn": inputs.q_fp8.dtype == torch.float8_e4m3fn,
               "64 heads": H == 64, "head_dim 128": D == 128, "block_t 64": block_t == 64,
               "block_size a multiple of 64": cache.shape[1] % 64 == 0, "next_n 1, 2 or 4": n in (1, 2, 4),
-              "a 16-byte aligned cache": cache.data_ptr() % 16 == 0}
+              "a 16-byte aligned cache": cache.data_ptr() % 16 == 0,
+              # its schedule counts tiles in 32 bits
+              "fewer than 2**31 key tiles": B * -(-inputs.max_model_len // 64) < 2**31}
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
         return "needs " + ", ".join(failed)
@@ -146,8 +148,8 @@ class TritonBackend(SimpleBackend):
     per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
     ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``;
     warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles);
-    ``balanced`` the portable kernel's fp8 programs share the tiles the batch really has, by context length
-    (batches up to ``MAX_BALANCED_BATCH``; the sm90 kernel does not take it).
+    ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
+    (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
     ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
 
@@ -290,7 +292,7 @@ class TritonBackend(SimpleBackend):
         bs = cache.shape[1]
         o, _ = self.config(inputs.device)
         o.update(self.opts)
-        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"] and not o["balanced"]
+        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"]
                 and _sm90_unfit(path, inputs, cache, o["block_t"]) is None):
             return self._launch_sm90(inputs, out, cache, o)
         upcast = self._upcast(inputs)
@@ -361,7 +363,8 @@ class TritonBackend(SimpleBackend):
         tiles_per_seq = triton.cdiv(cols, block_t)
         n_tiles = B * tiles_per_seq
         consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
-                      PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), num_warps=4)
+                      PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
+                      num_warps=4)
         if consts["PDL"]:
             consts["launch_pdl"] = True
         table, lens = _table_and_lens(inputs)
@@ -376,7 +379,7 @@ class TritonBackend(SimpleBackend):
             w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
             key = (str(inputs.device), "sm90_ws", *consts.items(), o["ctas_per_sm"])
             args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
-                    table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq)
+                    table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq, B)
             return (sm90_ws.paged_mqa_logits_sm90_ws_kernel, (self._grid(o, key, n_tiles, inputs.device),), args,
                     consts, key)
         if o["maxnreg"]:
@@ -384,7 +387,7 @@ class TritonBackend(SimpleBackend):
         key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
         args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
                 table, out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,
-                bs * D // 4, n_tiles, tiles_per_seq)
+                bs * D // 4, n_tiles, tiles_per_seq, B)
         return sm90.paged_mqa_logits_sm90_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:

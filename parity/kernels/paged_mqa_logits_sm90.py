@@ -24,8 +24,9 @@ Per tile of ``BLOCK_T`` tokens of sequence b and speculative row i (the portable
 
 Scheduling and what is written are the portable kernel's: each persistent program takes an equal
 contiguous run of the batch's ``B x cdiv(max_model_len, BLOCK_T)`` tiles, clipped to each sequence's
-length; positions ``t < min(context_len, max_model_len)`` of each row are written, -inf from the row's own
-limit (the causal diagonal, or its 2-D length) on.
+length, or with ``BALANCED`` of the tiles the sequences really have (``_schedule``); positions
+``t < min(context_len, max_model_len)`` of each row are written, -inf from the row's own limit (the causal
+diagonal, or its 2-D length) on.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from parity.kernels.paged_mqa_logits import _program_tiles, _segment  # the schedule: scalars, shared with it
+from parity.kernels.paged_mqa_logits import _known_range, _program_tiles  # the schedule: scalars, shared with it
 
 # names that changed after Triton 3.6 (the H200 image's): a barrier of the program's warps, the asynchronous
 # copy into shared memory, the bulk tensor copy into shared memory
@@ -49,6 +50,85 @@ def _wait_for_previous_kernel(PDL: gl.constexpr):
     before it has finished."""
     if PDL:
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _seq_tiles(ctx, max_model_len, BLOCK_T: gl.constexpr):
+    """How many key tiles a sequence of length ``ctx`` has (none past ``max_model_len``)."""
+    return (gl.minimum(ctx, max_model_len) + BLOCK_T - 1) // BLOCK_T
+
+
+@gluon.jit
+def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr,
+              BALANCED: gl.constexpr, num_warps: gl.constexpr):
+    """This program's share of the batch's key tiles, numbered sequence after sequence: ``[lo, hi)``, the
+    first sequence it touches ``b0``, the number of that sequence's first tile ``first0``, and how many
+    sequences it touches. Even (``_program_tiles``): every sequence counts ``tiles_per_seq`` tiles
+    (``cdiv(max_model_len, BLOCK_T)``), so that the programs past a short sequence's keys idle. ``BALANCED``:
+    every sequence counts the tiles it really has (``_seq_tiles``), read from the context lengths twice (the
+    total, then the share's place) in chunks of 128, so that any batch size fits the same registers. Every
+    warp sums and scans the whole chunk itself (4 lengths a lane, the layout repeated over the warps): no
+    barrier between warps, where a chunk split over them cost 12 more barriers per program. Each partition
+    of a warp-specialized kernel calls this with its own warps: computed once before the split and handed
+    to both partitions, the share hung that kernel at batch 1 (H200, stress level, 2026-12-04; the cause
+    was not found, the form called per partition passes there)."""
+    if BALANCED:
+        CHUNK: gl.constexpr = 128
+        seqs = gl.arange(0, CHUNK, layout=gl.BlockedLayout([CHUNK // 32], [32], [num_warps], [0]))
+        total = gl.program_id(0) * 0  # 32-bit throughout: the host refuses 2**31 tiles or more
+        for c0 in range(0, batch, CHUNK):
+            ctx = gl.load(ctx_ptr + c0 + seqs, mask=c0 + seqs < batch, other=0)
+            total += gl.sum(_seq_tiles(ctx, max_model_len, BLOCK_T), axis=0)
+        pid = gl.program_id(0).to(gl.int64)
+        lo = pid * total // gl.num_programs(0)
+        hi = (pid + 1) * total // gl.num_programs(0)
+        carry = total * 0  # the tiles of the chunks before this one
+        before = carry  # the tiles of the sequences wholly before the share: first0
+        b0 = carry  # the sequences wholly before the share
+        b1 = carry  # the sequences that begin before hi
+        for c0 in range(0, batch, CHUNK):
+            real = c0 + seqs < batch
+            sizes = _seq_tiles(gl.load(ctx_ptr + c0 + seqs, mask=real, other=0), max_model_len, BLOCK_T)
+            ends = carry + gl.associative_scan(sizes, 0, _add)
+            done = real & (ends <= lo)
+            before += gl.sum(gl.where(done, sizes, 0), axis=0)
+            b0 += gl.sum(done.to(gl.int32), axis=0)
+            b1 += gl.sum((real & (ends - sizes < hi)).to(gl.int32), axis=0)
+            carry += gl.sum(sizes, axis=0)
+    else:
+        lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
+        b0 = lo // tiles_per_seq
+        before = b0 * tiles_per_seq
+        b1 = b0 + n_segments
+    return (lo.to(gl.int32), hi.to(gl.int32), b0.to(gl.int32), before.to(gl.int32),
+            gl.where(hi > lo, b1 - b0, 0).to(gl.int32))
+
+
+@gluon.jit
+def _ctx_of(ctx_ptr, b0, seg, n_segments):
+    """The length of the share's sequence ``seg`` (0 past the last), read a segment before it is needed."""
+    return gl.load(ctx_ptr + b0 + seg, mask=seg < n_segments, other=0)
+
+
+@gluon.jit
+def _segment_ahead(ctx, ctx_ptr, first, lo, hi, b0, seg, n_segments, tiles_per_seq, max_model_len,
+                   BLOCK_T: gl.constexpr, BALANCED: gl.constexpr):
+    """Segment ``seg`` of a share from ``_schedule``, from its sequence's length ``ctx`` (read a segment ago)
+    and the number ``first`` of that sequence's first tile: (b, ctx, end, t_lo, t_hi as ``_known_range``,
+    its tile count in the share, the next sequence's ``first``, the next segment's length, read now)."""
+    b = b0 + seg
+    if BALANCED:
+        size = _seq_tiles(ctx, max_model_len, BLOCK_T)
+    else:
+        size = tiles_per_seq
+    b, ctx, end, t_lo, t_hi = _known_range(ctx, b, first, size, lo, hi, max_model_len, BLOCK_T)
+    return (b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T), first + size,
+            _ctx_of(ctx_ptr, b0, seg + 1, n_segments))
 
 
 @gluon.jit
@@ -151,9 +231,9 @@ def _tile(k, s_buf, full, phase, t, q_bufs, zero, w0, w1, w2, w3, causal0, lens_
 @gluon.jit
 def paged_mqa_logits_sm90_kernel(
     q_desc, k_desc, scale_ptr, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
-    stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq,
+    stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq, batch,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
-    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
+    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -175,7 +255,8 @@ def paged_mqa_logits_sm90_kernel(
         mbarrier.init(k_bars.index(s), count=1)
     mbarrier.init(q_bar, count=1)
 
-    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
+    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                              BALANCED, 4)
 
     rows = gl.arange(0, BLOCK_T, layout=row_l)
     heads = gl.arange(0, HN, layout=col_l)
@@ -183,8 +264,10 @@ def paged_mqa_logits_sm90_kernel(
     issued = 0  # tiles whose copies this program has issued: the slot and the mbarrier phase of the next
     q_phase = 0
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi = _segment(ctx_ptr, lo, hi, seg, tiles_per_seq, max_model_len, BLOCK_T)
-        n = gl.cdiv(t_hi - t_lo, BLOCK_T)
+        # the length read here, not a segment ahead: carried over the loop it cost a register at next_n 4
+        b, ctx, end, t_lo, t_hi, n, first, _ = _segment_ahead(gl.load(ctx_ptr + b0 + seg), ctx_ptr, first, lo, hi,
+                                                              b0, seg, n_segments, tiles_per_seq, max_model_len,
+                                                              BLOCK_T, BALANCED)
         if n > 0:
             table_row = table_ptr + b * stride_tb
             row0 = (b * NEXT_N).to(gl.int32)

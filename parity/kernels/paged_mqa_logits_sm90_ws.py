@@ -17,7 +17,7 @@ weights and its q, one read after the other. Here each program is
 
 Triton pads the load warp to a warpgroup (three idle warps) and splits the registers with ``setmaxnreg``:
 launched at 80 per thread (3 programs per multiprocessor), the compute warps get 136 and the load warps 24.
-The schedule is the single-partition kernel's (``_program_tiles``), computed by both partitions alike.
+The schedule is the single-partition kernel's (``_schedule``), computed by each partition with its own warps.
 """
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from parity.kernels.paged_mqa_logits import _known_range, _program_tiles
-from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _cta_barrier, _unit_out,
-                                                  _wait_for_previous_kernel)
+from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _cta_barrier, _schedule,
+                                                  _segment_ahead, _unit_out, _wait_for_previous_kernel)
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
 
@@ -39,23 +38,6 @@ def launch_maxnreg(ctas_per_sm: int) -> int:
 
 
 @gluon.jit
-def _ctx_of(ctx_ptr, lo, seg, n_segments, tiles_per_seq):
-    """The length of segment ``seg``'s sequence (0 past the last), read a segment before it is needed."""
-    return gl.load(ctx_ptr + lo // tiles_per_seq + seg, mask=seg < n_segments, other=0)
-
-
-@gluon.jit
-def _segment_ahead(ctx, ctx_ptr, lo, hi, seg, n_segments, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr):
-    """Segment ``seg`` of the program's share (``_segment`` of the single-partition kernel) from its
-    sequence's length ``ctx``, read a segment ago: (b, ctx, end, t_lo, t_hi, its tile count, the next
-    segment's length, read now)."""
-    b = lo // tiles_per_seq + seg
-    b, ctx, end, t_lo, t_hi = _known_range(ctx, b, b * tiles_per_seq, tiles_per_seq, lo, hi, max_model_len, BLOCK_T)
-    return b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T), _ctx_of(ctx_ptr, lo, seg + 1, n_segments,
-                                                                           tiles_per_seq)
-
-
-@gluon.jit
 def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.constexpr):
     """The cache blocks of the 32 tiles from token ``t0`` on, one per lane of the load warp."""
     tiles = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
@@ -64,19 +46,21 @@ def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.co
 
 @gluon.jit
 def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
-                    empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                    empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
-                    BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr):
+                    BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr):
     ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
     SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
     lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
-    ctx_next = _ctx_of(ctx_ptr, lo, 0, n_segments, tiles_per_seq)
+    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                              BALANCED, 1)
+    ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n, ctx_next = _segment_ahead(ctx_next, ctx_ptr, lo, hi, seg, n_segments,
-                                                              tiles_per_seq, max_model_len, BLOCK_T)
+        b, ctx, end, t_lo, t_hi, n, first, ctx_next = _segment_ahead(ctx_next, ctx_ptr, first, lo, hi, b0, seg,
+                                                                     n_segments, tiles_per_seq, max_model_len,
+                                                                     BLOCK_T, BALANCED)
         if n > 0:
             table_row = table_ptr + b * stride_tb
             ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
@@ -150,21 +134,24 @@ def _tile(k, s_buf, full, phase, empty, t, q_rows, zero, w0, w1, w2, w3, causal0
 
 @gluon.jit
 def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                       stride_or, max_model_len, n_tiles, tiles_per_seq, NEXT_N: gl.constexpr, H: gl.constexpr,
-                       BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr):
+                       stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N: gl.constexpr,
+                       H: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr,
+                       BALANCED: gl.constexpr):
     HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: every tile has an even number
     HN: gl.constexpr = H // HALVES
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HN, 32])
     rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
     heads = gl.arange(0, HN, layout=gl.SliceLayout(0, mma))
     zero = gl.zeros([BLOCK_T, HN], gl.float32, mma)  # the products' input, ignored (use_acc=False)
-    lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)
-    ctx_next = _ctx_of(ctx_ptr, lo, 0, n_segments, tiles_per_seq)
+    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                              BALANCED, 4)
+    ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles computed
     q_n = 0  # sequences computed
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n, ctx_next = _segment_ahead(ctx_next, ctx_ptr, lo, hi, seg, n_segments,
-                                                              tiles_per_seq, max_model_len, BLOCK_T)
+        b, ctx, end, t_lo, t_hi, n, first, ctx_next = _segment_ahead(ctx_next, ctx_ptr, first, lo, hi, b0, seg,
+                                                                     n_segments, tiles_per_seq, max_model_len,
+                                                                     BLOCK_T, BALANCED)
         if n > 0:
             row0 = (b * NEXT_N).to(gl.int32)
             out_b = out_ptr + (b * NEXT_N) * stride_or  # 64-bit: the logits may pass 2 GiB
@@ -185,9 +172,9 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
 @gluon.jit
 def paged_mqa_logits_sm90_ws_kernel(
     q_desc, w_desc, k_desc, s_desc, ctx_ptr, lens_ptr, table_ptr, out_ptr,
-    stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq,
+    stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq, batch,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
-    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr,
+    NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -208,9 +195,9 @@ def paged_mqa_logits_sm90_ws_kernel(
         mbarrier.init(q_empty.index(s), count=1)
     gl.warp_specialize([
         (_compute_partition, (ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                              q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, NEXT_N, H, BLOCK_T,
-                              NUM_STAGES, PER_ROW)),
+                              q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N, H, BLOCK_T,
+                              NUM_STAGES, PER_ROW, BALANCED)),
         (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
-                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
-                           NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES)),
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                           NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES, BALANCED)),
     ], [1], [LOAD_REGS])

@@ -116,16 +116,18 @@ def fp4_report(num_stages: int = 3) -> dict:
 # tiles and of q's rows (a box of 64 rows of 128 fp8 bytes each), plain pointers for the rest.
 SM90_POINTERS = {"scale_ptr": "*fp32", "w_ptr": "*fp32", "ctx_ptr": "*i32", "lens_ptr": "*i32",
                  "table_ptr": "*i32", "out_ptr": "*fp32"}
-SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True)
+SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True, BALANCED=False)
 SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
 
 
-def compile_sm90(fn, next_n: int, maxnreg: int | None = None) -> dict:
+def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False) -> dict:
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
-    (under a register cap ``maxnreg``): its registers and spill bytes, the notes where ptxas serialized
-    products or injected waits (C7514-C7519), how many waits leave one product in flight (``wgmma.wait_group
-    1``: an epilogue overlapping the next product) and the register counts its partitions ask for
-    (``setmaxnreg``, warp-specialized kernels). Uses the ptxas that ships with Triton; no GPU needed."""
+    (under a register cap ``maxnreg``; with the schedule by real tile counts where ``balanced``): its
+    registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
+    how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
+    product), how many barriers of a program's warps its PTX has, and the register counts its partitions
+    ask for (``setmaxnreg``, warp-specialized kernels). Uses the ptxas that ships with Triton; no GPU
+    needed."""
     import os
     import subprocess
     import tempfile
@@ -138,7 +140,8 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None) -> dict:
              for n in ("q_desc", "k_desc")}
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
-    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n}, pointers, maxnreg=maxnreg).asm["ptx"]
+    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced}, pointers,
+                      maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -151,17 +154,21 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None) -> dict:
     return {"registers": int(regs.group(1)) if regs else None, "spill_bytes": int(spills.group(1)) if spills else None,
             "serialized": sorted(set(SERIALIZED.findall(log))),
             "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx)),
+            "barriers": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
             "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)})}
 
 
 def sm90_report() -> dict:
     """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
-    and 2 under the register cap of 3 programs per multiprocessor (see :func:`compile_sm90`)."""
-    from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel
-    from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel
+    and 2 under the register cap of 3 programs per multiprocessor, and both at next_n 2 with the schedule
+    by real tile counts (``bal-``; see :func:`compile_sm90`)."""
+    from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
+    from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
-    report = {f"n{n}": compile_sm90(paged_mqa_logits_sm90_kernel, n) for n in (1, 2, 4)}
-    report.update({f"ws-n{n}": compile_sm90(paged_mqa_logits_sm90_ws_kernel, n, launch_maxnreg(3)) for n in (1, 2)})
+    report = {f"n{n}": compile_sm90(single, n) for n in (1, 2, 4)}
+    report.update({f"ws-n{n}": compile_sm90(ws, n, launch_maxnreg(3)) for n in (1, 2)})
+    report.update({"bal-n2": compile_sm90(single, 2, balanced=True),
+                   "bal-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True)})
     return report
 
 
