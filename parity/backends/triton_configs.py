@@ -16,9 +16,9 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 ``sm90``: the Gluon kernel for compute capability 9.0, ``parity.kernels.paged_mqa_logits_sm90``, on the calls
 it takes, up to next_n ``sm90_max_next_n``, and the portable kernel on the others; its warp-specialized form,
 ``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles,
-the single-partition form below that); ``balanced`` (the portable
-fp8 kernel's programs split the tiles the batch really has, by context length, instead of ``B x
-cdiv(max_model_len, block_t)``: correct under the interpreter, not yet timed on a GPU, so off everywhere); ``tma_min_tiles`` and
+the single-partition form below that); ``balanced`` (the fp8 kernels' programs split the tiles the batch
+really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which leaves most programs
+idle where a server passes its model's max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and
 ``tma_max_next_n`` (``tma`` only where
 each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower
 with 2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
@@ -46,7 +46,7 @@ class Measured:
 
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
-    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2),
+    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True),
              "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md sections 10 and 12): "
              "the sm90 kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
              "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5), "
@@ -54,7 +54,10 @@ MEASURED: tuple[Measured, ...] = (
              "48.8 -> 45.8, B64-n2-ctx32768 94.6 -> 86.7; below that 7.2-7.6 against 7.8-8.0 at B8-n2); "
              "the portable kernel at next_n 4 (sm90 42.9 against 45.0 at B64, 349.3 against 337.1 at "
              "B128-n4-ctx32768); for the portable kernel bulk copies and programmatic launch (B64-n2-ctx8192 "
-             "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program"),
+             "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program; the split by real "
+             "tile counts (section 13: at max_model_len 163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 "
+             "93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; where every context is max_model_len, 0.2-1.0 us "
+             "more)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 
@@ -77,8 +80,9 @@ def by_properties(props, hip: bool) -> tuple[dict, str]:
     if hip or props.major < 9:
         return {}, f"{seen}: base config"
     if (props.major, props.minor) == (9, 0):
-        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2),
-                f"{seen}: the sm90 kernel up to next_n 2, bulk tensor copies and programmatic launch, as on the H200")
+        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True),
+                f"{seen}: the sm90 kernel up to next_n 2, bulk tensor copies, programmatic launch and the split "
+                "by real tile counts, as on the H200")
     return dict(tma=True, pdl=True), f"{seen}: bulk tensor copies and programmatic launch, as on the H200"
 
 

@@ -30,9 +30,11 @@ from parity.backends import load_backend
 # same splitting the tiles the batch really has by context length; "c4*": 4
 # programs per multiprocessor, held to 128 registers (maxnreg; 148 without) or split over two dots of 64
 # columns (104 registers). The Gluon kernel's (parity.kernels.paged_mqa_logits_sm90), "sm90*": stages and
-# programs per multiprocessor.
-P = dict(kernel="portable")
+# programs per multiprocessor; "-bal": the split by real tile counts (the serving shapes, --shapes '*-mml*').
+P = dict(kernel="portable", balanced=False)
 ONE_P = 1 << 30  # sm90_ws_min_tiles: the single-partition form at every call
+# the Gluon kernel's variants: 3 stages, 3 programs per SM, programmatic launch, the even split unless named -bal
+SM90 = dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, balanced=False, sm90_max_next_n=2)
 VARIANTS = {
     "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
     "default": dict(),
@@ -43,13 +45,19 @@ VARIANTS = {
     "c4-s4": dict(P, tma=True, pdl=True, ctas_per_sm=4, maxnreg=128, num_stages=4),
     "c4-g2": dict(P, tma=True, pdl=True, ctas_per_sm=4, max_dot_n=64),
     "tma4": dict(P, tma=True, num_stages=4, pdl=False, ctas_per_sm=3),
-    "sm90": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
-    "sm90-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
-    "sm90-s6": dict(kernel="sm90", num_stages=6, ctas_per_sm=3, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
-    "sm90-c4": dict(kernel="sm90", num_stages=3, ctas_per_sm=4, pdl=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90": dict(SM90, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-s4": dict(SM90, num_stages=4, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-s6": dict(SM90, num_stages=6, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-c4": dict(SM90, ctas_per_sm=4, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
+    "sm90-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
     # the warp-specialized form at every call (parity.kernels.paged_mqa_logits_sm90_ws)
-    "ws": dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, sm90_max_next_n=2, sm90_ws_min_tiles=0),
-    "ws-s4": dict(kernel="sm90", num_stages=4, ctas_per_sm=3, pdl=True, sm90_max_next_n=2, sm90_ws_min_tiles=0),
+    "ws": dict(SM90, sm90_ws_min_tiles=0),
+    "ws-s4": dict(SM90, num_stages=4, sm90_ws_min_tiles=0),
+    "ws-bal": dict(SM90, balanced=True, sm90_ws_min_tiles=0),
+    # 4 programs per SM (64 registers at launch), as many compute warpgroups as DeepGEMM's; 2 slots, so that 4
+    # fit in shared memory at next_n 2
+    "ws-c4-s2": dict(SM90, num_stages=2, ctas_per_sm=4, sm90_ws_min_tiles=0),
+    "ws-c4-s2-bal": dict(SM90, num_stages=2, ctas_per_sm=4, balanced=True, sm90_ws_min_tiles=0),
 }
 BAR = "B64-n2-ctx8192"
 
