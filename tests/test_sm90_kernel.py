@@ -191,3 +191,24 @@ def test_bad_kernel_option_is_refused():
         load_backend("triton", kernel="sm100")
     with pytest.raises(ValueError, match="sm90_ws_min_tiles must be None or >= 0"):
         load_backend("triton", sm90_ws_min_tiles=-1)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_both_gluon_forms_take_the_split_the_config_asks_for(balanced):
+    """The sm90 launch passes the config's ``balanced`` (the H200's: on) to whichever form runs, with the batch
+    size up to which its schedule reads the context lengths."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.backends import load_backend, triton_configs
+    from parity.problem.cases import IndexerCase, build_inputs
+
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    assert h200["balanced"] is True
+    inputs = build_inputs(IndexerCase(batch=3, next_n=2, max_model_len=256, block_size=64, heads=64), "cpu")
+    forms = {0: "paged_mqa_logits_sm90_ws_kernel", 1 << 30: "paged_mqa_logits_sm90_kernel"}
+    for min_tiles, form in forms.items():
+        backend = load_backend("triton", **{**h200, "balanced": balanced, "sm90_ws_min_tiles": min_tiles})
+        o, _ = backend.config(torch.device("cpu"))
+        kernel, _, args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache,
+                                                          {**o, **backend.opts})
+        assert kernel.__name__ == form
+        assert consts["BALANCED"] is balanced and args[-1] == 3, (form, consts, args[-1])
