@@ -55,7 +55,7 @@ MEASURED: tuple[Measured, ...] = (
              "the portable kernel at next_n 4 (sm90 42.9 against 45.0 at B64, 349.3 against 337.1 at "
              "B128-n4-ctx32768); for the portable kernel bulk copies and programmatic launch (B64-n2-ctx8192 "
              "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program; the split by real "
-             "tile counts (section 13: at max_model_len 163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 "
+             "tile counts (docs/h200-serving-schedule.md: at max_model_len 163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 "
              "93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; where every context is max_model_len, 0.2-1.0 us "
              "more)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),

@@ -117,7 +117,7 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
               "block_size a multiple of 64": cache.shape[1] % 64 == 0, "next_n 1, 2 or 4": n in (1, 2, 4),
               "a 16-byte aligned cache": cache.data_ptr() % 16 == 0,
               # its schedule counts tiles in 32 bits
-              "fewer than 2**31 key tiles": B * -(-inputs.max_model_len // 64) < 2**31}
+              "fewer than 2**31 key tiles": B * -(-inputs.max_model_len // block_t) < 2**31}
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
         return "needs " + ", ".join(failed)
