@@ -300,3 +300,28 @@ def test_graphs_are_replayed_in_turn_with_the_order_rotating(monkeypatch):
     got = bench.interleaved_graph_ms(calls, 2, "cuda", reps=3)
     assert got == {"a": 2.0, "syncs": None, "b": 4.0, "c": 6.0}, got
     assert replays == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], replays
+
+
+def test_gpu_state_reads_nvidia_smi_and_gives_none_on_what_it_cannot_parse(monkeypatch):
+    import subprocess
+
+    def fake_run(replies):
+        return lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=replies.pop(0), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run(["1875, 176.43, 49\n", "[N/A], [N/A], 40\n", ""]))
+    assert bench.gpu_state("cuda") == {"sm_mhz": 1875, "power_w": 176.43, "temp_c": 49}
+    assert bench.gpu_state("cuda") is None and bench.gpu_state("cuda") is None
+    assert bench.gpu_state("cpu") is None
+
+
+def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_it(monkeypatch):
+    shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
+    state = {"sm_mhz": 1755, "power_w": 412.0, "temp_c": 61}
+    monkeypatch.setattr(bench, "gpu_state", lambda device: state)
+    monkeypatch.setattr(bench, "read_floor_us", lambda sets, device: None)
+    from parity.backends import load_backend
+
+    rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["fused"], "cpu", 100.0, True, 0, 1)
+    assert rows[0]["gpu_state"] == state, rows
+    table = bench.markdown(rows, 100.0, "cpu")
+    assert "B1-n1-ctx64 fused 1755 MHz 412 W 61 C" in table, table

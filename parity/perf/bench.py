@@ -235,6 +235,27 @@ def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
     return statistics.median(_replay_ms(graph, device) / calls for _ in range(reps))
 
 
+def gpu_state(device) -> dict | None:
+    """The SM clock (MHz), board power (W) and temperature (C) of ``device`` as ``nvidia-smi`` reads them now,
+    or None (no NVIDIA GPU, no nvidia-smi, or output it does not parse). Recorded after each path of a shape
+    is timed: a row timed while the GPU ran at a lower clock than the others shows it (on an H200,
+    2026-12-04, the last shape of a benchmark read 13-34 % slower than the same kernels in a process of
+    their own)."""
+    import subprocess
+
+    dev = torch.device(device)
+    if dev.type != "cuda" or torch.version.hip:
+        return None
+    try:
+        query = ["nvidia-smi", f"--id={dev.index or 0}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
+                 "--format=csv,noheader,nounits"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
+        mhz, watts, celsius = (v.strip() for v in out.strip().splitlines()[0].split(","))
+        return {"sm_mhz": int(float(mhz)), "power_w": float(watts), "temp_c": int(float(celsius))}
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def launch_floor_us(device) -> float | None:
     """Microseconds per launch of an empty Triton kernel (grid 3 x SMs) in a CUDA graph: what every kernel
     in a graph pays before it moves a byte. None off CUDA."""
@@ -346,6 +367,9 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
                        gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=roof.bytes_us,
                        x_floor=us / roof.bytes_us, pct_floor=100 * roof.bytes_us / us,
                        flop_us=roof.compute_us, roof_us=roof.roof_us, bound=roof.bound, x_roof=roof.x_roof(us))
+        state = gpu_state(device) if graph else None
+        for row, _, _ in ran.values():
+            row["gpu_state"] = state
         ran = graphed = None  # a prepared call holds its handles, and they the sets: let them go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
@@ -383,7 +407,8 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
     prepared = sorted({r["backend"] for r in rows if r.get("prepared")})
     lines = [f"device: {device_name}; copy bandwidth {bandwidth:.0f} GB/s (read + write); {peak}", "",
              "us: CUDA-graph replay where the backend can be captured (marked g; the backends of a shape "
-             "replayed in turn, round after round), else eager; eager us: triton.testing.do_bench median of single calls, host launch cost included"
+             "replayed in turn, round after round), else eager; eager us: triton.testing.do_bench median of single "
+             "calls, host launch cost included"
              + (f"; {', '.join(prepared)}: run_prepared only (schedule, and any copy into the caller's buffer, "
                 "outside the timed region)" if prepared else ""), "",
              "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
@@ -408,6 +433,11 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
                      f"{r['eager_us']:.1f} | {r['gbps']:.1f} | {r['floor_us']:.1f} | {r['x_floor']:.2f} | "
                      f"{_f(r.get('flop_us'), '.1f')} | {roof} | {_f(r.get('x_roof'), '.2f')} | {read} | "
                      f"{_f(r.get('vs_fp8'), '.2f', '-')} | {vs} |")
+    states = {(r["shape"], r["path"]): r["gpu_state"] for r in rows if r.get("gpu_state")}
+    if states:
+        lines += ["", "GPU after each shape and path was timed (nvidia-smi): " + "; ".join(
+            f"{shape} {path} {st['sm_mhz']} MHz {st['power_w']:.0f} W {st['temp_c']} C"
+            for (shape, path), st in states.items())]
     return "\n".join(lines)
 
 
