@@ -100,6 +100,12 @@ def _known_range(ctx, b, first, size, lo, hi, max_model_len, BLOCK_T: tl.constex
 
 
 @triton.jit
+def _seq_tiles(ctx, max_model_len, BLOCK_T: tl.constexpr):
+    """How many key tiles a sequence of length ``ctx`` has (none past ``max_model_len``)."""
+    return (tl.minimum(ctx, max_model_len) + BLOCK_T - 1) // BLOCK_T
+
+
+@triton.jit
 def _balanced_tiles(ctx_ptr, batch, max_model_len, BLOCK_T: tl.constexpr, BLOCK_B: tl.constexpr):
     """This program's even share ``[lo, hi)`` of the tiles the batch really has (sequence b has
     ``cdiv(min(context_len, max_model_len), BLOCK_T)``, where the even split of ``_program_tiles`` counts
@@ -108,7 +114,7 @@ def _balanced_tiles(ctx_ptr, batch, max_model_len, BLOCK_T: tl.constexpr, BLOCK_
     ``BLOCK_B``: a power of two >= ``batch``."""
     seqs = tl.arange(0, BLOCK_B)
     ctx = tl.load(ctx_ptr + seqs, mask=seqs < batch, other=0).to(tl.int64)
-    sizes = (tl.minimum(ctx, max_model_len) + BLOCK_T - 1) // BLOCK_T
+    sizes = _seq_tiles(ctx, max_model_len, BLOCK_T)
     ends = tl.cumsum(sizes, 0)
     total = tl.sum(sizes, 0)
     pid = tl.program_id(0).to(tl.int64)

@@ -35,7 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from parity.kernels.paged_mqa_logits import _known_range, _program_tiles  # the schedule: scalars, shared with it
+from parity.kernels.paged_mqa_logits import _known_range, _program_tiles, _seq_tiles  # the schedule, shared
 
 # names that changed after Triton 3.6 (the H200 image's): a barrier of the program's warps, the asynchronous
 # copy into shared memory, the bulk tensor copy into shared memory
@@ -55,12 +55,6 @@ def _wait_for_previous_kernel(PDL: gl.constexpr):
 @gluon.jit
 def _add(a, b):
     return a + b
-
-
-@gluon.jit
-def _seq_tiles(ctx, max_model_len, BLOCK_T: gl.constexpr):
-    """How many key tiles a sequence of length ``ctx`` has (none past ``max_model_len``)."""
-    return (gl.minimum(ctx, max_model_len) + BLOCK_T - 1) // BLOCK_T
 
 
 @gluon.jit
@@ -111,24 +105,22 @@ def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl
 
 @gluon.jit
 def _ctx_of(ctx_ptr, b0, seg, n_segments):
-    """The length of the share's sequence ``seg`` (0 past the last), read a segment before it is needed."""
+    """The length of the share's sequence ``seg`` (0 past the last)."""
     return gl.load(ctx_ptr + b0 + seg, mask=seg < n_segments, other=0)
 
 
 @gluon.jit
-def _segment_ahead(ctx, ctx_ptr, first, lo, hi, b0, seg, n_segments, tiles_per_seq, max_model_len,
-                   BLOCK_T: gl.constexpr, BALANCED: gl.constexpr):
-    """Segment ``seg`` of a share from ``_schedule``, from its sequence's length ``ctx`` (read a segment ago)
-    and the number ``first`` of that sequence's first tile: (b, ctx, end, t_lo, t_hi as ``_known_range``,
-    its tile count in the share, the next sequence's ``first``, the next segment's length, read now)."""
-    b = b0 + seg
+def _share_segment(ctx, first, lo, hi, b0, seg, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr,
+                   BALANCED: gl.constexpr):
+    """Segment ``seg`` of a share from ``_schedule``, from its sequence's length ``ctx`` and the number
+    ``first`` of that sequence's first tile: (b, ctx, end, t_lo, t_hi as ``_known_range``, its tile count in
+    the share, the next sequence's ``first``)."""
     if BALANCED:
         size = _seq_tiles(ctx, max_model_len, BLOCK_T)
     else:
         size = tiles_per_seq
-    b, ctx, end, t_lo, t_hi = _known_range(ctx, b, first, size, lo, hi, max_model_len, BLOCK_T)
-    return (b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T), first + size,
-            _ctx_of(ctx_ptr, b0, seg + 1, n_segments))
+    b, ctx, end, t_lo, t_hi = _known_range(ctx, b0 + seg, first, size, lo, hi, max_model_len, BLOCK_T)
+    return b, ctx, end, t_lo, t_hi, gl.cdiv(t_hi - t_lo, BLOCK_T), first + size
 
 
 @gluon.jit
@@ -265,9 +257,8 @@ def paged_mqa_logits_sm90_kernel(
     q_phase = 0
     for seg in range(0, n_segments):
         # the length read here, not a segment ahead: carried over the loop it cost a register at next_n 4
-        b, ctx, end, t_lo, t_hi, n, first, _ = _segment_ahead(gl.load(ctx_ptr + b0 + seg), ctx_ptr, first, lo, hi,
-                                                              b0, seg, n_segments, tiles_per_seq, max_model_len,
-                                                              BLOCK_T, BALANCED)
+        b, ctx, end, t_lo, t_hi, n, first = _share_segment(gl.load(ctx_ptr + b0 + seg), first, lo, hi, b0, seg,
+                                                            tiles_per_seq, max_model_len, BLOCK_T, BALANCED)
         if n > 0:
             table_row = table_ptr + b * stride_tb
             row0 = (b * NEXT_N).to(gl.int32)

@@ -26,7 +26,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _cta_barrier, _schedule,
-                                                  _segment_ahead, _unit_out, _wait_for_previous_kernel)
+                                                  _share_segment, _unit_out, _wait_for_previous_kernel)
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
 
@@ -58,9 +58,9 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n, first, ctx_next = _segment_ahead(ctx_next, ctx_ptr, first, lo, hi, b0, seg,
-                                                                     n_segments, tiles_per_seq, max_model_len,
-                                                                     BLOCK_T, BALANCED)
+        b, ctx, end, t_lo, t_hi, n, first = _share_segment(ctx_next, first, lo, hi, b0, seg, tiles_per_seq,
+                                                            max_model_len, BLOCK_T, BALANCED)
+        ctx_next = _ctx_of(ctx_ptr, b0, seg + 1, n_segments)  # read a segment before it is needed
         if n > 0:
             table_row = table_ptr + b * stride_tb
             ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
@@ -149,9 +149,9 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
     c = 0  # tiles computed
     q_n = 0  # sequences computed
     for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n, first, ctx_next = _segment_ahead(ctx_next, ctx_ptr, first, lo, hi, b0, seg,
-                                                                     n_segments, tiles_per_seq, max_model_len,
-                                                                     BLOCK_T, BALANCED)
+        b, ctx, end, t_lo, t_hi, n, first = _share_segment(ctx_next, first, lo, hi, b0, seg, tiles_per_seq,
+                                                            max_model_len, BLOCK_T, BALANCED)
+        ctx_next = _ctx_of(ctx_ptr, b0, seg + 1, n_segments)  # read a segment before it is needed
         if n > 0:
             row0 = (b * NEXT_N).to(gl.int32)
             out_b = out_ptr + (b * NEXT_N) * stride_or  # 64-bit: the logits may pass 2 GiB
