@@ -58,41 +58,56 @@ def _add(a, b):
 
 
 @gluon.jit
+def _share_place(sizes, real, carry, lo, hi):
+    """Of one chunk of sequences (tile counts ``sizes``, ``real`` where a sequence is there, ``carry`` tiles
+    before the chunk): the tiles of its sequences wholly before the share ``[lo, hi)``, how many those are,
+    and how many of its sequences begin before ``hi``."""
+    ends = carry + gl.associative_scan(sizes, 0, _add)
+    done = real & (ends <= lo)
+    return (gl.sum(gl.where(done, sizes, 0), axis=0), gl.sum(done.to(gl.int32), axis=0),
+            gl.sum((real & (ends - sizes < hi)).to(gl.int32), axis=0))
+
+
+@gluon.jit
 def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr,
               BALANCED: gl.constexpr, num_warps: gl.constexpr):
     """This program's share of the batch's key tiles, numbered sequence after sequence: ``[lo, hi)``, the
     first sequence it touches ``b0``, the number of that sequence's first tile ``first0``, and how many
     sequences it touches. Even (``_program_tiles``): every sequence counts ``tiles_per_seq`` tiles
     (``cdiv(max_model_len, BLOCK_T)``), so that the programs past a short sequence's keys idle. ``BALANCED``:
-    every sequence counts the tiles it really has (``_seq_tiles``), read from the context lengths twice (the
-    total, then the share's place) in chunks of 128, so that any batch size fits the same registers. Every
-    warp sums and scans the whole chunk itself (4 lengths a lane, the layout repeated over the warps): no
+    every sequence counts the tiles it really has (``_seq_tiles``), from the context lengths in chunks of 128
+    (32 in a load warp; any batch size fits the same registers) in two passes: the total, then the share's
+    place. Every warp sums and scans the whole chunk itself (4 lengths a lane, the layout repeated over the warps): no
     barrier between warps, where a chunk split over them cost 12 more barriers per program. Each partition
     of a warp-specialized kernel calls this with its own warps: computed once before the split and handed
     to both partitions, the share hung that kernel at batch 1 (H200, stress level, 2026-12-04; the cause
     was not found, the form called per partition passes there)."""
     if BALANCED:
-        CHUNK: gl.constexpr = 128
+        # 4 lengths a lane; 1 in a load warp, whose 24 registers spilled the kept chunk (below) at 4
+        CHUNK: gl.constexpr = 128 if num_warps > 1 else 32
         seqs = gl.arange(0, CHUNK, layout=gl.BlockedLayout([CHUNK // 32], [32], [num_warps], [0]))
-        total = gl.program_id(0) * 0  # 32-bit throughout: the host refuses 2**31 tiles or more
-        for c0 in range(0, batch, CHUNK):
+        # the first chunk is read once and kept for the second pass: a batch of one chunk costs one read of
+        # the lengths before the share is known, not two in a row
+        sizes0 = _seq_tiles(gl.load(ctx_ptr + seqs, mask=seqs < batch, other=0), max_model_len, BLOCK_T)
+        chunk0 = gl.sum(sizes0, axis=0)  # 32-bit throughout: the host refuses 2**31 tiles or more
+        total = chunk0
+        for c0 in range(CHUNK, batch, CHUNK):
             ctx = gl.load(ctx_ptr + c0 + seqs, mask=c0 + seqs < batch, other=0)
             total += gl.sum(_seq_tiles(ctx, max_model_len, BLOCK_T), axis=0)
         pid = gl.program_id(0).to(gl.int64)
         lo = pid * total // gl.num_programs(0)
         hi = (pid + 1) * total // gl.num_programs(0)
-        carry = total * 0  # the tiles of the chunks before this one
-        before = carry  # the tiles of the sequences wholly before the share: first0
-        b0 = carry  # the sequences wholly before the share
-        b1 = carry  # the sequences that begin before hi
-        for c0 in range(0, batch, CHUNK):
+        # the place of the share: chunk 0 from the lengths kept, the others read again (a branch on the chunk
+        # inside the loop broke Triton's compile where the batch is 1, a value it specializes on)
+        before, b0, b1 = _share_place(sizes0, seqs < batch, chunk0 * 0, lo, hi)
+        carry = chunk0  # the tiles of the chunks before the next
+        for c0 in range(CHUNK, batch, CHUNK):
             real = c0 + seqs < batch
             sizes = _seq_tiles(gl.load(ctx_ptr + c0 + seqs, mask=real, other=0), max_model_len, BLOCK_T)
-            ends = carry + gl.associative_scan(sizes, 0, _add)
-            done = real & (ends <= lo)
-            before += gl.sum(gl.where(done, sizes, 0), axis=0)
-            b0 += gl.sum(done.to(gl.int32), axis=0)
-            b1 += gl.sum((real & (ends - sizes < hi)).to(gl.int32), axis=0)
+            before_c, b0_c, b1_c = _share_place(sizes, real, carry, lo, hi)
+            before += before_c
+            b0 += b0_c
+            b1 += b1_c
             carry += gl.sum(sizes, axis=0)
     else:
         lo, hi, n_segments = _program_tiles(n_tiles, tiles_per_seq)

@@ -120,9 +120,11 @@ SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=Fal
 SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
 
 
-def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False) -> dict:
+def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False,
+                 batch_one: bool = False) -> dict:
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
-    (under a register cap ``maxnreg``; with the schedule by real tile counts where ``balanced``): its
+    (under a register cap ``maxnreg``; with the schedule by real tile counts where ``balanced``; for a batch
+    of one where ``batch_one``, a value Triton compiles as a constant): its
     registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
     how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
     product), how many barriers of a program's warps its PTX has, and the register counts its partitions
@@ -140,7 +142,8 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
              for n in ("q_desc", "k_desc")}
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
-    ptx = compile_for(fn, {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced}, pointers,
+    consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, **({"batch": 1} if batch_one else {})}
+    ptx = compile_for(fn, consts, pointers,
                       maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,14 +164,16 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
 def sm90_report() -> dict:
     """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
     and 2 under the register cap of 3 programs per multiprocessor, and both at next_n 2 with the schedule
-    by real tile counts (``bal-``; see :func:`compile_sm90`)."""
+    by real tile counts (``bal-``; ``bal-b1-`` for a batch of one; see :func:`compile_sm90`)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
     report = {f"n{n}": compile_sm90(single, n) for n in (1, 2, 4)}
     report.update({f"ws-n{n}": compile_sm90(ws, n, launch_maxnreg(3)) for n in (1, 2)})
     report.update({"bal-n2": compile_sm90(single, 2, balanced=True),
-                   "bal-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True)})
+                   "bal-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True),
+                   "bal-b1-n2": compile_sm90(single, 2, balanced=True, batch_one=True),
+                   "bal-b1-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True, batch_one=True)})
     return report
 
 
