@@ -308,7 +308,13 @@ def test_gpu_state_reads_nvidia_smi_and_gives_none_on_what_it_cannot_parse(monke
     def fake_run(replies):
         return lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=replies.pop(0), stderr="")
 
-    monkeypatch.setattr(subprocess, "run", fake_run(["1875, 176.43, 49\n", "[N/A], [N/A], 40\n", ""]))
+    # with the clock event reasons, then an nvidia-smi without them (its first query fails), then output that
+    # does not parse, twice each
+    monkeypatch.setattr(subprocess, "run", fake_run(["1530, 296.1, 52, 0x0000000000000084\n", "",
+                                                     "1875, 176.43, 49\n", "[N/A], [N/A], 40, 0x0\n",
+                                                     "[N/A], [N/A], 40\n", "", ""]))
+    assert bench.gpu_state("cuda") == {"sm_mhz": 1530, "power_w": 296.1, "temp_c": 52,
+                                       "clock_events": ["power cap", "hw power brake"]}
     assert bench.gpu_state("cuda") == {"sm_mhz": 1875, "power_w": 176.43, "temp_c": 49}
     assert bench.gpu_state("cuda") is None and bench.gpu_state("cuda") is None
     assert bench.gpu_state("cpu") is None
@@ -316,7 +322,7 @@ def test_gpu_state_reads_nvidia_smi_and_gives_none_on_what_it_cannot_parse(monke
 
 def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_it(monkeypatch):
     shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
-    state = {"sm_mhz": 1755, "power_w": 412.0, "temp_c": 61}
+    state = {"sm_mhz": 1755, "power_w": 412.0, "temp_c": 61, "clock_events": ["sw thermal"]}
     monkeypatch.setattr(bench, "gpu_state", lambda device: state)
     monkeypatch.setattr(bench, "read_floor_us", lambda sets, device: None)
     from parity.backends import load_backend
@@ -324,4 +330,4 @@ def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_
     rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["fused"], "cpu", 100.0, True, 0, 1)
     assert rows[0]["gpu_state"] == state, rows
     table = bench.markdown(rows, 100.0, "cpu")
-    assert "B1-n1-ctx64 fused 1755 MHz 412 W 61 C" in table, table
+    assert "B1-n1-ctx64 fused 1755 MHz 412 W 61 C (sw thermal)" in table, table

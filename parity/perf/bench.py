@@ -235,25 +235,37 @@ def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
     return statistics.median(_replay_ms(graph, device) / calls for _ in range(reps))
 
 
+# nvidia-smi's clocks_event_reasons.active bits, by name (nvidia-smi --help-query-gpu)
+CLOCK_EVENTS = {0x1: "idle", 0x2: "applications clocks", 0x4: "power cap", 0x8: "hw slowdown", 0x10: "sync boost",
+                0x20: "sw thermal", 0x40: "hw thermal", 0x80: "hw power brake", 0x100: "display clocks"}
+
+
 def gpu_state(device) -> dict | None:
-    """The SM clock (MHz), board power (W) and temperature (C) of ``device`` as ``nvidia-smi`` reads them now,
-    or None (no NVIDIA GPU, no nvidia-smi, or output it does not parse). Recorded after each path of a shape
-    is timed: a row timed while the GPU ran at a lower clock than the others shows it (on an H200,
-    2026-12-04, the last shape of a benchmark read 13-34 % slower than the same kernels in a process of
-    their own)."""
+    """The SM clock (MHz), board power (W), temperature (C) and what holds the clock down (``clock_events``,
+    the names of nvidia-smi's active clock event reasons; absent where this nvidia-smi does not report them)
+    of ``device`` now, or None (no NVIDIA GPU, no nvidia-smi, or output it does not parse). Recorded after
+    each path of a shape is timed: a row timed while the GPU ran at a lower clock than the others shows it
+    (on an H200, 2026-12-04, the last shape of a benchmark read 13-34 % slower than the same kernels in a
+    process of their own, and 1530 MHz after it where every other row read 1920-1980)."""
     import subprocess
 
     dev = torch.device(device)
     if dev.type != "cuda" or torch.version.hip:
         return None
-    try:
-        query = ["nvidia-smi", f"--id={dev.index or 0}", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
-                 "--format=csv,noheader,nounits"]
-        out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
-        mhz, watts, celsius = (v.strip() for v in out.strip().splitlines()[0].split(","))
-        return {"sm_mhz": int(float(mhz)), "power_w": float(watts), "temp_c": int(float(celsius))}
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    fields = "clocks.sm,power.draw,temperature.gpu"
+    for query in (fields + ",clocks_event_reasons.active", fields):  # older drivers lack the last field
+        try:
+            out = subprocess.run(["nvidia-smi", f"--id={dev.index or 0}", f"--query-gpu={query}",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+            values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+            state = {"sm_mhz": int(float(values[0])), "power_w": float(values[1]), "temp_c": int(float(values[2]))}
+            if len(values) > 3:
+                bits = int(values[3], 16)
+                state["clock_events"] = [name for bit, name in CLOCK_EVENTS.items() if bits & bit]
+            return state
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            continue
+    return None
 
 
 def launch_floor_us(device) -> float | None:
@@ -437,6 +449,7 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
     if states:
         lines += ["", "GPU after each shape and path was timed (nvidia-smi): " + "; ".join(
             f"{shape} {path} {st['sm_mhz']} MHz {st['power_w']:.0f} W {st['temp_c']} C"
+            + (f" ({', '.join(st['clock_events'])})" if st.get("clock_events") else "")
             for (shape, path), st in states.items())]
     return "\n".join(lines)
 
