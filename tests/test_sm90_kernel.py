@@ -95,7 +95,7 @@ def _child(what: str, *args: str) -> dict:
 
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
-OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "bal-n2": 1, "bal-ws-n2": 1, "bal-b1-n2": 1,
+OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1, "bal-b1-n2": 1,
             "bal-b1-ws-n2": 1}
 
 
@@ -110,6 +110,8 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     # 3 programs of 256 threads; the compute warps get what the load warps give up
     for n in ("ws-n1", "ws-n2", "bal-ws-n2", "bal-b1-ws-n2"):
         assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report
+    # next_n 4: 2 programs of 256 threads, the compute warps at 232
+    assert report["ws-n4"]["registers"] <= 128 and report["ws-n4"]["setmaxnreg"] == [24, 232], report
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
     assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
     assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report
@@ -136,9 +138,10 @@ def test_the_check_catches_full_waits(form):
     (2, 64, True),  # B64-n2-ctx8192: 20.7 tiles per program
     (1, 64, True),
     (2, 8, False),  # B8-n2-ctx8192: 2.6 tiles per program, where the single-partition form was faster
-    (4, 64, False),  # next_n 4: not measured warp-specialized, and its compute warps would spill
+    (4, 64, True),  # B64-n4-ctx8192: 31 tiles per program at 2 programs per SM
+    (4, 8, False),  # 3.9 tiles per program: the portable kernel (the H200's sm90_max_next_n is 2)
 ])
-def test_the_warp_specialized_form_takes_large_calls_at_next_n_up_to_2(next_n, batch, expected):
+def test_the_warp_specialized_form_takes_large_calls(next_n, batch, expected):
     from parity.backends import triton_configs
     from parity.backends.triton_kernels import sm90_warp_specialized
 
@@ -154,6 +157,15 @@ def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
     for per_sm in (1, 2, 3, 4):
         assert per_sm * 256 * launch_maxnreg(per_sm) <= 65536 and launch_maxnreg(per_sm) % 8 == 0
     assert launch_maxnreg(3) == 80 and launch_maxnreg(2) == 128
+
+
+def test_the_warp_specialized_form_runs_2_programs_per_sm_at_next_n_4():
+    """Two q buffers of four rows and three key slots take 93 KB of shared memory a program: 2 fit a
+    multiprocessor of 228 KB, with the register cap of 2 programs."""
+    from parity.backends.triton_kernels import sm90_ws_programs_per_sm
+
+    assert [sm90_ws_programs_per_sm(n, 3) for n in (1, 2, 4)] == [3, 3, 2]
+    assert sm90_ws_programs_per_sm(4, 1) == 1
 
 
 def test_triton_sm90_ws_pins_the_warp_specialized_form():

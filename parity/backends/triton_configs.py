@@ -13,10 +13,10 @@ Keys: ``block_t`` tokens per tile; ``ctas_per_sm`` persistent programs per multi
 bulk tensor copy engine, NVIDIA compute capability 9.0 and later); ``pdl`` (programmatic dependent launch:
 the kernel's launch overlaps the end of the kernel before it, which it waits for before reading anything);
 ``maxnreg`` (a register cap per thread, NVIDIA); ``kernel`` (``portable``: the Triton kernel of every target;
-``sm90``: the Gluon kernel for compute capability 9.0, ``parity.kernels.paged_mqa_logits_sm90``, on the calls
-it takes, up to next_n ``sm90_max_next_n``, and the portable kernel on the others; its warp-specialized form,
-``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles,
-the single-partition form below that); ``balanced`` (the fp8 kernels' programs split the tiles the batch
+``sm90``: the Gluon kernel for compute capability 9.0 on the calls it takes: its warp-specialized form,
+``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles
+(next_n 1, 2 or 4), else its single-partition form, ``parity.kernels.paged_mqa_logits_sm90``, up to next_n
+``sm90_max_next_n``, and the portable kernel on the others); ``balanced`` (the fp8 kernels' programs split the tiles the batch
 really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which leaves most programs
 idle where a server passes its model's max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and
 ``tma_max_next_n`` (``tma`` only where
@@ -57,7 +57,9 @@ MEASURED: tuple[Measured, ...] = (
              "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program; the split by real "
              "tile counts (docs/h200-serving-schedule.md: at max_model_len 163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 "
              "93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; where every context is max_model_len, 0.2-1.0 us "
-             "more)"),
+             "more); the warp-specialized form at next_n 4, 2 programs per SM (docs/h200-serving-schedule.md "
+             "section 6: B64-n4-ctx8192 46.9 -> 41.0 us, B128-n4-ctx32768 387.6 -> 331.4 against the portable "
+             "kernel)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 

@@ -128,12 +128,18 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
     return None
 
 
+def sm90_ws_programs_per_sm(next_n: int, ctas_per_sm: int) -> int:
+    """Programs per multiprocessor of the warp-specialized form: ``ctas_per_sm``, at most 2 at next_n 4 (each
+    program's two q buffers of four rows and its key slots take 93 KB of shared memory; 2 programs leave
+    its compute warps 232 registers, where 3 spilled 220 bytes)."""
+    return min(ctas_per_sm, 2) if next_n > 2 else ctas_per_sm
+
+
 def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
     """Whether a call the sm90 kernel takes runs in its warp-specialized form
-    (``parity.kernels.paged_mqa_logits_sm90_ws``): next_n 1 or 2 (where it was measured; at 4 its compute
-    warps spill at 3 programs per multiprocessor) and at least ``sm90_ws_min_tiles`` tiles per program (with
+    (``parity.kernels.paged_mqa_logits_sm90_ws``): at least ``sm90_ws_min_tiles`` tiles per program (with
     fewer its longer start cost more than it saved on the H200: B8-n2-ctx8192, 2.6 tiles per program)."""
-    return next_n <= 2 and n_tiles >= o["sm90_ws_min_tiles"] * o["ctas_per_sm"] * sms
+    return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o["ctas_per_sm"]) * sms
 
 
 class TritonBackend(SimpleBackend):
@@ -146,8 +152,9 @@ class TritonBackend(SimpleBackend):
     next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
     programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
     per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
-    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``;
-    warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles);
+    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``:
+    warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles, else single-partition up
+    to next_n ``sm90_max_next_n``);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -292,9 +299,11 @@ class TritonBackend(SimpleBackend):
         bs = cache.shape[1]
         o, _ = self.config(inputs.device)
         o.update(self.opts)
-        if (o["kernel"] == "sm90" and n <= o["sm90_max_next_n"]
-                and _sm90_unfit(path, inputs, cache, o["block_t"]) is None):
-            return self._launch_sm90(inputs, out, cache, o)
+        if o["kernel"] == "sm90" and _sm90_unfit(path, inputs, cache, o["block_t"]) is None:
+            # the single-partition form up to sm90_max_next_n, the warp-specialized form at any next_n it takes
+            n_tiles = B * triton.cdiv(cols, o["block_t"])
+            if n <= o["sm90_max_next_n"] or sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
+                return self._launch_sm90(inputs, out, cache, o)
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
@@ -369,7 +378,8 @@ class TritonBackend(SimpleBackend):
             consts["launch_pdl"] = True
         table, lens = _table_and_lens(inputs)
         if sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
-            consts["maxnreg"] = sm90_ws.launch_maxnreg(o["ctas_per_sm"])
+            per_sm = sm90_ws_programs_per_sm(n, o["ctas_per_sm"])
+            consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
             f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
             srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
             s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
@@ -380,8 +390,8 @@ class TritonBackend(SimpleBackend):
             key = (str(inputs.device), "sm90_ws", *consts.items(), o["ctas_per_sm"])
             args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
                     table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq, B)
-            return (sm90_ws.paged_mqa_logits_sm90_ws_kernel, (self._grid(o, key, n_tiles, inputs.device),), args,
-                    consts, key)
+            grid = self._grid({**o, "ctas_per_sm": per_sm}, key, n_tiles, inputs.device)
+            return sm90_ws.paged_mqa_logits_sm90_ws_kernel, (grid,), args, consts, key
         if o["maxnreg"]:
             consts["maxnreg"] = o["maxnreg"]
         key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])

@@ -1,7 +1,7 @@
 """The fused paged MQA logits kernel for NVIDIA Hopper, warp-specialized (Gluon): the same calls, formula and
 writes as ``paged_mqa_logits_sm90`` (fp8 e4m3fn keys in the plain paged layout, 64 heads of 128, next_n 1, 2
-or 4; the backend gives it next_n <= 2, ``sm90_warp_specialized``), with the copies taken off the compute
-warps.
+or 4; the backend gives it the calls with enough tiles per program, ``sm90_warp_specialized``), with the
+copies taken off the compute warps.
 
 Why: in the single-partition kernel the four compute warps also read the block table, issue the copies and
 meet at four barriers per tile (one before each refill, three that Triton's shared-memory analysis puts
@@ -16,7 +16,8 @@ weights and its q, one read after the other. Here each program is
   barrier of the four warps, one mbarrier arrival), and reads the next sequence's length a sequence ahead.
 
 Triton pads the load warp to a warpgroup (three idle warps) and splits the registers with ``setmaxnreg``:
-launched at 80 per thread (3 programs per multiprocessor), the compute warps get 136 and the load warps 24.
+launched at 80 per thread (3 programs per multiprocessor), the compute warps get 136 and the load warps 24;
+at next_n 4, launched at 128 (2 programs: its q buffers take 64 KB of shared memory), they get 232 and 24.
 The schedule is the single-partition kernel's (``_schedule``), computed by each partition with its own warps.
 """
 from __future__ import annotations

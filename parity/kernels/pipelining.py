@@ -163,13 +163,14 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
 
 def sm90_report() -> dict:
     """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
-    and 2 under the register cap of 3 programs per multiprocessor, and both at next_n 2 with the schedule
+    and 2 under the register cap of 3 programs per multiprocessor and at 4 under that of 2, and both at next_n 2 with the schedule
     by real tile counts (``bal-``; ``bal-b1-`` for a batch of one; see :func:`compile_sm90`)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
     report = {f"n{n}": compile_sm90(single, n) for n in (1, 2, 4)}
     report.update({f"ws-n{n}": compile_sm90(ws, n, launch_maxnreg(3)) for n in (1, 2)})
+    report["ws-n4"] = compile_sm90(ws, 4, launch_maxnreg(2))  # 2 programs per SM at next_n 4
     report.update({"bal-n2": compile_sm90(single, 2, balanced=True),
                    "bal-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True),
                    "bal-b1-n2": compile_sm90(single, 2, balanced=True, batch_one=True),
