@@ -58,6 +58,8 @@ VARIANTS = {
     # fit in shared memory at next_n 2
     "ws-c4-s2": dict(SM90, num_stages=2, ctas_per_sm=4, sm90_ws_min_tiles=0),
     "ws-c4-s2-bal": dict(SM90, num_stages=2, ctas_per_sm=4, balanced=True, sm90_ws_min_tiles=0),
+    # the warp-specialized form at next_n 4 too (2 programs per SM there)
+    "ws-n4-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0),
 }
 BAR = "B64-n2-ctx8192"
 
