@@ -2,7 +2,8 @@
 paged_mqa_logits_sm90_ws), compiled for sm_90a by the ptxas that ships with Triton (no GPU needed): ptxas
 serializes none of their products, nothing spills, each epilogue but a tile's last overlaps the next product,
 three programs fit a multiprocessor at next_n 2 (the warp-specialized form within its cap of 80 registers
-at launch, its compute warps raised to 136 and its load warps lowered to 24). The checks catch the two
+at launch, its compute warps raised to 136 and its load warps lowered to 24; two at next_n 4, 232 and 24),
+and both compile for a batch of one (a constant to Triton). The checks catch the two
 planted faults that cost the kernel its overlap while it was written: a product carried in flight across
 the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product, in
 either form. Which calls the backend gives which form is checked on the CPU. Their logits are checked on a
@@ -95,8 +96,8 @@ def _child(what: str, *args: str) -> dict:
 
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
-OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1, "bal-b1-n2": 1,
-            "bal-b1-ws-n2": 1}
+OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
+            "bal-b1-n2": 1, "bal-b1-ws-n2": 1}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():

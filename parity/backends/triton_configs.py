@@ -16,12 +16,12 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 ``sm90``: the Gluon kernel for compute capability 9.0 on the calls it takes: its warp-specialized form,
 ``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles
 (next_n 1, 2 or 4), else its single-partition form, ``parity.kernels.paged_mqa_logits_sm90``, up to next_n
-``sm90_max_next_n``, and the portable kernel on the others); ``balanced`` (the fp8 kernels' programs split the tiles the batch
-really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which leaves most programs
-idle where a server passes its model's max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and
-``tma_max_next_n`` (``tma`` only where
-each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower
-with 2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
+``sm90_max_next_n``, and the portable kernel on the others); ``balanced`` (the fp8 kernels' programs split
+the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
+leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
+H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
+tiles and next_n is at most that: on the H200 bulk copies were slower with 2.6 tiles per program,
+B8-n2-ctx8192, and at next_n 4).
 """
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ MEASURED: tuple[Measured, ...] = (
              "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5), "
              "warp-specialized from 8 tiles per program (B64-n2-ctx8192 26.4 -> 24.7 us, B128-n2-ctx8192 "
              "48.8 -> 45.8, B64-n2-ctx32768 94.6 -> 86.7; below that 7.2-7.6 against 7.8-8.0 at B8-n2); "
-             "the portable kernel at next_n 4 (sm90 42.9 against 45.0 at B64, 349.3 against 337.1 at "
-             "B128-n4-ctx32768); for the portable kernel bulk copies and programmatic launch (B64-n2-ctx8192 "
-             "29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles per program; the split by real "
-             "tile counts (docs/h200-serving-schedule.md: at max_model_len 163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 "
-             "93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; where every context is max_model_len, 0.2-1.0 us "
-             "more); the warp-specialized form at next_n 4, 2 programs per SM (docs/h200-serving-schedule.md "
-             "section 6: B64-n4-ctx8192 46.9 -> 41.0 us, B128-n4-ctx32768 387.6 -> 331.4 against the portable "
-             "kernel)"),
+             "the single-partition sm90 kernel not at next_n 4 (42.9 against the portable kernel's 45.0 us at "
+             "B64, 349.3 against 337.1 at B128-n4-ctx32768); for the portable kernel bulk copies and "
+             "programmatic launch (B64-n2-ctx8192 29.7 -> 27.6 us), the copy path at next_n 4 and under 8 tiles "
+             "per program; the split by real tile counts (docs/h200-serving-schedule.md: at max_model_len "
+             "163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; "
+             "where every context is max_model_len, 0.2-1.0 us more); the warp-specialized form at next_n 4 "
+             "too, 2 programs per SM (docs/h200-serving-schedule.md section 6: B64-n4-ctx8192 46.9 -> 41.0 "
+             "us, B128-n4-ctx32768 387.6 -> 331.4 against the portable kernel)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 

@@ -77,8 +77,8 @@ def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl
     (``cdiv(max_model_len, BLOCK_T)``), so that the programs past a short sequence's keys idle. ``BALANCED``:
     every sequence counts the tiles it really has (``_seq_tiles``), from the context lengths in chunks of 128
     (32 in a load warp; any batch size fits the same registers) in two passes: the total, then the share's
-    place. Every warp sums and scans the whole chunk itself (4 lengths a lane, the layout repeated over the warps): no
-    barrier between warps, where a chunk split over them cost 12 more barriers per program. Each partition
+    place. Every warp sums and scans the whole chunk itself (4 lengths a lane, the layout repeated over the
+    warps): no barrier between warps, where a chunk split over them cost 12 more barriers per program. Each partition
     of a warp-specialized kernel calls this with its own warps: computed once before the split and handed
     to both partitions, the share hung that kernel at batch 1 (H200, stress level, 2026-12-04; the cause
     was not found, the form called per partition passes there)."""

@@ -143,8 +143,7 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
     consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, **({"batch": 1} if batch_one else {})}
-    ptx = compile_for(fn, consts, pointers,
-                      maxnreg=maxnreg).asm["ptx"]
+    ptx = compile_for(fn, consts, pointers, maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -163,8 +162,9 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
 
 def sm90_report() -> dict:
     """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
-    and 2 under the register cap of 3 programs per multiprocessor and at 4 under that of 2, and both at next_n 2 with the schedule
-    by real tile counts (``bal-``; ``bal-b1-`` for a batch of one; see :func:`compile_sm90`)."""
+    and 2 under the register cap of 3 programs per multiprocessor and at 4 under that of 2, and both at
+    next_n 2 with the schedule by real tile counts (``bal-``; ``bal-b1-`` for a batch of one, which Triton
+    3.6 once failed to compile; see :func:`compile_sm90`)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
