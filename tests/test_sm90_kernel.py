@@ -135,20 +135,21 @@ def test_the_check_catches_full_waits(form):
     assert facts["overlapping_waits"] == 0, facts
 
 
-@pytest.mark.parametrize("next_n, batch, expected", [
-    (2, 64, True),  # B64-n2-ctx8192: 20.7 tiles per program
-    (1, 64, True),
-    (2, 8, False),  # B8-n2-ctx8192: 2.6 tiles per program, where the single-partition form was faster
-    (4, 64, True),  # B64-n4-ctx8192: 31 tiles per program at 2 programs per SM
-    (4, 8, False),  # 3.9 tiles per program: the portable kernel (the H200's sm90_max_next_n is 2)
+@pytest.mark.parametrize("next_n, batch, max_next_n, expected", [
+    (2, 64, 2, "ws"),  # B64-n2-ctx8192: 20.7 tiles per program
+    (1, 64, 2, "ws"),
+    (2, 8, 2, "single"),  # B8-n2-ctx8192: 2.6 tiles per program, where the single-partition form was faster
+    (4, 64, 2, "ws"),  # B64-n4-ctx8192: 31 tiles per program at 2 programs per SM
+    (4, 8, 2, None),  # 3.9 tiles per program and next_n past the H200's sm90_max_next_n: the portable kernel
+    (4, 8, 4, "single"),  # the same under triton:sm90 (sm90_max_next_n 4)
 ])
-def test_the_warp_specialized_form_takes_large_calls(next_n, batch, expected):
+def test_the_sm90_form_follows_tiles_per_program_and_next_n(next_n, batch, max_next_n, expected):
     from parity.backends import triton_configs
-    from parity.backends.triton_kernels import sm90_warp_specialized
+    from parity.backends.triton_kernels import sm90_form
 
     config, _ = triton_configs.lookup("NVIDIA H200")
     n_tiles = batch * 8192 // config["block_t"]
-    assert sm90_warp_specialized(next_n, n_tiles, config, 132) is expected
+    assert sm90_form(next_n, n_tiles, {**config, "sm90_max_next_n": max_next_n}, 132) == expected
 
 
 def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
@@ -219,11 +220,10 @@ def test_both_gluon_forms_take_the_split_the_config_asks_for(balanced):
     h200, _ = triton_configs.lookup("NVIDIA H200")
     assert h200["balanced"] is True
     inputs = build_inputs(IndexerCase(batch=3, next_n=2, max_model_len=256, block_size=64, heads=64), "cpu")
-    forms = {0: "paged_mqa_logits_sm90_ws_kernel", 1 << 30: "paged_mqa_logits_sm90_kernel"}
-    for min_tiles, form in forms.items():
-        backend = load_backend("triton", **{**h200, "balanced": balanced, "sm90_ws_min_tiles": min_tiles})
+    for form, name in {"ws": "paged_mqa_logits_sm90_ws_kernel", "single": "paged_mqa_logits_sm90_kernel"}.items():
+        backend = load_backend("triton", **{**h200, "balanced": balanced})
         o, _ = backend.config(torch.device("cpu"))
         kernel, _, args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache,
-                                                          {**o, **backend.opts})
-        assert kernel.__name__ == form
+                                                          {**o, **backend.opts}, form)
+        assert kernel.__name__ == name
         assert consts["BALANCED"] is balanced and args[-1] == 3, (form, consts, args[-1])

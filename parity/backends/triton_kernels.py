@@ -142,6 +142,15 @@ def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
     return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o["ctas_per_sm"]) * sms
 
 
+def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
+    """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
+    warp-specialized one (``sm90_warp_specialized``, any next_n), else 'single', the single-partition one up
+    to next_n ``sm90_max_next_n``, else None: the portable kernel."""
+    if sm90_warp_specialized(next_n, n_tiles, o, sms):
+        return "ws"
+    return "single" if next_n <= o["sm90_max_next_n"] else None
+
+
 class TritonBackend(SimpleBackend):
     """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t``
     tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel
@@ -300,10 +309,9 @@ class TritonBackend(SimpleBackend):
         o, _ = self.config(inputs.device)
         o.update(self.opts)
         if o["kernel"] == "sm90" and _sm90_unfit(path, inputs, cache, o["block_t"]) is None:
-            # the single-partition form up to sm90_max_next_n, the warp-specialized form at any next_n it takes
-            n_tiles = B * triton.cdiv(cols, o["block_t"])
-            if n <= o["sm90_max_next_n"] or sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
-                return self._launch_sm90(inputs, out, cache, o)
+            form = sm90_form(n, B * triton.cdiv(cols, o["block_t"]), o, _num_sms(inputs.device))
+            if form is not None:
+                return self._launch_sm90(inputs, out, cache, o, form)
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
@@ -350,10 +358,10 @@ class TritonBackend(SimpleBackend):
 
         return paged_mqa_logits_kernel, (min(n_tiles, programs),), args, consts, key
 
-    def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict):
-        """The Hopper kernel's launch (see :meth:`_launch`): descriptors of the cache as rows of D key bytes
-        and of q as rows of D bytes for its bulk copies; ``num_stages`` key tiles buffered, ``ctas_per_sm``
-        programs per multiprocessor; the fused path into float32 or bf16 rows."""
+    def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict, form: str):
+        """The Hopper kernel's launch in ``form`` (``sm90_form``; see :meth:`_launch`): descriptors of the
+        cache as rows of D key bytes and of q as rows of D bytes for its bulk copies; ``num_stages`` key tiles
+        buffered, ``ctas_per_sm`` programs per multiprocessor; the fused path into float32 or bf16 rows."""
         from triton.experimental.gluon import language as gl
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
@@ -377,7 +385,7 @@ class TritonBackend(SimpleBackend):
         if consts["PDL"]:
             consts["launch_pdl"] = True
         table, lens = _table_and_lens(inputs)
-        if sm90_warp_specialized(n, n_tiles, o, _num_sms(inputs.device)):
+        if form == "ws":
             per_sm = sm90_ws_programs_per_sm(n, o["ctas_per_sm"])
             consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
             f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
