@@ -208,27 +208,32 @@ def _weights(w_ptr, row0, heads, NEXT_N: gl.constexpr, H: gl.constexpr, HALVES: 
 
 
 @gluon.jit
-def _tile(k, s_buf, full, phase, t, q_bufs, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or,
-          NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
+def _tile(k, s_buf, full, phase, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or,
+          NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr, empty, RELEASE: gl.constexpr):
     """The units of the key tile ``k`` at tokens ``t``, with its scales ``s_buf``, both in shared memory once
-    mbarrier ``full`` completes ``phase``. A unit is one speculative row, or half of its heads when ``HALVES``
-    is 2; each unit's epilogue runs while the next unit's product is computed. ``out_b`` points at the
-    sequence's first logits row.
+    mbarrier ``full`` completes ``phase``; ``q_rows`` the sequence's q as ``next_n x H`` rows. A unit is one
+    speculative row, or half of its heads when ``HALVES`` is 2; each unit's epilogue runs while the next
+    unit's product is computed. ``out_b`` points at the sequence's first logits row. ``RELEASE`` (the
+    warp-specialized kernel): the slot goes back on mbarrier ``empty`` once every warp is past the tile's
+    last product, before the last epilogue.
 
     Every product is waited for before returning. Carried into the next iteration in flight, the last
     product made ptxas serialize every product of the kernel (C7514: it does not follow the wait groups
     across the loop's back edge), and one flowing out of a branch gets a full wait at the join (C7517)."""
-    HN: gl.constexpr = q_bufs.type.shape[1] // HALVES  # heads per unit
+    HN: gl.constexpr = q_rows.type.shape[0] // (NEXT_N * HALVES)  # heads per unit
     mbarrier.wait(full, phase)
-    acc = warpgroup_mma(k, q_bufs.index(0).slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
-    scale = s_buf.load(t.type.layout)
+    acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
+    scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
     for u in gl.static_range(NEXT_N * HALVES):
         if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
-            q_next = q_bufs.index((u + 1) // HALVES).slice(((u + 1) % HALVES) * HN, HN)
-            nxt = warpgroup_mma(k, q_next.permute((1, 0)), zero, use_acc=False, is_async=True)
+            nxt = warpgroup_mma(k, q_rows.slice((u + 1) * HN, HN).permute((1, 0)), zero, use_acc=False,
+                                is_async=True)
             done = warpgroup_mma_wait(1, deps=(acc,))
         else:
             done = warpgroup_mma_wait(0, deps=(acc,))
+            if RELEASE:
+                _cta_barrier()  # the compute warps only: each is past its last read of the slot
+                mbarrier.arrive(empty)
             nxt = acc
         logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
                           end, out_b, stride_or, HALVES, PER_ROW)
@@ -255,7 +260,7 @@ def paged_mqa_logits_sm90_kernel(
 
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_T, D], k_desc.layout)
     s_bufs = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, BLOCK_T], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [NEXT_N, H, D], q_desc.layout)
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [NEXT_N * H, D], q_desc.layout)  # a row of H per i
     k_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     for s in gl.static_range(NUM_STAGES):
@@ -281,7 +286,7 @@ def paged_mqa_logits_sm90_kernel(
             # q of every row of this sequence (the previous segment's products are all waited for)
             mbarrier.expect(q_bar, NEXT_N * H * D)
             for i in gl.static_range(NEXT_N):
-                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_bar, q_bufs.index(i))
+                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_bar, q_bufs.slice(i * H, H))
             for s in gl.static_range(NUM_STAGES - 1):
                 if s < n:
                     slot = (issued + s) % NUM_STAGES
@@ -309,7 +314,7 @@ def paged_mqa_logits_sm90_kernel(
                 slot = c % NUM_STAGES
                 _tile(k_bufs.index(slot), s_bufs.index(slot), k_bars.index(slot), (c // NUM_STAGES) & 1, t0 + rows,
                       q_bufs, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or, NEXT_N, HALVES,
-                      PER_ROW)
+                      PER_ROW, None, False)
             issued += n
             _cta_barrier()  # every warp is past its last product before q is overwritten
     for s in gl.static_range(NUM_STAGES):

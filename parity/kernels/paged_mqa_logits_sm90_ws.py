@@ -11,8 +11,8 @@ weights and its q, one read after the other. Here each program is
 - a *load* warp: q and the weights of each sequence (two buffers, so the next sequence's are loaded while
   this one is computed), then every tile's keys and scales by bulk tensor copies into the next free slot.
   Block ids are read 32 tiles at a time, one per lane, the next 32 while these are copied;
-- a *compute* warpgroup: waits for a slot, runs its products and epilogues as ``_tile`` of the
-  single-partition kernel does, hands the slot back once its four warps are past the last product (one
+- a *compute* warpgroup: waits for a slot, runs its products and epilogues in the single-partition
+  kernel's ``_tile``, which hands the slot back once its four warps are past the last product (one
   barrier of the four warps, one mbarrier arrival), and reads the next sequence's length a sequence ahead.
 
 Triton pads the load warp to a warpgroup (three idle warps) and splits the registers with ``setmaxnreg``:
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _cta_barrier, _schedule,
-                                                  _share_segment, _unit_out, _wait_for_previous_kernel)
+from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _schedule, _share_segment, _tile,
+                                                  _wait_for_previous_kernel)
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
 
@@ -109,31 +109,6 @@ def _weights(w_buf, heads, UNITS: gl.constexpr):
 
 
 @gluon.jit
-def _tile(k, s_buf, full, phase, empty, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b,
-          stride_or, NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
-    """The units of the key tile ``k`` at tokens ``t`` (``_tile`` of the single-partition kernel: unit u + 1
-    on the tensor cores while unit u's epilogue runs); ``q_rows`` the sequence's q, each unit's weights
-    ``w0``-``w3``. The slot goes back (``empty``) once every warp is past the tile's last product."""
-    HN: gl.constexpr = q_rows.type.shape[0] // (NEXT_N * HALVES)  # heads per unit
-    mbarrier.wait(full, phase)
-    acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
-    scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
-    for u in gl.static_range(NEXT_N * HALVES):
-        if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
-            q_next = q_rows.slice((u + 1) * HN, HN)
-            nxt = warpgroup_mma(k, q_next.permute((1, 0)), zero, use_acc=False, is_async=True)
-            done = warpgroup_mma_wait(1, deps=(acc,))
-        else:
-            done = warpgroup_mma_wait(0, deps=(acc,))
-            _cta_barrier()  # the compute warps only: each is past its last read of the slot
-            mbarrier.arrive(empty)
-            nxt = acc
-        logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
-                          end, out_b, stride_or, HALVES, PER_ROW)
-        acc = nxt
-
-
-@gluon.jit
 def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
                        stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N: gl.constexpr,
                        H: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr,
@@ -163,8 +138,8 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
             for j in range(0, n):
                 slot = c % NUM_STAGES
                 _tile(k_bufs.index(slot), s_bufs.index(slot), full.index(slot), (c // NUM_STAGES) & 1,
-                      empty.index(slot), t_lo + j * BLOCK_T + rows, q_bufs.index(qs), zero, w0, w1, w2, w3, causal0,
-                      lens_ptr, row0, end, out_b, stride_or, NEXT_N, HALVES, PER_ROW)
+                      t_lo + j * BLOCK_T + rows, q_bufs.index(qs), zero, w0, w1, w2, w3, causal0, lens_ptr, row0,
+                      end, out_b, stride_or, NEXT_N, HALVES, PER_ROW, empty.index(slot), True)
                 c += 1
             mbarrier.arrive(q_empty.index(qs))  # every warp passed the last tile's barrier after its products
             q_n += 1
