@@ -22,8 +22,10 @@ def test_variants_compute_correct_logits(name):
 
 def test_every_variant_is_a_backend_config():
     for name, opts in kernel_study.VARIANTS.items():
-        config, source = load_backend("triton", **opts).config(torch.device("cpu"))
-        assert all(config[k] == v for k, v in opts.items()), name
+        backend = load_backend("triton", **opts)
+        config, source = backend.config(torch.device("cpu"))
+        assert all(config[k] == v for k, v in opts.items() if k != "probe"), name
+        assert backend.opts["probe"] == opts.get("probe"), name
         assert ("given" in source) == bool(opts), name
 
 
@@ -63,3 +65,29 @@ def test_check_variants_passes_a_correct_kernel_and_catches_a_wrong_one():
     verdicts = kernel_study.check_variants(backends, device, bench.Shape(2, 2, 200))
     assert verdicts["c4 fused"]["ok"] and verdicts["c4 preshuffle"]["ok"], verdicts
     assert not verdicts["zeros fused"]["ok"]
+
+
+class _Probe:
+    """A measurement probe (its logits are wrong by design): never run by the checks, never picked."""
+    opts = {"probe": "reads"}
+
+    def run(self, path, inputs, out):
+        raise AssertionError("a probe's logits were checked")
+
+
+def test_probes_are_neither_checked_nor_picked():
+    from parity.perf import bench
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    verdicts = kernel_study.check_variants({"ws-probe-reads": _Probe(), "zeros": _Zeros()}, device,
+                                           bench.Shape(2, 2, 200))
+    assert verdicts["ws-probe-reads"]["ok"] is None and "not checked" in verdicts["ws-probe-reads"]["mask"]
+    assert verdicts["zeros fused"]["ok"] is False
+    variants = {"ws-n4-bal": kernel_study.VARIANTS["ws-n4-bal"],
+                "ws-probe-reads": kernel_study.VARIANTS["ws-probe-reads"]}
+    rows = [{"backend": "ws-probe-reads", "shape": kernel_study.BAR, "us": 20.0},
+            {"backend": "ws-n4-bal", "shape": kernel_study.BAR, "us": 25.0}]
+    assert kernel_study.best_at_bar(rows, variants) == "ws-n4-bal"
+    text = kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0, "rows": [], "facts": {},
+                                  "reads": [], "skipped": [], "checks": {"ws-probe-reads": verdicts["ws-probe-reads"]}})
+    assert "all variants pass" in text

@@ -79,6 +79,17 @@ def test_rejects_wrong_out(triton_backend):
         load_backend("triton", block_t=48)
     with pytest.raises(ValueError, match="upcast"):
         load_backend("triton", upcast="bf16")
+    with pytest.raises(ValueError, match="probe must be None or one of"):
+        load_backend("triton", probe="loads")
+
+
+def test_a_probe_is_refused_where_the_portable_kernel_runs():
+    """The sm90 kernels' measurement probes (wrong logits by design) never run silently as the portable
+    kernel, which has none: on the CPU, and for a call the sm90 kernels do not take."""
+    inp = build_inputs(IndexerCase(), DEVICE)
+    out = torch.full((inp.rows, inp.max_model_len), float("-inf"), device=DEVICE)
+    with pytest.raises(ValueError, match="probe='reads' measures the sm90 kernels"):
+        load_backend("triton", probe="reads", kernel="portable").run("fused", inp, out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cpu refusal only matters without a GPU")

@@ -17,6 +17,8 @@ from parity.problem.cases import IndexerInputs
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 KERNELS = ("portable", "sm90")
+# measurement probes of the sm90 kernels (PROBE 1, 2, 3 there), for parity.perf.kernel_study: wrong logits
+SM90_PROBES = ("reads", "no-stores", "no-products")
 UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2, "decode": 3}
 EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
 
@@ -167,7 +169,9 @@ class TritonBackend(SimpleBackend):
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
-    ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode')."""
+    ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode');
+    ``probe`` (one of ``SM90_PROBES``, for measurement only: the sm90 kernels then write wrong logits on
+    purpose, and a call that would run the portable kernel is refused)."""
 
     def __init__(self, block_t: int | None = None, programs: int = 0, ctas_per_sm: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None, flat: bool | None = None,
@@ -175,7 +179,7 @@ class TritonBackend(SimpleBackend):
                  pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
                  tma_max_next_n: int | None = None, kernel: str | None = None,
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
-                 balanced: bool | None = None):
+                 balanced: bool | None = None, probe: str | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -196,6 +200,8 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"maxnreg must be None or 24-255 registers per thread, got {maxnreg}")
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"kernel must be None or one of {KERNELS}, got {kernel!r}")
+        if probe is not None and probe not in SM90_PROBES:
+            raise ValueError(f"probe must be None or one of {SM90_PROBES}, got {probe!r}")
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         # what the caller fixed; None: the GPU's config decides
@@ -203,7 +209,7 @@ class TritonBackend(SimpleBackend):
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
                           sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced)
-        self.opts = dict(programs=programs, upcast=upcast)
+        self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
         self._resident: dict = {}  # compiled-kernel key -> programs that fit on the device at once
@@ -312,6 +318,9 @@ class TritonBackend(SimpleBackend):
             form = sm90_form(n, B * triton.cdiv(cols, o["block_t"]), o, _num_sms(inputs.device))
             if form is not None:
                 return self._launch_sm90(inputs, out, cache, o, form)
+        if o["probe"]:
+            raise ValueError(f"probe={o['probe']!r} measures the sm90 kernels; this call runs the portable kernel "
+                             f"(kernel={o['kernel']!r}, path {path!r}, next_n {n})")
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
@@ -381,7 +390,7 @@ class TritonBackend(SimpleBackend):
         n_tiles = B * tiles_per_seq
         consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
                       PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
-                      num_warps=4)
+                      PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0, num_warps=4)
         if consts["PDL"]:
             consts["launch_pdl"] = True
         table, lens = _table_and_lens(inputs)

@@ -43,6 +43,12 @@ _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 _copy_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _copy_bulk = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
+# ``PROBE``: 0, the kernel; else a measurement probe that writes wrong logits on purpose, to say what a call's
+# time is made of (``SM90_PROBES`` in parity.backends.triton_kernels names them; parity.perf.kernel_study's
+# ``ws-probe-*``): 1 waits for each tile's copies and hands the slot back, no products, no stores; 2 runs
+# everything but masks every store off at run time (a mask the compiler cannot fold, so the products and
+# epilogues stay); 3 writes each tile's scales as every row's logits, without the products.
+
 
 @gluon.jit
 def _wait_for_previous_kernel(PDL: gl.constexpr):
@@ -172,7 +178,7 @@ def _unit_sum(acc, w, scale):
 
 @gluon.jit
 def _unit_out(done, u: gl.constexpr, logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0, end, out_b,
-              stride_or, HALVES: gl.constexpr, PER_ROW: gl.constexpr):
+              stride_or, HALVES: gl.constexpr, PER_ROW: gl.constexpr, NO_STORES: gl.constexpr):
     """Unit ``u``'s epilogue (units: see ``_tile``): its head sum starts its row's logits or is added to them
     (``logit``), and after the row's last unit the row is stored, -inf from the row's own limit on. Returns
     the row's logits so far."""
@@ -186,7 +192,10 @@ def _unit_out(done, u: gl.constexpr, logit, w0, w1, w2, w3, scale, t, causal0, l
             lim = gl.load(lens_ptr + row0 + u // HALVES)
         else:
             lim = causal0 + u // HALVES
-        gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=t < end)
+        keep = t < end
+        if NO_STORES:  # the probe: end is never negative
+            keep = keep & (end < 0)
+        gl.store(out_b + (u // HALVES) * stride_or + t, gl.where(t < lim, logit, float("-inf")), mask=keep)
     return logit
 
 
@@ -209,35 +218,45 @@ def _weights(w_ptr, row0, heads, NEXT_N: gl.constexpr, H: gl.constexpr, HALVES: 
 
 @gluon.jit
 def _tile(k, s_buf, full, phase, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or,
-          NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr, empty, RELEASE: gl.constexpr):
+          NEXT_N: gl.constexpr, HALVES: gl.constexpr, PER_ROW: gl.constexpr, empty, RELEASE: gl.constexpr,
+          PROBE: gl.constexpr):
     """The units of the key tile ``k`` at tokens ``t``, with its scales ``s_buf``, both in shared memory once
     mbarrier ``full`` completes ``phase``; ``q_rows`` the sequence's q as ``next_n x H`` rows. A unit is one
     speculative row, or half of its heads when ``HALVES`` is 2; each unit's epilogue runs while the next
     unit's product is computed. ``out_b`` points at the sequence's first logits row. ``RELEASE`` (the
     warp-specialized kernel): the slot goes back on mbarrier ``empty`` once every warp is past the tile's
-    last product, before the last epilogue.
+    last product, before the last epilogue. ``PROBE``: see the top of this module.
 
     Every product is waited for before returning. Carried into the next iteration in flight, the last
     product made ptxas serialize every product of the kernel (C7514: it does not follow the wait groups
     across the loop's back edge), and one flowing out of a branch gets a full wait at the join (C7517)."""
     HN: gl.constexpr = q_rows.type.shape[0] // (NEXT_N * HALVES)  # heads per unit
     mbarrier.wait(full, phase)
-    acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
-    scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
-    for u in gl.static_range(NEXT_N * HALVES):
-        if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
-            nxt = warpgroup_mma(k, q_rows.slice((u + 1) * HN, HN).permute((1, 0)), zero, use_acc=False,
-                                is_async=True)
-            done = warpgroup_mma_wait(1, deps=(acc,))
-        else:
-            done = warpgroup_mma_wait(0, deps=(acc,))
-            if RELEASE:
-                _cta_barrier()  # the compute warps only: each is past its last read of the slot
-                mbarrier.arrive(empty)
-            nxt = acc
-        logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
-                          end, out_b, stride_or, HALVES, PER_ROW)
-        acc = nxt
+    if PROBE == 1 or PROBE == 3:  # the probes without products
+        scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
+        if RELEASE:
+            _cta_barrier()
+            mbarrier.arrive(empty)
+        if PROBE == 3:
+            for i in gl.static_range(NEXT_N):
+                gl.store(out_b + i * stride_or + t, scale, mask=t < end)
+    else:
+        acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
+        scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
+        for u in gl.static_range(NEXT_N * HALVES):
+            if u + 1 < NEXT_N * HALVES:  # the next unit: row (u + 1) // HALVES, half (u + 1) % HALVES
+                nxt = warpgroup_mma(k, q_rows.slice((u + 1) * HN, HN).permute((1, 0)), zero, use_acc=False,
+                                    is_async=True)
+                done = warpgroup_mma_wait(1, deps=(acc,))
+            else:
+                done = warpgroup_mma_wait(0, deps=(acc,))
+                if RELEASE:
+                    _cta_barrier()  # the compute warps only: each is past its last read of the slot
+                    mbarrier.arrive(empty)
+                nxt = acc
+            logit = _unit_out(done, u, scale if u == 0 else logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0,
+                              end, out_b, stride_or, HALVES, PER_ROW, PROBE == 2)
+            acc = nxt
 
 
 @gluon.jit
@@ -246,6 +265,7 @@ def paged_mqa_logits_sm90_kernel(
     stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq, batch,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
+    PROBE: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -314,7 +334,7 @@ def paged_mqa_logits_sm90_kernel(
                 slot = c % NUM_STAGES
                 _tile(k_bufs.index(slot), s_bufs.index(slot), k_bars.index(slot), (c // NUM_STAGES) & 1, t0 + rows,
                       q_bufs, zero, w0, w1, w2, w3, causal0, lens_ptr, row0, end, out_b, stride_or, NEXT_N, HALVES,
-                      PER_ROW, None, False)
+                      PER_ROW, None, False, PROBE)
             issued += n
             _cta_barrier()  # every warp is past its last product before q is overwritten
     for s in gl.static_range(NUM_STAGES):

@@ -112,7 +112,7 @@ def _weights(w_buf, heads, UNITS: gl.constexpr):
 def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
                        stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N: gl.constexpr,
                        H: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr,
-                       BALANCED: gl.constexpr):
+                       BALANCED: gl.constexpr, PROBE: gl.constexpr):
     HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: every tile has an even number
     HN: gl.constexpr = H // HALVES
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HN, 32])
@@ -139,7 +139,7 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
                 slot = c % NUM_STAGES
                 _tile(k_bufs.index(slot), s_bufs.index(slot), full.index(slot), (c // NUM_STAGES) & 1,
                       t_lo + j * BLOCK_T + rows, q_bufs.index(qs), zero, w0, w1, w2, w3, causal0, lens_ptr, row0,
-                      end, out_b, stride_or, NEXT_N, HALVES, PER_ROW, empty.index(slot), True)
+                      end, out_b, stride_or, NEXT_N, HALVES, PER_ROW, empty.index(slot), True, PROBE)
                 c += 1
             mbarrier.arrive(q_empty.index(qs))  # every warp passed the last tile's barrier after its products
             q_n += 1
@@ -151,6 +151,7 @@ def paged_mqa_logits_sm90_ws_kernel(
     stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq, batch,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
+    PROBE: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -172,7 +173,7 @@ def paged_mqa_logits_sm90_ws_kernel(
     gl.warp_specialize([
         (_compute_partition, (ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
                               q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N, H, BLOCK_T,
-                              NUM_STAGES, PER_ROW, BALANCED)),
+                              NUM_STAGES, PER_ROW, BALANCED, PROBE)),
         (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                            empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                            NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES, BALANCED)),

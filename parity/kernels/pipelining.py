@@ -116,19 +116,22 @@ def fp4_report(num_stages: int = 3) -> dict:
 # tiles and of q's rows (a box of 64 rows of 128 fp8 bytes each), plain pointers for the rest.
 SM90_POINTERS = {"scale_ptr": "*fp32", "w_ptr": "*fp32", "ctx_ptr": "*i32", "lens_ptr": "*i32",
                  "table_ptr": "*i32", "out_ptr": "*fp32"}
-SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True, BALANCED=False)
+SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True, BALANCED=False,
+                       PROBE=0)
 SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
 
 
 def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False,
-                 batch_one: bool = False) -> dict:
+                 batch_one: bool = False, probe: int = 0) -> dict:
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
     (under a register cap ``maxnreg``; with the schedule by real tile counts where ``balanced``; for a batch
-    of one where ``batch_one``, a value Triton compiles as a constant): its
+    of one where ``batch_one``, a value Triton compiles as a constant; as measurement probe ``probe``, see
+    ``paged_mqa_logits_sm90``): its
     registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
     how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
     product), how many barriers of a program's warps its PTX has, and the register counts its partitions
-    ask for (``setmaxnreg``, warp-specialized kernels). Uses the ptxas that ships with Triton; no GPU
+    ask for (``setmaxnreg``, warp-specialized kernels), and how many products and global stores its PTX has
+    (``products``, ``stores``). Uses the ptxas that ships with Triton; no GPU
     needed."""
     import os
     import subprocess
@@ -142,7 +145,8 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
              for n in ("q_desc", "k_desc")}
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
-    consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, **({"batch": 1} if batch_one else {})}
+    consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, "PROBE": probe,
+              **({"batch": 1} if batch_one else {})}
     ptx = compile_for(fn, consts, pointers, maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +161,8 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
             "serialized": sorted(set(SERIALIZED.findall(log))),
             "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx)),
             "barriers": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
-            "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)})}
+            "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)}),
+            "products": len(re.findall(r"\bwgmma\.mma_async\b", ptx)), "stores": len(re.findall(r"\bst\.global\b", ptx))}
 
 
 def sm90_report() -> dict:

@@ -6,7 +6,8 @@
 Steps, each skipped once the deadline has passed: (1) every variant on the fused path at every shape, with
 DeepGEMM where it loads (``deepgemm``; ``deepgemm:split`` at next_n > 2; ``deepgemm-pdl`` with its
 programmatic dependent launch switched on); (2) the base and the fastest variant at B64-n2-ctx8192 on the
-preshuffle and stage1 paths; (3) the bare reads (``parity.kernels.gather_read``, copy and bulk-copy forms,
+preshuffle and stage1 paths (the ``ws-probe-*`` variants, measurement probes whose logits are wrong by design,
+neither checked nor picked); (3) the bare reads (``parity.kernels.gather_read``, copy and bulk-copy forms,
 1-4 programs per multiprocessor). Writes DIR/study.json and DIR/study.md (tables: us, and per variant the
 ratio to DeepGEMM; registers, shared memory, compile seconds).
 """
@@ -60,6 +61,10 @@ VARIANTS = {
     "ws-c4-s2-bal": dict(SM90, num_stages=2, ctas_per_sm=4, balanced=True, sm90_ws_min_tiles=0),
     # the warp-specialized form at next_n 4 too (2 programs per SM there)
     "ws-n4-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0),
+    # ws-n4-bal's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made
+    # of. The copies alone; everything but the stores; the copies and the stores without the products
+    **{f"ws-probe-{p}": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0, probe=p)
+       for p in ("reads", "no-stores", "no-products")},
 }
 BAR = "B64-n2-ctx8192"
 
@@ -140,6 +145,8 @@ def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, 
         with AsyncCompileMode(pool):
             for be in backends.values():
                 for path, shape in work:
+                    if getattr(be, "opts", {}).get("probe") and path != "fused":
+                        continue  # the probes measure the fused sm90 kernels only
                     inp, out = _small(shape, path, device)
                     be.precompile(path, inp, out)
     except Exception as exc:  # noqa: BLE001  (a kernel that fails compiles again, and raises, in its cell)
@@ -162,6 +169,9 @@ def check_variants(backends: dict, device, shape: bench.Shape = bench.Shape(8, 2
     ref = ref.cpu().double()
     verdicts = {}
     for name, be in backends.items():
+        if getattr(be, "opts", {}).get("probe"):
+            verdicts[name] = {"ok": None, "mask": "a probe: wrong logits by design, not checked", "values": ""}
+            continue
         for path in ("fused", "preshuffle"):
             got = torch.full((rows, shape.context), float("-inf"), device=device)
             be.run(path, inp, got)
@@ -196,6 +206,13 @@ def read_variants(shape: bench.Shape, device) -> list[dict]:
     return rows
 
 
+def best_at_bar(rows: list[dict], variants: dict) -> str | None:
+    """The fastest variant at B64-n2-ctx8192 among those that compute the logits (not a probe)."""
+    bar = [r for r in rows if r["shape"] == BAR and "us" in r and r["backend"] in variants
+           and not variants[r["backend"]].get("probe")]
+    return min(bar, key=lambda r: r["us"])["backend"] if bar else None
+
+
 def shapes_from(pattern: str | None) -> list[bench.Shape]:
     args = argparse.Namespace(shapes=pattern, quick=True)
     return bench.select_shapes(args, "cuda")
@@ -223,7 +240,8 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     result["precompile_s"] = precompile_all(triton_bes, work, device)
     print(f"precompiled {len(work) * len(triton_bes)} kernels in {result['precompile_s']:.1f} s", flush=True)
     result["checks"] = check_variants(triton_bes, device)
-    print("checks: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAIL'}" for k, v in result["checks"].items()),
+    print("checks: " + ", ".join(f"{k} {'probe' if v['ok'] is None else 'ok' if v['ok'] else 'FAIL'}"
+                                 for k, v in result["checks"].items()),
           flush=True)
     for shape in shapes:
         if late():
@@ -235,9 +253,7 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
             result["facts"].setdefault(f"{name} fused n{shape.next_n}", kernel_facts(be))
         result["rows"] += rows
         print(f"{shape.id}: " + ", ".join(f"{r['backend']} {r['us']:.1f}" for r in rows if "us" in r), flush=True)
-    bar = [r for r in result["rows"] if r["shape"] == BAR and "us" in r and r["backend"] in variants]
-    best = min(bar, key=lambda r: r["us"])["backend"] if bar else None
-    result["best_at_bar"] = best
+    best = result["best_at_bar"] = best_at_bar(result["rows"], variants)
     if best and not late():
         picks = {n: triton_bes[n] for n in dict.fromkeys(["base", best]) if n in triton_bes}
         shape = bench.Shape(64, 2, 8192)
@@ -285,7 +301,7 @@ def markdown(result: dict) -> str:
     lines += ["", "| shape | read form | programs/SM | us |", "|---|---|---:|---:|"]
     for r in result["reads"]:
         lines.append(f"| {r['shape']} | {r['form']} | {r['per_sm']} | {r.get('us', r.get('error'))} |")
-    bad = {k: v for k, v in result.get("checks", {}).items() if not v["ok"]}
+    bad = {k: v for k, v in result.get("checks", {}).items() if v["ok"] is False}
     lines += ["", "logits against the torch path (B8-n2-ctx4000, mask and value checks): "
               + ("all variants pass" if result.get("checks") and not bad else
                  "not checked" if not result.get("checks") else
