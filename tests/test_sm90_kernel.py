@@ -107,7 +107,7 @@ def _child(what: str, *args: str) -> dict:
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
-            "bal-b1-n2": 1, "bal-b1-ws-n2": 1}
+            "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
@@ -121,6 +121,9 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     # 3 programs of 256 threads; the compute warps get what the load warps give up
     for n in ("ws-n1", "ws-n2", "bal-ws-n2", "bal-b1-ws-n2"):
         assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report
+    # the H200's at next_n <= 2: 4 programs of 256 threads, the compute warps at 104
+    for n in ("bal-ws-c4-n1", "bal-ws-c4-n2"):
+        assert report[n]["registers"] <= 64 and report[n]["setmaxnreg"] == [24, 104], report
     # next_n 4: 2 programs of 256 threads, the compute warps at 232
     assert report["ws-n4"]["registers"] <= 128 and report["ws-n4"]["setmaxnreg"] == [24, 232], report
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
@@ -173,11 +176,19 @@ def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
 
 def test_the_warp_specialized_form_runs_2_programs_per_sm_at_next_n_4():
     """Two q buffers of four rows and three key slots take 93 KB of shared memory a program: 2 fit a
-    multiprocessor of 228 KB, with the register cap of 2 programs."""
-    from parity.backends.triton_kernels import sm90_ws_programs_per_sm
+    multiprocessor of 228 KB, with the register cap of 2 programs. At next_n <= 2 the form's own programs
+    per SM and slots (the H200's: 4 and 2, two q buffers of two rows each: 4 x 50 KB), else the kernels'."""
+    from parity.backends import triton_configs
+    from parity.backends.triton_kernels import sm90_ws_programs_per_sm, sm90_ws_stages
 
-    assert [sm90_ws_programs_per_sm(n, 3) for n in (1, 2, 4)] == [3, 3, 2]
-    assert sm90_ws_programs_per_sm(4, 1) == 1
+    base = dict(triton_configs.BASE, ctas_per_sm=3, num_stages=3)
+    assert [sm90_ws_programs_per_sm(n, base) for n in (1, 2, 4)] == [3, 3, 2]
+    assert sm90_ws_programs_per_sm(4, {**base, "ctas_per_sm": 1}) == 1
+    assert [sm90_ws_stages(n, base) for n in (1, 2, 4)] == [3, 3, 3]
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    assert [sm90_ws_programs_per_sm(n, h200) for n in (1, 2, 4)] == [4, 4, 2]
+    assert [sm90_ws_stages(n, h200) for n in (1, 2, 4)] == [2, 2, 3]
+    assert h200["ctas_per_sm"] == 3 and h200["num_stages"] == 3  # what the other kernels still run with
 
 
 def test_triton_sm90_ws_pins_the_warp_specialized_form():

@@ -16,7 +16,9 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 ``sm90``: the Gluon kernel for compute capability 9.0 on the calls it takes: its warp-specialized form,
 ``parity.kernels.paged_mqa_logits_sm90_ws``, where each program gets at least ``sm90_ws_min_tiles`` tiles
 (next_n 1, 2 or 4), else its single-partition form, ``parity.kernels.paged_mqa_logits_sm90``, up to next_n
-``sm90_max_next_n``, and the portable kernel on the others); ``balanced`` (the fp8 kernels' programs split
+``sm90_max_next_n``, and the portable kernel on the others); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages``
+(the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
+and ``num_stages``, which the other kernels take); ``balanced`` (the fp8 kernels' programs split
 the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
 leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
 H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
@@ -33,7 +35,7 @@ import torch
 
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
             maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4,
-            sm90_ws_min_tiles=8, balanced=False)
+            sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None)
 KEYS = tuple(BASE)
 
 
@@ -46,7 +48,8 @@ class Measured:
 
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
-    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True),
+    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
+                          sm90_ws_stages=2),
              "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md sections 10 and 12): "
              "the sm90 kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
              "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5), "
@@ -59,7 +62,10 @@ MEASURED: tuple[Measured, ...] = (
              "163840, B8-n2-ctx8192 29.2 -> 8.4 us, B64-n2-ctx8192 93.8 -> 26.4, B128-n2-ctx4096 49.7 -> 25.7; "
              "where every context is max_model_len, 0.2-1.0 us more); the warp-specialized form at next_n 4 "
              "too, 2 programs per SM (docs/h200-serving-schedule.md section 6: B64-n4-ctx8192 46.9 -> 41.0 "
-             "us, B128-n4-ctx32768 387.6 -> 331.4 against the portable kernel)"),
+             "us, B128-n4-ctx32768 387.6 -> 331.4 against the portable kernel); the warp-specialized form at "
+             "next_n <= 2 with 4 programs per SM and 2 key slots (docs/h200-serving-schedule.md section 11: "
+             "B128-n2-ctx8192 46.65 -> 45.82 us, B64-n2-ctx32768 87.92 -> 85.90, B64-n2-ctx8192 25.84 -> 25.58, "
+             "the three serving shapes 0.6-3.6 % faster; the same direction in three earlier calls, section 4)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 
@@ -82,9 +88,10 @@ def by_properties(props, hip: bool) -> tuple[dict, str]:
     if hip or props.major < 9:
         return {}, f"{seen}: base config"
     if (props.major, props.minor) == (9, 0):
-        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True),
-                f"{seen}: the sm90 kernel up to next_n 2, bulk tensor copies, programmatic launch and the split "
-                "by real tile counts, as on the H200")
+        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
+                     sm90_ws_stages=2),
+                f"{seen}: the sm90 kernel up to next_n 2 (its warp-specialized form at 4 programs per SM), bulk "
+                "tensor copies, programmatic launch and the split by real tile counts, as on the H200")
     return dict(tma=True, pdl=True), f"{seen}: bulk tensor copies and programmatic launch, as on the H200"
 
 

@@ -130,18 +130,27 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
     return None
 
 
-def sm90_ws_programs_per_sm(next_n: int, ctas_per_sm: int) -> int:
-    """Programs per multiprocessor of the warp-specialized form: ``ctas_per_sm``, at most 2 at next_n 4 (each
-    program's two q buffers of four rows and its key slots take 93 KB of shared memory; 2 programs leave
-    its compute warps 232 registers, where 3 spilled 220 bytes)."""
-    return min(ctas_per_sm, 2) if next_n > 2 else ctas_per_sm
+def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
+    """Programs per multiprocessor of the warp-specialized form under config ``o``: ``sm90_ws_ctas_per_sm``
+    (``ctas_per_sm`` where None) at next_n <= 2; at next_n 4 ``ctas_per_sm``, at most 2 (each program's two q
+    buffers of four rows and its key slots take 93 KB of shared memory; 2 programs leave its compute warps
+    232 registers, where 3 spilled 220 bytes)."""
+    if next_n > 2:
+        return min(o["ctas_per_sm"], 2)
+    return o["sm90_ws_ctas_per_sm"] or o["ctas_per_sm"]
+
+
+def sm90_ws_stages(next_n: int, o: dict) -> int:
+    """Key slots per program of the warp-specialized form: ``sm90_ws_stages`` (``num_stages`` where None) at
+    next_n <= 2, ``num_stages`` at next_n 4."""
+    return (o["sm90_ws_stages"] if next_n <= 2 else None) or o["num_stages"]
 
 
 def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
     """Whether a call the sm90 kernel takes runs in its warp-specialized form
     (``parity.kernels.paged_mqa_logits_sm90_ws``): at least ``sm90_ws_min_tiles`` tiles per program (with
     fewer its longer start cost more than it saved on the H200: B8-n2-ctx8192, 2.6 tiles per program)."""
-    return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o["ctas_per_sm"]) * sms
+    return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o) * sms
 
 
 def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
@@ -165,7 +174,8 @@ class TritonBackend(SimpleBackend):
     per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
     ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``:
     warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles, else single-partition up
-    to next_n ``sm90_max_next_n``);
+    to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages`` the warp-specialized
+    form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -179,7 +189,8 @@ class TritonBackend(SimpleBackend):
                  pdl: bool | None = None, maxnreg: int | None = None, tma_min_tiles: int | None = None,
                  tma_max_next_n: int | None = None, kernel: str | None = None,
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
-                 balanced: bool | None = None, probe: str | None = None):
+                 balanced: bool | None = None, sm90_ws_ctas_per_sm: int | None = None,
+                 sm90_ws_stages: int | None = None, probe: str | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -192,6 +203,10 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"programs must be >= 0 and ctas_per_sm >= 1, got {programs}, {ctas_per_sm}")
         if num_stages is not None and num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        if sm90_ws_ctas_per_sm is not None and sm90_ws_ctas_per_sm < 1:
+            raise ValueError(f"sm90_ws_ctas_per_sm must be None or >= 1, got {sm90_ws_ctas_per_sm}")
+        if sm90_ws_stages is not None and sm90_ws_stages < 2:
+            raise ValueError(f"sm90_ws_stages must be None or >= 2 key slots, got {sm90_ws_stages}")
         if sm90_ws_min_tiles is not None and sm90_ws_min_tiles < 0:
             raise ValueError(f"sm90_ws_min_tiles must be None or >= 0 tiles per program, got {sm90_ws_min_tiles}")
         if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
@@ -208,7 +223,8 @@ class TritonBackend(SimpleBackend):
         self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
-                          sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced)
+                          sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced,
+                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages)
         self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -395,8 +411,9 @@ class TritonBackend(SimpleBackend):
             consts["launch_pdl"] = True
         table, lens = _table_and_lens(inputs)
         if form == "ws":
-            per_sm = sm90_ws_programs_per_sm(n, o["ctas_per_sm"])
+            per_sm = sm90_ws_programs_per_sm(n, o)
             consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
+            consts["NUM_STAGES"] = sm90_ws_stages(n, o)
             f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
             srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
             s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
@@ -404,7 +421,7 @@ class TritonBackend(SimpleBackend):
             if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
                 weights = weights.clone()
             w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
-            key = (str(inputs.device), "sm90_ws", *consts.items(), o["ctas_per_sm"])
+            key = (str(inputs.device), "sm90_ws", *consts.items(), per_sm)
             args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
                     table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq, B)
             grid = self._grid({**o, "ctas_per_sm": per_sm}, key, n_tiles, inputs.device)

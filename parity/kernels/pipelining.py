@@ -122,17 +122,16 @@ SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized,
 
 
 def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False,
-                 batch_one: bool = False, probe: int = 0) -> dict:
+                 batch_one: bool = False, probe: int = 0, stages: int = 3) -> dict:
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
-    (under a register cap ``maxnreg``; with the schedule by real tile counts where ``balanced``; for a batch
-    of one where ``batch_one``, a value Triton compiles as a constant; as measurement probe ``probe``, see
-    ``paged_mqa_logits_sm90``): its
-    registers and spill bytes, the notes where ptxas serialized products or injected waits (C7514-C7519),
-    how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue overlapping the next
-    product), how many barriers of a program's warps its PTX has, and the register counts its partitions
-    ask for (``setmaxnreg``, warp-specialized kernels), and how many products and global stores its PTX has
-    (``products``, ``stores``). Uses the ptxas that ships with Triton; no GPU
-    needed."""
+    (under a register cap ``maxnreg``; ``stages`` key slots; with the schedule by real tile counts where
+    ``balanced``; for a batch of one where ``batch_one``, a value Triton compiles as a constant; as
+    measurement probe ``probe``, see ``paged_mqa_logits_sm90``): its registers and spill bytes, the notes
+    where ptxas serialized products or injected waits (C7514-C7519), how many waits leave one product in
+    flight (``wgmma.wait_group 1``: an epilogue overlapping the next product), how many barriers of a
+    program's warps its PTX has, the register counts its partitions ask for (``setmaxnreg``,
+    warp-specialized kernels), and how many products and global stores its PTX has (``products``,
+    ``stores``). Uses the ptxas that ships with Triton; no GPU needed."""
     import os
     import subprocess
     import tempfile
@@ -145,7 +144,7 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
              for n in ("q_desc", "k_desc")}
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
-    consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, "PROBE": probe,
+    consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, "PROBE": probe, "NUM_STAGES": stages,
               **({"batch": 1} if batch_one else {})}
     ptx = compile_for(fn, consts, pointers, maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
@@ -162,14 +161,16 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
             "overlapping_waits": len(re.findall(r"wgmma\.wait_group\.sync\.aligned 1;", ptx)),
             "barriers": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
             "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)}),
-            "products": len(re.findall(r"\bwgmma\.mma_async\b", ptx)), "stores": len(re.findall(r"\bst\.global\b", ptx))}
+            "products": len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
+            "stores": len(re.findall(r"\bst\.global\b", ptx))}
 
 
 def sm90_report() -> dict:
     """The Gluon kernels: the single-partition one at next_n 1, 2 and 4, the warp-specialized one at next_n 1
     and 2 under the register cap of 3 programs per multiprocessor and at 4 under that of 2, and both at
     next_n 2 with the schedule by real tile counts (``bal-``; ``bal-b1-`` for a batch of one, which Triton
-    3.6 once failed to compile; see :func:`compile_sm90`)."""
+    3.6 once failed to compile; see :func:`compile_sm90`), and the warp-specialized one as the H200 runs it at
+    next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
@@ -180,6 +181,8 @@ def sm90_report() -> dict:
                    "bal-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True),
                    "bal-b1-n2": compile_sm90(single, 2, balanced=True, batch_one=True),
                    "bal-b1-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True, batch_one=True)})
+    # the H200's warp-specialized form at next_n <= 2: 4 programs per SM, 2 key slots
+    report.update({f"bal-ws-c4-n{n}": compile_sm90(ws, n, launch_maxnreg(4), balanced=True, stages=2) for n in (1, 2)})
     return report
 
 
