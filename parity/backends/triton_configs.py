@@ -63,9 +63,10 @@ MEASURED: tuple[Measured, ...] = (
              "where every context is max_model_len, 0.2-1.0 us more); the warp-specialized form at next_n 4 "
              "too, 2 programs per SM (docs/h200-serving-schedule.md section 6: B64-n4-ctx8192 46.9 -> 41.0 "
              "us, B128-n4-ctx32768 387.6 -> 331.4 against the portable kernel); the warp-specialized form at "
-             "next_n <= 2 with 4 programs per SM and 2 key slots (docs/h200-serving-schedule.md section 11: "
+             "next_n <= 2 with 4 programs per SM and 2 key slots (docs/h200-gap-probes.md section 3: "
              "B128-n2-ctx8192 46.65 -> 45.82 us, B64-n2-ctx32768 87.92 -> 85.90, B64-n2-ctx8192 25.84 -> 25.58, "
-             "the three serving shapes 0.6-3.6 % faster; the same direction in three earlier calls, section 4)"),
+             "the three serving shapes 0.6-3.6 % faster; the same direction in three earlier calls, "
+             "docs/h200-serving-schedule.md section 4)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 
