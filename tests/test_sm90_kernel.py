@@ -2,7 +2,8 @@
 paged_mqa_logits_sm90_ws), compiled for sm_90a by the ptxas that ships with Triton (no GPU needed): ptxas
 serializes none of their products, nothing spills, each epilogue but a tile's last overlaps the next product,
 three programs fit a multiprocessor at next_n 2 (the warp-specialized form within its cap of 80 registers
-at launch, its compute warps raised to 136 and its load warps lowered to 24; two at next_n 4, 232 and 24),
+at launch, its compute warps raised to 136 and its load warps lowered to 24; four, the H200's config, at 64,
+104 and 24; two at next_n 4, 232 and 24),
 and both compile for a batch of one (a constant to Triton). The checks catch the two
 planted faults that cost the kernel its overlap while it was written: a product carried in flight across
 the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product, in

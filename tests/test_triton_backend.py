@@ -90,6 +90,9 @@ def test_a_probe_is_refused_where_the_portable_kernel_runs():
     out = torch.full((inp.rows, inp.max_model_len), float("-inf"), device=DEVICE)
     with pytest.raises(ValueError, match="probe='reads' measures the sm90 kernels"):
         load_backend("triton", probe="reads", kernel="portable").run("fused", inp, out)
+    fp4 = build_inputs(IndexerCase(key_format="mxfp4"), DEVICE)
+    with pytest.raises(ValueError, match="an mxfp4 cache runs the FP4 kernel"):
+        load_backend("triton", probe="no-stores").run("fused", fp4, out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cpu refusal only matters without a GPU")

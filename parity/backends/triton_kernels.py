@@ -320,6 +320,9 @@ class TritonBackend(SimpleBackend):
         """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
         self._check_out(path, inputs, out)
         if inputs.key_format == "mxfp4":
+            if self.opts["probe"]:
+                raise ValueError(f"probe={self.opts['probe']!r} measures the sm90 kernels; an mxfp4 cache runs the "
+                                 "FP4 kernel")
             return self._launch_fp4(path, inputs, out)
         B, n, H, D = inputs.q_fp8.shape
         cols = inputs.max_model_len
