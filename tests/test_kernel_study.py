@@ -91,3 +91,17 @@ def test_probes_are_neither_checked_nor_picked():
     text = kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0, "rows": [], "facts": {},
                                   "reads": [], "skipped": [], "checks": {"ws-probe-reads": verdicts["ws-probe-reads"]}})
     assert "all variants pass" in text
+
+
+def test_the_probes_take_the_variants_time_apart():
+    rows = [{"backend": b, "path": "fused", "shape": "B64-n2-ctx32768", "us": us, "read_us": 71.2}
+            for b, us in (("ws-n4-bal", 90.5), ("ws-probe-reads", 74.6), ("ws-probe-no-stores", 88.4),
+                          ("ws-probe-no-products", 79.4), ("deepgemm", 85.8))]
+    rows.append({"backend": "ws-n4-bal", "path": "fused", "shape": "B8-n2-ctx8192", "us": 8.0})  # no probes
+    text = kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0, "rows": rows, "facts": {},
+                                  "reads": [], "skipped": []})
+    # 74.6 for the copies, 88.4 - 74.6 = 13.8 for the products and epilogues, 90.5 - 88.4 = 2.1 for the stores
+    assert "| B64-n2-ctx32768 | 71.2 | 74.6 | +13.8 | +2.1 | 90.5 | 85.8 |" in text
+    assert "| B8-n2-ctx8192 | " not in text.split("taken apart")[1]
+    assert "taken apart" not in kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0,
+                                                       "rows": rows[-1:], "facts": {}, "reads": [], "skipped": []})

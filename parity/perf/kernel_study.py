@@ -276,6 +276,31 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     return result
 
 
+PROBED = "ws-n4-bal"  # the variant the ws-probe-* variants leave parts out of
+
+
+def probe_table(rows: list[dict]) -> list[str]:
+    """Where the probes ran beside their variant: each fused shape's time taken apart, us: the copies
+    alone (``reads``), what the products and epilogues add to them (``no-stores`` - ``reads``), what the
+    stores add (the variant - ``no-stores``), beside the read floor and DeepGEMM. [] without the probes."""
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows if r["path"] == "fused"):
+        got = {r["backend"]: r["us"] for r in rows if r["path"] == "fused" and r["shape"] == shape}
+        need = (PROBED, "ws-probe-reads", "ws-probe-no-stores")
+        if not all(n in got for n in need):
+            continue
+        kernel, reads, no_stores = (got[n] for n in need)
+        read = next((r.get("read_us") for r in rows if r["shape"] == shape and r.get("read_us")), None)
+        dg = got.get("deepgemm")
+        out.append(f"| {shape} | {'' if read is None else f'{read:.1f}'} | {reads:.1f} | {no_stores - reads:+.1f} "
+                   f"| {kernel - no_stores:+.1f} | {kernel:.1f} | {'' if dg is None else f'{dg:.1f}'} |")
+    if not out:
+        return []
+    return ["", f"{PROBED} taken apart by its probes (us; wrong logits by design, timings only):", "",
+            "| shape | read floor | copies | + products, epilogues | + stores | = kernel | deepgemm |",
+            "|---|---:|---:|---:|---:|---:|---:|", *out]
+
+
 def markdown(result: dict) -> str:
     rows = [r for r in result["rows"] if "us" in r]
     names = list(dict.fromkeys(r["backend"] for r in rows))
@@ -298,6 +323,7 @@ def markdown(result: dict) -> str:
         secs = v.get("compile_s")
         lines.append(f"| {k} | {'' if secs is None else f'{secs:.2f}'} | {v.get('regs')} | {v.get('spills')} "
                      f"| {v.get('smem')} |")
+    lines += probe_table(rows)
     lines += ["", "| shape | read form | programs/SM | us |", "|---|---|---:|---:|"]
     for r in result["reads"]:
         lines.append(f"| {r['shape']} | {r['form']} | {r['per_sm']} | {r.get('us', r.get('error'))} |")
