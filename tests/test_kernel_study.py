@@ -105,3 +105,17 @@ def test_the_probes_take_the_variants_time_apart():
     assert "| B8-n2-ctx8192 | " not in text.split("taken apart")[1]
     assert "taken apart" not in kernel_study.markdown({"device": "dev", "started": "t", "copy_gbps": 4000.0,
                                                        "rows": rows[-1:], "facts": {}, "reads": [], "skipped": []})
+
+
+@pytest.mark.parametrize("name, programs, slots", [("ws", 3, 3), ("ws-s4", 3, 4), ("ws-c4-s2", 4, 2),
+                                                   ("ws-n4-bal", 3, 3), ("ws-probe-reads", 3, 3)])
+def test_a_variant_runs_the_form_it_names_on_the_h200(name, programs, slots):
+    """The H200's config gives the warp-specialized form 4 programs per SM and 2 slots of its own; a variant
+    that names 3 and 3 (or 4 slots) must get them there, and the probes the form of the variant they probe."""
+    from parity.backends import triton_configs
+    from parity.backends.triton_kernels import sm90_ws_programs_per_sm, sm90_ws_stages
+
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    given = {k: v for k, v in kernel_study.VARIANTS[name].items() if k in h200}
+    o = {**h200, **given}
+    assert (sm90_ws_programs_per_sm(2, o), sm90_ws_stages(2, o)) == (programs, slots)

@@ -143,7 +143,9 @@ def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
 def sm90_ws_stages(next_n: int, o: dict) -> int:
     """Key slots per program of the warp-specialized form: ``sm90_ws_stages`` (``num_stages`` where None) at
     next_n <= 2, ``num_stages`` at next_n 4."""
-    return (o["sm90_ws_stages"] if next_n <= 2 else None) or o["num_stages"]
+    if next_n > 2:
+        return o["num_stages"]
+    return o["sm90_ws_stages"] or o["num_stages"]
 
 
 def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
@@ -316,13 +318,16 @@ class TritonBackend(SimpleBackend):
 
         return paged_mqa_logits_fp4_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
 
+    def _refuse_probe(self, why: str) -> None:
+        """A probe is set where the sm90 kernels do not run (``why``): it would measure nothing."""
+        if self.opts["probe"]:
+            raise ValueError(f"probe={self.opts['probe']!r} measures the sm90 kernels; {why}")
+
     def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
         """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out``."""
         self._check_out(path, inputs, out)
         if inputs.key_format == "mxfp4":
-            if self.opts["probe"]:
-                raise ValueError(f"probe={self.opts['probe']!r} measures the sm90 kernels; an mxfp4 cache runs the "
-                                 "FP4 kernel")
+            self._refuse_probe("an mxfp4 cache runs the FP4 kernel")
             return self._launch_fp4(path, inputs, out)
         B, n, H, D = inputs.q_fp8.shape
         cols = inputs.max_model_len
@@ -337,9 +342,7 @@ class TritonBackend(SimpleBackend):
             form = sm90_form(n, B * triton.cdiv(cols, o["block_t"]), o, _num_sms(inputs.device))
             if form is not None:
                 return self._launch_sm90(inputs, out, cache, o, form)
-        if o["probe"]:
-            raise ValueError(f"probe={o['probe']!r} measures the sm90 kernels; this call runs the portable kernel "
-                             f"(kernel={o['kernel']!r}, path {path!r}, next_n {n})")
+        self._refuse_probe(f"this call runs the portable kernel (kernel={o['kernel']!r}, path {path!r}, next_n {n})")
         upcast = self._upcast(inputs)
         fp8 = inputs.q_fp8.dtype
         as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8

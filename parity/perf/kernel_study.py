@@ -34,8 +34,12 @@ from parity.backends import load_backend
 # programs per multiprocessor; "-bal": the split by real tile counts (the serving shapes, --shapes '*-mml*').
 P = dict(kernel="portable", balanced=False)
 ONE_P = 1 << 30  # sm90_ws_min_tiles: the single-partition form at every call
-# the Gluon kernel's variants: 3 stages, 3 programs per SM, programmatic launch, the even split unless named -bal
-SM90 = dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, balanced=False, sm90_max_next_n=2)
+# the Gluon kernel's variants: 3 stages, 3 programs per SM, programmatic launch, the even split unless named -bal.
+# The warp-specialized form's own keys are pinned too: left None, a GPU's config (the H200's: 4 programs, 2
+# slots) would replace what a variant names.
+SM90 = dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, balanced=False, sm90_max_next_n=2,
+            sm90_ws_ctas_per_sm=3, sm90_ws_stages=3)
+PROBED = "ws-n4-bal"  # the variant the ws-probe-* variants leave parts out of
 VARIANTS = {
     "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
     "default": dict(),
@@ -53,19 +57,25 @@ VARIANTS = {
     "sm90-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=ONE_P),
     # the warp-specialized form at every call (parity.kernels.paged_mqa_logits_sm90_ws)
     "ws": dict(SM90, sm90_ws_min_tiles=0),
-    "ws-s4": dict(SM90, num_stages=4, sm90_ws_min_tiles=0),
+    "ws-s4": dict(SM90, num_stages=4, sm90_ws_stages=4, sm90_ws_min_tiles=0),
     "ws-bal": dict(SM90, balanced=True, sm90_ws_min_tiles=0),
     # 4 programs per SM (64 registers at launch), as many compute warpgroups as DeepGEMM's; 2 slots, so that 4
     # fit in shared memory at next_n 2
-    "ws-c4-s2": dict(SM90, num_stages=2, ctas_per_sm=4, sm90_ws_min_tiles=0),
-    "ws-c4-s2-bal": dict(SM90, num_stages=2, ctas_per_sm=4, balanced=True, sm90_ws_min_tiles=0),
+    "ws-c4-s2": dict(SM90, num_stages=2, ctas_per_sm=4, sm90_ws_ctas_per_sm=4, sm90_ws_stages=2, sm90_ws_min_tiles=0),
+    "ws-c4-s2-bal": dict(SM90, num_stages=2, ctas_per_sm=4, sm90_ws_ctas_per_sm=4, sm90_ws_stages=2, balanced=True,
+                         sm90_ws_min_tiles=0),
     # the warp-specialized form at next_n 4 too (2 programs per SM there)
     "ws-n4-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0),
-    # ws-n4-bal's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made
-    # of. The copies alone; everything but the stores; the copies and the stores without the products
-    **{f"ws-probe-{p}": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0, probe=p)
-       for p in ("reads", "no-stores", "no-products")},
 }
+# PROBED's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made of.
+# The copies alone; everything but the stores; the copies and the stores without the products
+VARIANTS.update({f"ws-probe-{p}": dict(VARIANTS[PROBED], probe=p) for p in ("reads", "no-stores", "no-products")})
+
+
+def is_probe(options: dict) -> bool:
+    """Whether a variant's options (or a backend's ``opts``) make it a probe: its logits are wrong by design,
+    so it is neither checked, nor picked as best, nor run off the fused path."""
+    return bool(options.get("probe"))
 BAR = "B64-n2-ctx8192"
 
 
@@ -145,7 +155,7 @@ def precompile_all(backends: dict, work: list[tuple[str, bench.Shape]], device, 
         with AsyncCompileMode(pool):
             for be in backends.values():
                 for path, shape in work:
-                    if getattr(be, "opts", {}).get("probe") and path != "fused":
+                    if is_probe(getattr(be, "opts", {})) and path != "fused":
                         continue  # the probes measure the fused sm90 kernels only
                     inp, out = _small(shape, path, device)
                     be.precompile(path, inp, out)
@@ -169,7 +179,7 @@ def check_variants(backends: dict, device, shape: bench.Shape = bench.Shape(8, 2
     ref = ref.cpu().double()
     verdicts = {}
     for name, be in backends.items():
-        if getattr(be, "opts", {}).get("probe"):
+        if is_probe(getattr(be, "opts", {})):
             verdicts[name] = {"ok": None, "mask": "a probe: wrong logits by design, not checked", "values": ""}
             continue
         for path in ("fused", "preshuffle"):
@@ -209,7 +219,7 @@ def read_variants(shape: bench.Shape, device) -> list[dict]:
 def best_at_bar(rows: list[dict], variants: dict) -> str | None:
     """The fastest variant at B64-n2-ctx8192 among those that compute the logits (not a probe)."""
     bar = [r for r in rows if r["shape"] == BAR and "us" in r and r["backend"] in variants
-           and not variants[r["backend"]].get("probe")]
+           and not is_probe(variants[r["backend"]])]
     return min(bar, key=lambda r: r["us"])["backend"] if bar else None
 
 
@@ -274,9 +284,6 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     with open(f"{out_dir}/study.md", "w") as f:
         f.write(markdown(result))
     return result
-
-
-PROBED = "ws-n4-bal"  # the variant the ws-probe-* variants leave parts out of
 
 
 def probe_table(rows: list[dict]) -> list[str]:
