@@ -263,3 +263,41 @@ def test_the_probes_leave_out_what_they_say_and_fit_as_the_kernel_does():
     assert report[3]["products"] == 0 and report[3]["stores"] > 0, report
     for facts in report.values():
         assert facts["spill_bytes"] == 0 and facts["registers"] <= 80, report
+
+
+def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
+    """The grid of a call after the first takes the smaller of what the form asks (the warp-specialized
+    form's 4 programs per SM on the H200) and what fits, not the other kernels' ``ctas_per_sm`` (3): the
+    benchmark's default rows once ran that form at 3 programs per SM with 2 key slots (B128-n2-ctx8192 48.0
+    against 46.0 us with the 4 asked, H200, 2026-12-04)."""
+    import types
+
+    from parity.backends import triton_kernels as tk
+
+    sms, grids = 132, []
+    monkeypatch.setattr(tk, "_num_sms", lambda device: sms)
+    monkeypatch.setattr(tk, "_programs_per_sm", lambda kernel, device: 4)  # the compiled form fits 4
+    backend = tk.TritonBackend(ctas_per_sm=3, sm90_ws_ctas_per_sm=4)
+    o = dict(backend.config(torch.device("cpu"))[0], programs=0)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            grids.append(grid[0])
+            return lambda *args, **consts: object()
+
+    def launch(path, inputs, out):  # the ws form's launch: its own programs per SM
+        key = ("ws", 4)
+        grid = backend._grid({**o, "ctas_per_sm": tk.sm90_ws_programs_per_sm(2, o)}, key, 10**6, inputs.device)
+        return Kernel(), (grid,), (), {}, key
+
+    monkeypatch.setattr(backend, "_launch", launch)
+    inputs = types.SimpleNamespace(device=torch.device("cuda"))
+    for _ in range(3):
+        backend.run("fused", inputs, None)
+    assert grids == [4 * sms] * 3
+    monkeypatch.setattr(tk, "_programs_per_sm", lambda kernel, device: 2)  # a build that fits only 2
+    backend._resident.clear()
+    grids.clear()
+    for _ in range(2):
+        backend.run("fused", inputs, None)
+    assert grids == [4 * sms, 2 * sms]

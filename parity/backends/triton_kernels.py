@@ -444,9 +444,11 @@ class TritonBackend(SimpleBackend):
         kernel, grid, args, consts, key = self._launch(path, inputs, out)
         self.last_launch = kernel[grid](*args, **consts)
         if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
-            per_sm = self.config(inputs.device)[0]["ctas_per_sm"]
-            fits = _programs_per_sm(self.last_launch, inputs.device) or per_sm
-            self._resident[key] = min(per_sm, fits) * _num_sms(inputs.device)
+            # what fits, not what the config asked: the launch that chose this grid takes the smaller of the two
+            # with the programs per SM of its own form (the warp-specialized form's are not ``ctas_per_sm``)
+            fits = _programs_per_sm(self.last_launch, inputs.device)
+            if fits:
+                self._resident[key] = fits * _num_sms(inputs.device)
 
     def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
