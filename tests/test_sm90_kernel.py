@@ -1,6 +1,7 @@
 """The Gluon kernels for Hopper (parity.kernels.paged_mqa_logits_sm90 and its warp-specialized form,
 paged_mqa_logits_sm90_ws), compiled for sm_90a by the ptxas that ships with Triton (no GPU needed): ptxas
-serializes none of their products, nothing spills, each epilogue but a tile's last overlaps the next product,
+serializes none of their products, nothing spills (but 4 bytes of the warp-specialized form reading a prepared
+schedule, ``SPILL_BYTES``), each epilogue but a tile's last overlaps the next product,
 three programs fit a multiprocessor at next_n 2 (the warp-specialized form within its cap of 80 registers
 at launch, its compute warps raised to 136 and its load warps lowered to 24; four, the H200's config, at 64,
 104 and 24; two at next_n 4, 232 and 24),
@@ -8,7 +9,8 @@ and both compile for a batch of one (a constant to Triton). The checks catch the
 planted faults that cost the kernel its overlap while it was written: a product carried in flight across
 the loop's back edge (ptxas serializes every product, C7514) and a full wait after every product, in
 either form. Which calls the backend gives which form is checked on the CPU. Their logits are checked on a
-GPU (``parity run --backend triton:sm90`` and ``triton:sm90-ws``)."""
+GPU (``parity run --backend triton:sm90`` and ``triton:sm90-ws``; a prepared call against an unprepared one
+here, where the GPU has compute capability 9.0)."""
 import json
 import os
 import subprocess
@@ -108,14 +110,18 @@ def _child(what: str, *args: str) -> dict:
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
-            "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1}
+            "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1}
+# ptxas (Triton 3.6 and 3.9) keeps one value of the warp-specialized form that reads a prepared schedule in local
+# memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
+# 24.9 us with and without the schedule read, 2026-12-04)
+SPILL_BYTES = {"sched-ws-c4-n2": 4}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
     report = _child("kernel")
     for n, facts in report.items():
         assert facts["serialized"] == [], (n, facts)
-        assert facts["spill_bytes"] == 0, (n, facts)
+        assert facts["spill_bytes"] <= SPILL_BYTES.get(n, 0), (n, facts)
         assert facts["overlapping_waits"] >= OVERLAPS[n], (n, facts)
     for n in ("n2", "bal-n2"):  # 3 programs of 128 threads per multiprocessor
         assert report[n]["registers"] <= 168, report
@@ -123,7 +129,7 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     for n in ("ws-n1", "ws-n2", "bal-ws-n2", "bal-b1-ws-n2"):
         assert report[n]["registers"] <= 80 and report[n]["setmaxnreg"] == [24, 136], report
     # the H200's at next_n <= 2: 4 programs of 256 threads, the compute warps at 104
-    for n in ("bal-ws-c4-n1", "bal-ws-c4-n2"):
+    for n in ("bal-ws-c4-n1", "bal-ws-c4-n2", "sched-ws-c4-n2"):
         assert report[n]["registers"] <= 64 and report[n]["setmaxnreg"] == [24, 104], report
     # next_n 4: 2 programs of 256 threads, the compute warps at 232
     assert report["ws-n4"]["registers"] <= 128 and report["ws-n4"]["setmaxnreg"] == [24, 232], report
@@ -248,7 +254,8 @@ def test_both_gluon_forms_take_the_split_the_config_asks_for(balanced):
         kernel, _, args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache,
                                                           {**o, **backend.opts}, form)
         assert kernel.__name__ == name
-        assert consts["BALANCED"] is balanced and args[-1] == 3, (form, consts, args[-1])
+        assert consts["BALANCED"] is balanced and args[-2] == 3, (form, consts, args[-2])
+        assert consts["SCHEDULED"] is False and args[-1] is inputs.context_lens  # unprepared: no schedule read
 
 
 def test_the_probes_leave_out_what_they_say_and_fit_as_the_kernel_does():
@@ -301,3 +308,48 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     for _ in range(2):
         backend.run("fused", inputs, None)
     assert grids == [4 * sms, 2 * sms]
+
+
+def test_a_prepared_call_reads_its_schedule_on_its_grid():
+    """``prepare`` pins a grid and a schedule; the launch of ``run_prepared`` takes both (``SCHEDULED``), in
+    either form, whatever grid the backend would choose itself."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.backends import load_backend, triton_configs
+    from parity.backends.triton_kernels import Prepared
+    from parity.problem.cases import IndexerCase, build_inputs
+
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    inputs = build_inputs(IndexerCase(batch=3, next_n=2, max_model_len=256, block_size=64, heads=64), "cpu")
+    schedule = torch.zeros((5, 8), dtype=torch.int32)
+    for form in ("ws", "single"):
+        backend = load_backend("triton", **h200)
+        o = {**backend.config(torch.device("cpu"))[0], **backend.opts}
+        _, (grid,), args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, form,
+                                                           Prepared("fused", inputs, schedule, 5))
+        assert consts["SCHEDULED"] is True and args[-1] is schedule and grid == 5, (form, grid)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
+@pytest.mark.parametrize("batch,context,max_model_len", [(1, 700, 8192), (8, 8192, 8192), (64, 8192, 163840),
+                                                         (130, 3000, 16384), (128, 4096, 163840)])
+@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws"])
+def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model_len):
+    """The schedule ``prepare`` computes once is the share each program computes for itself: the logits of
+    ``run_prepared`` equal those of ``run`` bit for bit, every position either writes (a tile left out or
+    written twice shows against the sentinel), with lengths that differ per sequence and a batch of more
+    than one chunk of the schedule's 128 lengths."""
+    from parity.backends import load_backend
+    from parity.perf.bench import Shape, make_inputs
+
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    inputs = make_inputs(Shape(batch, 2, context, max_model_len=max_model_len), "cuda", gen=gen)
+    inputs.context_lens.copy_(torch.randint(1, context + 1, (batch,), device="cuda", generator=gen))
+    backend = load_backend(name)
+    outs = [torch.full((batch * 2, max_model_len), 12345.0, device="cuda") for _ in range(2)]
+    backend.run("fused", inputs, outs[0])
+    prepared = backend.prepare("fused", inputs)
+    assert prepared.schedule is not None, "the call ran no sm90 kernel"
+    backend.run_prepared(prepared, outs[1])
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1])

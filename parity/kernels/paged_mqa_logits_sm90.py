@@ -42,6 +42,7 @@ from parity.kernels.paged_mqa_logits import _known_range, _program_tiles, _seq_t
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 _copy_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _copy_bulk = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+SCHEDULE_STRIDE = gl.constexpr(8)  # int32 per program in a precomputed schedule (5 used; 32-byte rows)
 
 # ``PROBE``: 0, the kernel; else a measurement probe that writes wrong logits on purpose, to say what a call's
 # time is made of (``SM90_PROBES`` in parity.backends.triton_kernels names them; parity.perf.kernel_study's
@@ -122,6 +123,43 @@ def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl
         b1 = b0 + n_segments
     return (lo.to(gl.int32), hi.to(gl.int32), b0.to(gl.int32), before.to(gl.int32),
             gl.where(hi > lo, b1 - b0, 0).to(gl.int32))
+
+
+@gluon.jit
+def _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr,
+           BALANCED: gl.constexpr, SCHEDULED: gl.constexpr, num_warps: gl.constexpr):
+    """This program's share (``_schedule``'s five values): read from ``sched_ptr`` where ``SCHEDULED`` (written
+    by ``paged_mqa_logits_sm90_schedule_kernel`` once per decode step, for a grid of the same size), else
+    computed here."""
+    if SCHEDULED:
+        at = sched_ptr + gl.program_id(0) * SCHEDULE_STRIDE
+        lo = gl.load(at)
+        hi = gl.load(at + 1)
+        b0 = gl.load(at + 2)
+        first = gl.load(at + 3)
+        n_segments = gl.load(at + 4)
+    else:
+        lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                                  BALANCED, num_warps)
+    return lo, hi, b0, first, n_segments
+
+
+@gluon.jit
+def paged_mqa_logits_sm90_schedule_kernel(ctx_ptr, sched_ptr, batch, n_tiles, tiles_per_seq, max_model_len,
+                                          BLOCK_T: gl.constexpr, BALANCED: gl.constexpr):
+    """Each program's share of a call (``_schedule``), into row ``program_id`` of ``sched_ptr`` (int32,
+    ``SCHEDULE_STRIDE`` a row), for the kernels' ``SCHEDULED`` form launched on a grid of the same size. The
+    share depends only on the context lengths and the grid: a server computes it once per decode step and every
+    layer's call reads it (as DeepGEMM's ``get_paged_mqa_logits_metadata``), where the kernels otherwise read
+    every length in every program before their first copy."""
+    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                              BALANCED, 4)
+    at = sched_ptr + gl.program_id(0) * SCHEDULE_STRIDE
+    gl.store(at, lo)
+    gl.store(at + 1, hi)
+    gl.store(at + 2, b0)
+    gl.store(at + 3, first)
+    gl.store(at + 4, n_segments)
 
 
 @gluon.jit
@@ -262,10 +300,10 @@ def _tile(k, s_buf, full, phase, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_
 @gluon.jit
 def paged_mqa_logits_sm90_kernel(
     q_desc, k_desc, scale_ptr, w_ptr, ctx_ptr, lens_ptr, table_ptr, out_ptr,
-    stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq, batch,
+    stride_tb, table_cols, stride_or, max_model_len, block_floats, scale_base, n_tiles, tiles_per_seq, batch, sched_ptr,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
-    PROBE: gl.constexpr,
+    PROBE: gl.constexpr, SCHEDULED: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -287,8 +325,8 @@ def paged_mqa_logits_sm90_kernel(
         mbarrier.init(k_bars.index(s), count=1)
     mbarrier.init(q_bar, count=1)
 
-    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
-                                              BALANCED, 4)
+    lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                           BALANCED, SCHEDULED, 4)
 
     rows = gl.arange(0, BLOCK_T, layout=row_l)
     heads = gl.arange(0, HN, layout=col_l)

@@ -27,7 +27,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _schedule, _share_segment, _tile,
+from parity.kernels.paged_mqa_logits_sm90 import (_block_id, _copy_bulk, _ctx_of, _share, _share_segment, _tile,
                                                   _wait_for_previous_kernel)
 
 LOAD_REGS = gl.constexpr(24)  # registers per thread of the load warpgroup (setmaxnreg's floor)
@@ -49,13 +49,14 @@ def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.co
 @gluon.jit
 def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                     empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
-                    NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
-                    BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr):
+                    sched_ptr, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
+                    BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr,
+                    SCHEDULED: gl.constexpr):
     ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
     SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
     lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
-                                              BALANCED, 1)
+    lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                           BALANCED, SCHEDULED, 1)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
@@ -111,17 +112,17 @@ def _weights(w_buf, heads, UNITS: gl.constexpr):
 
 @gluon.jit
 def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                       stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N: gl.constexpr,
+                       stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N: gl.constexpr,
                        H: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr,
-                       BALANCED: gl.constexpr, PROBE: gl.constexpr):
+                       BALANCED: gl.constexpr, PROBE: gl.constexpr, SCHEDULED: gl.constexpr):
     HALVES: gl.constexpr = 2 if NEXT_N % 2 == 1 else 1  # units per row: every tile has an even number
     HN: gl.constexpr = H // HALVES
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HN, 32])
     rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
     heads = gl.arange(0, HN, layout=gl.SliceLayout(0, mma))
     zero = gl.zeros([BLOCK_T, HN], gl.float32, mma)  # the products' input, ignored (use_acc=False)
-    lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
-                                              BALANCED, 4)
+    lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                           BALANCED, SCHEDULED, 4)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles computed
     q_n = 0  # sequences computed
@@ -149,10 +150,10 @@ def _compute_partition(ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_buf
 @gluon.jit
 def paged_mqa_logits_sm90_ws_kernel(
     q_desc, w_desc, k_desc, s_desc, ctx_ptr, lens_ptr, table_ptr, out_ptr,
-    stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq, batch,
+    stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr,
     NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr,
     NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, PDL: gl.constexpr, BALANCED: gl.constexpr,
-    PROBE: gl.constexpr,
+    PROBE: gl.constexpr, SCHEDULED: gl.constexpr,
 ):
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
@@ -173,9 +174,9 @@ def paged_mqa_logits_sm90_ws_kernel(
         mbarrier.init(q_empty.index(s), count=1)
     gl.warp_specialize([
         (_compute_partition, (ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                              q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, NEXT_N, H, BLOCK_T,
-                              NUM_STAGES, PER_ROW, BALANCED, PROBE)),
+                              q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N, H,
+                              BLOCK_T, NUM_STAGES, PER_ROW, BALANCED, PROBE, SCHEDULED)),
         (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                            empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
-                           NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES, BALANCED)),
+                           sched_ptr, NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES, BALANCED, SCHEDULED)),
     ], [1], [LOAD_REGS])

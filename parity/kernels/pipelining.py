@@ -115,18 +115,18 @@ def fp4_report(num_stages: int = 3) -> dict:
 # The Gluon kernel for Hopper (parity.kernels.paged_mqa_logits_sm90) at the same shape: descriptors of the key
 # tiles and of q's rows (a box of 64 rows of 128 fp8 bytes each), plain pointers for the rest.
 SM90_POINTERS = {"scale_ptr": "*fp32", "w_ptr": "*fp32", "ctx_ptr": "*i32", "lens_ptr": "*i32",
-                 "table_ptr": "*i32", "out_ptr": "*fp32"}
+                 "table_ptr": "*i32", "out_ptr": "*fp32", "sched_ptr": "*i32"}
 SM90_CONSTEXPRS = dict(H=64, D=128, BS=64, BLOCK_T=64, NUM_STAGES=3, PER_ROW=False, PDL=True, BALANCED=False,
-                       PROBE=0)
+                       PROBE=0, SCHEDULED=False)
 SERIALIZED = re.compile(r"\((C751[4-9])\)[^\n]*")  # ptxas: products serialized, or waits it had to inject
 
 
 def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = False,
-                 batch_one: bool = False, probe: int = 0, stages: int = 3) -> dict:
+                 batch_one: bool = False, probe: int = 0, stages: int = 3, scheduled: bool = False) -> dict:
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
     (under a register cap ``maxnreg``; ``stages`` key slots; with the schedule by real tile counts where
     ``balanced``; for a batch of one where ``batch_one``, a value Triton compiles as a constant; as
-    measurement probe ``probe``, see ``paged_mqa_logits_sm90``): its registers and spill bytes, the notes
+    measurement probe ``probe``, see ``paged_mqa_logits_sm90``; reading a prepared schedule where ``scheduled``): its registers and spill bytes, the notes
     where ptxas serialized products or injected waits (C7514-C7519), how many waits leave one product in
     flight (``wgmma.wait_group 1``: an epilogue overlapping the next product), how many barriers of a
     program's warps its PTX has, the register counts its partitions ask for (``setmaxnreg``,
@@ -145,7 +145,7 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
     descs.update(s_desc=f"tensordesc<fp32[1,64],{f32!r}>", w_desc=f"tensordesc<fp32[{next_n},64],{f32!r}>")
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
     consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, "PROBE": probe, "NUM_STAGES": stages,
-              **({"batch": 1} if batch_one else {})}
+              "SCHEDULED": scheduled, **({"batch": 1} if batch_one else {})}
     ptx = compile_for(fn, consts, pointers, maxnreg=maxnreg).asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +170,8 @@ def sm90_report() -> dict:
     and 2 under the register cap of 3 programs per multiprocessor and at 4 under that of 2, and both at
     next_n 2 with the schedule by real tile counts (``bal-``; ``bal-b1-`` for a batch of one, which Triton
     3.6 once failed to compile; see :func:`compile_sm90`), and the warp-specialized one as the H200 runs it at
-    next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots)."""
+    next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots), and both at next_n 2 reading a
+    prepared schedule (``sched-``)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
@@ -183,6 +184,9 @@ def sm90_report() -> dict:
                    "bal-b1-ws-n2": compile_sm90(ws, 2, launch_maxnreg(3), balanced=True, batch_one=True)})
     # the H200's warp-specialized form at next_n <= 2: 4 programs per SM, 2 key slots
     report.update({f"bal-ws-c4-n{n}": compile_sm90(ws, n, launch_maxnreg(4), balanced=True, stages=2) for n in (1, 2)})
+    # both forms at next_n 2 reading a schedule prepared once per step (TritonBackend.prepare)
+    report.update({"sched-n2": compile_sm90(single, 2, balanced=True, scheduled=True),
+                   "sched-ws-c4-n2": compile_sm90(ws, 2, launch_maxnreg(4), balanced=True, stages=2, scheduled=True)})
     return report
 
 
