@@ -1,7 +1,7 @@
 """The Gluon kernels for Hopper (parity.kernels.paged_mqa_logits_sm90 and its warp-specialized form,
 paged_mqa_logits_sm90_ws), compiled for sm_90a by the ptxas that ships with Triton (no GPU needed): ptxas
-serializes none of their products, nothing spills (but 4 bytes of the warp-specialized form reading a prepared
-schedule, ``SPILL_BYTES``), each epilogue but a tile's last overlaps the next product,
+serializes none of their products, nothing spills (but the bytes ``SPILL_BYTES`` lists, per Triton version),
+each epilogue but a tile's last overlaps the next product,
 three programs fit a multiprocessor at next_n 2 (the warp-specialized form within its cap of 80 registers
 at launch, its compute warps raised to 136 and its load warps lowered to 24; four, the H200's config, at 64,
 104 and 24; two at next_n 4, 232 and 24),
@@ -115,13 +115,19 @@ OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-
 # memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
 # 24.9 us with and without the schedule read, 2026-12-04)
 SPILL_BYTES = {"sched-ws-c4-n2": 4}
+# Triton 3.6 (the H200 image's) spills the warp-specialized form at next_n 4 with the even split, 12 bytes
+# (docs/h200-serving-schedule.md section 6; none under 3.9, CI's); the H200 runs the split by real tile counts
+SPILL_BYTES_TRITON_36 = {**SPILL_BYTES, "ws-n4": 12}
 
 
 def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled():
+    import triton
+
     report = _child("kernel")
+    allowed = SPILL_BYTES_TRITON_36 if triton.__version__.startswith("3.6.") else SPILL_BYTES
     for n, facts in report.items():
         assert facts["serialized"] == [], (n, facts)
-        assert facts["spill_bytes"] <= SPILL_BYTES.get(n, 0), (n, facts)
+        assert facts["spill_bytes"] <= allowed.get(n, 0), (n, facts)
         assert facts["overlapping_waits"] >= OVERLAPS[n], (n, facts)
     for n in ("n2", "bal-n2"):  # 3 programs of 128 threads per multiprocessor
         assert report[n]["registers"] <= 168, report
