@@ -113,7 +113,7 @@ def test_a_variant_runs_the_form_it_names_on_the_h200(name, programs, slots):
     """The H200's config gives the warp-specialized form 4 programs per SM and 2 slots of its own; a variant
     that names 3 and 3 (or 4 slots) must get them there, and the probes the form of the variant they probe."""
     from parity.backends import triton_configs
-    from parity.backends.triton_kernels import sm90_ws_programs_per_sm, sm90_ws_stages
+    from parity.backends.triton_sm90 import sm90_ws_programs_per_sm, sm90_ws_stages
 
     h200, _ = triton_configs.lookup("NVIDIA H200")
     given = {k: v for k, v in kernel_study.VARIANTS[name].items() if k in h200}

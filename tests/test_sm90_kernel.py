@@ -171,7 +171,7 @@ def test_the_check_catches_full_waits(form):
 ])
 def test_the_sm90_form_follows_tiles_per_program_and_next_n(next_n, batch, max_next_n, expected):
     from parity.backends import triton_configs
-    from parity.backends.triton_kernels import sm90_form
+    from parity.backends.triton_sm90 import sm90_form
 
     config, _ = triton_configs.lookup("NVIDIA H200")
     n_tiles = batch * 8192 // config["block_t"]
@@ -192,7 +192,7 @@ def test_the_warp_specialized_form_runs_2_programs_per_sm_at_next_n_4():
     multiprocessor of 228 KB, with the register cap of 2 programs. At next_n <= 2 the form's own programs
     per SM and slots (the H200's: 4 and 2, two q buffers of two rows each: 4 x 50 KB), else the kernels'."""
     from parity.backends import triton_configs
-    from parity.backends.triton_kernels import sm90_ws_programs_per_sm, sm90_ws_stages
+    from parity.backends.triton_sm90 import sm90_ws_programs_per_sm, sm90_ws_stages
 
     base = dict(triton_configs.BASE, ctas_per_sm=3, num_stages=3)
     assert [sm90_ws_programs_per_sm(n, base) for n in (1, 2, 4)] == [3, 3, 2]
@@ -286,6 +286,7 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     import types
 
     from parity.backends import triton_kernels as tk
+    from parity.backends.triton_sm90 import sm90_ws_programs_per_sm
 
     sms, grids = 132, []
     monkeypatch.setattr(tk, "_num_sms", lambda device: sms)
@@ -300,7 +301,7 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
 
     def launch(path, inputs, out):  # the ws form's launch: its own programs per SM
         key = ("ws", 4)
-        grid = backend._grid({**o, "ctas_per_sm": tk.sm90_ws_programs_per_sm(2, o)}, key, 10**6, inputs.device)
+        grid = backend._grid({**o, "ctas_per_sm": sm90_ws_programs_per_sm(2, o)}, key, 10**6, inputs.device)
         return Kernel(), (grid,), (), {}, key
 
     monkeypatch.setattr(backend, "_launch", launch)
@@ -321,7 +322,7 @@ def test_a_prepared_call_reads_its_schedule_on_its_grid():
     either form, whatever grid the backend would choose itself."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from parity.backends import load_backend, triton_configs
-    from parity.backends.triton_kernels import Prepared
+    from parity.backends.triton_sm90 import Prepared
     from parity.problem.cases import IndexerCase, build_inputs
 
     h200, _ = triton_configs.lookup("NVIDIA H200")

@@ -5,21 +5,19 @@ to bf16 on a GPU and to fp32 under the interpreter."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
-from parity.backends import triton_configs
+from parity.backends import triton_configs, triton_sm90
 from parity.problem import layouts, mxfp4
 from parity.backends.base import PATHS, SimpleBackend
+from parity.backends.triton_sm90 import SM90_PROBES, Prepared, _table_and_lens, sm90_form
 from parity.problem.cases import IndexerInputs
 
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 KERNELS = ("portable", "sm90")
-# measurement probes of the sm90 kernels (PROBE 1, 2, 3 there), for parity.perf.kernel_study: wrong logits
-SM90_PROBES = ("reads", "no-stores", "no-products")
 UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2, "decode": 3}
 EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
 
@@ -96,14 +94,6 @@ def _descriptors(keys: torch.Tensor, scales: torch.Tensor, bs: int, D: int, bloc
             TensorDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t]))
 
 
-def _table_and_lens(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block table with unit stride along a row, and the row lengths the kernels read for ``PER_ROW``
-    (the 2-D lengths where given, else ``context_lens``, which they then ignore)."""
-    table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
-    lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
-    return table, lens
-
-
 def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: int) -> str | None:
     """Why the Hopper kernel (``parity.kernels.paged_mqa_logits_sm90``) cannot run this call, or None. It
     takes what it was checked on, on an H200 (full and stress level, 2026-12-04): the fused path on the
@@ -129,50 +119,6 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
     except ImportError as e:
         return f"this Triton has no Gluon for Hopper ({e})"
     return None
-
-
-def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
-    """Programs per multiprocessor of the warp-specialized form under config ``o``: ``sm90_ws_ctas_per_sm``
-    (``ctas_per_sm`` where None) at next_n <= 2; at next_n 4 ``ctas_per_sm``, at most 2 (each program's two q
-    buffers of four rows and its key slots take 93 KB of shared memory; 2 programs leave its compute warps
-    232 registers, where 3 spilled 220 bytes)."""
-    if next_n > 2:
-        return min(o["ctas_per_sm"], 2)
-    return o["sm90_ws_ctas_per_sm"] or o["ctas_per_sm"]
-
-
-def sm90_ws_stages(next_n: int, o: dict) -> int:
-    """Key slots per program of the warp-specialized form: ``sm90_ws_stages`` (``num_stages`` where None) at
-    next_n <= 2, ``num_stages`` at next_n 4."""
-    if next_n > 2:
-        return o["num_stages"]
-    return o["sm90_ws_stages"] or o["num_stages"]
-
-
-def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
-    """Whether a call the sm90 kernel takes runs in its warp-specialized form
-    (``parity.kernels.paged_mqa_logits_sm90_ws``): at least ``sm90_ws_min_tiles`` tiles per program (with
-    fewer its longer start cost more than it saved on the H200: B8-n2-ctx8192, 2.6 tiles per program)."""
-    return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o) * sms
-
-
-def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
-    """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
-    warp-specialized one (``sm90_warp_specialized``, any next_n), else 'single', the single-partition one up
-    to next_n ``sm90_max_next_n``, else None: the portable kernel."""
-    if sm90_warp_specialized(next_n, n_tiles, o, sms):
-        return "ws"
-    return "single" if next_n <= o["sm90_max_next_n"] else None
-
-
-@dataclass
-class Prepared:
-    """A call of :meth:`TritonBackend.prepare`: its path and inputs, and where an sm90 kernel runs it, each
-    program's share (int32 rows, ``SCHEDULE_STRIDE`` each) for a grid of ``programs``; else None and 0."""
-    path: str
-    inputs: IndexerInputs
-    schedule: torch.Tensor | None = None
-    programs: int = 0
 
 
 class TritonBackend(SimpleBackend):
@@ -410,61 +356,9 @@ class TritonBackend(SimpleBackend):
 
     def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
                      prepared: Prepared | None = None):
-        """The Hopper kernel's launch in ``form`` (``sm90_form``; see :meth:`_launch`): descriptors of the
-        cache as rows of D key bytes and of q as rows of D bytes for its bulk copies; ``num_stages`` key tiles
-        buffered, ``ctas_per_sm`` programs per multiprocessor; the fused path into float32 or bf16 rows. With
-        ``prepared`` its schedule and grid (``SCHEDULED``); ``out`` None: the launch planned, not made."""
-        from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
-        from parity.kernels import paged_mqa_logits_sm90 as sm90
-        from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
-
-        B, n, H, D = inputs.q_fp8.shape
-        cols, bs, block_t = inputs.max_model_len, cache.shape[1], o["block_t"]
-        flat = cache.contiguous().view(-1)
-        rows = flat.view(torch.float8_e4m3fn).view(-1, D)
-        q_rows = inputs.q_fp8.contiguous().view(-1, D)
-        tile = gl.NVMMASharedLayout.get_default_for([block_t, D], gl.float8e4nv)
-        k_desc = GluonDescriptor(rows, list(rows.shape), [D, 1], [block_t, D], tile)
-        q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
-                                 gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
-        tiles_per_seq = triton.cdiv(cols, block_t)
-        n_tiles = B * tiles_per_seq
-        consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
-                      PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
-                      PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0,
-                      SCHEDULED=prepared is not None and prepared.schedule is not None, num_warps=4)
-        if consts["PDL"]:
-            consts["launch_pdl"] = True
-        table, lens = _table_and_lens(inputs)
-        schedule = prepared.schedule if consts["SCHEDULED"] else inputs.context_lens  # a pointer either way
-        out_rows = out.stride(-2) if out is not None else 0
-        if form == "ws":
-            per_sm = sm90_ws_programs_per_sm(n, o)
-            consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
-            consts["NUM_STAGES"] = sm90_ws_stages(n, o)
-            f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-            srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
-            s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
-            weights = inputs.weights.contiguous()
-            if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
-                weights = weights.clone()
-            w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
-            key = (str(inputs.device), "sm90_ws", *consts.items(), per_sm)
-            args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
-                    table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
-            grid = prepared.programs if consts["SCHEDULED"] else self._grid({**o, "ctas_per_sm": per_sm}, key, n_tiles,
-                                                                            inputs.device)
-            return sm90_ws.paged_mqa_logits_sm90_ws_kernel, (grid,), args, consts, key
-        if o["maxnreg"]:
-            consts["maxnreg"] = o["maxnreg"]
-        key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
-        args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
-                table, out, table.stride(0), table.shape[1], out_rows, cols, layouts.block_bytes(bs, D) // 4,
-                bs * D // 4, n_tiles, tiles_per_seq, B, schedule)
-        grid = prepared.programs if consts["SCHEDULED"] else self._grid(o, key, n_tiles, inputs.device)
-        return sm90.paged_mqa_logits_sm90_kernel, (grid,), args, consts, key
+        """The Hopper kernel's launch in ``form`` (``triton_sm90.sm90_launch``), its grid from :meth:`_grid`."""
+        return triton_sm90.sm90_launch(inputs, out, cache, o, form, prepared,
+                                       lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         kernel, grid, args, consts, key = self._launch(path, inputs, out)
@@ -478,25 +372,17 @@ class TritonBackend(SimpleBackend):
 
     def prepare(self, path: str, inputs: IndexerInputs) -> Prepared:
         """A call split in two, as a server makes it (``parity.perf.bench`` times ``run_prepared`` only): where
-        the call runs an sm90 kernel, each program's share of it, computed here once
-        (``paged_mqa_logits_sm90_schedule_kernel``) from the context lengths and the grid, which the handle
-        pins; every ``run_prepared`` of the handle reads the share instead of reading every length in every
-        program. The share is the one the kernel computes itself, so the logits are the same bit for bit. Lengths
-        changed after ``prepare`` need a new handle (as DeepGEMM's schedule metadata, once per decode step)."""
+        the call runs an sm90 kernel, each program's share of it computed once (``triton_sm90.schedule_once``)
+        for the grid the handle pins; else the handle only holds the call. Lengths changed after ``prepare``
+        need a new handle (as DeepGEMM's schedule metadata, once per decode step)."""
         if inputs.key_format != "fp8" or INTERPRETED:
             return Prepared(path, inputs)
         o, form, cache = self._sm90_plan(path, inputs)
         if form is None:
             return Prepared(path, inputs)
-        from parity.kernels.paged_mqa_logits_sm90 import SCHEDULE_STRIDE, paged_mqa_logits_sm90_schedule_kernel
-
         _, (programs,), _, consts, _ = self._launch_sm90(inputs, None, cache, o, form)
-        schedule = torch.zeros((programs, SCHEDULE_STRIDE.value), dtype=torch.int32, device=inputs.device)
-        tiles_per_seq = triton.cdiv(inputs.max_model_len, o["block_t"])
-        paged_mqa_logits_sm90_schedule_kernel[(programs,)](
-            inputs.context_lens, schedule, inputs.batch, inputs.batch * tiles_per_seq, tiles_per_seq,
-            inputs.max_model_len, BLOCK_T=o["block_t"], BALANCED=consts["BALANCED"], num_warps=4)
-        return Prepared(path, inputs, schedule, programs)
+        return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], consts["BALANCED"], programs),
+                        programs)
 
     def run_prepared(self, prepared: Prepared, out: torch.Tensor) -> None:
         kernel, grid, args, consts, _ = self._launch(prepared.path, prepared.inputs, out, prepared)

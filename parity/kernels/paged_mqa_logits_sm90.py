@@ -45,7 +45,7 @@ _copy_bulk = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 SCHEDULE_STRIDE = gl.constexpr(8)  # int32 per program in a precomputed schedule (5 used; 32-byte rows)
 
 # ``PROBE``: 0, the kernel; else a measurement probe that writes wrong logits on purpose, to say what a call's
-# time is made of (``SM90_PROBES`` in parity.backends.triton_kernels names them; parity.perf.kernel_study's
+# time is made of (``SM90_PROBES`` in parity.backends.triton_sm90 names them; parity.perf.kernel_study's
 # ``ws-probe-*``): 1 waits for each tile's copies and hands the slot back, no products, no stores; 2 runs
 # everything but masks every store off at run time (a mask the compiler cannot fold, so the products and
 # epilogues stay); 3 writes each tile's scales as every row's logits, without the products.

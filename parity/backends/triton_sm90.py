@@ -1,0 +1,141 @@
+"""The launch of the project's Gluon kernels for Hopper (``parity.kernels.paged_mqa_logits_sm90`` and its
+warp-specialized form ``paged_mqa_logits_sm90_ws``) for ``parity.backends.triton_kernels``: which form a call
+runs, its descriptors, constexprs and grid, and the schedule a server prepares once per decode step. Which
+calls take these kernels at all is the backend's ``_sm90_unfit``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from parity.problem import layouts
+from parity.problem.cases import IndexerInputs
+
+# measurement probes of the sm90 kernels (PROBE 1, 2, 3 there), for parity.perf.kernel_study: wrong logits
+SM90_PROBES = ("reads", "no-stores", "no-products")
+
+
+def _table_and_lens(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block table with unit stride along a row, and the row lengths the kernels read for ``PER_ROW``
+    (the 2-D lengths where given, else ``context_lens``, which they then ignore)."""
+    table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
+    lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
+    return table, lens
+
+
+def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
+    """Programs per multiprocessor of the warp-specialized form under config ``o``: ``sm90_ws_ctas_per_sm``
+    (``ctas_per_sm`` where None) at next_n <= 2; at next_n 4 ``ctas_per_sm``, at most 2 (each program's two q
+    buffers of four rows and its key slots take 93 KB of shared memory; 2 programs leave its compute warps
+    232 registers, where 3 spilled 220 bytes)."""
+    if next_n > 2:
+        return min(o["ctas_per_sm"], 2)
+    return o["sm90_ws_ctas_per_sm"] or o["ctas_per_sm"]
+
+
+def sm90_ws_stages(next_n: int, o: dict) -> int:
+    """Key slots per program of the warp-specialized form: ``sm90_ws_stages`` (``num_stages`` where None) at
+    next_n <= 2, ``num_stages`` at next_n 4."""
+    if next_n > 2:
+        return o["num_stages"]
+    return o["sm90_ws_stages"] or o["num_stages"]
+
+
+def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
+    """Whether a call the sm90 kernel takes runs in its warp-specialized form
+    (``parity.kernels.paged_mqa_logits_sm90_ws``): at least ``sm90_ws_min_tiles`` tiles per program (with
+    fewer its longer start cost more than it saved on the H200: B8-n2-ctx8192, 2.6 tiles per program)."""
+    return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o) * sms
+
+
+def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
+    """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
+    warp-specialized one (``sm90_warp_specialized``, any next_n), else 'single', the single-partition one up
+    to next_n ``sm90_max_next_n``, else None: the portable kernel."""
+    if sm90_warp_specialized(next_n, n_tiles, o, sms):
+        return "ws"
+    return "single" if next_n <= o["sm90_max_next_n"] else None
+
+
+@dataclass
+class Prepared:
+    """A call of ``TritonBackend.prepare``: its path and inputs, and where an sm90 kernel runs it, each
+    program's share (int32 rows, ``SCHEDULE_STRIDE`` each) for a grid of ``programs``; else None and 0."""
+    path: str
+    inputs: IndexerInputs
+    schedule: torch.Tensor | None = None
+    programs: int = 0
+
+
+def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
+                prepared: Prepared | None, grid_of):
+    """The Hopper kernel's (kernel, grid, args, constexprs, compile key) in ``form`` (``sm90_form``) under
+    config ``o``: descriptors of the cache as rows of D key bytes and of q as rows of D bytes for its bulk
+    copies; ``num_stages`` key tiles buffered, ``ctas_per_sm`` programs per multiprocessor (the ws form: its
+    own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``); the fused path into float32 or bf16 rows. The
+    grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
+    (``SCHEDULED``). ``out`` None: the launch planned, not made (``TritonBackend.prepare``)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from parity.kernels import paged_mqa_logits_sm90 as sm90
+    from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
+
+    B, n, H, D = inputs.q_fp8.shape
+    cols, bs, block_t = inputs.max_model_len, cache.shape[1], o["block_t"]
+    flat = cache.contiguous().view(-1)
+    rows = flat.view(torch.float8_e4m3fn).view(-1, D)
+    q_rows = inputs.q_fp8.contiguous().view(-1, D)
+    tile = gl.NVMMASharedLayout.get_default_for([block_t, D], gl.float8e4nv)
+    k_desc = GluonDescriptor(rows, list(rows.shape), [D, 1], [block_t, D], tile)
+    q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
+                             gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
+    tiles_per_seq = -(-cols // block_t)
+    n_tiles = B * tiles_per_seq
+    consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
+                  PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
+                  PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0,
+                  SCHEDULED=prepared is not None and prepared.schedule is not None, num_warps=4)
+    if consts["PDL"]:
+        consts["launch_pdl"] = True
+    table, lens = _table_and_lens(inputs)
+    schedule = prepared.schedule if consts["SCHEDULED"] else inputs.context_lens  # a pointer either way
+    out_rows = out.stride(-2) if out is not None else 0
+    if form == "ws":
+        per_sm = sm90_ws_programs_per_sm(n, o)
+        consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
+        consts["NUM_STAGES"] = sm90_ws_stages(n, o)
+        f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+        srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
+        s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
+        weights = inputs.weights.contiguous()
+        if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
+            weights = weights.clone()
+        w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
+        key = (str(inputs.device), "sm90_ws", *consts.items(), per_sm)
+        args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
+                table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
+        grid = prepared.programs if consts["SCHEDULED"] else grid_of({**o, "ctas_per_sm": per_sm}, key, n_tiles)
+        return sm90_ws.paged_mqa_logits_sm90_ws_kernel, (grid,), args, consts, key
+    if o["maxnreg"]:
+        consts["maxnreg"] = o["maxnreg"]
+    key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
+    args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
+            table, out, table.stride(0), table.shape[1], out_rows, cols, layouts.block_bytes(bs, D) // 4,
+            bs * D // 4, n_tiles, tiles_per_seq, B, schedule)
+    grid = prepared.programs if consts["SCHEDULED"] else grid_of(o, key, n_tiles)
+    return sm90.paged_mqa_logits_sm90_kernel, (grid,), args, consts, key
+
+
+def schedule_once(inputs: IndexerInputs, block_t: int, balanced: bool, programs: int) -> torch.Tensor:
+    """Each of ``programs`` programs' share of a call (``paged_mqa_logits_sm90_schedule_kernel``: the code the
+    kernels run themselves, so a prepared call's logits are the same bit for bit), as int32 rows of
+    ``SCHEDULE_STRIDE`` for the kernels' ``SCHEDULED`` form on a grid of that size."""
+    from parity.kernels.paged_mqa_logits_sm90 import SCHEDULE_STRIDE, paged_mqa_logits_sm90_schedule_kernel
+
+    schedule = torch.zeros((programs, SCHEDULE_STRIDE.value), dtype=torch.int32, device=inputs.device)
+    tiles_per_seq = -(-inputs.max_model_len // block_t)
+    paged_mqa_logits_sm90_schedule_kernel[(programs,)](
+        inputs.context_lens, schedule, inputs.batch, inputs.batch * tiles_per_seq, tiles_per_seq,
+        inputs.max_model_len, BLOCK_T=block_t, BALANCED=balanced, num_warps=4)
+    return schedule
