@@ -279,8 +279,9 @@ def test_the_probes_leave_out_what_they_say_and_fit_as_the_kernel_does():
 
 
 def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
-    """The grid of a call after the first takes the smaller of what the form asks (the warp-specialized
-    form's 4 programs per SM on the H200) and what fits, not the other kernels' ``ctas_per_sm`` (3): the
+    """The grid of a call after the first (or of a prepare after a prepared call) takes the smaller of what the
+    form asks (the warp-specialized form's 4 programs per SM on the H200) and what fits, not the other
+    kernels' ``ctas_per_sm`` (3): the
     benchmark's default rows once ran that form at 3 programs per SM with 2 key slots (B128-n2-ctx8192 48.0
     against 46.0 us with the 4 asked, H200, 2026-12-04)."""
     import types
@@ -315,6 +316,11 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     for _ in range(2):
         backend.run("fused", inputs, None)
     assert grids == [4 * sms, 2 * sms]
+    # a prepared call records what fits under the key of the launch that chose its grid: the next prepare's
+    backend._resident.clear()
+    monkeypatch.setattr(backend, "_launch", lambda path, inputs, out, p=None: (Kernel(), (p.programs,), (), {}, "x"))
+    backend.run_prepared(tk.Prepared("fused", inputs, None, 4 * sms, ("ws", 4)), None)
+    assert backend._grid({**o, "ctas_per_sm": 4}, ("ws", 4), 10**6, inputs.device) == 2 * sms
 
 
 def test_a_prepared_call_reads_its_schedule_on_its_grid():

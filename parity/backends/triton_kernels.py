@@ -363,12 +363,16 @@ class TritonBackend(SimpleBackend):
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         kernel, grid, args, consts, key = self._launch(path, inputs, out)
         self.last_launch = kernel[grid](*args, **consts)
-        if not self.opts["programs"] and key not in self._resident:  # later calls: no more than fit at once
-            # what fits, not what the config asked: the launch that chose this grid takes the smaller of the two
-            # with the programs per SM of its own form (the warp-specialized form's are not ``ctas_per_sm``)
-            fits = _programs_per_sm(self.last_launch, inputs.device)
+        self._record_fit(key, inputs.device)
+
+    def _record_fit(self, key, device: torch.device) -> None:
+        """After a launch: how many programs of that kernel fit the GPU at once, under ``key``, so that later
+        launches take no more. What fits, not what the config asked: each launch takes the smaller of the two
+        with the programs per SM of its own form (the warp-specialized form's are not ``ctas_per_sm``)."""
+        if not self.opts["programs"] and key is not None and key not in self._resident:
+            fits = _programs_per_sm(self.last_launch, device)
             if fits:
-                self._resident[key] = fits * _num_sms(inputs.device)
+                self._resident[key] = fits * _num_sms(device)
 
     def prepare(self, path: str, inputs: IndexerInputs) -> Prepared:
         """A call split in two, as a server makes it (``parity.perf.bench`` times ``run_prepared`` only): where
@@ -380,13 +384,14 @@ class TritonBackend(SimpleBackend):
         o, form, cache = self._sm90_plan(path, inputs)
         if form is None:
             return Prepared(path, inputs)
-        _, (programs,), _, consts, _ = self._launch_sm90(inputs, None, cache, o, form)
+        _, (programs,), _, consts, key = self._launch_sm90(inputs, None, cache, o, form)
         return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], consts["BALANCED"], programs),
-                        programs)
+                        programs, key)
 
     def run_prepared(self, prepared: Prepared, out: torch.Tensor) -> None:
         kernel, grid, args, consts, _ = self._launch(prepared.path, prepared.inputs, out, prepared)
         self.last_launch = kernel[grid](*args, **consts)
+        self._record_fit(prepared.key, prepared.inputs.device)  # the next prepare's grid, as run's
 
     def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments

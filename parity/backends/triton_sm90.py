@@ -60,11 +60,14 @@ def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
 @dataclass
 class Prepared:
     """A call of ``TritonBackend.prepare``: its path and inputs, and where an sm90 kernel runs it, each
-    program's share (int32 rows, ``SCHEDULE_STRIDE`` each) for a grid of ``programs``; else None and 0."""
+    program's share (int32 rows, ``SCHEDULE_STRIDE`` each) for a grid of ``programs``, and the compile key of
+    the unprepared launch that chose that grid (whose record of what fits a later ``prepare`` reads); else
+    None, 0 and None."""
     path: str
     inputs: IndexerInputs
     schedule: torch.Tensor | None = None
     programs: int = 0
+    key: tuple | None = None
 
 
 def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
