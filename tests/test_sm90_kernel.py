@@ -281,9 +281,8 @@ def test_the_probes_leave_out_what_they_say_and_fit_as_the_kernel_does():
 def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     """The grid of a call after the first (or of a prepare after a prepared call) takes the smaller of what the
     form asks (the warp-specialized form's 4 programs per SM on the H200) and what fits, not the other
-    kernels' ``ctas_per_sm`` (3): the
-    benchmark's default rows once ran that form at 3 programs per SM with 2 key slots (B128-n2-ctx8192 48.0
-    against 46.0 us with the 4 asked, H200, 2026-12-04)."""
+    kernels' ``ctas_per_sm`` (3): the benchmark's default rows once ran that form at 3 programs per SM with 2
+    key slots (B128-n2-ctx8192 48.0 against 46.0 us with the 4 asked, H200, 2026-12-04)."""
     import types
 
     from parity.backends import triton_kernels as tk

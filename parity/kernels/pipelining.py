@@ -126,8 +126,9 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
     """ptxas's account of ``fn`` (a Gluon kernel for Hopper, or a variant of it) compiled for sm_90a at next_n
     (under a register cap ``maxnreg``; ``stages`` key slots; with the schedule by real tile counts where
     ``balanced``; for a batch of one where ``batch_one``, a value Triton compiles as a constant; as
-    measurement probe ``probe``, see ``paged_mqa_logits_sm90``; reading a prepared schedule where ``scheduled``): its registers and spill bytes, the notes
-    where ptxas serialized products or injected waits (C7514-C7519), how many waits leave one product in
+    measurement probe ``probe``, see ``paged_mqa_logits_sm90``; reading a prepared schedule where
+    ``scheduled``): its registers and spill bytes, the notes where ptxas serialized products or injected
+    waits (C7514-C7519), how many waits leave one product in
     flight (``wgmma.wait_group 1``: an epilogue overlapping the next product), how many barriers of a
     program's warps its PTX has, the register counts its partitions ask for (``setmaxnreg``,
     warp-specialized kernels), and how many products and global stores its PTX has (``products``,
