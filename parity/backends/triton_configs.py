@@ -46,10 +46,14 @@ class Measured:
     evidence: str  # the run that chose it
 
 
+# The H200's differences from BASE (the evidence: MEASURED below); other GPUs of compute capability 9.0 get them too
+# (by_properties), so that the two cannot drift apart.
+H200 = dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
+            sm90_ws_stages=2)
+
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
-    Measured("H200", dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
-                          sm90_ws_stages=2),
+    Measured("H200", H200,
              "python -m parity.perf.kernel_study, 2026-12-04 (docs/h200-kernel-study.md sections 10 and 12): "
              "the sm90 kernel at next_n <= 2, 3 stages, 3 programs per SM (B64-n2-ctx8192 27.0 -> 25.2 us, "
              "B128-n2-ctx8192 49.1 -> 46.6, B64-n2-ctx32768 92.7 -> 89.9, B8-n2 7.4 -> 7.1; B1-n2 3.2 -> 3.5), "
@@ -89,8 +93,7 @@ def by_properties(props, hip: bool) -> tuple[dict, str]:
     if hip or props.major < 9:
         return {}, f"{seen}: base config"
     if (props.major, props.minor) == (9, 0):
-        return (dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
-                     sm90_ws_stages=2),
+        return (dict(H200),
                 f"{seen}: the sm90 kernel up to next_n 2 (its warp-specialized form at 4 programs per SM), bulk "
                 "tensor copies, programmatic launch and the split by real tile counts, as on the H200")
     return dict(tma=True, pdl=True), f"{seen}: bulk tensor copies and programmatic launch, as on the H200"
