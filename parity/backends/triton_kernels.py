@@ -379,9 +379,9 @@ class TritonBackend(SimpleBackend):
         the call runs an sm90 kernel, each program's share of it computed once (``triton_sm90.schedule_once``)
         for the grid the handle pins; else the handle only holds the call. Lengths changed after ``prepare``
         need a new handle (as DeepGEMM's schedule metadata, once per decode step)."""
-        if inputs.key_format != "fp8" or INTERPRETED:
+        if inputs.key_format != "fp8":  # the FP4 kernel has no schedule to prepare
             return Prepared(path, inputs)
-        o, form, cache = self._sm90_plan(path, inputs)
+        o, form, cache = self._sm90_plan(path, inputs)  # no form under the interpreter (_sm90_unfit)
         if form is None:
             return Prepared(path, inputs)
         _, (programs,), _, consts, key = self._launch_sm90(inputs, None, cache, o, form)

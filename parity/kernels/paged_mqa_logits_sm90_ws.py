@@ -19,7 +19,8 @@ Triton pads the load warp to a warpgroup (three idle warps) and splits the regis
 launched at 80 per thread (3 programs per multiprocessor), the compute warps get 136 and the load warps 24;
 at 64 (4 programs, the H200's config at next_n <= 2, with 2 key slots so that 4 fit in shared memory), 104
 and 24; at next_n 4, launched at 128 (2 programs: its q buffers take 64 KB of shared memory), 232 and 24.
-The schedule is the single-partition kernel's (``_schedule``), computed by each partition with its own warps.
+The schedule is the single-partition kernel's (``_share``): computed by each partition with its own warps, or
+read from a schedule prepared once per decode step (``SCHEDULED``).
 """
 from __future__ import annotations
 
