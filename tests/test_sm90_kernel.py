@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
     if sys.argv[1] == "probes":  # the warp-specialized kernel's measurement probes, 0: the kernel itself
         from parity.kernels import paged_mqa_logits_sm90_ws as kw
         print(json.dumps({p: pipelining.compile_sm90(kw.paged_mqa_logits_sm90_ws_kernel, 2, kw.launch_maxnreg(3),
-                                                     balanced=True, probe=p) for p in range(4)})); sys.exit(0)
+                                                     balanced=True, probe=p) for p in range(5)})); sys.exit(0)
     if sys.argv[1] in ("full_waits", "ws_full_waits"):  # both forms run the single-partition module's _tile
         from parity.kernels import paged_mqa_logits_sm90_ws as kw
         src = pathlib.Path(km.__file__).read_text()
@@ -267,13 +267,15 @@ def test_both_gluon_forms_take_the_split_the_config_asks_for(balanced):
 def test_the_probes_leave_out_what_they_say_and_fit_as_the_kernel_does():
     """kernel_study's measurement probes (TritonBackend's ``probe``): 1 copies only (no products, no
     stores), 2 every product and store instruction kept (the stores masked off at run time), 3 the stores
-    without the products; each in the kernel's registers, with no spills."""
+    without the products, 4 half the products (one a tile at next_n 2) and every store; each in the kernel's
+    registers, with no spills."""
     report = {int(k): v for k, v in _child("probes").items()}
     kernel = report[0]
     assert kernel["products"] > 0 and kernel["stores"] > 0, kernel
     assert (report[1]["products"], report[1]["stores"]) == (0, 0), report
     assert (report[2]["products"], report[2]["stores"]) == (kernel["products"], kernel["stores"]), report
     assert report[3]["products"] == 0 and report[3]["stores"] > 0, report
+    assert (report[4]["products"], report[4]["stores"]) == (kernel["products"] // 2, kernel["stores"]), report
     for facts in report.values():
         assert facts["spill_bytes"] == 0 and facts["registers"] <= 80, report
 

@@ -11,8 +11,8 @@ import torch
 from parity.problem import layouts
 from parity.problem.cases import IndexerInputs
 
-# measurement probes of the sm90 kernels (PROBE 1, 2, 3 there), for parity.perf.kernel_study: wrong logits
-SM90_PROBES = ("reads", "no-stores", "no-products")
+# measurement probes of the sm90 kernels (PROBE 1-4 there), for parity.perf.kernel_study: wrong logits
+SM90_PROBES = ("reads", "no-stores", "no-products", "one-product")
 
 
 def _table_and_lens(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,7 +48,8 @@ SCHEDULE_STRIDE = gl.constexpr(8)  # int32 per program in a precomputed schedule
 # time is made of (``SM90_PROBES`` in parity.backends.triton_sm90 names them; parity.perf.kernel_study's
 # ``ws-probe-*``): 1 waits for each tile's copies and hands the slot back, no products, no stores; 2 runs
 # everything but masks every store off at run time (a mask the compiler cannot fold, so the products and
-# epilogues stay); 3 writes each tile's scales as every row's logits, without the products.
+# epilogues stay); 3 writes each tile's scales as every row's logits, without the products; 4 runs one product a
+# tile (unit 0's) and takes its result for every unit's epilogue: half the products and their shared-memory reads.
 
 
 @gluon.jit
@@ -278,6 +279,17 @@ def _tile(k, s_buf, full, phase, t, q_rows, zero, w0, w1, w2, w3, causal0, lens_
         if PROBE == 3:
             for i in gl.static_range(NEXT_N):
                 gl.store(out_b + i * stride_or + t, scale, mask=t < end)
+    elif PROBE == 4:  # the probe with one product a tile: unit 0's, taken for every unit's epilogue
+        acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
+        scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)
+        done = warpgroup_mma_wait(0, deps=(acc,))
+        if RELEASE:
+            _cta_barrier()
+            mbarrier.arrive(empty)
+        logit = scale
+        for u in gl.static_range(NEXT_N * HALVES):
+            logit = _unit_out(done, u, logit, w0, w1, w2, w3, scale, t, causal0, lens_ptr, row0, end, out_b, stride_or,
+                              HALVES, PER_ROW, False)
     else:
         acc = warpgroup_mma(k, q_rows.slice(0, HN).permute((1, 0)), zero, use_acc=False, is_async=True)
         scale = s_buf.reshape([t.shape[0]]).load(t.type.layout)

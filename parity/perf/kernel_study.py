@@ -68,8 +68,10 @@ VARIANTS = {
     "ws-n4-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0),
 }
 # PROBED's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made of.
-# The copies alone; everything but the stores; the copies and the stores without the products
-VARIANTS.update({f"ws-probe-{p}": dict(VARIANTS[PROBED], probe=p) for p in ("reads", "no-stores", "no-products")})
+# The copies alone; everything but the stores; the copies and the stores without the products; one product a
+# tile where next_n 2 has two
+VARIANTS.update({f"ws-probe-{p}": dict(VARIANTS[PROBED], probe=p)
+                 for p in ("reads", "no-stores", "no-products", "one-product")})
 
 
 def is_probe(options: dict) -> bool:
