@@ -110,7 +110,8 @@ def _child(what: str, *args: str) -> dict:
 
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
-            "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1}
+            "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1,
+            "wg4-n2": 0}  # the four-warpgroup program: one product a tile, waited for at once, as DeepGEMM's
 # ptxas (Triton 3.6 and 3.9) keeps one value of the warp-specialized form that reads a prepared schedule in local
 # memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
 # 24.9 us with and without the schedule read, 2026-12-04)
@@ -139,6 +140,12 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
         assert report[n]["registers"] <= 64 and report[n]["setmaxnreg"] == [24, 104], report
     # next_n 4: 2 programs of 256 threads, the compute warps at 232
     assert report["ws-n4"]["registers"] <= 128 and report["ws-n4"]["setmaxnreg"] == [24, 232], report
+    # the H200's at next_n 2: one program of 20 warps, 96 registers at launch, the compute warps at 112; one
+    # m64n128k32 product a tile in each of the 4 compute warpgroups (4 instructions of k 32 each), as many stores
+    # as the warp-specialized form's (both rows, two tokens a thread) in each
+    wg4 = report["wg4-n2"]
+    assert wg4["registers"] <= 96 and 112 in wg4["setmaxnreg"], report
+    assert wg4["products"] == 4 * 4 and wg4["stores"] == 4 * report["bal-ws-c4-n2"]["stores"], report
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
     assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
     assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report
@@ -175,7 +182,55 @@ def test_the_sm90_form_follows_tiles_per_program_and_next_n(next_n, batch, max_n
 
     config, _ = triton_configs.lookup("NVIDIA H200")
     n_tiles = batch * 8192 // config["block_t"]
+    config = {**config, "sm90_wg4": False}  # the four-warpgroup program: the test below
     assert sm90_form(next_n, n_tiles, {**config, "sm90_max_next_n": max_next_n}, 132) == expected
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, "wg4"),  # the H200's config at B64-n2-ctx8192
+    ({"sm90_wg4": False}, "ws"),
+    ({"balanced": False}, "ws"),  # it reads shares by real tile counts only
+    ({"probe": "reads"}, "ws"),  # the probes are the warp-specialized form's
+])
+def test_the_h200_runs_next_n_2_as_four_warpgroups_a_program(change, expected):
+    from parity.backends import triton_configs
+    from parity.backends.triton_sm90 import sm90_form
+
+    config, _ = triton_configs.lookup("NVIDIA H200")
+    assert config["sm90_wg4"] is True
+    o = {**config, "probe": None, **change}
+    assert sm90_form(2, 64 * 8192 // 64, o, 132) == expected
+    assert sm90_form(1, 64 * 8192 // 64, o, 132) == "ws" and sm90_form(2, 8 * 8192 // 64, o, 132) == "single"
+
+
+def test_the_four_warpgroup_launch_reads_a_schedule_of_four_shares_a_program():
+    """One program per multiprocessor at 96 registers, the warp-specialized form's slots, no constexpr it
+    does not take; a prepared call's grid, with a schedule of 4 shares a program; ``run`` prepares first."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.backends import load_backend, triton_configs
+    from parity.backends import triton_kernels as tk
+    from parity.backends.triton_sm90 import Prepared, shares_per_program
+    from parity.problem.cases import IndexerCase, build_inputs
+
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    inputs = build_inputs(IndexerCase(batch=3, next_n=2, max_model_len=256, block_size=64, heads=64), "cpu")
+    backend = load_backend("triton", **h200)
+    o = {**backend.config(torch.device("cpu"))[0], **backend.opts}
+    kernel, (grid,), args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, "wg4")
+    assert kernel.__name__ == "paged_mqa_logits_sm90_wg4_kernel"
+    assert consts["maxnreg"] == 96 and consts["NUM_STAGES"] == 2, consts
+    assert not {"NEXT_N", "BALANCED", "PROBE", "SCHEDULED"} & set(consts), consts
+    assert grid == min(tk._num_sms(inputs.device), 3 * 4)  # one program a multiprocessor, at most a tile each
+    schedule = torch.zeros((4 * 5, 8), dtype=torch.int32)
+    _, (grid,), args, _, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, "wg4",
+                                                  Prepared("fused", inputs, schedule, 5))
+    assert grid == 5 and args[-1] is schedule and shares_per_program("wg4") == 4 and shares_per_program("ws") == 1
+    calls = []
+    backend._sm90_plan = lambda path, inputs: (o, "wg4", inputs.kv_cache)
+    backend.prepare = lambda path, inputs: calls.append("prepare") or "handle"
+    backend.run_prepared = lambda handle, out: calls.append(("run_prepared", handle))
+    backend.run("fused", inputs, torch.empty(6, 256))
+    assert calls == ["prepare", ("run_prepared", "handle")]
 
 
 def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
@@ -206,9 +261,14 @@ def test_the_warp_specialized_form_runs_2_programs_per_sm_at_next_n_4():
 
 def test_triton_sm90_ws_pins_the_warp_specialized_form():
     from parity.backends import load_backend
+    from parity.backends.triton_sm90 import sm90_form
 
     config, _ = load_backend("triton:sm90-ws").config(torch.device("cpu"))
     assert config["kernel"] == "sm90" and config["sm90_ws_min_tiles"] == 0
+    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "ws"  # at next_n 2 too
+    config, _ = load_backend("triton:sm90-wg4").config(torch.device("cpu"))
+    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "wg4"  # the four-warpgroup program at any size
+    assert sm90_form(1, 1, {**config, "probe": None}, 132) == "ws"
 
 
 def test_the_h200_config_runs_the_sm90_kernel_up_to_next_n_2():
@@ -307,7 +367,9 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
         return Kernel(), (grid,), (), {}, key
 
     monkeypatch.setattr(backend, "_launch", launch)
-    inputs = types.SimpleNamespace(device=torch.device("cuda"))
+    monkeypatch.setattr(backend, "_check_out", lambda path, inputs, out: None)
+    monkeypatch.setattr(backend, "_sm90_plan", lambda path, inputs: (o, "ws", None))
+    inputs = types.SimpleNamespace(device=torch.device("cuda"), key_format="fp8")
     for _ in range(3):
         backend.run("fused", inputs, None)
     assert grids == [4 * sms] * 3
@@ -367,3 +429,28 @@ def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model
     backend.run_prepared(prepared, outs[1])
     torch.cuda.synchronize()
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
+@pytest.mark.parametrize("batch,context,max_model_len", [(64, 8192, 8192), (130, 3000, 16384), (8, 8192, 163840)])
+def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(batch, context, max_model_len):
+    """At next_n 2 one m64n128 product over both rows, against two m64n64 (``triton:sm90-ws``): the same
+    positions written and the same -inf, values to fp32 rounding (each logit's sum runs over the same heads, in
+    another order: on the H200, 2026-12-04, 2-11 of 1-4 million logits differed by more than 1e-6, by at most
+    2.7e-6; a row's weights or a half of its heads taken wrong moves every logit by its own size)."""
+    from parity.backends import load_backend
+    from parity.perf.bench import Shape, make_inputs
+
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    inputs = make_inputs(Shape(batch, 2, context, max_model_len=max_model_len), "cuda", gen=gen)
+    inputs.context_lens.copy_(torch.randint(1, context + 1, (batch,), device="cuda", generator=gen))
+    outs = []
+    for name, form in (("triton", "wg4"), ("triton:sm90-ws", "ws")):
+        backend = load_backend(name, sm90_ws_min_tiles=0)
+        assert backend._sm90_plan("fused", inputs)[1] == form
+        outs.append(torch.full((batch * 2, max_model_len), 12345.0, device="cuda"))
+        backend.run("fused", inputs, outs[-1])
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0] == 12345.0, outs[1] == 12345.0) and torch.equal(outs[0].isinf(), outs[1].isinf())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)

@@ -18,7 +18,9 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 (next_n 1, 2 or 4), else its single-partition form, ``parity.kernels.paged_mqa_logits_sm90``, up to next_n
 ``sm90_max_next_n``, and the portable kernel on the others); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages``
 (the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
-and ``num_stages``, which the other kernels take); ``balanced`` (the fp8 kernels' programs split
+and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
+as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile,
+``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only); ``balanced`` (the fp8 kernels' programs split
 the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
 leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
 H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
@@ -35,7 +37,7 @@ import torch
 
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
             maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4,
-            sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None)
+            sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None, sm90_wg4=False)
 KEYS = tuple(BASE)
 
 
@@ -49,7 +51,7 @@ class Measured:
 # The H200's differences from BASE (the evidence: MEASURED below); other GPUs of compute capability 9.0 get them too
 # (by_properties), so that the two cannot drift apart.
 H200 = dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
-            sm90_ws_stages=2)
+            sm90_ws_stages=2, sm90_wg4=True)
 
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
@@ -70,7 +72,10 @@ MEASURED: tuple[Measured, ...] = (
              "next_n <= 2 with 4 programs per SM and 2 key slots (docs/h200-gap-probes.md section 3: "
              "B128-n2-ctx8192 46.65 -> 45.82 us, B64-n2-ctx32768 87.92 -> 85.90, B64-n2-ctx8192 25.84 -> 25.58, "
              "the three serving shapes 0.6-3.6 % faster; the same direction in three earlier calls, "
-             "docs/h200-serving-schedule.md section 4)"),
+             "docs/h200-serving-schedule.md section 4); that form's next_n 2 calls as one program per SM of four "
+             "compute warpgroups, one m64n128 product a tile (docs/h200-gap-probes.md section 12: two runs, "
+             "B128-n2-ctx8192 44.9, 45.2 -> 44.1, 44.5 us, B64-n2-ctx32768 84.7, 87.3 -> 82.4, 84.0, "
+             "B64-n2-ctx8192 24.7, 25.4 -> 24.7, 25.4)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 

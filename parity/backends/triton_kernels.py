@@ -135,6 +135,8 @@ class TritonBackend(SimpleBackend):
     warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles, else single-partition up
     to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages`` the warp-specialized
     form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
+    ``sm90_wg4`` that form's next_n 2 calls as one program per multiprocessor of four compute warpgroups
+    (``paged_mqa_logits_sm90_wg4``; with ``balanced``, and no ``probe``);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -149,7 +151,7 @@ class TritonBackend(SimpleBackend):
                  tma_max_next_n: int | None = None, kernel: str | None = None,
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
                  balanced: bool | None = None, sm90_ws_ctas_per_sm: int | None = None,
-                 sm90_ws_stages: int | None = None, probe: str | None = None):
+                 sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None, probe: str | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -183,7 +185,7 @@ class TritonBackend(SimpleBackend):
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
                           sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced,
-                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages)
+                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4)
         self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -361,6 +363,10 @@ class TritonBackend(SimpleBackend):
                                        lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
+        if inputs.key_format == "fp8":
+            self._check_out(path, inputs, out)
+            if self._sm90_plan(path, inputs)[1] == "wg4":  # it reads its shares from a prepared schedule only:
+                return self.run_prepared(self.prepare(path, inputs), out)  # two launches, the schedule's first
         kernel, grid, args, consts, key = self._launch(path, inputs, out)
         self.last_launch = kernel[grid](*args, **consts)
         self._record_fit(key, inputs.device)
@@ -384,8 +390,9 @@ class TritonBackend(SimpleBackend):
         o, form, cache = self._sm90_plan(path, inputs)  # no form under the interpreter (_sm90_unfit)
         if form is None:
             return Prepared(path, inputs)
-        _, (programs,), _, consts, key = self._launch_sm90(inputs, None, cache, o, form)
-        return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], consts["BALANCED"], programs),
+        _, (programs,), _, _, key = self._launch_sm90(inputs, None, cache, o, form)
+        shares = programs * triton_sm90.shares_per_program(form)  # the wg4 form: a share per compute warpgroup
+        return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], bool(o["balanced"]), shares),
                         programs, key)
 
     def run_prepared(self, prepared: Prepared, out: torch.Tensor) -> None:
@@ -430,7 +437,17 @@ def make_sm90_backend(**options) -> TritonBackend:
 
 
 def make_sm90_ws_backend(**options) -> TritonBackend:
-    """The Hopper kernel's warp-specialized form at every call it takes, whatever its size (``triton:sm90-ws``);
-    the single-partition form at next_n 4, the portable kernel on the calls the sm90 kernel does not take."""
-    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, **options, "kernel": "sm90"})
+    """The Hopper kernel's warp-specialized form at every call it takes, whatever its size (``triton:sm90-ws``),
+    at next_n 2 too (not the four-warpgroup program, ``sm90_wg4``); the portable kernel on the calls the sm90
+    kernel does not take."""
+    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "sm90_wg4": False, **options,
+                            "kernel": "sm90"})
+
+
+def make_sm90_wg4_backend(**options) -> TritonBackend:
+    """The warp-specialized form's four-warpgroup program at every next_n 2 call the sm90 kernel takes, whatever
+    its size (``triton:sm90-wg4``, for parity runs: the H200's config gives it the calls of at least
+    ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1 and 4."""
+    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
+                            "sm90_wg4": True, "kernel": "sm90"})
 

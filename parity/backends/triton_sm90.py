@@ -1,7 +1,8 @@
-"""The launch of the project's Gluon kernels for Hopper (``parity.kernels.paged_mqa_logits_sm90`` and its
-warp-specialized form ``paged_mqa_logits_sm90_ws``) for ``parity.backends.triton_kernels``: which form a call
-runs, its descriptors, constexprs and grid, and the schedule a server prepares once per decode step. Which
-calls take these kernels at all is the backend's ``_sm90_unfit``."""
+"""The launch of the project's Gluon kernels for Hopper (``parity.kernels.paged_mqa_logits_sm90``, its
+warp-specialized form ``paged_mqa_logits_sm90_ws`` and that form's four-warpgroup program at next_n 2,
+``paged_mqa_logits_sm90_wg4``) for ``parity.backends.triton_kernels``: which form a call runs, its
+descriptors, constexprs and grid, and the schedule a server prepares once per decode step. Which calls take
+these kernels at all is the backend's ``_sm90_unfit``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,11 +51,20 @@ def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
 
 def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
     """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
-    warp-specialized one (``sm90_warp_specialized``, any next_n), else 'single', the single-partition one up
-    to next_n ``sm90_max_next_n``, else None: the portable kernel."""
+    warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 'wg4', its four-warpgroup
+    program (``sm90_wg4``, with ``balanced`` and no probe), else 'single', the single-partition one up to next_n
+    ``sm90_max_next_n``, else None: the portable kernel."""
     if sm90_warp_specialized(next_n, n_tiles, o, sms):
-        return "ws"
+        wg4 = o.get("sm90_wg4") and next_n == 2 and o["balanced"] and not o.get("probe")
+        return "wg4" if wg4 else "ws"
     return "single" if next_n <= o["sm90_max_next_n"] else None
+
+
+def shares_per_program(form: str) -> int:
+    """Shares of the schedule a program of ``form`` takes: one a compute warpgroup."""
+    from parity.kernels.paged_mqa_logits_sm90_wg4 import VPS
+
+    return VPS.value if form == "wg4" else 1
 
 
 @dataclass
@@ -82,6 +92,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from parity.kernels import paged_mqa_logits_sm90 as sm90
+    from parity.kernels import paged_mqa_logits_sm90_wg4 as sm90_wg4
     from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
 
     B, n, H, D = inputs.q_fp8.shape
@@ -104,9 +115,9 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     table, lens = _table_and_lens(inputs)
     schedule = prepared.schedule if consts["SCHEDULED"] else inputs.context_lens  # a pointer either way
     out_rows = out.stride(-2) if out is not None else 0
-    if form == "ws":
-        per_sm = sm90_ws_programs_per_sm(n, o)
-        consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm)
+    if form in ("ws", "wg4"):
+        per_sm = sm90_ws_programs_per_sm(n, o) if form == "ws" else 1
+        consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm) if form == "ws" else sm90_wg4.LAUNCH_REGS
         consts["NUM_STAGES"] = sm90_ws_stages(n, o)
         f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
         srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
@@ -115,11 +126,15 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
         if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
             weights = weights.clone()
         w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
-        key = (str(inputs.device), "sm90_ws", *consts.items(), per_sm)
+        key = (str(inputs.device), f"sm90_{form}", *consts.items(), per_sm)
         args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
                 table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
         grid = prepared.programs if consts["SCHEDULED"] else grid_of({**o, "ctas_per_sm": per_sm}, key, n_tiles)
-        return sm90_ws.paged_mqa_logits_sm90_ws_kernel, (grid,), args, consts, key
+        kernel = sm90_ws.paged_mqa_logits_sm90_ws_kernel
+        if form == "wg4":  # next_n 2, the split by real tile counts and a prepared schedule are its own; no probes
+            kernel = sm90_wg4.paged_mqa_logits_sm90_wg4_kernel
+            consts = {k: v for k, v in consts.items() if k not in ("NEXT_N", "BALANCED", "PROBE", "SCHEDULED")}
+        return kernel, (grid,), args, consts, key
     if o["maxnreg"]:
         consts["maxnreg"] = o["maxnreg"]
     key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
