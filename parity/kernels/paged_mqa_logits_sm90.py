@@ -128,18 +128,21 @@ def _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl
 
 @gluon.jit
 def _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T: gl.constexpr,
-           BALANCED: gl.constexpr, SCHEDULED: gl.constexpr, num_warps: gl.constexpr):
+           BALANCED: gl.constexpr, SCHEDULED: gl.constexpr, num_warps: gl.constexpr, VPS: gl.constexpr = 1,
+           VP: gl.constexpr = 0):
     """This program's share (``_schedule``'s five values): read from ``sched_ptr`` where ``SCHEDULED`` (written
     by ``paged_mqa_logits_sm90_schedule_kernel`` once per decode step, for a grid of the same size), else
-    computed here."""
+    computed here. A program of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``, one a compute warpgroup) reads
+    its ``VP``-th, row ``program_id * VPS + VP`` of a schedule prepared for ``VPS`` x the grid."""
     if SCHEDULED:
-        at = sched_ptr + gl.program_id(0) * SCHEDULE_STRIDE
+        at = sched_ptr + (gl.program_id(0) * VPS + VP) * SCHEDULE_STRIDE
         lo = gl.load(at)
         hi = gl.load(at + 1)
         b0 = gl.load(at + 2)
         first = gl.load(at + 3)
         n_segments = gl.load(at + 4)
     else:
+        gl.static_assert(VPS == 1, "several shares a program: read from a prepared schedule only")
         lo, hi, b0, first, n_segments = _schedule(ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
                                                   BALANCED, num_warps)
     return lo, hi, b0, first, n_segments

@@ -11,8 +11,8 @@ program of 20 warps takes the multiprocessor: 96 registers at launch, 112 for th
 load warps after ``setmaxnreg``.
 
 Each of the four compute warpgroups and its own load warp (Triton packs the four one-warp partitions into one
-warpgroup) is the warp-specialized form's program, renamed: share ``VP`` of the program's ``VPS``
-(the split by real tile counts, prepared for ``VPS`` x the grid: ``_share_of``),
+warpgroup) is the warp-specialized form's program, renamed: share ``VP`` of the program's ``VPS`` (the split
+by real tile counts, prepared for ``VPS`` x the grid; the load warp is that form's ``_load_partition``),
 its own key slots, q and weight buffers and mbarriers. Per tile: wait for the slot, one product of the key tile
 against both rows' q (``[2 x 64 heads, 128]``), wait for it, hand the slot back, then relu, the weights (both
 rows', held in registers: 32 per thread) and the head sums of each row through masks the compiler folds, and
@@ -24,9 +24,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from parity.kernels.paged_mqa_logits_sm90 import (SCHEDULE_STRIDE, _copy_bulk, _cta_barrier, _ctx_of, _share_segment,
-                                                  _wait_for_previous_kernel)
-from parity.kernels.paged_mqa_logits_sm90_ws import _block_ids
+from parity.kernels.paged_mqa_logits_sm90 import _cta_barrier, _ctx_of, _share, _share_segment, _wait_for_previous_kernel
+from parity.kernels.paged_mqa_logits_sm90_ws import _load_partition
 
 VPS = gl.constexpr(4)  # compute warpgroups (shares of the schedule) per program
 LAUNCH_REGS = 96  # registers per thread at launch: 20 warps on a multiprocessor of 65536
@@ -35,61 +34,9 @@ LOAD_REGS = gl.constexpr(32)
 
 
 @gluon.jit
-def _share_of(sched_ptr, VP: gl.constexpr):
-    """Share ``program_id * VPS + VP`` of a schedule prepared for ``VPS`` x the grid (``_schedule``'s five
-    values, ``paged_mqa_logits_sm90_schedule_kernel``): computed in each partition instead, the share spilled
-    the load warps' 32 registers (48 bytes under Triton 3.6, 348 under 3.9)."""
-    at = sched_ptr + (gl.program_id(0) * VPS + VP) * SCHEDULE_STRIDE
-    return gl.load(at), gl.load(at + 1), gl.load(at + 2), gl.load(at + 3), gl.load(at + 4)
-
-
-@gluon.jit
-def _load(VP: gl.constexpr, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-          full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, tiles_per_seq, sched_ptr,
-          H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr):
-    """Load warp ``VP``: the warp-specialized form's ``_load_partition`` on its share, into its own buffers."""
-    ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
-    SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
-    lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    lo, hi, b0, first, n_segments = _share_of(sched_ptr, VP)
-    ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
-    c = 0  # tiles issued
-    q_n = 0  # sequences whose q was issued
-    for seg in range(0, n_segments):
-        b, ctx, end, t_lo, t_hi, n, first = _share_segment(ctx_next, first, lo, hi, b0, seg, tiles_per_seq,
-                                                            max_model_len, BLOCK_T, True)
-        ctx_next = _ctx_of(ctx_ptr, b0, seg + 1, n_segments)
-        if n > 0:
-            table_row = table_ptr + b * stride_tb
-            ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
-            ids_next = _block_ids(table_row, t_lo + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
-            row0 = (b * 2).to(gl.int32)
-            qs = VP * 2 + q_n % 2
-            mbarrier.wait(q_empty.index(qs), ((q_n // 2) & 1) ^ 1)
-            mbarrier.expect(q_full.index(qs), 2 * H * (D + 4))
-            _copy_bulk(w_desc, [row0, 0], q_full.index(qs), w_bufs.index(qs))
-            for i in gl.static_range(2):
-                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_full.index(qs), q_bufs.index(qs).slice(i * H, H))
-            q_n += 1
-            for j in range(0, n):
-                t0 = t_lo + j * BLOCK_T
-                if j % 32 == 0:
-                    if j > 0:
-                        ids = ids_next
-                        ids_next = _block_ids(table_row, t0 + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
-                blk = gl.sum(gl.where(lanes == j % 32, ids, 0), axis=0)
-                slot = VP * NUM_STAGES + c % NUM_STAGES
-                mbarrier.wait(empty.index(slot), ((c // NUM_STAGES) & 1) ^ 1)
-                mbarrier.expect(full.index(slot), BLOCK_T * (D + 4))
-                _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
-                _copy_bulk(s_desc, [blk * SROWS_PER_BLOCK + D // 4, t0 % BS], full.index(slot), s_bufs.index(slot))
-                c += 1
-
-
-@gluon.jit
 def _compute(VP: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-             q_empty, stride_or, max_model_len, tiles_per_seq, sched_ptr, H: gl.constexpr, BLOCK_T: gl.constexpr,
-             NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr):
+             q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, H: gl.constexpr,
+             BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr):
     """Compute warpgroup ``VP``: each tile of its share as one product over both rows, then their epilogues."""
     N: gl.constexpr = 2 * H  # both rows' heads: the product's width
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 32])
@@ -97,7 +44,8 @@ def _compute(VP: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_buf
     cols = gl.arange(0, N, layout=gl.SliceLayout(0, mma))
     row1 = cols[None, :] >= H  # the columns of row 1; a mask per register, which the compiler folds
     zero = gl.zeros([BLOCK_T, N], gl.float32, mma)  # the product's input, ignored (use_acc=False)
-    lo, hi, b0, first, n_segments = _share_of(sched_ptr, VP)
+    lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
+                                           True, True, 4, VPS, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles computed
     q_n = 0  # sequences computed
@@ -146,8 +94,9 @@ def paged_mqa_logits_sm90_wg4_kernel(
     H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr,
     PER_ROW: gl.constexpr, PDL: gl.constexpr,
 ):
-    """``n_tiles`` and ``batch`` are the other forms' arguments, unread: the share is read from ``sched_ptr``,
-    always prepared (``TritonBackend.run`` prepares it for these calls)."""
+    """The shares are read from ``sched_ptr``, always prepared (``TritonBackend.run`` prepares it for these
+    calls): computed in each partition, they spilled the load warps' 32 registers (48 bytes under Triton 3.6,
+    348 under 3.9)."""
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [VPS * NUM_STAGES, BLOCK_T, D], k_desc.layout)
@@ -164,26 +113,31 @@ def paged_mqa_logits_sm90_wg4_kernel(
     for s in gl.static_range(VPS * 2):
         mbarrier.init(q_full.index(s), count=1)
         mbarrier.init(q_empty.index(s), count=1)
-    # the partitions' arguments written out: Gluon takes no starred tuples here
+    # the partitions' arguments written out: Gluon 3.6 takes no starred tuple here, and a concatenated one loses
+    # its constexprs
     gl.warp_specialize([
         (_compute, (0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                    stride_or, max_model_len, tiles_per_seq, sched_ptr, H, BLOCK_T, NUM_STAGES, PER_ROW)),
+                    stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, H, BLOCK_T, NUM_STAGES,
+                    PER_ROW)),
         (_compute, (1, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                    stride_or, max_model_len, tiles_per_seq, sched_ptr, H, BLOCK_T, NUM_STAGES, PER_ROW)),
+                    stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, H, BLOCK_T, NUM_STAGES,
+                    PER_ROW)),
         (_compute, (2, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                    stride_or, max_model_len, tiles_per_seq, sched_ptr, H, BLOCK_T, NUM_STAGES, PER_ROW)),
+                    stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, H, BLOCK_T, NUM_STAGES,
+                    PER_ROW)),
         (_compute, (3, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full, q_empty,
-                    stride_or, max_model_len, tiles_per_seq, sched_ptr, H, BLOCK_T, NUM_STAGES, PER_ROW)),
-        (_load, (0, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty,
-                 q_full, q_empty, stride_tb, table_cols, max_model_len, tiles_per_seq, sched_ptr, H, D, BS,
-                 BLOCK_T, NUM_STAGES)),
-        (_load, (1, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty,
-                 q_full, q_empty, stride_tb, table_cols, max_model_len, tiles_per_seq, sched_ptr, H, D, BS,
-                 BLOCK_T, NUM_STAGES)),
-        (_load, (2, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty,
-                 q_full, q_empty, stride_tb, table_cols, max_model_len, tiles_per_seq, sched_ptr, H, D, BS,
-                 BLOCK_T, NUM_STAGES)),
-        (_load, (3, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty,
-                 q_full, q_empty, stride_tb, table_cols, max_model_len, tiles_per_seq, sched_ptr, H, D, BS,
-                 BLOCK_T, NUM_STAGES)),
+                    stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, H, BLOCK_T, NUM_STAGES,
+                    PER_ROW)),
+        (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                           batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, VPS, 0)),
+        (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                           batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, VPS, 1)),
+        (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                           batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, VPS, 2)),
+        (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq,
+                           batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, VPS, 3)),
     ], [4, 4, 4, 1, 1, 1, 1], [COMPUTE_REGS, COMPUTE_REGS, COMPUTE_REGS, LOAD_REGS, LOAD_REGS, LOAD_REGS, LOAD_REGS])

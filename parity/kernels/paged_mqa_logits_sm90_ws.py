@@ -52,12 +52,14 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
                     empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                     sched_ptr, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
                     BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr,
-                    SCHEDULED: gl.constexpr):
+                    SCHEDULED: gl.constexpr, VPS: gl.constexpr = 1, VP: gl.constexpr = 0):
+    """The load warp: q and weights a sequence, keys and scales a tile (the module's docstring). Of a program
+    of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``), the ``VP``-th, into its own slots and q buffers."""
     ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
     SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
     lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
     lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
-                                           BALANCED, SCHEDULED, 1)
+                                           BALANCED, SCHEDULED, 1, VPS, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
@@ -70,7 +72,7 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
             ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
             ids_next = _block_ids(table_row, t_lo + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
             row0 = (b * NEXT_N).to(gl.int32)
-            qs = q_n % 2
+            qs = VP * 2 + q_n % 2
             mbarrier.wait(q_empty.index(qs), ((q_n // 2) & 1) ^ 1)
             mbarrier.expect(q_full.index(qs), NEXT_N * H * (D + 4))
             _copy_bulk(w_desc, [row0, 0], q_full.index(qs), w_bufs.index(qs))
@@ -84,7 +86,7 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
                         ids = ids_next
                         ids_next = _block_ids(table_row, t0 + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
                 blk = gl.sum(gl.where(lanes == j % 32, ids, 0), axis=0)
-                slot = c % NUM_STAGES
+                slot = VP * NUM_STAGES + c % NUM_STAGES
                 mbarrier.wait(empty.index(slot), ((c // NUM_STAGES) & 1) ^ 1)
                 mbarrier.expect(full.index(slot), BLOCK_T * (D + 4))
                 _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
