@@ -20,8 +20,8 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 (the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
 and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
 as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile,
-``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only); ``balanced`` (the fp8 kernels' programs split
-the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
+``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only); ``balanced`` (the fp8 kernels' programs
+split the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
 leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
 H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
 tiles and next_n is at most that: on the H200 bulk copies were slower with 2.6 tiles per program,
@@ -73,7 +73,7 @@ MEASURED: tuple[Measured, ...] = (
              "B128-n2-ctx8192 46.65 -> 45.82 us, B64-n2-ctx32768 87.92 -> 85.90, B64-n2-ctx8192 25.84 -> 25.58, "
              "the three serving shapes 0.6-3.6 % faster; the same direction in three earlier calls, "
              "docs/h200-serving-schedule.md section 4); that form's next_n 2 calls as one program per SM of four "
-             "compute warpgroups, one m64n128 product a tile (docs/h200-gap-probes.md section 12: two runs, "
+             "compute warpgroups, one m64n128 product a tile (docs/h200-four-warpgroups.md: two runs, "
              "B128-n2-ctx8192 44.9, 45.2 -> 44.1, 44.5 us, B64-n2-ctx32768 84.7, 87.3 -> 82.4, 84.0, "
              "B64-n2-ctx8192 24.7, 25.4 -> 24.7, 25.4)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),

@@ -24,7 +24,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from parity.kernels.paged_mqa_logits_sm90 import _cta_barrier, _ctx_of, _share, _share_segment, _wait_for_previous_kernel
+from parity.kernels.paged_mqa_logits_sm90 import (_cta_barrier, _ctx_of, _share, _share_segment,
+                                                  _wait_for_previous_kernel)
 from parity.kernels.paged_mqa_logits_sm90_ws import _load_partition
 
 VPS = gl.constexpr(4)  # compute warpgroups (shares of the schedule) per program

@@ -38,7 +38,7 @@ ONE_P = 1 << 30  # sm90_ws_min_tiles: the single-partition form at every call
 # The warp-specialized form's own keys are pinned too: left None, a GPU's config (the H200's: 4 programs, 2
 # slots) would replace what a variant names.
 SM90 = dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, balanced=False, sm90_max_next_n=2,
-            sm90_ws_ctas_per_sm=3, sm90_ws_stages=3)
+            sm90_ws_ctas_per_sm=3, sm90_ws_stages=3, sm90_wg4=False)  # the ws variants stay ws at next_n 2
 PROBED = "ws-n4-bal"  # the variant the ws-probe-* variants leave parts out of
 VARIANTS = {
     "base": dict(P, tma=False, num_stages=3, pdl=False, ctas_per_sm=3),
