@@ -367,7 +367,6 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
         return Kernel(), (grid,), (), {}, key
 
     monkeypatch.setattr(backend, "_launch", launch)
-    monkeypatch.setattr(backend, "_check_out", lambda path, inputs, out: None)
     monkeypatch.setattr(backend, "_sm90_plan", lambda path, inputs: (o, "ws", None))
     inputs = types.SimpleNamespace(device=torch.device("cuda"), key_format="fp8")
     for _ in range(3):

@@ -363,10 +363,9 @@ class TritonBackend(SimpleBackend):
                                        lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        if inputs.key_format == "fp8":
-            self._check_out(path, inputs, out)
-            if self._sm90_plan(path, inputs)[1] == "wg4":  # it reads its shares from a prepared schedule only:
-                return self.run_prepared(self.prepare(path, inputs), out)  # two launches, the schedule's first
+        # the wg4 form reads its shares from a prepared schedule only: two launches, the schedule's first
+        if inputs.key_format == "fp8" and self._sm90_plan(path, inputs)[1] == "wg4":
+            return self.run_prepared(self.prepare(path, inputs), out)
         kernel, grid, args, consts, key = self._launch(path, inputs, out)
         self.last_launch = kernel[grid](*args, **consts)
         self._record_fit(key, inputs.device)

@@ -70,9 +70,9 @@ def shares_per_program(form: str) -> int:
 @dataclass
 class Prepared:
     """A call of ``TritonBackend.prepare``: its path and inputs, and where an sm90 kernel runs it, each
-    program's share (int32 rows, ``SCHEDULE_STRIDE`` each) for a grid of ``programs``, and the compile key of
-    the unprepared launch that chose that grid (whose record of what fits a later ``prepare`` reads); else
-    None, 0 and None."""
+    program's share (int32 rows, ``SCHEDULE_STRIDE`` each; ``shares_per_program`` rows a program) for a grid
+    of ``programs``, and the compile key of the unprepared launch that chose that grid (whose record of what
+    fits a later ``prepare`` reads); else None, 0 and None."""
     path: str
     inputs: IndexerInputs
     schedule: torch.Tensor | None = None
@@ -85,7 +85,8 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     """The Hopper kernel's (kernel, grid, args, constexprs, compile key) in ``form`` (``sm90_form``) under
     config ``o``: descriptors of the cache as rows of D key bytes and of q as rows of D bytes for its bulk
     copies; ``num_stages`` key tiles buffered, ``ctas_per_sm`` programs per multiprocessor (the ws form: its
-    own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``); the fused path into float32 or bf16 rows. The
+    own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``; the wg4 form one a multiprocessor, its slots the ws
+    form's); the fused path into float32 or bf16 rows. The
     grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
     (``SCHEDULED``). ``out`` None: the launch planned, not made (``TritonBackend.prepare``)."""
     from triton.experimental.gluon import language as gl
