@@ -111,7 +111,8 @@ def _child(what: str, *args: str) -> dict:
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
             "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1,
-            "wg4-n2": 0}  # the four-warpgroup program: one product a tile, waited for at once, as DeepGEMM's
+            "wg4-n2": 0, "wg4-n4": 0}  # the four-warpgroup program: one product a tile, waited for at once, as
+# DeepGEMM's
 # ptxas (Triton 3.6 and 3.9) keeps one value of the warp-specialized form that reads a prepared schedule in local
 # memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
 # 24.9 us with and without the schedule read, 2026-12-04)
@@ -146,6 +147,10 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     wg4 = report["wg4-n2"]
     assert wg4["registers"] <= 96 and 112 in wg4["setmaxnreg"], report
     assert wg4["products"] == 4 * 4 and wg4["stores"] == 4 * report["bal-ws-c4-n2"]["stores"], report
+    # at next_n 4 the same four compute warpgroups, two a share, each with two of the rows
+    wg4_n4 = report["wg4-n4"]
+    assert wg4_n4["registers"] <= 96 and 112 in wg4_n4["setmaxnreg"], report
+    assert wg4_n4["products"] == wg4["products"] and wg4_n4["stores"] == wg4["stores"], report
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
     assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
     assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report
@@ -186,26 +191,29 @@ def test_the_sm90_form_follows_tiles_per_program_and_next_n(next_n, batch, max_n
     assert sm90_form(next_n, n_tiles, {**config, "sm90_max_next_n": max_next_n}, 132) == expected
 
 
+@pytest.mark.parametrize("next_n", [2, 4])
 @pytest.mark.parametrize("change, expected", [
-    ({}, "wg4"),  # the H200's config at B64-n2-ctx8192
+    ({}, "wg4"),  # the H200's config at B64-n2-ctx8192 and B64-n4-ctx8192
     ({"sm90_wg4": False}, "ws"),
     ({"balanced": False}, "ws"),  # it reads shares by real tile counts only
     ({"probe": "reads"}, "ws"),  # the probes are the warp-specialized form's
 ])
-def test_the_h200_runs_next_n_2_as_four_warpgroups_a_program(change, expected):
+def test_the_h200_runs_next_n_2_and_4_as_four_warpgroups_a_program(next_n, change, expected):
     from parity.backends import triton_configs
     from parity.backends.triton_sm90 import sm90_form
 
     config, _ = triton_configs.lookup("NVIDIA H200")
     assert config["sm90_wg4"] is True
     o = {**config, "probe": None, **change}
-    assert sm90_form(2, 64 * 8192 // 64, o, 132) == expected
+    assert sm90_form(next_n, 64 * 8192 // 64, o, 132) == expected
     assert sm90_form(1, 64 * 8192 // 64, o, 132) == "ws" and sm90_form(2, 8 * 8192 // 64, o, 132) == "single"
 
 
-def test_the_four_warpgroup_launch_reads_a_schedule_of_four_shares_a_program():
+@pytest.mark.parametrize("next_n, slots, shares", [(2, 2, 4), (4, 3, 2)])
+def test_the_four_warpgroup_launch_reads_a_schedule_of_its_shares(next_n, slots, shares):
     """One program per multiprocessor at 96 registers, the warp-specialized form's slots, no constexpr it
-    does not take; a prepared call's grid, with a schedule of 4 shares a program; ``run`` prepares first."""
+    does not take; a prepared call's grid, with a schedule of 4 shares a program at next_n 2 (one a compute
+    warpgroup) and 2 at next_n 4 (one a pair); ``run`` prepares first."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from parity.backends import load_backend, triton_configs
     from parity.backends import triton_kernels as tk
@@ -213,24 +221,34 @@ def test_the_four_warpgroup_launch_reads_a_schedule_of_four_shares_a_program():
     from parity.problem.cases import IndexerCase, build_inputs
 
     h200, _ = triton_configs.lookup("NVIDIA H200")
-    inputs = build_inputs(IndexerCase(batch=3, next_n=2, max_model_len=256, block_size=64, heads=64), "cpu")
+    inputs = build_inputs(IndexerCase(batch=3, next_n=next_n, max_model_len=256, block_size=64, heads=64), "cpu")
     backend = load_backend("triton", **h200)
     o = {**backend.config(torch.device("cpu"))[0], **backend.opts}
-    kernel, (grid,), args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, "wg4")
+    out = torch.empty(3 * next_n, 256)
+    kernel, (grid,), args, consts, _ = backend._launch_sm90(inputs, out, inputs.kv_cache, o, "wg4")
     assert kernel.__name__ == "paged_mqa_logits_sm90_wg4_kernel"
-    assert consts["maxnreg"] == 96 and consts["NUM_STAGES"] == 2, consts
-    assert not {"NEXT_N", "BALANCED", "PROBE", "SCHEDULED"} & set(consts), consts
+    assert consts["maxnreg"] == 96 and consts["NUM_STAGES"] == slots and consts["NEXT_N"] == next_n, consts
+    assert not {"BALANCED", "PROBE", "SCHEDULED"} & set(consts), consts
     assert grid == min(tk._num_sms(inputs.device), 3 * 4)  # one program a multiprocessor, at most a tile each
-    schedule = torch.zeros((4 * 5, 8), dtype=torch.int32)
-    _, (grid,), args, _, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, "wg4",
+    schedule = torch.zeros((shares * 5, 8), dtype=torch.int32)
+    _, (grid,), args, _, _ = backend._launch_sm90(inputs, out, inputs.kv_cache, o, "wg4",
                                                   Prepared("fused", inputs, schedule, 5))
-    assert grid == 5 and args[-1] is schedule and shares_per_program("wg4") == 4 and shares_per_program("ws") == 1
+    assert grid == 5 and args[-1] is schedule
+    assert shares_per_program("wg4", next_n) == shares and shares_per_program("ws", next_n) == 1
     calls = []
     backend._sm90_plan = lambda path, inputs: (o, "wg4", inputs.kv_cache)
     backend.prepare = lambda path, inputs: calls.append("prepare") or "handle"
     backend.run_prepared = lambda handle, out: calls.append(("run_prepared", handle))
-    backend.run("fused", inputs, torch.empty(6, 256))
+    backend.run("fused", inputs, out)
     assert calls == ["prepare", ("run_prepared", "handle")]
+
+
+def test_the_four_warpgroup_program_takes_next_n_2_and_4_only():
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.kernels.paged_mqa_logits_sm90_wg4 import shares
+
+    with pytest.raises(ValueError, match="next_n must be 2 or 4"):
+        shares(1)
 
 
 def test_the_warp_specialized_register_cap_fits_the_programs_asked_for():
@@ -265,9 +283,11 @@ def test_triton_sm90_ws_pins_the_warp_specialized_form():
 
     config, _ = load_backend("triton:sm90-ws").config(torch.device("cpu"))
     assert config["kernel"] == "sm90" and config["sm90_ws_min_tiles"] == 0
-    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "ws"  # at next_n 2 too
+    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "ws"  # at next_n 2 and 4 too
+    assert sm90_form(4, 1, {**config, "probe": None}, 132) == "ws"
     config, _ = load_backend("triton:sm90-wg4").config(torch.device("cpu"))
     assert sm90_form(2, 1, {**config, "probe": None}, 132) == "wg4"  # the four-warpgroup program at any size
+    assert sm90_form(4, 1, {**config, "probe": None}, 132) == "wg4"
     assert sm90_form(1, 1, {**config, "probe": None}, 132) == "ws"
 
 
@@ -432,31 +452,33 @@ def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
+@pytest.mark.parametrize("next_n", [2, 4])
 @pytest.mark.parametrize("batch,context,max_model_len", [(64, 8192, 8192), (130, 3000, 16384), (8, 8192, 163840)])
-def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(batch, context, max_model_len):
-    """At next_n 2 one m64n128 product over both rows, against two m64n64 (``triton:sm90-ws``): the same
-    positions written and the same -inf, and both forms' values right by the checks every backend is judged by
-    (``parity.judge.checks`` against the float64 reference). The two sum each logit's heads in different
-    orders, so their values are not compared with each other: on the H200 (2026-12-04) 2-11 of 1-4 million
-    logits were more than 1e-6 apart, at most 2.7e-6."""
+def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(next_n, batch, context,
+                                                                                max_model_len):
+    """One m64n128 product over two rows, against one m64n64 a row (``triton:sm90-ws``), at every size: the
+    same positions written and the same -inf, and both forms' values right by the checks every backend is
+    judged by (``parity.judge.checks`` against the float64 reference). The two sum each logit's heads in
+    different orders, so their values are not compared with each other: on the H200 (2026-12-04) 2-11 of 1-4
+    million logits were more than 1e-6 apart at next_n 2, at most 2.7e-6."""
     from parity.backends import load_backend
     from parity.judge import checks
     from parity.perf.bench import Shape, make_inputs
     from parity.problem.reference import reference_logits
 
     gen = torch.Generator(device="cuda").manual_seed(batch)
-    inputs = make_inputs(Shape(batch, 2, context, max_model_len=max_model_len), "cuda", gen=gen)
+    inputs = make_inputs(Shape(batch, next_n, context, max_model_len=max_model_len), "cuda", gen=gen)
     inputs.context_lens.copy_(torch.randint(1, context + 1, (batch,), device="cuda", generator=gen))
     outs = []
-    for name, form in (("triton", "wg4"), ("triton:sm90-ws", "ws")):
-        backend = load_backend(name, sm90_ws_min_tiles=0)
+    for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws")):
+        backend = load_backend(name)
         assert backend._sm90_plan("fused", inputs)[1] == form
-        outs.append(torch.full((batch * 2, max_model_len), 12345.0, device="cuda"))
+        outs.append(torch.full((batch * next_n, max_model_len), 12345.0, device="cuda"))
         backend.run("fused", inputs, outs[-1])
     torch.cuda.synchronize()
     assert torch.equal(outs[0] == 12345.0, outs[1] == 12345.0) and torch.equal(outs[0].isinf(), outs[1].isinf())
     ref = reference_logits(inputs)
-    ends = inputs.context_lens.clamp(max=max_model_len).repeat_interleave(2).cpu()
+    ends = inputs.context_lens.clamp(max=max_model_len).repeat_interleave(next_n).cpu()
     for out in outs:
         got = out.masked_fill(out == 12345.0, float("-inf")).cpu()  # past each row's context: never written
         mask = checks.check_mask(got, ref, torch.isfinite(ref).sum(1))

@@ -19,7 +19,7 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 ``sm90_max_next_n``, and the portable kernel on the others); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages``
 (the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
 and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
-as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile,
+and 4 as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile over two rows,
 ``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only); ``balanced`` (the fp8 kernels' programs
 split the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
 leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
@@ -75,7 +75,10 @@ MEASURED: tuple[Measured, ...] = (
              "docs/h200-serving-schedule.md section 4); that form's next_n 2 calls as one program per SM of four "
              "compute warpgroups, one m64n128 product a tile (docs/h200-four-warpgroups.md: two runs, "
              "B128-n2-ctx8192 44.9, 45.2 -> 44.1, 44.5 us, B64-n2-ctx32768 84.7, 87.3 -> 82.4, 84.0, "
-             "B64-n2-ctx8192 24.7, 25.4 -> 24.7, 25.4)"),
+             "B64-n2-ctx8192 24.7, 25.4 -> 24.7, 25.4); its next_n 4 calls too, two compute warpgroups a share "
+             "reading the same key slots (docs/h200-four-warpgroups.md, next_n 4: two runs, B128-n4-ctx32768 "
+             "305.4, 303.5 -> 291.9, 289.0 us, B64-n4-ctx32768 145.4, 145.3 -> 139.8, 140.8, B128-n4-ctx8192 "
+             "74.6, 74.8 -> 71.6, 71.9, B64-n4-ctx8192 39.0, 39.7 -> 38.2, 38.9)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 

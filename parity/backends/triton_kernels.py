@@ -135,8 +135,8 @@ class TritonBackend(SimpleBackend):
     warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles, else single-partition up
     to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages`` the warp-specialized
     form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
-    ``sm90_wg4`` that form's next_n 2 calls as one program per multiprocessor of four compute warpgroups
-    (``paged_mqa_logits_sm90_wg4``; with ``balanced``, and no ``probe``);
+    ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per multiprocessor of four compute
+    warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, and no ``probe``);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -390,7 +390,7 @@ class TritonBackend(SimpleBackend):
         if form is None:
             return Prepared(path, inputs)
         _, (programs,), _, _, key = self._launch_sm90(inputs, None, cache, o, form)
-        shares = programs * triton_sm90.shares_per_program(form)  # the wg4 form: a share per compute warpgroup
+        shares = programs * triton_sm90.shares_per_program(form, inputs.q_fp8.shape[1])
         return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], bool(o["balanced"]), shares),
                         programs, key)
 
@@ -437,16 +437,16 @@ def make_sm90_backend(**options) -> TritonBackend:
 
 def make_sm90_ws_backend(**options) -> TritonBackend:
     """The Hopper kernel's warp-specialized form at every call it takes, whatever its size (``triton:sm90-ws``),
-    at next_n 2 too (not the four-warpgroup program, ``sm90_wg4``); the portable kernel on the calls the sm90
+    at next_n 2 and 4 too (not the four-warpgroup program, ``sm90_wg4``); the portable kernel on the calls the sm90
     kernel does not take."""
     return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "sm90_wg4": False, **options,
                             "kernel": "sm90"})
 
 
 def make_sm90_wg4_backend(**options) -> TritonBackend:
-    """The warp-specialized form's four-warpgroup program at every next_n 2 call the sm90 kernel takes, whatever
-    its size (``triton:sm90-wg4``, for parity runs: the H200's config gives it the calls of at least
-    ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1 and 4."""
+    """The warp-specialized form's four-warpgroup program at every next_n 2 and 4 call the sm90 kernel takes,
+    whatever its size (``triton:sm90-wg4``, for parity runs: the H200's config gives it the calls of at least
+    ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1."""
     return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
                             "sm90_wg4": True, "kernel": "sm90"})
 

@@ -1,5 +1,5 @@
 """The launch of the project's Gluon kernels for Hopper (``parity.kernels.paged_mqa_logits_sm90``, its
-warp-specialized form ``paged_mqa_logits_sm90_ws`` and that form's four-warpgroup program at next_n 2,
+warp-specialized form ``paged_mqa_logits_sm90_ws`` and that form's four-warpgroup program at next_n 2 and 4,
 ``paged_mqa_logits_sm90_wg4``) for ``parity.backends.triton_kernels``: which form a call runs, its
 descriptors, constexprs and grid, and the schedule a server prepares once per decode step. Which calls take
 these kernels at all is the backend's ``_sm90_unfit``."""
@@ -51,20 +51,20 @@ def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
 
 def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
     """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
-    warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 'wg4', its four-warpgroup
-    program (``sm90_wg4``, with ``balanced`` and no probe), else 'single', the single-partition one up to next_n
+    warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 and 4 'wg4', its
+    four-warpgroup program (``sm90_wg4``, with ``balanced`` and no probe), else 'single', the single-partition one up to next_n
     ``sm90_max_next_n``, else None: the portable kernel."""
     if sm90_warp_specialized(next_n, n_tiles, o, sms):
-        wg4 = o.get("sm90_wg4") and next_n == 2 and o["balanced"] and not o.get("probe")
+        wg4 = o.get("sm90_wg4") and next_n in (2, 4) and o["balanced"] and not o.get("probe")
         return "wg4" if wg4 else "ws"
     return "single" if next_n <= o["sm90_max_next_n"] else None
 
 
-def shares_per_program(form: str) -> int:
-    """Shares of the schedule a program of ``form`` takes: one a compute warpgroup."""
-    from parity.kernels.paged_mqa_logits_sm90_wg4 import VPS
+def shares_per_program(form: str, next_n: int) -> int:
+    """Shares of the schedule a program of ``form`` takes at ``next_n``."""
+    from parity.kernels.paged_mqa_logits_sm90_wg4 import shares
 
-    return VPS.value if form == "wg4" else 1
+    return shares(next_n) if form == "wg4" else 1
 
 
 @dataclass
@@ -86,7 +86,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     config ``o``: descriptors of the cache as rows of D key bytes and of q as rows of D bytes for its bulk
     copies; ``num_stages`` key tiles buffered, ``ctas_per_sm`` programs per multiprocessor (the ws form: its
     own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``; the wg4 form one a multiprocessor, its slots the ws
-    form's); the fused path into float32 or bf16 rows. The
+    form's: 2 a share at next_n 2 on the H200, ``num_stages`` at next_n 4); the fused path into float32 or bf16 rows. The
     grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
     (``SCHEDULED``). ``out`` None: the launch planned, not made (``TritonBackend.prepare``)."""
     from triton.experimental.gluon import language as gl
@@ -132,9 +132,9 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
                 table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
         grid = prepared.programs if consts["SCHEDULED"] else grid_of({**o, "ctas_per_sm": per_sm}, key, n_tiles)
         kernel = sm90_ws.paged_mqa_logits_sm90_ws_kernel
-        if form == "wg4":  # next_n 2, the split by real tile counts and a prepared schedule are its own; no probes
+        if form == "wg4":  # the split by real tile counts and a prepared schedule are its own; no probes
             kernel = sm90_wg4.paged_mqa_logits_sm90_wg4_kernel
-            consts = {k: v for k, v in consts.items() if k not in ("NEXT_N", "BALANCED", "PROBE", "SCHEDULED")}
+            consts = {k: v for k, v in consts.items() if k not in ("BALANCED", "PROBE", "SCHEDULED")}
         return kernel, (grid,), args, consts, key
     if o["maxnreg"]:
         consts["maxnreg"] = o["maxnreg"]

@@ -172,8 +172,8 @@ def sm90_report() -> dict:
     next_n 2 with the schedule by real tile counts (``bal-``; ``bal-b1-`` for a batch of one, which Triton
     3.6 once failed to compile; see :func:`compile_sm90`), and the warp-specialized one as the H200 runs it at
     next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots), and both at next_n 2 reading a
-    prepared schedule (``sched-``); the four-warpgroup program the H200 runs at next_n 2 (``wg4-n2``, which always
-    reads a prepared schedule)."""
+    prepared schedule (``sched-``); the four-warpgroup program the H200 runs at next_n 2 and 4 (``wg4-n2``, ``wg4-n4``,
+    which always read a prepared schedule)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
@@ -189,10 +189,12 @@ def sm90_report() -> dict:
     # both forms at next_n 2 reading a schedule prepared once per step (TritonBackend.prepare)
     report.update({"sched-n2": compile_sm90(single, 2, balanced=True, scheduled=True),
                    "sched-ws-c4-n2": compile_sm90(ws, 2, launch_maxnreg(4), balanced=True, stages=2, scheduled=True)})
-    # the H200's form at next_n 2: one program per SM of four compute warpgroups, 2 key slots each
+    # the H200's form at next_n 2 and 4: one program per SM of four compute warpgroups; 2 key slots a share at
+    # next_n 2, 3 at next_n 4 (two shares)
     from parity.kernels.paged_mqa_logits_sm90_wg4 import LAUNCH_REGS, paged_mqa_logits_sm90_wg4_kernel as wg4
 
     report["wg4-n2"] = compile_sm90(wg4, 2, LAUNCH_REGS, stages=2)
+    report["wg4-n4"] = compile_sm90(wg4, 4, LAUNCH_REGS, stages=3)  # two compute warpgroups a share
     return report
 
 
