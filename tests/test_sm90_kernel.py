@@ -188,7 +188,7 @@ def test_the_sm90_form_follows_tiles_per_program_and_next_n(next_n, batch, max_n
     config, _ = triton_configs.lookup("NVIDIA H200")
     n_tiles = batch * 8192 // config["block_t"]
     config = {**config, "sm90_wg4": False}  # the four-warpgroup program: the test below
-    assert sm90_form(next_n, n_tiles, {**config, "sm90_max_next_n": max_next_n}, 132) == expected
+    assert sm90_form(next_n, n_tiles, {**config, "sm90_max_next_n": max_next_n}, 132, batch) == expected
 
 
 @pytest.mark.parametrize("next_n", [2, 4])
@@ -205,8 +205,33 @@ def test_the_h200_runs_next_n_2_and_4_as_four_warpgroups_a_program(next_n, chang
     config, _ = triton_configs.lookup("NVIDIA H200")
     assert config["sm90_wg4"] is True
     o = {**config, "probe": None, **change}
-    assert sm90_form(next_n, 64 * 8192 // 64, o, 132) == expected
-    assert sm90_form(1, 64 * 8192 // 64, o, 132) == "ws" and sm90_form(2, 8 * 8192 // 64, o, 132) == "single"
+    assert sm90_form(next_n, 64 * 8192 // 64, o, 132, 64) == expected
+    assert sm90_form(1, 64 * 8192 // 64, o, 132, 64) == "ws" and sm90_form(2, 8 * 8192 // 64, o, 132, 8) == "single"
+
+
+@pytest.mark.parametrize("next_n", [2, 4])
+def test_the_h200_keeps_a_small_batch_on_the_warp_specialized_form_whatever_its_max_model_len(next_n):
+    """A server passes its model's max_model_len (163840): B8 then counts 20480 tiles and passes the
+    warp-specialized form's bar, whatever its real lengths. The four-warpgroup program starts slower: at
+    B8-n2-ctx8192-mml163840 it ran 8.8-9.1 us against that form's 7.4-7.7 (H200, 2026-12-04), so the H200 runs
+    it from 64 sequences on."""
+    from parity.backends import triton_configs
+    from parity.backends.triton_sm90 import sm90_form
+
+    config, _ = triton_configs.lookup("NVIDIA H200")
+    o = {**config, "probe": None}
+    assert config["sm90_wg4_min_batch"] == 64
+    assert sm90_form(next_n, 8 * 163840 // 64, o, 132, 8) == "ws"
+    assert sm90_form(next_n, 63 * 163840 // 64, o, 132, 63) == "ws"
+    assert sm90_form(next_n, 64 * 163840 // 64, o, 132, 64) == "wg4"
+    assert sm90_form(next_n, 8 * 163840 // 64, {**o, "sm90_wg4_min_batch": 0}, 132, 8) == "wg4"
+
+
+def test_a_negative_batch_bar_is_refused():
+    from parity.backends import load_backend
+
+    with pytest.raises(ValueError, match="sm90_wg4_min_batch must be None or >= 0"):
+        load_backend("triton", sm90_wg4_min_batch=-1)
 
 
 @pytest.mark.parametrize("next_n, slots, shares", [(2, 2, 4), (4, 3, 2)])
@@ -283,12 +308,12 @@ def test_triton_sm90_ws_pins_the_warp_specialized_form():
 
     config, _ = load_backend("triton:sm90-ws").config(torch.device("cpu"))
     assert config["kernel"] == "sm90" and config["sm90_ws_min_tiles"] == 0
-    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "ws"  # at next_n 2 and 4 too
-    assert sm90_form(4, 1, {**config, "probe": None}, 132) == "ws"
+    assert sm90_form(2, 1, {**config, "probe": None}, 132, 1) == "ws"  # at next_n 2 and 4 too
+    assert sm90_form(4, 1, {**config, "probe": None}, 132, 1) == "ws"
     config, _ = load_backend("triton:sm90-wg4").config(torch.device("cpu"))
-    assert sm90_form(2, 1, {**config, "probe": None}, 132) == "wg4"  # the four-warpgroup program at any size
-    assert sm90_form(4, 1, {**config, "probe": None}, 132) == "wg4"
-    assert sm90_form(1, 1, {**config, "probe": None}, 132) == "ws"
+    assert sm90_form(2, 1, {**config, "probe": None}, 132, 1) == "wg4"  # the four-warpgroup program at any size
+    assert sm90_form(4, 1, {**config, "probe": None}, 132, 1) == "wg4"
+    assert sm90_form(1, 1, {**config, "probe": None}, 132, 1) == "ws"
 
 
 def test_the_h200_config_runs_the_sm90_kernel_up_to_next_n_2():

@@ -20,7 +20,7 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 (the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
 and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
 and 4 as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile over two rows,
-``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only); ``balanced`` (the fp8 kernels' programs
+``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only, and from ``sm90_wg4_min_batch`` sequences on); ``balanced`` (the fp8 kernels' programs
 split the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
 leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
 H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
@@ -37,7 +37,8 @@ import torch
 
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
             maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4,
-            sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None, sm90_wg4=False)
+            sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None, sm90_wg4=False,
+            sm90_wg4_min_batch=0)
 KEYS = tuple(BASE)
 
 
@@ -51,7 +52,7 @@ class Measured:
 # The H200's differences from BASE (the evidence: MEASURED below); other GPUs of compute capability 9.0 get them too
 # (by_properties), so that the two cannot drift apart.
 H200 = dict(tma=True, pdl=True, kernel="sm90", sm90_max_next_n=2, balanced=True, sm90_ws_ctas_per_sm=4,
-            sm90_ws_stages=2, sm90_wg4=True)
+            sm90_ws_stages=2, sm90_wg4=True, sm90_wg4_min_batch=64)
 
 # Names are matched as whole words; more specific names first ("H100" would catch an "H100 NVL" listed after it).
 MEASURED: tuple[Measured, ...] = (
@@ -78,7 +79,9 @@ MEASURED: tuple[Measured, ...] = (
              "B64-n2-ctx8192 24.7, 25.4 -> 24.7, 25.4); its next_n 4 calls too, two compute warpgroups a share "
              "reading the same key slots (docs/h200-four-warpgroups.md, next_n 4: two runs, B128-n4-ctx32768 "
              "305.4, 303.5 -> 291.9, 289.0 us, B64-n4-ctx32768 145.4, 145.3 -> 139.8, 140.8, B128-n4-ctx8192 "
-             "74.6, 74.8 -> 71.6, 71.9, B64-n4-ctx8192 39.0, 39.7 -> 38.2, 38.9)"),
+             "74.6, 74.8 -> 71.6, 71.9, B64-n4-ctx8192 39.0, 39.7 -> 38.2, 38.9); that program from 64 "
+             "sequences on (the same doc: at B8-n2-ctx8192-mml163840 it ran 9.1, 8.8 us against the "
+             "warp-specialized form's 7.7, 7.4, at B64 of that shape 24.9, 25.0 against 24.9, 25.1)"),
     Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
 )
 

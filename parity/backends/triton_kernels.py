@@ -136,7 +136,8 @@ class TritonBackend(SimpleBackend):
     to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages`` the warp-specialized
     form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
     ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per multiprocessor of four compute
-    warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, and no ``probe``);
+    warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, no ``probe``, and from
+    ``sm90_wg4_min_batch`` sequences on);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -151,7 +152,8 @@ class TritonBackend(SimpleBackend):
                  tma_max_next_n: int | None = None, kernel: str | None = None,
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
                  balanced: bool | None = None, sm90_ws_ctas_per_sm: int | None = None,
-                 sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None, probe: str | None = None):
+                 sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None,
+                 sm90_wg4_min_batch: int | None = None, probe: str | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -168,6 +170,8 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"sm90_ws_ctas_per_sm must be None or >= 1, got {sm90_ws_ctas_per_sm}")
         if sm90_ws_stages is not None and sm90_ws_stages < 2:
             raise ValueError(f"sm90_ws_stages must be None or >= 2 key slots, got {sm90_ws_stages}")
+        if sm90_wg4_min_batch is not None and sm90_wg4_min_batch < 0:
+            raise ValueError(f"sm90_wg4_min_batch must be None or >= 0 sequences, got {sm90_wg4_min_batch}")
         if sm90_ws_min_tiles is not None and sm90_ws_min_tiles < 0:
             raise ValueError(f"sm90_ws_min_tiles must be None or >= 0 tiles per program, got {sm90_ws_min_tiles}")
         if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
@@ -185,7 +189,8 @@ class TritonBackend(SimpleBackend):
                           flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
                           sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced,
-                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4)
+                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4,
+                          sm90_wg4_min_batch=sm90_wg4_min_batch)
         self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -293,7 +298,7 @@ class TritonBackend(SimpleBackend):
         o.update(self.opts)
         form = None
         if o["kernel"] == "sm90" and _sm90_unfit(path, inputs, cache, o["block_t"]) is None:
-            form = sm90_form(n, B * triton.cdiv(inputs.max_model_len, o["block_t"]), o, _num_sms(inputs.device))
+            form = sm90_form(n, B * triton.cdiv(inputs.max_model_len, o["block_t"]), o, _num_sms(inputs.device), B)
         return o, form, cache
 
     def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor, prepared: Prepared | None = None):
@@ -448,5 +453,5 @@ def make_sm90_wg4_backend(**options) -> TritonBackend:
     whatever its size (``triton:sm90-wg4``, for parity runs: the H200's config gives it the calls of at least
     ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1."""
     return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
-                            "sm90_wg4": True, "kernel": "sm90"})
+                            "sm90_wg4": True, "sm90_wg4_min_batch": 0, "kernel": "sm90"})
 

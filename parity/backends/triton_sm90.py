@@ -49,13 +49,17 @@ def sm90_warp_specialized(next_n: int, n_tiles: int, o: dict, sms: int) -> bool:
     return n_tiles >= o["sm90_ws_min_tiles"] * sm90_ws_programs_per_sm(next_n, o) * sms
 
 
-def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int) -> str | None:
-    """Which form of the sm90 kernel runs a call it takes (``_sm90_unfit``) under config ``o``: 'ws', the
-    warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 and 4 'wg4', its
-    four-warpgroup program (``sm90_wg4``, with ``balanced`` and no probe), else 'single', the single-partition one up to next_n
-    ``sm90_max_next_n``, else None: the portable kernel."""
+def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int, batch: int) -> str | None:
+    """Which form of the sm90 kernel runs a call of ``batch`` sequences it takes (``_sm90_unfit``) under config
+    ``o``: 'ws', the warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 and 4 'wg4',
+    its four-warpgroup program (``sm90_wg4``, with ``balanced``, no probe and at least ``sm90_wg4_min_batch``
+    sequences), else 'single', the single-partition one up to next_n ``sm90_max_next_n``, else None: the
+    portable kernel. ``n_tiles`` counts ``max_model_len`` for every sequence: with a server's (163840) a small
+    batch passes the warp-specialized form's bar whatever its real lengths, hence the batch bar of the
+    four-warpgroup program, whose start costs more."""
     if sm90_warp_specialized(next_n, n_tiles, o, sms):
-        wg4 = o.get("sm90_wg4") and next_n in (2, 4) and o["balanced"] and not o.get("probe")
+        wg4 = (o.get("sm90_wg4") and next_n in (2, 4) and o["balanced"] and not o.get("probe")
+               and batch >= o.get("sm90_wg4_min_batch", 0))
         return "wg4" if wg4 else "ws"
     return "single" if next_n <= o["sm90_max_next_n"] else None
 
