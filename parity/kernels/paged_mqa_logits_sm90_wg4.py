@@ -101,6 +101,19 @@ def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q
 
 
 @gluon.jit
+def _loads(VP: gl.constexpr, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+           empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr,
+           NEXT_N: gl.constexpr, SHARES: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
+           BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr):
+    """Load warp ``VP``: the warp-specialized form's, for share ``VP`` of ``SHARES``; idle past the last share
+    (at next_n 4 two of the four, where Triton would pad two one-warp partitions to a warpgroup anyway)."""
+    if VP < SHARES:
+        _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                        empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                        sched_ptr, NEXT_N, H, D, BS, BLOCK_T, NUM_STAGES, True, True, SHARES, VP)
+
+
+@gluon.jit
 def paged_mqa_logits_sm90_wg4_kernel(
     q_desc, w_desc, k_desc, s_desc, ctx_ptr, lens_ptr, table_ptr, out_ptr,
     stride_tb, table_cols, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr,
@@ -129,60 +142,41 @@ def paged_mqa_logits_sm90_wg4_kernel(
     for s in gl.static_range(P * 2):
         mbarrier.init(q_full.index(s), count=1)
         mbarrier.init(q_empty.index(s), count=WGS)
+    # compute warpgroup w takes share V<w>, rows R<w> and R<w> + 1: at next_n 2 share w, at next_n 4 share w // 2
+    # and rows 2 * (w % 2); load warp w loads share w, where the program has one
+    V0: gl.constexpr = 0
+    R0: gl.constexpr = 0
+    V1: gl.constexpr = 1 if NEXT_N == 2 else 0
+    R1: gl.constexpr = 0 if NEXT_N == 2 else 2
+    V2: gl.constexpr = 2 if NEXT_N == 2 else 1
+    R2: gl.constexpr = 0
+    V3: gl.constexpr = 3 if NEXT_N == 2 else 1
+    R3: gl.constexpr = 0 if NEXT_N == 2 else 2
     # the partitions' arguments written out: Gluon 3.6 takes no starred tuple here, and a concatenated one loses
     # its constexprs
-    if NEXT_N == 2:
-        gl.warp_specialize([
-            (_compute, (0, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 2, 4, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (1, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 2, 4, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (2, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 2, 4, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (3, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 2, 4, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 4,
-                               0)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 4,
-                               1)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 4,
-                               2)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 2, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 4,
-                               3)),
-        ], [4, 4, 4, 1, 1, 1, 1], [COMPUTE_REGS, COMPUTE_REGS, COMPUTE_REGS, LOAD_REGS, LOAD_REGS, LOAD_REGS,
-                                   LOAD_REGS])
-    else:  # a share's two compute warpgroups take its rows 0-1 and 2-3 of each key tile
-        gl.warp_specialize([
-            (_compute, (0, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 4, 2, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (0, 2, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 4, 2, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (1, 0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 4, 2, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_compute, (1, 2, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
-                        q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, 4, 2, H,
-                        BLOCK_T, NUM_STAGES, PER_ROW)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 4, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 2,
-                               0)),
-            (_load_partition, (q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs,
-                               full, empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles,
-                               tiles_per_seq, batch, sched_ptr, 4, H, D, BS, BLOCK_T, NUM_STAGES, True, True, 2,
-                               1)),
-        ], [4, 4, 4, 1, 1], [COMPUTE_REGS, COMPUTE_REGS, COMPUTE_REGS, LOAD_REGS, LOAD_REGS])
+    gl.warp_specialize([
+        (_compute, (V0, R0, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
+                    q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N, P, H, BLOCK_T,
+                    NUM_STAGES, PER_ROW)),
+        (_compute, (V1, R1, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
+                    q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N, P, H, BLOCK_T,
+                    NUM_STAGES, PER_ROW)),
+        (_compute, (V2, R2, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
+                    q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N, P, H, BLOCK_T,
+                    NUM_STAGES, PER_ROW)),
+        (_compute, (V3, R3, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full, empty, q_full,
+                    q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr, NEXT_N, P, H, BLOCK_T,
+                    NUM_STAGES, PER_ROW)),
+        (_loads, (0, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                   empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                   sched_ptr, NEXT_N, P, H, D, BS, BLOCK_T, NUM_STAGES)),
+        (_loads, (1, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                   empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                   sched_ptr, NEXT_N, P, H, D, BS, BLOCK_T, NUM_STAGES)),
+        (_loads, (2, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                   empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                   sched_ptr, NEXT_N, P, H, D, BS, BLOCK_T, NUM_STAGES)),
+        (_loads, (3, q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
+                   empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
+                   sched_ptr, NEXT_N, P, H, D, BS, BLOCK_T, NUM_STAGES)),
+    ], [4, 4, 4, 1, 1, 1, 1], [COMPUTE_REGS, COMPUTE_REGS, COMPUTE_REGS, LOAD_REGS, LOAD_REGS, LOAD_REGS, LOAD_REGS])
