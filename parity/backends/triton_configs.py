@@ -20,12 +20,12 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 (the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2; None: ``ctas_per_sm``
 and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
 and 4 as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile over two rows,
-``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only, and from ``sm90_wg4_min_batch`` sequences on); ``balanced`` (the fp8 kernels' programs
-split the tiles the batch really has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which
-leaves most programs idle where a server passes its model's max_model_len: on where it was timed, the
-H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where each program gets at least that many
-tiles and next_n is at most that: on the H200 bulk copies were slower with 2.6 tiles per program,
-B8-n2-ctx8192, and at next_n 4).
+``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only, and from ``sm90_wg4_min_batch`` sequences
+on); ``balanced`` (the fp8 kernels' programs split the tiles the batch really has, by context length, instead
+of ``B x cdiv(max_model_len, block_t)``, which leaves most programs idle where a server passes its model's
+max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where
+each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower with
+2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
 """
 from __future__ import annotations
 

@@ -90,8 +90,8 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     config ``o``: descriptors of the cache as rows of D key bytes and of q as rows of D bytes for its bulk
     copies; ``num_stages`` key tiles buffered, ``ctas_per_sm`` programs per multiprocessor (the ws form: its
     own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``; the wg4 form one a multiprocessor, its slots the ws
-    form's: 2 a share at next_n 2 on the H200, ``num_stages`` at next_n 4); the fused path into float32 or bf16 rows. The
-    grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
+    form's: 2 a share at next_n 2 on the H200, ``num_stages`` at next_n 4); the fused path into float32 or bf16
+    rows. The grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
     (``SCHEDULED``). ``out`` None: the launch planned, not made (``TritonBackend.prepare``)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
