@@ -478,22 +478,31 @@ def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
 @pytest.mark.parametrize("next_n", [2, 4])
-@pytest.mark.parametrize("batch,context,max_model_len", [(64, 8192, 8192), (130, 3000, 16384), (8, 8192, 163840)])
+@pytest.mark.parametrize("batch,context,max_model_len,row_lens", [
+    (64, 8192, 8192, "causal"), (130, 3000, 16384, "causal"), (8, 8192, 163840, "causal"),
+    (130, 3000, 16384, "per_row"),  # DeepGEMM's 2-D context_lens: each row's limit read from memory
+])
 def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(next_n, batch, context,
-                                                                                max_model_len):
+                                                                                max_model_len, row_lens):
     """One m64n128 product over two rows, against one m64n64 a row (``triton:sm90-ws``), at every size: the
     same positions written and the same -inf, and both forms' values right by the checks every backend is
     judged by (``parity.judge.checks`` against the float64 reference). The two sum each logit's heads in
     different orders, so their values are not compared with each other: on the H200 (2026-12-04) 2-11 of 1-4
     million logits were more than 1e-6 apart at next_n 2, at most 2.7e-6."""
+    import dataclasses
+
     from parity.backends import load_backend
     from parity.judge import checks
     from parity.perf.bench import Shape, make_inputs
+    from parity.problem.cases import per_row_lengths
     from parity.problem.reference import reference_logits
 
     gen = torch.Generator(device="cuda").manual_seed(batch)
     inputs = make_inputs(Shape(batch, next_n, context, max_model_len=max_model_len), "cuda", gen=gen)
     inputs.context_lens.copy_(torch.randint(1, context + 1, (batch,), device="cuda", generator=gen))
+    if row_lens == "per_row":
+        lens_2d = per_row_lengths(inputs.context_lens.tolist(), next_n, torch.Generator().manual_seed(batch))
+        inputs = dataclasses.replace(inputs, context_lens_2d=lens_2d.to("cuda"))
     outs = []
     for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws")):
         backend = load_backend(name)
