@@ -21,6 +21,12 @@ def test_full_grid_covers_every_edge():
     assert {(c.block_size, c.next_n) for c in full} >= {(bs, n) for bs in (1, 16, 64) for n in (1, 2, 4)}
     assert any(c.batch == 1 for c in full) and any(c.max_model_len % 64 for c in full)
     assert any(c.heads == 64 and c.head_dim == 128 for c in full)
+    # the indexer's shape (H=64, D=128, fp8) with 2-D lengths and with bf16 logits at every next_n the Hopper
+    # kernels' forms take apart (2 and 4), in the full level or the stress level
+    fp8_h64 = [c for c in full + stress_cases() if c.heads == 64 and c.head_dim == 128 and c.key_format == "fp8"]
+    for n in (2, 4):
+        assert any(c.next_n == n and c.row_lens == "per_row" for c in fp8_h64), n
+        assert any(c.next_n == n and c.logits_dtype == "bfloat16" for c in fp8_h64), n
 
 
 @pytest.mark.parametrize("case", quick_cases(), ids=lambda c: c.id)

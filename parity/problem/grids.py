@@ -74,6 +74,12 @@ def full_cases() -> list[IndexerCase]:
     extra += [
         C(batch=1, next_n=4, heads=64, block_size=64, max_model_len=4097, context="ctx_eq_max", topk=2048),
         C(batch=5, next_n=2, heads=64, block_size=64, max_model_len=2600, context="random", topk=2048, fp8="e4m3fnuz"),
+        # next_n 4 at the indexer's shape with 2-D lengths and bf16 logits: the Hopper kernels' next_n 4 forms
+        # read each row's limit, and store bf16, in code of their own
+        C(batch=3, next_n=4, heads=64, block_size=64, max_model_len=1000, context="random", row_lens="per_row",
+          topk=128),
+        C(batch=3, next_n=4, heads=64, block_size=64, max_model_len=1000, context="near_max",
+          logits_dtype="bfloat16", topk=128),
     ]
     return quick_cases() + extra + fp4_full_cases()
 
