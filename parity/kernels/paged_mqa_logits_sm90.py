@@ -132,8 +132,9 @@ def _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLO
            VP: gl.constexpr = 0):
     """This program's share (``_schedule``'s five values): read from ``sched_ptr`` where ``SCHEDULED`` (written
     by ``paged_mqa_logits_sm90_schedule_kernel`` once per decode step, for a grid of the same size), else
-    computed here. A program of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``, one a compute warpgroup) reads
-    its ``VP``-th, row ``program_id * VPS + VP`` of a schedule prepared for ``VPS`` x the grid."""
+    computed here. A program of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``: one a compute warpgroup at next_n
+    2, one a pair at next_n 4) reads its ``VP``-th, row ``program_id * VPS + VP`` of a schedule prepared for
+    ``VPS`` x the grid."""
     if SCHEDULED:
         at = sched_ptr + (gl.program_id(0) * VPS + VP) * SCHEDULE_STRIDE
         lo = gl.load(at)

@@ -126,7 +126,7 @@ def paged_mqa_logits_sm90_wg4_kernel(
     _wait_for_previous_kernel(PDL)
     gl.static_assert(BS % BLOCK_T == 0, "a key tile lies inside one cache block")
     gl.static_assert(NEXT_N == 2 or NEXT_N == 4, "next_n 2 or 4")
-    P: gl.constexpr = VPS if NEXT_N == 2 else VPS // 2  # shares: at next_n 4 two compute warpgroups each
+    P: gl.constexpr = VPS if NEXT_N == 2 else VPS // 2  # shares (``shares`` for the host): 2 warpgroups each at n4
     WGS: gl.constexpr = VPS // P  # compute warpgroups of a share: each releases its slots and q buffers
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [P * NUM_STAGES, BLOCK_T, D], k_desc.layout)
     s_bufs = gl.allocate_shared_memory(gl.float32, [P * NUM_STAGES, 1, BLOCK_T], s_desc.layout)

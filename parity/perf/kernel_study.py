@@ -36,7 +36,7 @@ P = dict(kernel="portable", balanced=False)
 ONE_P = 1 << 30  # sm90_ws_min_tiles: the single-partition form at every call
 # the Gluon kernel's variants: 3 stages, 3 programs per SM, programmatic launch, the even split unless named -bal.
 # The warp-specialized form's own keys are pinned too: left to a GPU's config (the H200's: 4 programs, 2 slots,
-# four warpgroups a program at next_n 2) they would replace what a variant names.
+# four warpgroups a program at next_n 2 and 4) they would replace what a variant names.
 SM90 = dict(kernel="sm90", num_stages=3, ctas_per_sm=3, pdl=True, balanced=False, sm90_max_next_n=2,
             sm90_ws_ctas_per_sm=3, sm90_ws_stages=3, sm90_wg4=False)
 PROBED = "ws-n4-bal"  # the variant the ws-probe-* variants leave parts out of
