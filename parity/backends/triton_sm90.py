@@ -5,7 +5,7 @@ descriptors, constexprs and grid, and the schedule a server prepares once per de
 these kernels at all is the backend's ``_sm90_unfit``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -82,6 +82,27 @@ class Prepared:
     schedule: torch.Tensor | None = None
     programs: int = 0
     key: tuple | None = None
+    # the launch ``run_prepared`` planned, kept where ``launch_reusable``: (the buffer's key, (kernel, grid, args,
+    # constexprs)); launched again while ``out`` is the same buffer
+    launch: tuple | None = field(default=None, repr=False, compare=False)
+
+
+def launch_reusable(inputs: IndexerInputs, path: str) -> bool:
+    """Whether a planned launch stays right for later calls on these inputs: no tensor the plan hands the kernel
+    is a copy of one of them (``sm90_launch`` copies a tensor that is not contiguous, and weights that are not
+    16-byte aligned), so values written into them later are the values the kernel reads."""
+    cache = inputs.kv_cache_preshuffled if path == "preshuffle" else inputs.kv_cache
+    lens_2d = inputs.context_lens_2d
+    return (cache is not None and cache.is_contiguous() and inputs.q_fp8.is_contiguous()
+            and inputs.weights.is_contiguous() and inputs.weights.data_ptr() % 16 == 0
+            and inputs.block_tables.stride(-1) == 1 and (lens_2d is None or lens_2d.is_contiguous()))
+
+
+def buffer_key(out: torch.Tensor | None) -> tuple | None:
+    """What a planned launch depends on in its output buffer: where it is and its geometry."""
+    if out is None:
+        return None
+    return out.data_ptr(), tuple(out.shape), tuple(out.stride()), out.dtype, str(out.device)
 
 
 def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
