@@ -99,7 +99,8 @@ def launch_reusable(inputs: IndexerInputs, path: str) -> bool:
 
 
 def buffer_key(out: torch.Tensor | None) -> tuple | None:
-    """What a planned launch depends on in its output buffer: where it is and its geometry."""
+    """What a planned launch depends on in its output buffer: where it is and its geometry. The kept launch holds
+    the buffer among its arguments, so while it is kept no other tensor can be given that address."""
     if out is None:
         return None
     return out.data_ptr(), tuple(out.shape), tuple(out.stride()), out.dtype, str(out.device)
