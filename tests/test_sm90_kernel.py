@@ -260,12 +260,40 @@ def test_the_four_warpgroup_launch_reads_a_schedule_of_its_shares(next_n, slots,
                                                   Prepared("fused", inputs, schedule, 5))
     assert grid == 5 and args[-1] is schedule
     assert shares_per_program("wg4", next_n) == shares and shares_per_program("ws", next_n) == 1
-    calls = []
-    backend._sm90_plan = lambda path, inputs: (o, "wg4", inputs.kv_cache)
-    backend.prepare = lambda path, inputs: calls.append("prepare") or "handle"
-    backend.run_prepared = lambda handle, out: calls.append(("run_prepared", handle))
-    backend.run("fused", inputs, out)
-    assert calls == ["prepare", ("run_prepared", "handle")]
+
+
+@pytest.mark.parametrize("next_n, shares", [(2, 4), (4, 2)])
+def test_run_plans_a_four_warpgroup_call_once_and_launches_it_on_its_schedule(monkeypatch, next_n, shares):
+    """``run`` of a wg4 call: one plan (config and form), one set of descriptors, the schedule of its shares
+    prepared for the grid the launch then takes (the schedule's launch and the descriptors' build are counted
+    in place of the GPU work)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from parity.backends import load_backend, triton_configs, triton_sm90
+    from parity.problem.cases import IndexerCase, build_inputs
+
+    h200, _ = triton_configs.lookup("NVIDIA H200")
+    inputs = build_inputs(IndexerCase(batch=3, next_n=next_n, max_model_len=256, block_size=64, heads=64), "cpu")
+    backend = load_backend("triton", **h200)
+    o = {**backend.config(torch.device("cpu"))[0], **backend.opts}
+    plans, built, schedules, launched = [], [], [], []
+    monkeypatch.setattr(backend, "_sm90_plan", lambda path, inputs: plans.append(path) or (o, "wg4", inputs.kv_cache))
+    monkeypatch.setattr(triton_sm90, "schedule_once", lambda inputs, block_t, balanced, programs: schedules.append(
+        torch.zeros((programs, 8), dtype=torch.int32)) or schedules[-1])
+    real_launch = triton_sm90.sm90_launch
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **consts: launched.append((grid, args))
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return (Kernel(), *real_launch(*args, **kwargs)[1:])
+
+    monkeypatch.setattr(triton_sm90, "sm90_launch", counting)
+    backend.run("fused", inputs, torch.empty(3 * next_n, 256))
+    assert plans == ["fused"] and built == [1] and len(schedules) == 1 and len(launched) == 1
+    (grid,), args = launched[0]
+    assert args[-1] is schedules[0] and schedules[0].shape[0] == grid * shares
 
 
 def test_the_four_warpgroup_program_takes_next_n_2_and_4_only():
@@ -406,7 +434,7 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
             grids.append(grid[0])
             return lambda *args, **consts: object()
 
-    def launch(path, inputs, out):  # the ws form's launch: its own programs per SM
+    def launch(path, inputs, out, prepared=None, plan=None):  # the ws form's launch: its own programs per SM
         key = ("ws", 4)
         grid = backend._grid({**o, "ctas_per_sm": sm90_ws_programs_per_sm(2, o)}, key, 10**6, inputs.device)
         return Kernel(), (grid,), (), {}, key

@@ -301,16 +301,17 @@ class TritonBackend(SimpleBackend):
             form = sm90_form(n, B * triton.cdiv(inputs.max_model_len, o["block_t"]), o, _num_sms(inputs.device), B)
         return o, form, cache
 
-    def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor, prepared: Prepared | None = None):
+    def _launch(self, path: str, inputs: IndexerInputs, out: torch.Tensor, prepared: Prepared | None = None,
+                plan: tuple | None = None):
         """The kernel's grid, positional arguments and constexprs for ``path`` on ``inputs`` into ``out`` (with
-        the schedule of ``prepared``, see :meth:`prepare`)."""
+        the schedule of ``prepared``, see :meth:`prepare`; ``plan``: :meth:`_sm90_plan`'s, where made already)."""
         self._check_out(path, inputs, out)
         if inputs.key_format == "mxfp4":
             self._refuse_probe("an mxfp4 cache runs the FP4 kernel")
             return self._launch_fp4(path, inputs, out)
         B, n, H, D = inputs.q_fp8.shape
         cols = inputs.max_model_len
-        o, form, cache = self._sm90_plan(path, inputs)
+        o, form, cache = plan or self._sm90_plan(path, inputs)
         bs = cache.shape[1]
         if form is not None:
             return self._launch_sm90(inputs, out, cache, o, form, prepared)
@@ -368,12 +369,13 @@ class TritonBackend(SimpleBackend):
                                        lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        # the wg4 form reads its shares from a prepared schedule only: two launches, the schedule's first
-        if inputs.key_format == "fp8" and self._sm90_plan(path, inputs)[1] == "wg4":
-            return self.run_prepared(self.prepare(path, inputs), out)
-        kernel, grid, args, consts, key = self._launch(path, inputs, out)
+        # planned once (the config, the form, the descriptors); the wg4 form reads its shares from a prepared
+        # schedule only: two launches, the schedule's first
+        plan = self._sm90_plan(path, inputs) if inputs.key_format == "fp8" else None
+        prepared = self._prepare(path, inputs, plan) if plan is not None and plan[1] == "wg4" else None
+        kernel, grid, args, consts, key = self._launch(path, inputs, out, prepared, plan)
         self.last_launch = kernel[grid](*args, **consts)
-        self._record_fit(key, inputs.device)
+        self._record_fit(prepared.key if prepared is not None else key, inputs.device)
 
     def _record_fit(self, key, device: torch.device) -> None:
         """After a launch: how many programs of that kernel fit the GPU at once, under ``key``, so that later
@@ -393,10 +395,15 @@ class TritonBackend(SimpleBackend):
         are read, see ``triton_sm90.launch_reusable``)."""
         if inputs.key_format != "fp8":  # the FP4 kernel has no schedule to prepare
             return Prepared(path, inputs)
-        o, form, cache = self._sm90_plan(path, inputs)  # no form under the interpreter (_sm90_unfit)
+        return self._prepare(path, inputs, self._sm90_plan(path, inputs))
+
+    def _prepare(self, path: str, inputs: IndexerInputs, plan: tuple) -> Prepared:
+        """:meth:`prepare` with :meth:`_sm90_plan`'s ``plan`` made already (no form under the interpreter)."""
+        o, form, cache = plan
         if form is None:
             return Prepared(path, inputs)
-        _, (programs,), _, _, key = self._launch_sm90(inputs, None, cache, o, form)
+        programs, key = triton_sm90.sm90_grid(inputs, cache, o, form,
+                                              lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
         shares = programs * triton_sm90.shares_per_program(form, inputs.q_fp8.shape[1])
         return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], bool(o["balanced"]), shares),
                         programs, key)

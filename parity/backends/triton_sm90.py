@@ -106,6 +106,40 @@ def buffer_key(out: torch.Tensor | None) -> tuple | None:
     return out.data_ptr(), tuple(out.shape), tuple(out.stride()), out.dtype, str(out.device)
 
 
+def _sm90_consts(inputs: IndexerInputs, cache: torch.Tensor, o: dict, form: str, scheduled: bool):
+    """What a launch of ``form`` under config ``o`` compiles for and how its grid is chosen, without its
+    descriptors: (constexprs, compile key, the batch's tiles, the config its grid is chosen from)."""
+    from parity.kernels import paged_mqa_logits_sm90_wg4 as sm90_wg4
+    from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
+
+    B, n, H, D = inputs.q_fp8.shape
+    bs, block_t = cache.shape[1], o["block_t"]
+    n_tiles = B * -(-inputs.max_model_len // block_t)
+    consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
+                  PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
+                  PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0, SCHEDULED=scheduled, num_warps=4)
+    if consts["PDL"]:
+        consts["launch_pdl"] = True
+    if form in ("ws", "wg4"):
+        per_sm = sm90_ws_programs_per_sm(n, o) if form == "ws" else 1
+        consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm) if form == "ws" else sm90_wg4.LAUNCH_REGS
+        consts["NUM_STAGES"] = sm90_ws_stages(n, o)
+        key = (str(inputs.device), f"sm90_{form}", *consts.items(), per_sm)
+        if form == "wg4":  # the split by real tile counts and a prepared schedule are its own; no probes
+            consts = {k: v for k, v in consts.items() if k not in ("BALANCED", "PROBE", "SCHEDULED")}
+        return consts, key, n_tiles, {**o, "ctas_per_sm": per_sm}
+    if o["maxnreg"]:
+        consts["maxnreg"] = o["maxnreg"]
+    return consts, (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"]), n_tiles, o
+
+
+def sm90_grid(inputs: IndexerInputs, cache: torch.Tensor, o: dict, form: str, grid_of) -> tuple[int, tuple]:
+    """(programs, compile key) of the unprepared launch of ``form`` (``sm90_launch``), without building its
+    descriptors: what ``TritonBackend.prepare`` pins."""
+    _, key, n_tiles, grid_o = _sm90_consts(inputs, cache, o, form, False)
+    return grid_of(grid_o, key, n_tiles), key
+
+
 def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
                 prepared: Prepared | None, grid_of):
     """The Hopper kernel's (kernel, grid, args, constexprs, compile key) in ``form`` (``sm90_form``) under
@@ -114,7 +148,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``; the wg4 form one a multiprocessor, its slots the ws
     form's: 2 a share at next_n 2 on the H200, ``num_stages`` at next_n 4); the fused path into float32 or bf16
     rows. The grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
-    (``SCHEDULED``). ``out`` None: the launch planned, not made (``TritonBackend.prepare``)."""
+    (``SCHEDULED``). ``out`` None: the launch planned, not made."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
@@ -124,6 +158,8 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
 
     B, n, H, D = inputs.q_fp8.shape
     cols, bs, block_t = inputs.max_model_len, cache.shape[1], o["block_t"]
+    scheduled = prepared is not None and prepared.schedule is not None
+    consts, key, n_tiles, grid_o = _sm90_consts(inputs, cache, o, form, scheduled)
     flat = cache.contiguous().view(-1)
     rows = flat.view(torch.float8_e4m3fn).view(-1, D)
     q_rows = inputs.q_fp8.contiguous().view(-1, D)
@@ -132,20 +168,11 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
                              gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
     tiles_per_seq = -(-cols // block_t)
-    n_tiles = B * tiles_per_seq
-    consts = dict(NEXT_N=n, H=H, D=D, BS=bs, BLOCK_T=block_t, NUM_STAGES=o["num_stages"],
-                  PER_ROW=inputs.context_lens_2d is not None, PDL=bool(o["pdl"]), BALANCED=bool(o["balanced"]),
-                  PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0,
-                  SCHEDULED=prepared is not None and prepared.schedule is not None, num_warps=4)
-    if consts["PDL"]:
-        consts["launch_pdl"] = True
     table, lens = _table_and_lens(inputs)
-    schedule = prepared.schedule if consts["SCHEDULED"] else inputs.context_lens  # a pointer either way
+    schedule = prepared.schedule if scheduled else inputs.context_lens  # a pointer either way
     out_rows = out.stride(-2) if out is not None else 0
+    grid = prepared.programs if scheduled else grid_of(grid_o, key, n_tiles)
     if form in ("ws", "wg4"):
-        per_sm = sm90_ws_programs_per_sm(n, o) if form == "ws" else 1
-        consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm) if form == "ws" else sm90_wg4.LAUNCH_REGS
-        consts["NUM_STAGES"] = sm90_ws_stages(n, o)
         f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
         srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
         s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
@@ -153,22 +180,13 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
         if weights.data_ptr() % 16:  # bulk copies read from 16-byte aligned addresses
             weights = weights.clone()
         w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
-        key = (str(inputs.device), f"sm90_{form}", *consts.items(), per_sm)
         args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
                 table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
-        grid = prepared.programs if consts["SCHEDULED"] else grid_of({**o, "ctas_per_sm": per_sm}, key, n_tiles)
-        kernel = sm90_ws.paged_mqa_logits_sm90_ws_kernel
-        if form == "wg4":  # the split by real tile counts and a prepared schedule are its own; no probes
-            kernel = sm90_wg4.paged_mqa_logits_sm90_wg4_kernel
-            consts = {k: v for k, v in consts.items() if k not in ("BALANCED", "PROBE", "SCHEDULED")}
+        kernel = sm90_wg4.paged_mqa_logits_sm90_wg4_kernel if form == "wg4" else sm90_ws.paged_mqa_logits_sm90_ws_kernel
         return kernel, (grid,), args, consts, key
-    if o["maxnreg"]:
-        consts["maxnreg"] = o["maxnreg"]
-    key = (str(inputs.device), "sm90", *consts.items(), o["ctas_per_sm"])
     args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
             table, out, table.stride(0), table.shape[1], out_rows, cols, layouts.block_bytes(bs, D) // 4,
             bs * D // 4, n_tiles, tiles_per_seq, B, schedule)
-    grid = prepared.programs if consts["SCHEDULED"] else grid_of(o, key, n_tiles)
     return sm90.paged_mqa_logits_sm90_kernel, (grid,), args, consts, key
 
 
