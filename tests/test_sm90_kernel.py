@@ -294,6 +294,9 @@ def test_run_plans_a_four_warpgroup_call_once_and_launches_it_on_its_schedule(mo
     assert plans == ["fused"] and built == [1] and len(schedules) == 1 and len(launched) == 1
     (grid,), args = launched[0]
     assert args[-1] is schedules[0] and schedules[0].shape[0] == grid * shares
+    with pytest.raises(ValueError, match="out must be"):  # refused before the schedule's launch
+        backend.run("fused", inputs, torch.empty(3 * next_n, 255))
+    assert len(schedules) == 1 and len(launched) == 1
 
 
 def test_the_four_warpgroup_program_takes_next_n_2_and_4_only():

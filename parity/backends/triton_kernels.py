@@ -372,7 +372,10 @@ class TritonBackend(SimpleBackend):
         # planned once (the config, the form, the descriptors); the wg4 form reads its shares from a prepared
         # schedule only: two launches, the schedule's first
         plan = self._sm90_plan(path, inputs) if inputs.key_format == "fp8" else None
-        prepared = self._prepare(path, inputs, plan) if plan is not None and plan[1] == "wg4" else None
+        prepared = None
+        if plan is not None and plan[1] == "wg4":
+            self._check_out(path, inputs, out)  # a bad buffer is refused before the schedule's launch
+            prepared = self._prepare(path, inputs, plan)
         kernel, grid, args, consts, key = self._launch(path, inputs, out, prepared, plan)
         self.last_launch = kernel[grid](*args, **consts)
         self._record_fit(prepared.key if prepared is not None else key, inputs.device)
