@@ -10,7 +10,10 @@ weights and its q, one read after the other. Here each program is
 
 - a *load* warp: q and the weights of each sequence (two buffers, so the next sequence's are loaded while
   this one is computed), then every tile's keys and scales by bulk tensor copies into the next free slot.
-  Block ids are read 32 tiles at a time, one per lane, the next 32 while these are copied;
+  Block ids are read 32 tiles at a time, one per lane, the next 32 while these are copied. The second
+  sequence's q is issued right after the first tile, while every program copies its first q: issued at the
+  switch, halfway through the call, it had left L2 under the keys streaming through and was read from DRAM
+  again (1.4 MB more DRAM reads than DeepGEMM at B128-n2-ctx8192 on the H200, none with it; `_load_partition`);
 - a *compute* warpgroup: waits for a slot, runs its products and epilogues in the single-partition
   kernel's ``_tile``, which hands the slot back once its four warps are past the last product (one
   barrier of the four warps, one mbarrier arrival), and reads the next sequence's length a sequence ahead.
@@ -48,13 +51,28 @@ def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.co
 
 
 @gluon.jit
+def _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b, q_n, NEXT_N: gl.constexpr, H: gl.constexpr,
+             D: gl.constexpr, VP: gl.constexpr):
+    """The copies of sequence ``b``'s q and weights, the ``q_n``-th of share ``VP``, into its next q buffer once
+    its compute warps have handed it back."""
+    row0 = (b * NEXT_N).to(gl.int32)
+    qs = VP * 2 + q_n % 2
+    mbarrier.wait(q_empty.index(qs), ((q_n // 2) & 1) ^ 1)
+    mbarrier.expect(q_full.index(qs), NEXT_N * H * (D + 4))
+    _copy_bulk(w_desc, [row0, 0], q_full.index(qs), w_bufs.index(qs))
+    for i in gl.static_range(NEXT_N):
+        _copy_bulk(q_desc, [(row0 + i) * H, 0], q_full.index(qs), q_bufs.index(qs).slice(i * H, H))
+
+
+@gluon.jit
 def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                     empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                     sched_ptr, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
                     BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr,
                     SCHEDULED: gl.constexpr, VPS: gl.constexpr = 1, VP: gl.constexpr = 0):
     """The load warp: q and weights a sequence, keys and scales a tile (the module's docstring). Of a program
-    of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``), the ``VP``-th, into its own slots and q buffers."""
+    of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``), the ``VP``-th, into its own slots and q buffers. The
+    compute warps take the q buffers in the order of the segments with tiles, whichever iteration issued them."""
     ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
     SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
     lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
@@ -63,6 +81,7 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
+    q_used = 0  # segments with tiles begun
     for seg in range(0, n_segments):
         b, ctx, end, t_lo, t_hi, n, first = _share_segment(ctx_next, first, lo, hi, b0, seg, tiles_per_seq,
                                                             max_model_len, BLOCK_T, BALANCED)
@@ -71,14 +90,11 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
             table_row = table_ptr + b * stride_tb
             ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
             ids_next = _block_ids(table_row, t_lo + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
-            row0 = (b * NEXT_N).to(gl.int32)
-            qs = VP * 2 + q_n % 2
-            mbarrier.wait(q_empty.index(qs), ((q_n // 2) & 1) ^ 1)
-            mbarrier.expect(q_full.index(qs), NEXT_N * H * (D + 4))
-            _copy_bulk(w_desc, [row0, 0], q_full.index(qs), w_bufs.index(qs))
-            for i in gl.static_range(NEXT_N):
-                _copy_bulk(q_desc, [(row0 + i) * H, 0], q_full.index(qs), q_bufs.index(qs).slice(i * H, H))
-            q_n += 1
+            if q_n == q_used:  # not issued ahead
+                _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b, q_n, NEXT_N, H, D, VP)
+                q_n += 1
+            ahead = q_used == 0  # the first segment with tiles issues the next one's q after its first tile
+            q_used += 1
             for j in range(0, n):
                 t0 = t_lo + j * BLOCK_T
                 if j % 32 == 0:
@@ -92,6 +108,12 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
                 _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
                 _copy_bulk(s_desc, [blk * SROWS_PER_BLOCK + D // 4, t0 % BS], full.index(slot), s_bufs.index(slot))
                 c += 1
+                if ahead and j == 0:  # its second buffer is free: nothing was computed yet
+                    n1 = _share_segment(ctx_next, first, lo, hi, b0, seg + 1, tiles_per_seq, max_model_len, BLOCK_T,
+                                        BALANCED)[5]
+                    if n1 > 0:
+                        _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b + 1, q_n, NEXT_N, H, D, VP)
+                        q_n += 1
 
 
 @gluon.jit
