@@ -6,10 +6,13 @@
 #   2. python -m parity.perf.kernel_study: every variant of parity.perf.kernel_study.VARIANTS and DeepGEMM on the fused
 #      path at the quick shapes, preshuffle and stage1 for the base and the fastest variant, the bare reads;
 #   3. ncu (--clock-control none; speed of light, memory, compute, occupancy, launch, warp state and
-#      scheduler sections) on the base variant, the fastest and DeepGEMM at B64-n2-ctx8192 and -ctx32768.
+#      scheduler sections, and the bytes each kernel read from and wrote to DRAM, which summary.md lists)
+#      on the base variant, the fastest and DeepGEMM at B64-n2-ctx8192 and -ctx32768.
 #
 #   ci/kernel-study.sh [OUT_DIR]
-#   env: PYTHON (default python3), DEEPGEMM_SRC, STUDY_S (seconds for step 2, default 240), NCU_S (default 100; 0 skips step 3)
+#   env: PYTHON (default python3), DEEPGEMM_SRC, STUDY_S (seconds for step 2, default 240; 0 skips it),
+#        NCU_S (default 100; 0 skips step 3), NCU_VARIANTS (the variants ncu profiles, default the base and the
+#        fastest; "default" is the GPU's config), NCU_SHAPES (default B64-n2-ctx8192,B64-n2-ctx32768)
 # Leaves OUT_DIR/{summary.md, study.json, study.md, ncu.csv, dg-build.txt, log.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,24 +39,32 @@ else
 fi
 
 t0=$SECONDS
-timeout "$STUDY_S" "$PY" -m parity.perf.kernel_study --out "$OUT_DIR" --deadline-s $((STUDY_S - 70)) > "$LOG" 2>&1
-echo "study: exit $? after $((SECONDS - t0)) s" | tee -a "$S"
+if [ "$STUDY_S" -le 0 ]; then
+  echo "study: skipped (STUDY_S=0)" | tee -a "$S"
+else
+  timeout "$STUDY_S" "$PY" -m parity.perf.kernel_study --out "$OUT_DIR" --deadline-s $((STUDY_S - 70)) > "$LOG" 2>&1
+  echo "study: exit $? after $((SECONDS - t0)) s" | tee -a "$S"
+fi
 best="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("best_at_bar") or "")' \
   "$OUT_DIR/study.json" 2>/dev/null)"
 variants=base
 [ -n "$best" ] && [ "$best" != base ] && variants="base,$best"
+variants="${NCU_VARIANTS:-$variants}"
 
 if [ "${NCU_S:-100}" -le 0 ]; then
   echo "ncu: skipped (NCU_S=0)" | tee -a "$S"
 elif command -v ncu >/dev/null; then
   t0=$SECONDS
   timeout "${NCU_S:-100}" ncu --clock-control none \
-    --kernel-name regex:'paged_mqa_logits_kernel|paged_mqa_logits_sm90_kernel|paged_mqa_logits_sm90_ws_kernel|sm90_fp8_paged_mqa_logits' \
+    --kernel-name regex:'paged_mqa_logits_kernel|paged_mqa_logits_sm90_(ws_|wg4_)?kernel|sm90_fp8_paged_mqa_logits' \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
-    --csv --page details \
-    "$PY" -m parity.perf.kernel_study --profile --variants "$variants" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum --csv --page details \
+    "$PY" -m parity.perf.kernel_study --profile --variants "$variants" \
+    --profile-shapes "${NCU_SHAPES:-B64-n2-ctx8192,B64-n2-ctx32768}" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
   echo "ncu ($variants, deepgemm): exit $? after $((SECONDS - t0)) s" | tee -a "$S"
+  # DRAM bytes per profiled launch, in launch order: the variants of each shape, twice each, then DeepGEMM
+  "$PY" -m parity.perf.ncu_dram "$OUT_DIR/ncu.csv" >> "$S" 2>&1
 else
   echo "ncu: not on PATH" | tee -a "$S"
 fi
