@@ -63,7 +63,7 @@ elif command -v ncu >/dev/null; then
     "$PY" -m parity.perf.kernel_study --profile --variants "$variants" \
     --profile-shapes "${NCU_SHAPES:-B64-n2-ctx8192,B64-n2-ctx32768}" > "$OUT_DIR/ncu.csv" 2>> "$LOG"
   echo "ncu ($variants, deepgemm): exit $? after $((SECONDS - t0)) s" | tee -a "$S"
-  # DRAM bytes per profiled launch, in launch order: the variants of each shape, twice each, then DeepGEMM
+  # DRAM bytes per profiled launch, in launch order, labelled by the lines kernel_study --profile prints
   "$PY" -m parity.perf.ncu_dram "$OUT_DIR/ncu.csv" >> "$S" 2>&1
 else
   echo "ncu: not on PATH" | tee -a "$S"

@@ -8,9 +8,9 @@ Why: two kernels that read the same keys should read the same bytes from DRAM, a
 timing cannot name. On the H200 the four-warpgroup program read 142.16 MB at B128-n2-ctx8192 where DeepGEMM
 read 140.69. It was reading each share's second q from DRAM again (docs/h200-q-reread.md).
 
-``kernel_study --profile`` prints ``profiled NAME SHAPE`` after each backend's ``RUNS`` calls of a shape.
-These lines label the launches in order, ``RUNS`` to a line, where the counts agree. Otherwise the launches
-are listed unlabelled.
+``kernel_study --profile`` prints ``profiled NAME SHAPE CALLS`` after each backend's calls of a shape. These
+lines label the launches in order, ``CALLS`` to a line, where their counts add up to the launches. Otherwise
+the launches are listed unlabelled.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import csv
 import re
 import sys
 
-RUNS = 2  # calls per backend and shape in ``kernel_study.profile``
 # to MB and us; ncu 2025 (the H200 image's) writes byte and ns in its CSV, older ones scaled units
 _BYTES = {"byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3}
 _TIME = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
@@ -34,8 +33,10 @@ def _short(kernel: str) -> str:
 
 
 def launches(text: str) -> tuple[list[dict], list[str]]:
-    """(each profiled launch in ID order: its kernel, us, MB read and written; the ``profiled`` labels)."""
-    labels = [f"{m.group(1)} {m.group(2)}" for m in re.finditer(r"^profiled (\S+) (\S+)\s*$", text, re.M)]
+    """(each profiled launch in ID order: its kernel, us, MB read and written; the ``profiled`` labels, one a
+    launch they stand for)."""
+    labels = [f"{m.group(1)} {m.group(2)}" for m in re.finditer(r"^profiled (\S+) (\S+) (\d+)\s*$", text, re.M)
+              for _ in range(int(m.group(3)))]
     lines = [line for line in text.splitlines() if line.startswith('"')]
     if not lines:
         raise ValueError("no CSV rows: expected the output of ncu --csv --page details")
@@ -59,15 +60,15 @@ def launches(text: str) -> tuple[list[dict], list[str]]:
 
 def markdown(text: str) -> str:
     found, labels = launches(text)
-    labelled = len(labels) * RUNS == len(found)
+    labelled = len(labels) == len(found)
     out = ["DRAM bytes per profiled launch (Nsight Compute, caches flushed before each):", "",
            "| launch | backend, shape | kernel | us | MB read | MB written |", "|---:|---|---|---:|---:|---:|"]
     for i, launch in enumerate(found):
-        label = labels[i // RUNS] if labelled else "unlabelled"
+        label = labels[i] if labelled else "unlabelled"
         cells = [f"{launch[k]:.2f}" if k in launch else "n/a" for k in ("us", "read", "written")]
         out.append(f"| {i + 1} | {label} | {launch['kernel']} | " + " | ".join(cells) + " |")
     if not labelled and labels:
-        out += ["", f"{len(labels)} labels for {len(found)} launches (expected {RUNS} each): not matched"]
+        out += ["", f"labels for {len(labels)} launches, {len(found)} profiled: not matched"]
     return "\n".join(out) + "\n"
 
 
