@@ -45,6 +45,38 @@ def shares(next_n: int) -> int:
 
 
 @gluon.jit
+def _pair_operands(H: gl.constexpr, BLOCK_T: gl.constexpr):
+    """In the layout of a ``[BLOCK_T, 2 x H]`` product over two rows (m64n128k32 instructions of one warpgroup):
+    its token and column indices, the mask of the second row's columns (one per register, which the compiler
+    folds), and the product's input, ignored (``use_acc=False``)."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 2 * H, 32])
+    rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
+    cols = gl.arange(0, 2 * H, layout=gl.SliceLayout(0, mma))
+    return rows, cols, cols[None, :] >= H, gl.zeros([BLOCK_T, 2 * H], gl.float32, mma)
+
+
+@gluon.jit
+def _pair_tile(k_bufs, s_bufs, full, empty, slot, phase, q_rows, zero, w, row1, t, lim0, lim1, end, out_b, stride_or):
+    """One key tile of two speculative rows: once key slot ``slot`` completes ``phase``, one product of its keys
+    against both rows' q (``q_rows``, ``[2 x H, D]``), the slot handed back once every compute warp is past it,
+    then relu, the weights ``w`` and each row's head sum (``row1`` marks the second row's columns), times the
+    tokens' scales, and the two rows' stores at tokens ``t``: -inf from each row's limit on, nothing from
+    ``end``."""
+    mbarrier.wait(full.index(slot), phase)
+    acc = warpgroup_mma(k_bufs.index(slot), q_rows.permute((1, 0)), zero, use_acc=False, is_async=True)
+    scale = s_bufs.index(slot).reshape([t.shape[0]]).load(t.type.layout)
+    done = warpgroup_mma_wait(0, deps=(acc,))
+    _cta_barrier()  # the compute warps only: each is past its product's reads of the slot
+    mbarrier.arrive(empty.index(slot))
+    x = gl.maximum(done, 0.0) * w[None, :]
+    l0 = gl.sum(gl.where(row1, 0.0, x), axis=1) * scale
+    l1 = gl.sum(gl.where(row1, x, 0.0), axis=1) * scale
+    keep = t < end
+    gl.store(out_b + t, gl.where(t < lim0, l0, float("-inf")), mask=keep)
+    gl.store(out_b + stride_or + t, gl.where(t < lim1, l1, float("-inf")), mask=keep)
+
+
+@gluon.jit
 def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
              empty, q_full, q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr,
              NEXT_N: gl.constexpr, SHARES: gl.constexpr, H: gl.constexpr, BLOCK_T: gl.constexpr,
@@ -52,11 +84,7 @@ def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q
     """A compute warpgroup of share ``VP`` (of the program's ``SHARES``): each tile of the share as one product
     over the speculative rows ``ROW0`` and ``ROW0 + 1``, then their epilogues."""
     N: gl.constexpr = 2 * H  # both rows' heads: the product's width
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, N, 32])
-    rows = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, mma))
-    cols = gl.arange(0, N, layout=gl.SliceLayout(0, mma))
-    row1 = cols[None, :] >= H  # the columns of the second row; a mask per register, which the compiler folds
-    zero = gl.zeros([BLOCK_T, N], gl.float32, mma)  # the product's input, ignored (use_acc=False)
+    rows, cols, row1, zero = _pair_operands(H, BLOCK_T)
     lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
                                            True, True, 4, SHARES, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
@@ -80,20 +108,8 @@ def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q
             w = w_bufs.index(qs).reshape([NEXT_N * H]).slice(ROW0 * H, N).load(cols.type.layout)
             q_rows = q_bufs.index(qs).slice(ROW0 * H, N)
             for j in range(0, n):
-                slot = VP * NUM_STAGES + c % NUM_STAGES
-                t = t_lo + j * BLOCK_T + rows
-                mbarrier.wait(full.index(slot), (c // NUM_STAGES) & 1)
-                acc = warpgroup_mma(k_bufs.index(slot), q_rows.permute((1, 0)), zero, use_acc=False, is_async=True)
-                scale = s_bufs.index(slot).reshape([BLOCK_T]).load(rows.type.layout)
-                done = warpgroup_mma_wait(0, deps=(acc,))
-                _cta_barrier()  # the compute warps only: each is past its product's reads of the slot
-                mbarrier.arrive(empty.index(slot))
-                x = gl.maximum(done, 0.0) * w[None, :]
-                l0 = gl.sum(gl.where(row1, 0.0, x), axis=1) * scale
-                l1 = gl.sum(gl.where(row1, x, 0.0), axis=1) * scale
-                keep = t < end
-                gl.store(out_b + t, gl.where(t < lim0, l0, float("-inf")), mask=keep)
-                gl.store(out_b + stride_or + t, gl.where(t < lim1, l1, float("-inf")), mask=keep)
+                _pair_tile(k_bufs, s_bufs, full, empty, VP * NUM_STAGES + c % NUM_STAGES, (c // NUM_STAGES) & 1,
+                           q_rows, zero, w, row1, t_lo + j * BLOCK_T + rows, lim0, lim1, end, out_b, stride_or)
                 c += 1
             _cta_barrier()  # every warp is past its last product before the q buffer goes back
             mbarrier.arrive(q_empty.index(qs))

@@ -44,10 +44,36 @@ def launch_maxnreg(ctas_per_sm: int) -> int:
 
 
 @gluon.jit
-def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, BLOCK_T: gl.constexpr):
-    """The cache blocks of the 32 tiles from token ``t0`` on, one per lane of the load warp."""
+def _block_ids(table_row, t0, t_hi, table_cols, BS: gl.constexpr, STEP: gl.constexpr):
+    """The cache blocks of 32 tiles ``STEP`` tokens apart from token ``t0`` on, one per lane of the load warp."""
     tiles = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    return _block_id(table_row, t0 + tiles * BLOCK_T, t_hi, table_cols, BS)
+    return _block_id(table_row, t0 + tiles * STEP, t_hi, table_cols, BS)
+
+
+@gluon.jit
+def _tile_block(ids, ids_next, i, t0, table_row, t_hi, table_cols, BS: gl.constexpr, STEP: gl.constexpr):
+    """The cache block of a load warp's ``i``-th tile of a segment (at token ``t0``, its tiles ``STEP`` tokens
+    apart), lane ``i`` mod 32 of the ids held: every 32 tiles the next 32 read ahead take over and the 32 after
+    those are read. Returns the ids held and read ahead, and the block."""
+    if i % 32 == 0:
+        if i > 0:
+            ids = ids_next
+            ids_next = _block_ids(table_row, t0 + 32 * STEP, t_hi, table_cols, BS, STEP)
+    lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
+    return ids, ids_next, gl.sum(gl.where(lanes == i % 32, ids, 0), axis=0)
+
+
+@gluon.jit
+def _copy_tile(k_desc, s_desc, k_bufs, s_bufs, full, empty, slot, c, blk, t0, NUM_STAGES: gl.constexpr,
+               D: gl.constexpr, BS: gl.constexpr, BLOCK_T: gl.constexpr):
+    """The copies of the load warp's ``c``-th tile (at token ``t0``, in cache block ``blk``) into key slot
+    ``slot`` once its compute warps have handed it back."""
+    ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
+    SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
+    mbarrier.wait(empty.index(slot), ((c // NUM_STAGES) & 1) ^ 1)
+    mbarrier.expect(full.index(slot), BLOCK_T * (D + 4))
+    _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
+    _copy_bulk(s_desc, [blk * SROWS_PER_BLOCK + D // 4, t0 % BS], full.index(slot), s_bufs.index(slot))
 
 
 @gluon.jit
@@ -65,6 +91,19 @@ def _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b, q_n, NEXT_N: gl
 
 
 @gluon.jit
+def _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, first, lo, hi, b0, seg, b, q_n,
+                  tiles_per_seq, max_model_len, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr,
+                  BLOCK_T: gl.constexpr, BALANCED: gl.constexpr, VP: gl.constexpr):
+    """Sequence ``b + 1``'s q and weights, the ``q_n``-th of share ``VP``, issued where its segment ``seg + 1``
+    (length ``ctx_next``, first tile ``first``) has tiles in the share. Returns the count of q issued."""
+    n1 = _share_segment(ctx_next, first, lo, hi, b0, seg + 1, tiles_per_seq, max_model_len, BLOCK_T, BALANCED)[5]
+    if n1 > 0:
+        _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b + 1, q_n, NEXT_N, H, D, VP)
+        q_n += 1
+    return q_n
+
+
+@gluon.jit
 def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                     empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                     sched_ptr, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
@@ -73,9 +112,6 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
     """The load warp: q and weights a sequence, keys and scales a tile (the module's docstring). Of a program
     of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``), the ``VP``-th, into its own slots and q buffers. The
     compute warps take the q buffers in the order of the segments with tiles, whichever iteration issued them."""
-    ROWS_PER_BLOCK: gl.constexpr = (BS * (D + 4)) // D  # the cache as rows of D key bytes (k_desc)
-    SROWS_PER_BLOCK: gl.constexpr = (D + 4) // 4  # the cache as rows of BS floats (s_desc); scales: row D / 4
-    lanes = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
     lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
                                            BALANCED, SCHEDULED, 1, VPS, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
@@ -97,23 +133,13 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
             q_used += 1
             for j in range(0, n):
                 t0 = t_lo + j * BLOCK_T
-                if j % 32 == 0:
-                    if j > 0:
-                        ids = ids_next
-                        ids_next = _block_ids(table_row, t0 + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
-                blk = gl.sum(gl.where(lanes == j % 32, ids, 0), axis=0)
-                slot = VP * NUM_STAGES + c % NUM_STAGES
-                mbarrier.wait(empty.index(slot), ((c // NUM_STAGES) & 1) ^ 1)
-                mbarrier.expect(full.index(slot), BLOCK_T * (D + 4))
-                _copy_bulk(k_desc, [blk * ROWS_PER_BLOCK + t0 % BS, 0], full.index(slot), k_bufs.index(slot))
-                _copy_bulk(s_desc, [blk * SROWS_PER_BLOCK + D // 4, t0 % BS], full.index(slot), s_bufs.index(slot))
+                ids, ids_next, blk = _tile_block(ids, ids_next, j, t0, table_row, t_hi, table_cols, BS, BLOCK_T)
+                _copy_tile(k_desc, s_desc, k_bufs, s_bufs, full, empty, VP * NUM_STAGES + c % NUM_STAGES, c, blk, t0,
+                           NUM_STAGES, D, BS, BLOCK_T)
                 c += 1
                 if ahead and j == 0:  # its second buffer is free: nothing was computed yet
-                    n1 = _share_segment(ctx_next, first, lo, hi, b0, seg + 1, tiles_per_seq, max_model_len, BLOCK_T,
-                                        BALANCED)[5]
-                    if n1 > 0:
-                        _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b + 1, q_n, NEXT_N, H, D, VP)
-                        q_n += 1
+                    q_n = _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, first, lo, hi, b0,
+                                        seg, b, q_n, tiles_per_seq, max_model_len, NEXT_N, H, D, BLOCK_T, BALANCED, VP)
 
 
 @gluon.jit
