@@ -111,8 +111,8 @@ def _child(what: str, *args: str) -> dict:
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
             "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1,
-            "wg4-n2": 0, "wg4-n4": 0}  # the four-warpgroup program: one product a tile, waited for at once, as
-# DeepGEMM's
+            "wg4-n2": 0, "wg4-n4": 0, "wg4c-n2": 0, "wg4c-n2-s5": 0}  # the four-warpgroup programs: one product
+# a tile, waited for at once, as DeepGEMM's
 # ptxas (Triton 3.6 and 3.9) keeps one value of the warp-specialized form that reads a prepared schedule in local
 # memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
 # 24.9 us with and without the schedule read, 2026-12-04)
@@ -151,6 +151,14 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     wg4_n4 = report["wg4-n4"]
     assert wg4_n4["registers"] <= 96 and 112 in wg4_n4["setmaxnreg"], report
     assert wg4_n4["products"] == wg4["products"] and wg4_n4["stores"] == wg4["stores"], report
+    # coupled (triton:sm90-wg4c): the same registers, products and stores; one q a multiprocessor, where the four
+    # shares' q buffers left room for 2 key slots a warpgroup, holds 4 in less shared memory and 5 within the 227
+    # KB a program may take
+    for n in ("wg4c-n2", "wg4c-n2-s5"):
+        assert report[n]["registers"] <= 96 and 112 in report[n]["setmaxnreg"], report
+        assert report[n]["products"] == wg4["products"] and report[n]["stores"] == wg4["stores"], report
+    assert report["wg4c-n2"]["shared_bytes"] < wg4["shared_bytes"] <= 227 * 1024, report
+    assert report["wg4c-n2"]["shared_bytes"] < report["wg4c-n2-s5"]["shared_bytes"] <= 227 * 1024, report
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
     assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
     assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report
@@ -484,7 +492,7 @@ def test_a_prepared_call_reads_its_schedule_on_its_grid():
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
 @pytest.mark.parametrize("batch,context,max_model_len", [(1, 700, 8192), (8, 8192, 8192), (64, 8192, 163840),
                                                          (130, 3000, 16384), (128, 4096, 163840)])
-@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws"])
+@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws", "triton:sm90-wg4c"])
 def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model_len):
     """The schedule ``prepare`` computes once is the share each program computes for itself: the logits of
     ``run_prepared`` equal those of ``run`` bit for bit, every position either writes (a tile left out or
@@ -535,13 +543,15 @@ def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(n
         lens_2d = per_row_lengths(inputs.context_lens.tolist(), next_n, torch.Generator().manual_seed(batch))
         inputs = dataclasses.replace(inputs, context_lens_2d=lens_2d.to("cuda"))
     outs = []
-    for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws")):
+    for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws"),
+                       ("triton:sm90-wg4c", "wg4c" if next_n == 2 else "wg4")):
         backend = load_backend(name)
         assert backend._sm90_plan("fused", inputs)[1] == form
         outs.append(torch.full((batch * next_n, max_model_len), 12345.0, device="cuda"))
         backend.run("fused", inputs, outs[-1])
     torch.cuda.synchronize()
-    assert torch.equal(outs[0] == 12345.0, outs[1] == 12345.0) and torch.equal(outs[0].isinf(), outs[1].isinf())
+    for other in outs[1:]:
+        assert torch.equal(outs[0] == 12345.0, other == 12345.0) and torch.equal(outs[0].isinf(), other.isinf())
     ref = reference_logits(inputs)
     ends = inputs.context_lens.clamp(max=max_model_len).repeat_interleave(next_n).cpu()
     for out in outs:

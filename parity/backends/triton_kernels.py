@@ -11,7 +11,7 @@ import torch
 from parity.backends import triton_configs, triton_sm90
 from parity.problem import layouts, mxfp4
 from parity.backends.base import PATHS, SimpleBackend
-from parity.backends.triton_sm90 import SM90_PROBES, Prepared, _table_and_lens, sm90_form
+from parity.backends.triton_sm90 import MAX_WG4C_STAGES, SM90_PROBES, Prepared, _table_and_lens, sm90_form
 from parity.problem.cases import IndexerInputs
 
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
@@ -137,7 +137,8 @@ class TritonBackend(SimpleBackend):
     form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
     ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per multiprocessor of four compute
     warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, no ``probe``, and from
-    ``sm90_wg4_min_batch`` sequences on);
+    ``sm90_wg4_min_batch`` sequences on); ``sm90_wg4c_stages`` (None: off) that program's next_n 2 calls with
+    its warpgroups coupled, this many key slots each (``paged_mqa_logits_sm90_wg4c``, a candidate);
     ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
     (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
     ``programs`` (0: from
@@ -153,7 +154,8 @@ class TritonBackend(SimpleBackend):
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
                  balanced: bool | None = None, sm90_ws_ctas_per_sm: int | None = None,
                  sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None,
-                 sm90_wg4_min_batch: int | None = None, probe: str | None = None):
+                 sm90_wg4_min_batch: int | None = None, sm90_wg4c_stages: int | None = None,
+                 probe: str | None = None):
         import triton
 
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
@@ -172,6 +174,9 @@ class TritonBackend(SimpleBackend):
             raise ValueError(f"sm90_ws_stages must be None or >= 2 key slots, got {sm90_ws_stages}")
         if sm90_wg4_min_batch is not None and sm90_wg4_min_batch < 0:
             raise ValueError(f"sm90_wg4_min_batch must be None or >= 0 sequences, got {sm90_wg4_min_batch}")
+        if sm90_wg4c_stages is not None and not 2 <= sm90_wg4c_stages <= MAX_WG4C_STAGES:
+            raise ValueError(f"sm90_wg4c_stages must be None or 2-{MAX_WG4C_STAGES} key slots a warpgroup (one "
+                             f"copied while one is computed; shared memory holds no more), got {sm90_wg4c_stages}")
         if sm90_ws_min_tiles is not None and sm90_ws_min_tiles < 0:
             raise ValueError(f"sm90_ws_min_tiles must be None or >= 0 tiles per program, got {sm90_ws_min_tiles}")
         if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
@@ -190,7 +195,7 @@ class TritonBackend(SimpleBackend):
                           tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
                           sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced,
                           sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4,
-                          sm90_wg4_min_batch=sm90_wg4_min_batch)
+                          sm90_wg4_min_batch=sm90_wg4_min_batch, sm90_wg4c_stages=sm90_wg4c_stages)
         self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -369,11 +374,11 @@ class TritonBackend(SimpleBackend):
                                        lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        # planned once (the config, the form, the descriptors); the wg4 form reads its shares from a prepared
+        # planned once (the config, the form, the descriptors); the wg4 forms read their shares from a prepared
         # schedule only: two launches, the schedule's first
         plan = self._sm90_plan(path, inputs) if inputs.key_format == "fp8" else None
         prepared = None
-        if plan is not None and plan[1] == "wg4":
+        if plan is not None and plan[1] in ("wg4", "wg4c"):
             self._check_out(path, inputs, out)  # a bad buffer is refused before the schedule's launch
             prepared = self._prepare(path, inputs, plan)
         kernel, grid, args, consts, key = self._launch(path, inputs, out, prepared, plan)
@@ -476,3 +481,9 @@ def make_sm90_wg4_backend(**options) -> TritonBackend:
     return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
                             "sm90_wg4": True, "sm90_wg4_min_batch": 0, "kernel": "sm90"})
 
+
+
+def make_sm90_wg4c_backend(**options) -> TritonBackend:
+    """``triton:sm90-wg4``, its next_n 2 calls with the four warpgroups coupled (``triton:sm90-wg4c``: one share
+    and one q a multiprocessor, 4 key slots a warpgroup; ``paged_mqa_logits_sm90_wg4c``, a candidate form)."""
+    return make_sm90_wg4_backend(**{"sm90_wg4c_stages": triton_sm90.WG4C_STAGES, **options})

@@ -128,11 +128,11 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
     ``balanced``; for a batch of one where ``batch_one``, a value Triton compiles as a constant; as
     measurement probe ``probe``, see ``paged_mqa_logits_sm90``; reading a prepared schedule where
     ``scheduled``): its registers and spill bytes, the notes where ptxas serialized products or injected
-    waits (C7514-C7519), how many waits leave one product in
-    flight (``wgmma.wait_group 1``: an epilogue overlapping the next product), how many barriers of a
-    program's warps its PTX has, the register counts its partitions ask for (``setmaxnreg``,
-    warp-specialized kernels), and how many products and global stores its PTX has (``products``,
-    ``stores``). Uses the ptxas that ships with Triton; no GPU needed."""
+    waits (C7514-C7519), how many waits leave one product in flight (``wgmma.wait_group 1``: an epilogue
+    overlapping the next product), how many barriers of a program's warps its PTX has, the register counts its
+    partitions ask for (``setmaxnreg``, warp-specialized kernels), how many products and global stores its PTX
+    has (``products``, ``stores``), and the shared memory a program takes (``shared_bytes``). Uses the ptxas
+    that ships with Triton; no GPU needed."""
     import os
     import subprocess
     import tempfile
@@ -147,7 +147,8 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
     pointers = {**SM90_POINTERS, **{n: descs[n] for n in fn.arg_names if n.endswith("_desc")}}
     consts = {**SM90_CONSTEXPRS, "NEXT_N": next_n, "BALANCED": balanced, "PROBE": probe, "NUM_STAGES": stages,
               "SCHEDULED": scheduled, **({"batch": 1} if batch_one else {})}
-    ptx = compile_for(fn, consts, pointers, maxnreg=maxnreg).asm["ptx"]
+    compiled = compile_for(fn, consts, pointers, maxnreg=maxnreg)
+    ptx = compiled.asm["ptx"]
     ptxas = get_ptxas(90).path  # the ptxas Triton compiled with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -163,7 +164,7 @@ def compile_sm90(fn, next_n: int, maxnreg: int | None = None, balanced: bool = F
             "barriers": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
             "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+);", ptx)}),
             "products": len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
-            "stores": len(re.findall(r"\bst\.global\b", ptx))}
+            "stores": len(re.findall(r"\bst\.global\b", ptx)), "shared_bytes": compiled.metadata.shared}
 
 
 def sm90_report() -> dict:
@@ -173,7 +174,8 @@ def sm90_report() -> dict:
     3.6 once failed to compile; see :func:`compile_sm90`), and the warp-specialized one as the H200 runs it at
     next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots), and both at next_n 2 reading a
     prepared schedule (``sched-``); the four-warpgroup program the H200 runs at next_n 2 and 4 (``wg4-n2``, ``wg4-n4``,
-    which always read a prepared schedule)."""
+    which always read a prepared schedule), and that program coupled at next_n 2 (``wg4c-n2``, 4 and 5 key
+    slots a warpgroup)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
@@ -195,6 +197,12 @@ def sm90_report() -> dict:
 
     report["wg4-n2"] = compile_sm90(wg4, 2, LAUNCH_REGS, stages=2)
     report["wg4-n4"] = compile_sm90(wg4, 4, LAUNCH_REGS, stages=3)  # two compute warpgroups a share
+    # the same program at next_n 2 with its warpgroups coupled (one share and one q a multiprocessor): 4 key slots
+    # a warpgroup (triton:sm90-wg4c), and 5, the most that fit
+    from parity.kernels.paged_mqa_logits_sm90_wg4c import paged_mqa_logits_sm90_wg4c_kernel as wg4c
+
+    report["wg4c-n2"] = compile_sm90(wg4c, 2, LAUNCH_REGS, stages=4)
+    report["wg4c-n2-s5"] = compile_sm90(wg4c, 2, LAUNCH_REGS, stages=5)
     return report
 
 
