@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The coupled four-warpgroup program (parity.kernels.paged_mqa_logits_sm90_wg4c, triton:sm90-wg4c; in no GPU's
+# config) judged and timed on an H200 beside the tree's program and DeepGEMM, in two calls of under 10 minutes:
+#   tests   the GPU tests of the Hopper kernels and of the coupled form (its logits against the warp-specialized
+#           form's and the float64 reference; a prepared call against an unprepared one);
+#   parity  python -m parity run --backend triton:sm90-wg4c --path fused at the full and stress levels;
+#   bench   DeepGEMM built from DEEPGEMM_SRC (default third_party/DeepGEMM, unpacked from third_party/dg.tar.xz
+#           where only the archive was carried), then RUNS (default 2) runs of python -m parity bench --quick
+#           --path fused with triton, the same backend with the coupled program at 3, 4 and 5 key slots a
+#           warpgroup (ci/wg4c_variants.py), deepgemm and deepgemm:split.
+#
+#   STEPS="tests parity" ci/candidate-h200.sh OUT_DIR     # one call
+#   STEPS=bench ci/candidate-h200.sh OUT_DIR              # the other
+#   env: PYTHON (default python3), STEPS (default "tests parity bench": over 10 minutes), RUNS, DEEPGEMM_SRC
+# Leaves OUT_DIR/{summary.md, pytest.txt, parity-full.json, parity-stress.json, bench-<i>.json, bench-<i>.md,
+# dg-build.txt}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-candidate-results}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+# shellcheck source=ci/lib.sh
+source ci/lib.sh
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+S="$OUT_DIR/summary.md"
+STEPS=" ${STEPS:-tests parity bench} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+status=0
+{
+  echo "# coupled four-warpgroup program $(date -u +%FT%TZ), tree $(git rev-parse --short HEAD 2>/dev/null)"
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+  "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+} > "$S" 2>&1
+
+if want tests; then
+  t0=$SECONDS
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_sm90_coupled.py tests/test_sm90_kernel.py \
+    tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 || status=1
+  echo "tests: $(tail -n 1 "$OUT_DIR/pytest.txt") ($((SECONDS - t0)) s)" | tee -a "$S"
+fi
+
+if want parity; then
+  for level in full stress; do
+    t0=$SECONDS
+    timeout 200 "$PY" -m parity run --backend triton:sm90-wg4c --device cuda --level "$level" --path fused \
+      --timeout 30 --no-progress --out "$OUT_DIR/parity-$level.json" > "$OUT_DIR/parity-$level.txt" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    echo "parity $level: exit $rc ($((SECONDS - t0)) s): $(grep -m1 -iE 'passed|failed' "$OUT_DIR/parity-$level.txt")" \
+      | tee -a "$S"
+  done
+fi
+
+if want bench; then
+  SRC="${DEEPGEMM_SRC:-third_party/DeepGEMM}"
+  [ -d "$SRC" ] || [ ! -f third_party/dg.tar.xz ] || tar -xJf third_party/dg.tar.xz -C third_party
+  dg=()
+  if [ -d "$SRC" ] && build_deepgemm "$SRC" "$OUT_DIR" "$S"; then
+    dg=(--backend deepgemm --backend deepgemm:split)
+  else
+    echo "deepgemm: not built; the runs compare the Triton rows only" | tee -a "$S"
+  fi
+  for i in $(seq 1 "${RUNS:-2}"); do
+    t0=$SECONDS
+    timeout 200 "$PY" -m parity bench --quick --path fused --backend triton \
+      --backend ci/wg4c_variants.py:slots4 --backend ci/wg4c_variants.py:slots3 \
+      --backend ci/wg4c_variants.py:slots5 "${dg[@]}" --out "$OUT_DIR/bench-$i.json" > "$OUT_DIR/bench-$i.md" 2>&1 \
+      || status=1
+    echo "bench run $i: $((SECONDS - t0)) s" | tee -a "$S"
+    "$PY" - "$OUT_DIR/bench-$i.json" >> "$S" 2>&1 <<'RATIOS'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "us" in r]
+names = list(dict.fromkeys(r["backend"] for r in rows))
+dg = lambda shape: next((r["us"] for r in rows if r["shape"] == shape and r["backend"] == (
+    "deepgemm:split" if "-n4-" in shape else "deepgemm")), None)
+print("\n| shape | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+for shape in dict.fromkeys(r["shape"] for r in rows):
+    cells = []
+    for n in names:
+        r = next((r for r in rows if r["shape"] == shape and r["backend"] == n), None)
+        ref = dg(shape)
+        cells.append("-" if r is None else f"{r['us']:.2f}" + (f" ({r['us'] / ref:.3f})" if ref else ""))
+    print(f"| {shape} | " + " | ".join(cells) + " |")
+RATIOS
+  done
+fi
+exit $status
