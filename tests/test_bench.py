@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from parity.perf import bench
+from parity.perf import bench, timing
 from parity.perf import roofline as roofline_mod
 from parity.perf.roofline import roofline
 
@@ -294,10 +294,10 @@ def test_graphs_are_replayed_in_turn_with_the_order_rotating(monkeypatch):
 
     replays = []
     per_replay = {"a": 4.0, "b": 8.0, "c": 12.0}
-    monkeypatch.setattr(bench, "_capture", capture)
-    monkeypatch.setattr(bench, "_replay_ms", lambda graph, device: replays.append(graph) or per_replay[graph])
+    monkeypatch.setattr(timing, "_capture", capture)
+    monkeypatch.setattr(timing, "_replay_ms", lambda graph, device: replays.append(graph) or per_replay[graph])
     calls = {"a": "a", "syncs": "syncs", "b": "b", "c": "c"}
-    got = bench.interleaved_graph_ms(calls, 2, "cuda", reps=3)
+    got = timing.interleaved_graph_ms(calls, 2, "cuda", reps=3)
     assert got == {"a": 2.0, "syncs": None, "b": 4.0, "c": 6.0}, got
     assert replays == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], replays
 
@@ -313,11 +313,11 @@ def test_gpu_state_reads_nvidia_smi_and_gives_none_on_what_it_cannot_parse(monke
     monkeypatch.setattr(subprocess, "run", fake_run(["1530, 296.1, 52, 0x0000000000000084\n", "",
                                                      "1875, 176.43, 49\n", "[N/A], [N/A], 40, 0x0\n",
                                                      "[N/A], [N/A], 40\n", "", ""]))
-    assert bench.gpu_state("cuda") == {"sm_mhz": 1530, "power_w": 296.1, "temp_c": 52,
-                                       "clock_events": ["power cap", "hw power brake"]}
-    assert bench.gpu_state("cuda") == {"sm_mhz": 1875, "power_w": 176.43, "temp_c": 49}
-    assert bench.gpu_state("cuda") is None and bench.gpu_state("cuda") is None
-    assert bench.gpu_state("cpu") is None
+    assert timing.gpu_state("cuda") == {"sm_mhz": 1530, "power_w": 296.1, "temp_c": 52,
+                                        "clock_events": ["power cap", "hw power brake"]}
+    assert timing.gpu_state("cuda") == {"sm_mhz": 1875, "power_w": 176.43, "temp_c": 49}
+    assert timing.gpu_state("cuda") is None and timing.gpu_state("cuda") is None
+    assert timing.gpu_state("cpu") is None
 
 
 def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_it(monkeypatch):

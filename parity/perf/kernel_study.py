@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from parity.perf import bench
+from parity.perf import bench, timing
 from parity.backends import load_backend
 
 # name -> TritonBackend options. "default": the config chosen for the GPU (parity.backends.triton_configs).
@@ -210,7 +210,7 @@ def read_variants(shape: bench.Shape, device) -> list[dict]:
             continue
         for per_sm in (1, 2, 3, 4):
             try:
-                ms = bench._graph_ms(lambda i: gather_read(sets[i % n_sets].kv_cache, sets[i % n_sets].block_tables,
+                ms = timing._graph_ms(lambda i: gather_read(sets[i % n_sets].kv_cache, sets[i % n_sets].block_tables,
                                                            out, per_sm * sms, **kw), device, calls=n_sets)
                 rows.append({"shape": shape.id, "form": form, "per_sm": per_sm, "us": ms * 1e3})
             except Exception as exc:  # noqa: BLE001
@@ -235,9 +235,9 @@ def study(out_dir: str, deadline_s: float, pattern: str | None, variants: dict) 
     late = lambda: time.time() - start > deadline_s  # noqa: E731
     device = "cuda"
     result = {"device": torch.cuda.get_device_name(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "copy_gbps": bench.copy_bandwidth(device), "variants": variants, "rows": [], "facts": {},
+              "copy_gbps": timing.copy_bandwidth(device), "variants": variants, "rows": [], "facts": {},
               "reads": [], "skipped": []}
-    tflops = bench.fp8_tflops(device, bench.time_ms).tflops
+    tflops = bench.fp8_tflops(device, timing.time_ms).tflops
     result["fp8_tflops"] = tflops
     triton_bes = {name: load_backend("triton", **opts) for name, opts in variants.items()}
     shapes = shapes_from(pattern)

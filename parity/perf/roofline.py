@@ -1,6 +1,6 @@
 """The benchmark's roofline: a byte floor and a compute floor, both from rates measured in the same run.
 
-* byte floor = bytes a kernel of the path must move / copy bandwidth (``parity.perf.bench.copy_bandwidth``);
+* byte floor = bytes a kernel of the path must move / copy bandwidth (``parity.perf.timing.copy_bandwidth``);
 * compute floor = fp8 products a kernel of the path must do / dense fp8 matrix throughput, measured here
   with the vendor GEMM (``torch._scaled_mm``) or, where that is missing, a Triton ``tl.dot`` loop
   (``parity.kernels.fp8_matmul``);

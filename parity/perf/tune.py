@@ -12,7 +12,8 @@ import torch
 
 from parity.judge import checks
 from parity.backends import load_backend
-from parity.perf.bench import Shape, copy_bandwidth, graph_time_ms, make_inputs, rotation_sets, timed_call
+from parity.perf.bench import Shape, make_inputs, rotation_sets, timed_call
+from parity.perf.timing import copy_bandwidth, graph_time_ms
 
 
 def check(device, shape: Shape) -> str:
