@@ -1,8 +1,8 @@
 """The four-warpgroup program with its warpgroups coupled (``triton:sm90-wg4c``, a candidate form in no GPU's config,
 ``parity.kernels.paged_mqa_logits_sm90_wg4c``): which calls it takes, what its launch is given, and the options it
 refuses, on the CPU. Its compile (registers, products, shared memory) is checked with the other Gluon kernels in
-test_sm90_kernel.py, and its logits there and by ``parity run --backend triton:sm90-wg4c`` on a GPU of compute
-capability 9.0."""
+test_sm90_kernel.py, and its logits in test_sm90_gpu.py and by ``parity run --backend triton:sm90-wg4c`` on a GPU
+of compute capability 9.0."""
 import pytest
 import torch
 
