@@ -6,7 +6,7 @@
 #   parity  python -m parity run --backend triton:sm90-wg4c --path fused at the full and stress levels;
 #   bench   DeepGEMM built from DEEPGEMM_SRC (default third_party/DeepGEMM, unpacked from third_party/dg.tar.xz
 #           where only the archive was carried), then RUNS (default 2) runs of python -m parity bench --quick
-#           --path fused with triton, the same backend with the coupled program at 3, 4 and 5 key slots a
+#           --path fused --reps 40 with triton, the same backend with the coupled program at 3, 4 and 5 key slots a
 #           warpgroup (ci/wg4c_variants.py), deepgemm and deepgemm:split.
 #
 #   STEPS="tests parity" ci/candidate-h200.sh OUT_DIR     # one call
@@ -62,7 +62,7 @@ if want bench; then
   fi
   for i in $(seq 1 "${RUNS:-2}"); do
     t0=$SECONDS
-    timeout 200 "$PY" -m parity bench --quick --path fused --backend triton \
+    timeout 200 "$PY" -m parity bench --quick --path fused --reps 40 --backend triton \
       --backend ci/wg4c_variants.py:slots4 --backend ci/wg4c_variants.py:slots3 \
       --backend ci/wg4c_variants.py:slots5 "${dg[@]}" --out "$OUT_DIR/bench-$i.json" > "$OUT_DIR/bench-$i.md" 2>&1 \
       || status=1
@@ -71,15 +71,19 @@ if want bench; then
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "us" in r]
 names = list(dict.fromkeys(r["backend"] for r in rows))
-dg = lambda shape: next((r["us"] for r in rows if r["shape"] == shape and r["backend"] == (
-    "deepgemm:split" if "-n4-" in shape else "deepgemm")), None)
+dg_name = lambda shape: "deepgemm:split" if "-n4-" in shape else "deepgemm"
+dg = lambda shape: next((r["us"] for r in rows if r["shape"] == shape and r["backend"] == dg_name(shape)), None)
+print("\nus (ratio to DeepGEMM, >1 slower; its 10th-90th percentile round by round)")
 print("\n| shape | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
 for shape in dict.fromkeys(r["shape"] for r in rows):
     cells = []
     for n in names:
         r = next((r for r in rows if r["shape"] == shape and r["backend"] == n), None)
-        ref = dg(shape)
-        cells.append("-" if r is None else f"{r['us']:.2f}" + (f" ({r['us'] / ref:.3f})" if ref else ""))
+        ref, spread = dg(shape), (r or {}).get("speedup_range", {}).get(dg_name(shape))
+        cell = "-" if r is None else f"{r['us']:.2f}"
+        if r is not None and ref and n != dg_name(shape):
+            cell += f" ({r['us'] / ref:.3f}" + (f"; {1 / spread[1]:.3f}-{1 / spread[0]:.3f}" if spread else "") + ")"
+        cells.append(cell)
     print(f"| {shape} | " + " | ".join(cells) + " |")
 RATIOS
   done

@@ -275,7 +275,7 @@ def test_the_read_floor_rotates_over_the_most_sets_of_any_path(monkeypatch):
         return 1.0 * len(sets)  # us: which sets the floor came from shows in its value
 
     monkeypatch.setattr(bench, "read_floor_us", fake_floor)
-    monkeypatch.setattr(bench, "interleaved_graph_ms", lambda calls, n, device: dict.fromkeys(calls))
+    monkeypatch.setattr(bench, "interleaved_graph_rounds", lambda calls, n, device, reps: dict.fromkeys(calls))
     from parity.backends import load_backend
 
     rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["stage1", "fused"], "cpu", 100.0, True, 0, 1)
@@ -331,3 +331,41 @@ def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_
     assert rows[0]["gpu_state"] == state, rows
     table = bench.markdown(rows, 100.0, "cpu")
     assert "B1-n1-ctx64 fused 1755 MHz 412 W 61 C (sw thermal)" in table, table
+
+
+def test_the_paired_ratio_range_is_the_10th_to_90th_percentile_of_the_ratios_round_by_round():
+    # nine rounds at 2x and one at 4x: inclusive percentiles over 10 ratios, p90 = 2 + 0.1 * (4 - 2)
+    low, high = timing.paired_ratio_range([2.0] * 9 + [4.0], [1.0] * 10)
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.2)
+    assert timing.paired_ratio_range([2.0] * 4, [1.0] * 4) is None  # too few rounds for percentiles
+    assert timing.paired_ratio_range([2.0] * 6, [1.0] * 5) is None  # rounds that do not pair
+    assert timing.paired_ratio_range(None, [1.0] * 6) is None  # a row timed eagerly
+
+
+def test_speedups_carry_their_spread_round_by_round(monkeypatch):
+    """Two backends graph-timed side by side: each row's us is the median of its rounds, and its speedup over
+    the other carries the 10th-90th percentile of their ratio a round, in the JSON and in the table."""
+    from parity.backends import load_backend
+
+    shape = bench.Shape(1, 1, 64, heads=8, head_dim=32, block_size=16)
+    ms = {"a": [0.010, 0.010, 0.010, 0.010, 0.012], "b": [0.020, 0.020, 0.020, 0.020, 0.020]}
+    monkeypatch.setattr(bench, "interleaved_graph_rounds", lambda calls, n, device, reps: {k: ms[k] for k in calls})
+    monkeypatch.setattr(bench, "read_floor_us", lambda sets, device: None)
+    monkeypatch.setattr(bench, "gpu_state", lambda device: None)
+    rows = bench.bench_shape(shape, {"a": load_backend("torch"), "b": load_backend("torch")}, ["fused"], "cpu",
+                             100.0, True, 0, 1, reps=5)
+    a, b = rows
+    assert a["us"] == pytest.approx(10.0) and b["us"] == pytest.approx(20.0) and a["timing"] == "graph"
+    assert a["rounds_us"] == pytest.approx([10.0, 10.0, 10.0, 10.0, 12.0])
+    # a against b a round: 2, 2, 2, 2, 20/12; inclusive p10 = 20/12 + 0.4 * (2 - 20/12), p90 = 2
+    low, high = a["speedup_range"]["b"]
+    assert a["speedup_vs"]["b"] == pytest.approx(2.0)
+    assert low == pytest.approx(20 / 12 + 0.4 * (2 - 20 / 12)) and high == pytest.approx(2.0)
+    assert b["speedup_range"]["a"] == pytest.approx([0.5, 0.5 + 0.6 * 0.1])
+    table = bench.markdown(rows, 100.0, "dev")
+    assert f"b 2.00x ({low:.2f}-2.00)" in table and "10th-90th percentile" in table
+
+
+def test_bench_refuses_fewer_than_one_round(capsys):
+    assert bench.main(["--device", "cpu", "--backend", "torch", "--reps", "0"]) == 2
+    assert "--reps must be >= 1 round, got 0" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import fnmatch
 import inspect
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ from parity.problem import layouts, mxfp4
 from parity.backends import PATHS, load_backend
 from parity.problem.cases import IndexerInputs
 from parity.perf.roofline import Throughput, fp8_tflops, roofline
-from parity.perf.timing import _graph_ms, copy_bandwidth, gpu_state, interleaved_graph_ms, launch_floor_us, time_ms
+from parity.perf.timing import (_graph_ms, copy_bandwidth, gpu_state, interleaved_graph_rounds, launch_floor_us,
+                                paired_ratio_range, time_ms)
 
 HEADS, HEAD_DIM, BLOCK_SIZE = 64, 128, 64
 FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 128) for n in (1, 2, 4)]
@@ -190,8 +192,9 @@ def rotation_sets(shape: Shape, path: str) -> int:
 
 
 def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, graph: bool,
-                warmup_ms: float, rep_ms: float, tflops: float | None = None) -> list[dict]:
-    """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors."""
+                warmup_ms: float, rep_ms: float, tflops: float | None = None, reps: int = 20) -> list[dict]:
+    """Rows of ``backends`` on ``shape``; ``bandwidth`` GB/s and ``tflops`` (None: unknown) give the floors;
+    ``reps`` rounds of graph replays (``interleaved_graph_rounds``)."""
     rows = []
     read_us = None
     # the read floor rotates over the most sets any path gets (the fused path's; stage1's outputs are H times
@@ -231,10 +234,13 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
             row["prepared"] = prepared
             rows.append(row)  # filled in once every backend of the path has been graph-timed
             ran[name] = (row, call, eager)
-        graphed = interleaved_graph_ms({n: c for n, (_, c, _) in ran.items()}, n_sets, device) if graph else {}
+        rounds = (interleaved_graph_rounds({n: c for n, (_, c, _) in ran.items()}, n_sets, device, reps) if graph
+                  else {})
         for name, (row, _, eager) in ran.items():
-            g = graphed.get(name)
+            g = statistics.median(rounds[name]) if rounds.get(name) else None
             ms = eager if g is None else g
+            if g is not None:
+                row["rounds_us"] = [t * 1e3 for t in rounds[name]]
             us = ms * 1e3
             row.update(us=us, timing="eager" if g is None else "graph", eager_us=eager * 1e3,
                        gbps=shape.bytes_moved(path) / (ms * 1e-3) / 1e9, floor_us=roof.bytes_us,
@@ -243,7 +249,7 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         state = gpu_state(device) if graph else None
         for row, _, _ in ran.values():
             row["gpu_state"] = state
-        ran = graphed = None  # a prepared call holds its handles, and they the sets: let them go before the next path
+        ran = rounds = None  # a prepared call holds its handles, and they the sets: let them go before the next path
         del sets, outs
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
@@ -252,8 +258,10 @@ def bench_shape(shape: Shape, backends: dict, paths, device, bandwidth: float, g
         for r in timed:
             r.update(read_us=read_us, x_read=r["us"] / read_us)
     for r in timed:  # ratio to every other backend on the same shape and path: > 1 means r is faster
-        r["speedup_vs"] = {o["backend"]: o["us"] / r["us"] for o in timed
-                           if o["path"] == r["path"] and o["backend"] != r["backend"]}
+        others = [o for o in timed if o["path"] == r["path"] and o["backend"] != r["backend"]]
+        r["speedup_vs"] = {o["backend"]: o["us"] / r["us"] for o in others}
+        spread = {o["backend"]: paired_ratio_range(o.get("rounds_us"), r.get("rounds_us")) for o in others}
+        r["speedup_range"] = {k: list(v) for k, v in spread.items() if v is not None}
     return rows
 
 
@@ -286,6 +294,8 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
                 "outside the timed region)" if prepared else ""), "",
              "floor us: bytes over the copy bandwidth. flop us: 2*rows*ctx*H*D fp8 FLOP over the fp8 throughput. "
              "roof us: the larger of the two (b: bytes bind, c: compute binds); x roof = us / roof us. "
+             "speedup vs: the other row's us over this row's (> 1: this row is faster), and in brackets the 10th-90th "
+             "percentile of that ratio round by round, where both rows were graph-timed side by side. "
              "read us: the fastest of the bare kernels that read the same keys and scales through the same block "
              "table and compute nothing (parity/kernels/gather_read.py: loads through registers, and bulk tensor "
              "copies where the GPU has them; 2-4 programs per SM)"
@@ -298,7 +308,9 @@ def markdown(rows: list[dict], bandwidth: float, device_name: str, launch_us: fl
             lines.append(f"| {r['backend']} | {r['path']} | {r['shape']} | skipped: {r.get('skipped')} |||||||||||| ")
             continue
         g = "g" if r.get("timing") == "graph" else ""
-        vs = ", ".join(f"{k} {v:.2f}x" for k, v in r.get("speedup_vs", {}).items())
+        spread = r.get("speedup_range", {})
+        vs = ", ".join(f"{k} {v:.2f}x" + (" ({:.2f}-{:.2f})".format(*spread[k]) if k in spread else "")
+                       for k, v in r.get("speedup_vs", {}).items())
         read = f"{r['read_us']:.1f} | {r['x_read']:.2f}" if "read_us" in r else "- | -"
         bound = {"bytes": " b", "compute": " c"}.get(r.get("bound"), "")
         roof = "n/a" if r.get("roof_us") is None else f"{r['roof_us']:.1f}{bound}"
@@ -331,6 +343,9 @@ def parse_args(argv):
     p.add_argument("--no-graph", action="store_true", help="eager timing only (no CUDA-graph replay)")
     p.add_argument("--fp8-tflops", type=float, default=None,
                    help="dense fp8 matrix throughput to use for the compute floor instead of measuring it")
+    p.add_argument("--reps", type=int, default=20,
+                   help="rounds of CUDA-graph replays per shape and path, each replaying every backend once (default "
+                        "20; the speedup column's per-round percentiles need 5)")
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -366,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.reps < 1:
+        print(f"error: --reps must be >= 1 round, got {args.reps}", file=sys.stderr)
+        return 2
     if args.fp8_tflops is not None and args.fp8_tflops <= 0:
         print(f"error: --fp8-tflops must be > 0, got {args.fp8_tflops}", file=sys.stderr)
         return 2
@@ -387,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for shape in shapes:
         rows += bench_shape(shape, backends, args.path or list(PATHS), device, bandwidth, not args.no_graph,
-                            args.warmup_ms, args.rep_ms, compute.tflops)
+                            args.warmup_ms, args.rep_ms, compute.tflops, args.reps)
     add_fp8_ratios(rows)
     print(markdown(rows, bandwidth, dev_name, launch_us, compute))
     if args.out:

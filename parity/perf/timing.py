@@ -50,10 +50,18 @@ def graph_time_ms(call, n_sets: int, device, reps: int = 20) -> float | None:
 
 
 def interleaved_graph_ms(calls: dict, n_sets: int, device, reps: int = 20) -> dict:
-    """``graph_time_ms`` of each of ``calls`` (name -> ``call(i)``), all captured first and then replayed in
-    turn, ``reps`` rounds with the order rotating each round: a drift of the GPU's clocks or temperature
-    while a shape is timed falls on every backend alike instead of on whichever came last, and the ratios
-    within one run are what the tables compare. A name whose capture fails maps to None."""
+    """``graph_time_ms`` of each of ``calls`` (name -> ``call(i)``): the median of its rounds in
+    ``interleaved_graph_rounds``. A name whose capture fails maps to None."""
+    rounds = interleaved_graph_rounds(calls, n_sets, device, reps)
+    return {name: statistics.median(t) if t else None for name, t in rounds.items()}
+
+
+def interleaved_graph_rounds(calls: dict, n_sets: int, device, reps: int = 20) -> dict:
+    """Ms per call of each of ``calls`` (name -> ``call(i)``) in each of ``reps`` rounds, in round order: all
+    captured first, then replayed in turn, the order rotating each round. A drift of the GPU's clocks or
+    temperature while a shape is timed falls on every backend alike instead of on whichever came last, and
+    the i-th times of two names were taken side by side (their ratio a round: ``paired_ratio_range``). A name
+    whose capture fails, or every name off CUDA, maps to None."""
     if torch.device(device).type != "cuda":
         return {name: None for name in calls}
     graphs = {}
@@ -68,7 +76,20 @@ def interleaved_graph_ms(calls: dict, n_sets: int, device, reps: int = 20) -> di
         for k in range(len(live)):
             name = live[(r + k) % len(live)]
             times[name].append(_replay_ms(graphs[name], device) / n_sets)
-    return {name: statistics.median(times[name]) if name in times else None for name in calls}
+    return {name: times.get(name) for name in calls}
+
+
+MIN_PAIRED_ROUNDS = 5  # fewer rounds give no 10th-90th percentile worth printing
+
+
+def paired_ratio_range(num: list | None, den: list | None) -> tuple[float, float] | None:
+    """The 10th and 90th percentiles of ``num[i] / den[i]`` over the rounds of ``interleaved_graph_rounds``
+    (two backends timed side by side in each): how far a ratio of medians moves from round to round within
+    one run. None with fewer than ``MIN_PAIRED_ROUNDS`` rounds, or rounds that do not pair."""
+    if not num or not den or len(num) != len(den) or len(num) < MIN_PAIRED_ROUNDS:
+        return None
+    cuts = statistics.quantiles([a / b for a, b in zip(num, den)], n=10, method="inclusive")
+    return cuts[0], cuts[-1]
 
 
 def _capture(fn, device, calls: int):
