@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# The coupled four-warpgroup program (parity.kernels.paged_mqa_logits_sm90_wg4c, triton:sm90-wg4c; in no GPU's
-# config) judged and timed on an H200 beside the tree's program and DeepGEMM, in two calls of under 10 minutes:
+# The Hopper configs and forms not yet in the tree's config for the GPU this runs on, judged and timed beside it
+# and DeepGEMM in two calls of under 10 minutes each (docs/h200-coupled-q.md):
+#   - on an H200: the coupled four-warpgroup program (parity.kernels.paged_mqa_logits_sm90_wg4c,
+#     triton:sm90-wg4c; in no GPU's config) at 3, 4 and 5 key slots a warpgroup;
+#   - on another GPU of compute capability 9.0 (an H100, whose entry is the base config, the portable kernel):
+#     the H200's config, without and with the coupled program.
+# Steps:
 #   tests   the GPU tests of the Hopper kernels and of the coupled form (its logits against the warp-specialized
 #           form's and the float64 reference; a prepared call against an unprepared one);
-#   parity  python -m parity run --backend triton:sm90-wg4c --path fused at the full and stress levels;
+#   parity  python -m parity run --path fused at the full and stress levels: triton:sm90-wg4c, and off an H200
+#           the H200's config (ci/config_variants.py:h200_config);
 #   bench   DeepGEMM built from DEEPGEMM_SRC (default third_party/DeepGEMM, unpacked from third_party/dg.tar.xz
 #           where only the archive was carried), then RUNS (default 2) runs of python -m parity bench --quick
-#           --path fused --reps 40 with triton, the same backend with the coupled program at 3, 4 and 5 key slots a
-#           warpgroup (ci/wg4c_variants.py), deepgemm and deepgemm:split.
+#           --path fused --reps 40 with triton, the candidates (ci/config_variants.py), deepgemm and
+#           deepgemm:split, each row's ratio to DeepGEMM and its spread round by round in summary.md.
 #
-#   STEPS="tests parity" ci/candidate-h200.sh OUT_DIR     # one call
-#   STEPS=bench ci/candidate-h200.sh OUT_DIR              # the other
+#   STEPS="tests parity" ci/sm90-candidates.sh OUT_DIR     # one call
+#   STEPS=bench ci/sm90-candidates.sh OUT_DIR              # the other
 #   env: PYTHON (default python3), STEPS (default "tests parity bench": over 10 minutes), RUNS, DEEPGEMM_SRC
-# Leaves OUT_DIR/{summary.md, pytest.txt, parity-full.json, parity-stress.json, bench-<i>.json, bench-<i>.md,
-# dg-build.txt}.
+# Leaves OUT_DIR/{summary.md, pytest.txt, parity-<backend>-<level>.json, bench-<i>.json, bench-<i>.md, dg-build.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-candidate-results}}"
@@ -26,28 +31,45 @@ S="$OUT_DIR/summary.md"
 STEPS=" ${STEPS:-tests parity bench} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 status=0
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+# what is judged and timed beside the tree's config: see the header
+if [[ "$gpu" == *H200* ]]; then
+  judged=(triton:sm90-wg4c)
+  timed=(ci/config_variants.py:slots4 ci/config_variants.py:slots3 ci/config_variants.py:slots5)
+else
+  judged=(triton:sm90-wg4c ci/config_variants.py:h200_config)
+  timed=(ci/config_variants.py:h200_config ci/config_variants.py:h200_config_slots4)
+fi
 {
-  echo "# coupled four-warpgroup program $(date -u +%FT%TZ), tree $(git rev-parse --short HEAD 2>/dev/null)"
+  echo "# Hopper candidates $(date -u +%FT%TZ), tree $(git rev-parse --short HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+  echo "judged: ${judged[*]}; timed beside triton: ${timed[*]}"
 } > "$S" 2>&1
 
 if want tests; then
   t0=$SECONDS
   timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_sm90_coupled.py tests/test_sm90_kernel.py \
-    tests/test_sm90_forms.py tests/test_sm90_gpu.py tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 || status=1
+    tests/test_sm90_forms.py tests/test_sm90_gpu.py tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 \
+    || status=1
   echo "tests: $(tail -n 1 "$OUT_DIR/pytest.txt") ($((SECONDS - t0)) s)" | tee -a "$S"
 fi
 
 if want parity; then
-  for level in full stress; do
-    t0=$SECONDS
-    timeout 200 "$PY" -m parity run --backend triton:sm90-wg4c --device cuda --level "$level" --path fused \
-      --timeout 30 --no-progress --out "$OUT_DIR/parity-$level.json" > "$OUT_DIR/parity-$level.txt" 2>&1
-    rc=$?
-    [ $rc -eq 0 ] || status=1
-    echo "parity $level: exit $rc ($((SECONDS - t0)) s): $(grep -m1 -iE 'passed|failed' "$OUT_DIR/parity-$level.txt")" \
-      | tee -a "$S"
+  for b in "${judged[@]}"; do
+    tag="${b##*/}"
+    tag="${tag//.py:/-}"
+    tag="${tag//:/-}"
+    for level in full stress; do
+      t0=$SECONDS
+      timeout 200 "$PY" -m parity run --backend "$b" --device cuda --level "$level" --path fused --timeout 30 \
+        --no-progress --out "$OUT_DIR/parity-$tag-$level.json" > "$OUT_DIR/parity-$tag-$level.txt" 2>&1
+      rc=$?
+      [ $rc -eq 0 ] || status=1
+      log="$OUT_DIR/parity-$tag-$level.txt"
+      echo "parity $b $level: exit $rc ($((SECONDS - t0)) s):" \
+        "$(grep -m1 -iE 'passed|failed' "$log" || tail -n 1 "$log")" | tee -a "$S"
+    done
   done
 fi
 
@@ -62,10 +84,10 @@ if want bench; then
   fi
   for i in $(seq 1 "${RUNS:-2}"); do
     t0=$SECONDS
-    timeout 200 "$PY" -m parity bench --quick --path fused --reps 40 --backend triton \
-      --backend ci/wg4c_variants.py:slots4 --backend ci/wg4c_variants.py:slots3 \
-      --backend ci/wg4c_variants.py:slots5 "${dg[@]}" --out "$OUT_DIR/bench-$i.json" > "$OUT_DIR/bench-$i.md" 2>&1 \
-      || status=1
+    bargs=(--backend triton)
+    for b in "${timed[@]}"; do bargs+=(--backend "$b"); done
+    timeout 200 "$PY" -m parity bench --quick --path fused --reps 40 "${bargs[@]}" "${dg[@]}" \
+      --out "$OUT_DIR/bench-$i.json" > "$OUT_DIR/bench-$i.md" 2>&1 || status=1
     echo "bench run $i: $((SECONDS - t0)) s" | tee -a "$S"
     "$PY" - "$OUT_DIR/bench-$i.json" >> "$S" 2>&1 <<'RATIOS'
 import json, sys
