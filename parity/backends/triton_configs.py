@@ -84,7 +84,9 @@ MEASURED: tuple[Measured, ...] = (
              "74.6, 74.8 -> 71.6, 71.9, B64-n4-ctx8192 39.0, 39.7 -> 38.2, 38.9); that program from 64 "
              "sequences on (the same doc: at B8-n2-ctx8192-mml163840 it ran 9.1, 8.8 us against the "
              "warp-specialized form's 7.7, 7.4, at B64 of that shape 24.9, 25.0 against 24.9, 25.1)"),
-    Measured("H100", dict(), "H100 80GB HBM3, the sweeps in notes/triton-perf.md: the base config"),
+    Measured("H100", dict(), "H100 80GB HBM3, the tuning sweeps of 2026-11-25 and 2026-11-26 (docs/performance.md, "
+             "docs/design.md): the base config, the portable kernel; the Gluon kernels have not run on an H100 "
+             "(ci/sm90-candidates.sh times the H200's config there)"),
 )
 
 
