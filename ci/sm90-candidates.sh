@@ -109,5 +109,12 @@ for shape in dict.fromkeys(r["shape"] for r in rows):
     print(f"| {shape} | " + " | ".join(cells) + " |")
 RATIOS
   done
+  # each row against DeepGEMM over the runs, and the runs in which it is at or under 1.00 at every quick shape;
+  # each candidate against the tree's row, the rule of docs/h200-coupled-q.md
+  for b in triton "${timed[@]}"; do
+    echo -e "\n### $b over the runs" >> "$S"
+    "$PY" -m parity.perf.runs --row "$b" "$OUT_DIR"/bench-*.json >> "$S" 2>&1
+    [ "$b" = triton ] || "$PY" -m parity.perf.runs --row "$b" --against triton "$OUT_DIR"/bench-*.json >> "$S" 2>&1
+  done
 fi
 exit $status
