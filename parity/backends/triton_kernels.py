@@ -482,7 +482,6 @@ def make_sm90_wg4_backend(**options) -> TritonBackend:
                             "sm90_wg4": True, "sm90_wg4_min_batch": 0, "kernel": "sm90"})
 
 
-
 def make_sm90_wg4c_backend(**options) -> TritonBackend:
     """``triton:sm90-wg4``, its next_n 2 calls with the four warpgroups coupled (``triton:sm90-wg4c``: one share
     and one q a multiprocessor, 4 key slots a warpgroup; ``paged_mqa_logits_sm90_wg4c``, a candidate form)."""
