@@ -275,7 +275,7 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     # a prepared call records what fits under the key of the launch that chose its grid: the next prepare's
     backend._resident.clear()
     monkeypatch.setattr(backend, "_launch", lambda path, inputs, out, p=None: (Kernel(), (p.programs,), (), {}, "x"))
-    backend.run_prepared(tk.Prepared("fused", inputs, None, 4 * sms, ("ws", 4)), None)
+    backend.run_prepared(tk.Prepared("fused", inputs, None, 4 * sms, ("ws", 4)), torch.empty(1, 1))
     assert backend._grid({**o, "ctas_per_sm": 4}, ("ws", 4), 10**6, inputs.device) == 2 * sms
 
 

@@ -367,7 +367,7 @@ class TritonBackend(SimpleBackend):
 
         return paged_mqa_logits_kernel, (min(n_tiles, programs),), args, consts, key
 
-    def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
+    def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict, form: str,
                      prepared: Prepared | None = None):
         """The Hopper kernel's launch in ``form`` (``triton_sm90.sm90_launch``), its grid from :meth:`_grid`."""
         return triton_sm90.sm90_launch(inputs, out, cache, o, form, prepared,

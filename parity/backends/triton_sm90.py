@@ -106,11 +106,9 @@ def launch_reusable(inputs: IndexerInputs, path: str) -> bool:
             and inputs.block_tables.stride(-1) == 1 and (lens_2d is None or lens_2d.is_contiguous()))
 
 
-def buffer_key(out: torch.Tensor | None) -> tuple | None:
+def buffer_key(out: torch.Tensor) -> tuple:
     """What a planned launch depends on in its output buffer: where it is and its geometry. The kept launch holds
     the buffer among its arguments, so while it is kept no other tensor can be given that address."""
-    if out is None:
-        return None
     return out.data_ptr(), tuple(out.shape), tuple(out.stride()), out.dtype, str(out.device)
 
 
@@ -148,7 +146,7 @@ def sm90_grid(inputs: IndexerInputs, cache: torch.Tensor, o: dict, form: str, gr
     return grid_of(grid_o, key, n_tiles), key
 
 
-def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Tensor, o: dict, form: str,
+def sm90_launch(inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict, form: str,
                 prepared: Prepared | None, grid_of):
     """The Hopper kernel's (kernel, grid, args, constexprs, compile key) in ``form`` (``sm90_form``) under
     config ``o``: descriptors of the cache as rows of D key bytes and of q as rows of D bytes for its bulk
@@ -156,7 +154,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     own, ``sm90_ws_programs_per_sm`` and ``sm90_ws_stages``; the wg4 form one a multiprocessor, its slots the ws
     form's: 2 a share at next_n 2 on the H200, ``num_stages`` at next_n 4); the fused path into float32 or bf16
     rows. The grid: ``grid_of(config, key, n_tiles)``, or with ``prepared`` its pinned grid and schedule
-    (``SCHEDULED``). ``out`` None: the launch planned, not made."""
+    (``SCHEDULED``); ``TritonBackend.prepare`` pins the grid without it (``sm90_grid``)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
@@ -179,7 +177,6 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
     tiles_per_seq = -(-cols // block_t)
     table, lens = _table_and_lens(inputs)
     schedule = prepared.schedule if scheduled else inputs.context_lens  # a pointer either way
-    out_rows = out.stride(-2) if out is not None else 0
     grid = prepared.programs if scheduled else grid_of(grid_o, key, n_tiles)
     if form in ("ws", "wg4", "wg4c"):
         f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
@@ -190,12 +187,12 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor | None, cache: torch.Te
             weights = weights.clone()
         w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
         args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
-                table.shape[1], out_rows, cols, n_tiles, tiles_per_seq, B, schedule)
+                table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq, B, schedule)
         kernel = {"ws": sm90_ws.paged_mqa_logits_sm90_ws_kernel, "wg4": sm90_wg4.paged_mqa_logits_sm90_wg4_kernel,
                   "wg4c": sm90_wg4c.paged_mqa_logits_sm90_wg4c_kernel}[form]
         return kernel, (grid,), args, consts, key
     args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
-            table, out, table.stride(0), table.shape[1], out_rows, cols, layouts.block_bytes(bs, D) // 4,
+            table, out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,
             bs * D // 4, n_tiles, tiles_per_seq, B, schedule)
     return sm90.paged_mqa_logits_sm90_kernel, (grid,), args, consts, key
 

@@ -32,8 +32,8 @@ from parity.problem import layouts, mxfp4
 from parity.backends import PATHS, load_backend
 from parity.problem.cases import IndexerInputs
 from parity.perf.roofline import Throughput, fp8_tflops, roofline
-from parity.perf.timing import (_graph_ms, copy_bandwidth, gpu_state, interleaved_graph_rounds, launch_floor_us,
-                                paired_ratio_range, time_ms)
+from parity.perf.timing import (copy_bandwidth, gpu_state, interleaved_graph_rounds, launch_floor_us,
+                                paired_ratio_range, replayed_ms, time_ms)
 
 HEADS, HEAD_DIM, BLOCK_SIZE = 64, 128, 64
 FULL = [(B, n, ctx) for ctx in (4096, 8192, 32768, 131072) for B in (1, 8, 64, 128) for n in (1, 2, 4)]
@@ -168,8 +168,8 @@ def read_floor_us(sets: list[IndexerInputs], device) -> float | None:
             continue
         for per_sm in per_sms:
             try:
-                ms = _graph_ms(lambda i: gather_read(sets[i % len(sets)].kv_cache, sets[i % len(sets)].block_tables,
-                                                     out, per_sm * sms, **kw), device, calls=len(sets))
+                ms = replayed_ms(lambda i: gather_read(sets[i % len(sets)].kv_cache, sets[i % len(sets)].block_tables,
+                                                       out, per_sm * sms, **kw), device, calls=len(sets))
             except Exception:  # noqa: BLE001  (a reference row that cannot run must not end the benchmark)
                 continue
             best = ms if best is None else min(best, ms)

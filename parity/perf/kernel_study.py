@@ -210,8 +210,9 @@ def read_variants(shape: bench.Shape, device) -> list[dict]:
             continue
         for per_sm in (1, 2, 3, 4):
             try:
-                ms = timing._graph_ms(lambda i: gather_read(sets[i % n_sets].kv_cache, sets[i % n_sets].block_tables,
-                                                           out, per_sm * sms, **kw), device, calls=n_sets)
+                ms = timing.replayed_ms(lambda i: gather_read(sets[i % n_sets].kv_cache,
+                                                              sets[i % n_sets].block_tables, out, per_sm * sms, **kw),
+                                        device, calls=n_sets)
                 rows.append({"shape": shape.id, "form": form, "per_sm": per_sm, "us": ms * 1e3})
             except Exception as exc:  # noqa: BLE001
                 rows.append({"shape": shape.id, "form": form, "per_sm": per_sm, "error": str(exc)[:200]})

@@ -43,7 +43,8 @@ def table(runs: dict, bar: float) -> tuple[str, list[str]]:
         values = [g[0] for g in got if g]
         refs = sorted({g[1] for g in got if g})
         cells = ["-" if g is None else (f"**{g[0]:.3f}**" if g[0] > bar else f"{g[0]:.3f}") for g in got]
-        lines.append(f"| {shape} | {', '.join(refs)} | " + " | ".join(cells) + f" | {min(values):.3f}-{max(values):.3f} |")
+        spread = f"{min(values):.3f}-{max(values):.3f}"
+        lines.append(f"| {shape} | {', '.join(refs)} | " + " | ".join(cells) + f" | {spread} |")
     over = [n for n in names if any(v[0] > bar for v in runs[n].values())]
     return "\n".join(lines), over
 

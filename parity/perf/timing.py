@@ -119,8 +119,9 @@ def _replay_ms(graph, device) -> float:
     return start.elapsed_time(end)
 
 
-def _graph_ms(fn, device, calls: int, reps: int = 20) -> float:
-    """Median ms per call of ``fn(i)`` for i in range(calls), replayed from one CUDA graph."""
+def replayed_ms(fn, device, calls: int, reps: int = 20) -> float:
+    """Median ms per call of ``fn(i)`` for i in range(calls), replayed from one CUDA graph: ``graph_time_ms``
+    for a reference row that says why it could not be timed (a failed capture raises here)."""
     graph = _capture(fn, device, calls)
     return statistics.median(_replay_ms(graph, device) / calls for _ in range(reps))
 
@@ -167,4 +168,4 @@ def launch_floor_us(device) -> float | None:
 
     grid = 3 * torch.cuda.get_device_properties(device).multi_processor_count
     buf = torch.zeros(grid, dtype=torch.int32, device=device)
-    return _graph_ms(lambda i: empty_kernel[(grid,)](buf), device, calls=4) * 1e3
+    return replayed_ms(lambda i: empty_kernel[(grid,)](buf), device, calls=4) * 1e3
