@@ -13,7 +13,8 @@
 #   bench   DeepGEMM built from DEEPGEMM_SRC (default third_party/DeepGEMM, unpacked from third_party/dg.tar.xz
 #           where only the archive was carried), then RUNS (default 2) runs of python -m parity bench --quick
 #           --path fused --reps 40 with triton, the candidates (ci/config_variants.py), deepgemm and
-#           deepgemm:split, each row's ratio to DeepGEMM and its spread round by round in summary.md.
+#           deepgemm:split; then each row's ratio to DeepGEMM, and each candidate's to triton, over the runs
+#           (python -m parity.perf.runs) in summary.md.
 #
 #   STEPS="tests parity" ci/sm90-candidates.sh OUT_DIR     # one call
 #   STEPS=bench ci/sm90-candidates.sh OUT_DIR              # the other
@@ -89,28 +90,10 @@ if want bench; then
     timeout 200 "$PY" -m parity bench --quick --path fused --reps 40 "${bargs[@]}" "${dg[@]}" \
       --out "$OUT_DIR/bench-$i.json" > "$OUT_DIR/bench-$i.md" 2>&1 || status=1
     echo "bench run $i: $((SECONDS - t0)) s" | tee -a "$S"
-    "$PY" - "$OUT_DIR/bench-$i.json" >> "$S" 2>&1 <<'RATIOS'
-import json, sys
-rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "us" in r]
-names = list(dict.fromkeys(r["backend"] for r in rows))
-dg_name = lambda shape: "deepgemm:split" if "-n4-" in shape else "deepgemm"
-dg = lambda shape: next((r["us"] for r in rows if r["shape"] == shape and r["backend"] == dg_name(shape)), None)
-print("\nus (ratio to DeepGEMM, >1 slower; its 10th-90th percentile round by round)")
-print("\n| shape | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-for shape in dict.fromkeys(r["shape"] for r in rows):
-    cells = []
-    for n in names:
-        r = next((r for r in rows if r["shape"] == shape and r["backend"] == n), None)
-        ref, spread = dg(shape), (r or {}).get("speedup_range", {}).get(dg_name(shape))
-        cell = "-" if r is None else f"{r['us']:.2f}"
-        if r is not None and ref and n != dg_name(shape):
-            cell += f" ({r['us'] / ref:.3f}" + (f"; {1 / spread[1]:.3f}-{1 / spread[0]:.3f}" if spread else "") + ")"
-        cells.append(cell)
-    print(f"| {shape} | " + " | ".join(cells) + " |")
-RATIOS
   done
   # each row against DeepGEMM over the runs, and the runs in which it is at or under 1.00 at every quick shape;
-  # each candidate against the tree's row, the rule of docs/h200-coupled-q.md
+  # each candidate against the tree's row, the rule of docs/h200-coupled-q.md (bench-<i>.md: every row's ratios
+  # to the others, with their spread round by round)
   for b in triton "${timed[@]}"; do
     echo -e "\n### $b over the runs" >> "$S"
     "$PY" -m parity.perf.runs --row "$b" "$OUT_DIR"/bench-*.json >> "$S" 2>&1
