@@ -297,8 +297,8 @@ def test_graphs_are_replayed_in_turn_with_the_order_rotating(monkeypatch):
     monkeypatch.setattr(timing, "_capture", capture)
     monkeypatch.setattr(timing, "_replay_ms", lambda graph, device: replays.append(graph) or per_replay[graph])
     calls = {"a": "a", "syncs": "syncs", "b": "b", "c": "c"}
-    got = timing.interleaved_graph_ms(calls, 2, "cuda", reps=3)
-    assert got == {"a": 2.0, "syncs": None, "b": 4.0, "c": 6.0}, got
+    got = timing.interleaved_graph_rounds(calls, 2, "cuda", reps=3)
+    assert got == {"a": [2.0] * 3, "syncs": None, "b": [4.0] * 3, "c": [6.0] * 3}, got  # ms a call, round by round
     assert replays == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], replays
 
 

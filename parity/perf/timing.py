@@ -1,7 +1,7 @@
 """How the benchmark times a call on a GPU, and what it records about the GPU while it does: the median of
 single calls (``time_ms``), CUDA-graph replays of a call over rotating input sets (``graph_time_ms``), the
-backends of a shape replayed in turn (``interleaved_graph_ms``), the copy bandwidth the byte floor divides by,
-the launch of an empty kernel in a graph, and the clock, power and temperature after each timing
+backends of a shape replayed in turn (``interleaved_graph_rounds``), the copy bandwidth the byte floor
+divides by, the launch of an empty kernel in a graph, and the clock, power and temperature after each timing
 (``gpu_state``). On the CPU: a host clock around synchronized calls, and None for what only a GPU has."""
 from __future__ import annotations
 
@@ -46,14 +46,8 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
 def graph_time_ms(call, n_sets: int, device, reps: int = 20) -> float | None:
     """Median ms per call replayed from a CUDA graph that runs ``call(i)`` once for every rotating set i:
     device time without the host's launch cost (decode steps run as graphs). None where capture fails."""
-    return interleaved_graph_ms({"call": call}, n_sets, device, reps)["call"]
-
-
-def interleaved_graph_ms(calls: dict, n_sets: int, device, reps: int = 20) -> dict:
-    """``graph_time_ms`` of each of ``calls`` (name -> ``call(i)``): the median of its rounds in
-    ``interleaved_graph_rounds``. A name whose capture fails maps to None."""
-    rounds = interleaved_graph_rounds(calls, n_sets, device, reps)
-    return {name: statistics.median(t) if t else None for name, t in rounds.items()}
+    rounds = interleaved_graph_rounds({"call": call}, n_sets, device, reps)["call"]
+    return statistics.median(rounds) if rounds else None
 
 
 def interleaved_graph_rounds(calls: dict, n_sets: int, device, reps: int = 20) -> dict:
