@@ -83,6 +83,23 @@ def test_rejects_wrong_out(triton_backend):
         load_backend("triton", probe="loads")
 
 
+# each option a caller may fix: a value it refuses, and the edge value it takes (written out, not read from the
+# backend's own table)
+OPTION_EDGES = [
+    ("block_t", 48, 16), ("block_t", 8, 256), ("ctas_per_sm", 0, 1), ("num_warps", 6, 1), ("num_stages", 0, 1),
+    ("maxnreg", 23, 255), ("maxnreg", 256, 24), ("sm90_ws_ctas_per_sm", 0, 1), ("sm90_ws_stages", 1, 2),
+    ("sm90_ws_min_tiles", -1, 0), ("sm90_wg4_min_batch", -1, 0), ("sm90_wg4c_stages", 1, 2),
+    ("sm90_wg4c_stages", 6, 5), ("programs", -1, 0),
+]
+
+
+@pytest.mark.parametrize("name, refused, taken", OPTION_EDGES, ids=lambda v: str(v))
+def test_an_option_out_of_range_is_refused_by_name(name, refused, taken):
+    with pytest.raises(ValueError, match=rf"^{name} must be .*got {refused}$"):
+        load_backend("triton", **{name: refused})
+    assert load_backend("triton", **{name: taken}).describe()["config"].get(name, taken) == taken
+
+
 def test_a_probe_is_refused_where_the_portable_kernel_runs():
     """The sm90 kernels' measurement probes (wrong logits by design) never run silently as the portable
     kernel, which has none: on the CPU, and for a call the sm90 kernels do not take."""

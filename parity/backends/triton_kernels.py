@@ -8,8 +8,9 @@ import os
 
 import torch
 
-from parity.backends import triton_configs, triton_sm90
-from parity.problem import layouts, mxfp4
+from parity.backends import triton_configs, triton_fp4, triton_portable, triton_sm90
+from parity.problem import layouts
+from parity.backends.triton_portable import UPCASTS
 from parity.backends.base import PATHS, SimpleBackend
 from parity.backends.triton_sm90 import MAX_WG4C_STAGES, SM90_PROBES, Prepared, _table_and_lens, sm90_form
 from parity.problem.cases import IndexerInputs
@@ -18,20 +19,20 @@ from parity.problem.cases import IndexerInputs
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 KERNELS = ("portable", "sm90")
-UPCASTS = {"fp8": 0, "fp16": 1, "fp32": 2, "decode": 3}
-EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
-
-
-def _fp8_dot_ok(device: torch.device, fp8: torch.dtype) -> bool:
-    """Whether tl.dot takes this fp8 flavour natively on ``device``."""
-    if device.type != "cuda":
-        return False
-    props = torch.cuda.get_device_properties(device)
-    if torch.version.hip:
-        arch = getattr(props, "gcnArchName", "")
-        return (arch.startswith("gfx94") and fp8 == torch.float8_e4m3fnuz) or (
-            arch.startswith("gfx95") and fp8 == torch.float8_e4m3fn)
-    return (props.major, props.minor) >= (8, 9) and fp8 == torch.float8_e4m3fn
+# the options a caller may fix, each None or: (a test of the value, what it must be)
+OPTION_RULES = {
+    "block_t": (lambda v: v >= 16 and not v & (v - 1), "a power of two >= 16 tokens"),
+    "ctas_per_sm": (lambda v: v >= 1, ">= 1 programs per multiprocessor"),
+    "num_warps": (lambda v: v >= 1 and not v & (v - 1), "a power of two"),
+    "num_stages": (lambda v: v >= 1, ">= 1 key tiles"),
+    "maxnreg": (lambda v: 24 <= v <= 255, "24-255 registers per thread"),
+    "sm90_ws_ctas_per_sm": (lambda v: v >= 1, ">= 1 programs per multiprocessor"),
+    "sm90_ws_stages": (lambda v: v >= 2, ">= 2 key slots"),
+    "sm90_ws_min_tiles": (lambda v: v >= 0, ">= 0 tiles per program"),
+    "sm90_wg4_min_batch": (lambda v: v >= 0, ">= 0 sequences"),
+    # one slot copied while one is computed; shared memory holds no more
+    "sm90_wg4c_stages": (lambda v: 2 <= v <= MAX_WG4C_STAGES, f"2-{MAX_WG4C_STAGES} key slots a warpgroup"),
+}
 
 
 def _num_sms(device: torch.device) -> int:
@@ -55,43 +56,6 @@ def _programs_per_sm(kernel, device: torch.device) -> int | None:
     by_smem = smem // (shared + 1024) if smem else by_regs  # 1 KB per block is reserved on NVIDIA
     by_warps = getattr(props, "max_threads_per_multi_processor", 2048) // (warps * warp_size)
     return max(1, min(by_regs, by_smem, by_warps))
-
-
-# The batch sizes whose schedule (``balanced``) a program computes in registers: every context length loaded
-# and summed by each program.
-MAX_BALANCED_BATCH = 4096
-
-# A program loads q and the weights of each sequence it enters (16 KB at next_n 2, 64 heads): where the
-# tiles would give each of ctas_per_sm programs per SM fewer than this many, one program fewer per SM
-# runs faster. H100, next_n 2, ctx 8192, benchmark rotation (programs per SM 3 / 2 / 1, us): B4 (1.3 tiles
-# per program at 3) 5.94 / 5.54 / 5.90; B8 (2.6) 8.86 / 8.40 / 9.46; B16 (5.2) 12.26 / 12.12 / 14.42.
-MIN_TILES_PER_PROGRAM = 4
-
-
-def _tma_ok(device: torch.device, cache: torch.Tensor, block_t: int) -> bool:
-    """Whether the bulk tensor copy can fetch this cache's key tiles and scales: NVIDIA compute capability 9.0
-    or later (or the interpreter), a tile inside one block, whole rows of D bytes and of block_size floats
-    per block (``triton_configs`` describes the two views), 16-byte aligned rows and base."""
-    _, bs, _, width = cache.shape
-    D = width - layouts.SCALE_BYTES
-    if device.type == "cuda":
-        if torch.version.hip or torch.cuda.get_device_properties(device).major < 9:
-            return False
-    elif not INTERPRETED:
-        return False
-    return (bs % block_t == 0 and (bs * width) % D == 0 and D % 16 == 0 and D <= 256 and bs % 4 == 0
-            and block_t <= 256 and cache.data_ptr() % 16 == 0)
-
-
-def _descriptors(keys: torch.Tensor, scales: torch.Tensor, bs: int, D: int, block_t: int):
-    """The cache as rows of D key bytes (a tile is BLOCK_T rows) and as rows of block_size scales (a tile's
-    scales are BLOCK_T floats of one row)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    rows = keys.view(-1, D)
-    srows = scales.view(-1, bs)
-    return (TensorDescriptor(rows, list(rows.shape), [D, 1], [block_t, D]),
-            TensorDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t]))
 
 
 def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: int) -> str | None:
@@ -122,29 +86,27 @@ def _sm90_unfit(path: str, inputs: IndexerInputs, cache: torch.Tensor, block_t: 
 
 
 class TritonBackend(SimpleBackend):
-    """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t``
-    tokens per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel
-    does not fit that many, one fewer where each would get fewer than ``MIN_TILES_PER_PROGRAM`` tiles);
-    ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one
-    cache block as one contiguous run (else row by row); ``max_dot_n`` above which the speculative rows go
-    through two dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it,
-    next_n is at most ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl``
-    programmatic dependent launch (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers
-    per thread (NVIDIA, fused path with one dot per tile), so that more programs fit per multiprocessor;
-    ``kernel`` 'portable' or 'sm90' (the Gluon kernel for Hopper on the calls it takes, ``_sm90_unfit``:
-    warp-specialized where each program gets at least ``sm90_ws_min_tiles`` tiles, else single-partition up
-    to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm`` and ``sm90_ws_stages`` the warp-specialized
-    form's programs per multiprocessor and key slots at next_n <= 2 (None: ``ctas_per_sm``, ``num_stages``);
-    ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per multiprocessor of four compute
-    warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, no ``probe``, and from
-    ``sm90_wg4_min_batch`` sequences on); ``sm90_wg4c_stages`` (None: off) that program's next_n 2 calls with
-    its warpgroups coupled, this many key slots each (``paged_mqa_logits_sm90_wg4c``, a candidate);
-    ``balanced`` the fp8 kernels' programs share the tiles the batch really has, by context length
-    (the portable kernel: batches up to ``MAX_BALANCED_BATCH``; the sm90 kernels: any batch).
-    ``programs`` (0: from
-    ``ctas_per_sm``) fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode');
-    ``probe`` (one of ``SM90_PROBES``, for measurement only: the sm90 kernels then write wrong logits on
-    purpose, and a call that would run the portable kernel is refused)."""
+    """Options, each None (the default) to take the value chosen for the GPU (``triton_configs``): ``block_t`` tokens
+    per tile; ``ctas_per_sm`` persistent programs per multiprocessor (fewer where the compiled kernel does not fit
+    that many, one fewer where each would get fewer than ``triton_portable.MIN_TILES_PER_PROGRAM`` tiles);
+    ``num_warps``; ``num_stages`` key tiles buffered; ``flat`` copies a preshuffled tile that sits in one cache
+    block as one contiguous run (else row by row); ``max_dot_n`` above which the speculative rows go through two
+    dots; ``tma`` key tiles by the bulk tensor copy engine where the block shape allows it, next_n is at most
+    ``tma_max_next_n`` and each program gets at least ``tma_min_tiles`` tiles; ``pdl`` programmatic dependent launch
+    (NVIDIA compute capability 9.0 and later); ``maxnreg`` a cap on registers per thread (NVIDIA, fused path with
+    one dot per tile), so that more programs fit per multiprocessor; ``kernel`` 'portable' or 'sm90' (the Gluon
+    kernel for Hopper on the calls it takes, ``_sm90_unfit``: warp-specialized where each program gets at least
+    ``sm90_ws_min_tiles`` tiles, else single-partition up to next_n ``sm90_max_next_n``); ``sm90_ws_ctas_per_sm``
+    and ``sm90_ws_stages`` the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2
+    (None: ``ctas_per_sm``, ``num_stages``); ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per
+    multiprocessor of four compute warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, no ``probe``, and
+    from ``sm90_wg4_min_batch`` sequences on); ``sm90_wg4c_stages`` (None: off) that program's next_n 2 calls with
+    its warpgroups coupled, this many key slots each (``paged_mqa_logits_sm90_wg4c``, a candidate); ``balanced`` the
+    fp8 kernels' programs share the tiles the batch really has, by context length (the portable kernel: batches up
+    to ``triton_portable.MAX_BALANCED_BATCH``; the sm90 kernels: any batch). ``programs`` (0: from ``ctas_per_sm``)
+    fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode'); ``probe`` (one of
+    ``SM90_PROBES``, for measurement only: the sm90 kernels then write wrong logits on purpose, and a call that
+    would run the portable kernel is refused)."""
 
     def __init__(self, block_t: int | None = None, programs: int = 0, ctas_per_sm: int | None = None,
                  num_warps: int | None = None, num_stages: int | None = None, flat: bool | None = None,
@@ -162,27 +124,17 @@ class TritonBackend(SimpleBackend):
                          info={"triton": triton.__version__, "interpreted": INTERPRETED},
                          logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True,
                          key_formats=("fp8", "mxfp4"))
-        if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
-            raise ValueError(f"block_t must be a power of two >= 16, got {block_t}")
-        if programs < 0 or (ctas_per_sm is not None and ctas_per_sm < 1):
-            raise ValueError(f"programs must be >= 0 and ctas_per_sm >= 1, got {programs}, {ctas_per_sm}")
-        if num_stages is not None and num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-        if sm90_ws_ctas_per_sm is not None and sm90_ws_ctas_per_sm < 1:
-            raise ValueError(f"sm90_ws_ctas_per_sm must be None or >= 1, got {sm90_ws_ctas_per_sm}")
-        if sm90_ws_stages is not None and sm90_ws_stages < 2:
-            raise ValueError(f"sm90_ws_stages must be None or >= 2 key slots, got {sm90_ws_stages}")
-        if sm90_wg4_min_batch is not None and sm90_wg4_min_batch < 0:
-            raise ValueError(f"sm90_wg4_min_batch must be None or >= 0 sequences, got {sm90_wg4_min_batch}")
-        if sm90_wg4c_stages is not None and not 2 <= sm90_wg4c_stages <= MAX_WG4C_STAGES:
-            raise ValueError(f"sm90_wg4c_stages must be None or 2-{MAX_WG4C_STAGES} key slots a warpgroup (one "
-                             f"copied while one is computed; shared memory holds no more), got {sm90_wg4c_stages}")
-        if sm90_ws_min_tiles is not None and sm90_ws_min_tiles < 0:
-            raise ValueError(f"sm90_ws_min_tiles must be None or >= 0 tiles per program, got {sm90_ws_min_tiles}")
-        if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
-            raise ValueError(f"num_warps must be a power of two, got {num_warps}")
-        if maxnreg is not None and not 24 <= maxnreg <= 255:
-            raise ValueError(f"maxnreg must be None or 24-255 registers per thread, got {maxnreg}")
+        given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
+                     flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg, tma_min_tiles=tma_min_tiles,
+                     tma_max_next_n=tma_max_next_n, kernel=kernel, sm90_max_next_n=sm90_max_next_n,
+                     sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced, sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm,
+                     sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4, sm90_wg4_min_batch=sm90_wg4_min_batch,
+                     sm90_wg4c_stages=sm90_wg4c_stages)
+        for name, (ok, expected) in OPTION_RULES.items():
+            if given[name] is not None and not ok(given[name]):
+                raise ValueError(f"{name} must be None or {expected}, got {given[name]}")
+        if programs < 0:
+            raise ValueError(f"programs must be >= 0 (0: from ctas_per_sm), got {programs}")
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"kernel must be None or one of {KERNELS}, got {kernel!r}")
         if probe is not None and probe not in SM90_PROBES:
@@ -190,12 +142,7 @@ class TritonBackend(SimpleBackend):
         if upcast != "auto" and upcast not in UPCASTS:
             raise ValueError(f"upcast must be 'auto' or one of {sorted(UPCASTS)}, got {upcast!r}")
         # what the caller fixed; None: the GPU's config decides
-        self.given = dict(block_t=block_t, ctas_per_sm=ctas_per_sm, num_warps=num_warps, num_stages=num_stages,
-                          flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg,
-                          tma_min_tiles=tma_min_tiles, tma_max_next_n=tma_max_next_n, kernel=kernel,
-                          sm90_max_next_n=sm90_max_next_n, sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced,
-                          sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm, sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4,
-                          sm90_wg4_min_batch=sm90_wg4_min_batch, sm90_wg4c_stages=sm90_wg4c_stages)
+        self.given = given  # what the caller fixed; None: the GPU's config decides
         self.opts = dict(programs=programs, upcast=upcast, probe=probe)
         self.info.update({k: v for k, v in self.given.items() if v is not None}, **self.opts)
         self.last_launch = None
@@ -221,19 +168,6 @@ class TritonBackend(SimpleBackend):
                     "(set before parity.backends.triton_kernels is imported)")
         return super().unsupported(path, inputs)
 
-    def _upcast(self, inputs: IndexerInputs) -> int:
-        no_type = (inputs.q_fp8.dtype == torch.float8_e4m3fnuz and inputs.device.type == "cuda"
-                   and not torch.version.hip)  # Triton on NVIDIA has no e4m3fnuz type at all
-        if self.opts["upcast"] != "auto":
-            asked = UPCASTS[self.opts["upcast"]]
-            return UPCASTS["decode"] if no_type and asked in (UPCASTS["fp8"], UPCASTS["fp16"]) else asked
-        if INTERPRETED:
-            return UPCASTS["fp32"]
-        if _fp8_dot_ok(inputs.device, inputs.q_fp8.dtype):
-            return UPCASTS["fp8"]
-        # Triton on NVIDIA has no e4m3fnuz type at all; elsewhere a native fp8 load may be missing too.
-        return UPCASTS["decode"]
-
     def _check_out(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -244,48 +178,16 @@ class TritonBackend(SimpleBackend):
                              f"{tuple(out.shape)} strides {out.stride()}")
 
     def _grid(self, o: dict, key, n_tiles: int, device: torch.device) -> int:
-        """Programs of a launch with config ``o``: ``ctas_per_sm`` per multiprocessor (one fewer where each
-        would get fewer than MIN_TILES_PER_PROGRAM tiles, never more than fit), or ``programs`` when given."""
-        sms, per_sm = _num_sms(device), o["ctas_per_sm"]
-        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
-            per_sm -= 1
+        """Programs of a launch with config ``o``: ``triton_portable.ctas_per_sm`` per multiprocessor, never more
+        than fit, or ``programs`` when given."""
+        sms = _num_sms(device)
+        per_sm = triton_portable.ctas_per_sm(o, n_tiles, sms)
         programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
         return min(n_tiles, programs)
 
-    def _launch_fp4(self, path: str, inputs: IndexerInputs, out: torch.Tensor):
-        """The FP4 kernel's launch (see :meth:`_launch`): the MXFP4 cache's values and scale words, q's bytes
-        and words. bf16 operands on a GPU (exact, see the kernel module), fp32 under the interpreter or when
-        ``upcast='fp32'``."""
-        if path == "preshuffle":
-            raise ValueError("the MXFP4 cache has no preshuffled layout here (paths: stage1, fused)")
-        B, n, H = inputs.q_fp8.shape[:3]
-        D, cols = inputs.head_dim, inputs.max_model_len
-        cache = inputs.kv_cache
-        layouts.check_kv_cache(cache)
-        bs = cache.shape[1]
-        flat = cache.contiguous().view(-1)
-        table, lens = _table_and_lens(inputs)
-        o, _ = self.config(inputs.device)  # the fp8 kernel's tile, warps and stages; no TMA, PDL or register cap
-        o.update(self.opts)
-        tiles_per_seq = triton.cdiv(cols, o["block_t"])
-        n_tiles = B * tiles_per_seq
-        stage1 = path == "stage1"
-        np2, block_h = triton.next_power_of_2(n), max(16, triton.next_power_of_2(H))
-        fp32 = INTERPRETED or o["upcast"] == "fp32"
-        consts = dict(
-            NEXT_N=n, H=H, BLOCK_H=block_h, D=D, BS=bs, BLOCK_T=o["block_t"], STAGE1=stage1,
-            UPCAST=2 if fp32 else 1, NP=np2, NUM_STAGES=o["num_stages"],
-            GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
-            PER_ROW=inputs.context_lens_2d is not None, num_warps=o["num_warps"], num_stages=o["num_stages"])
-        key = (str(inputs.device), "mxfp4", *consts.items())
-        block_bytes = mxfp4.block_bytes(bs, D)
-        args = (inputs.q_fp8.contiguous(), inputs.q_sf.contiguous(), flat, flat.view(torch.int32),
-                inputs.weights.contiguous(), inputs.context_lens, lens, table, out, table.stride(0), table.shape[1],
-                out.stride(0) if stage1 else 0, out.stride(-2), cols, block_bytes, bs * (D // 2) // 4, n_tiles,
-                tiles_per_seq)
-        from parity.kernels.paged_mqa_logits_fp4 import paged_mqa_logits_fp4_kernel
-
-        return paged_mqa_logits_fp4_kernel, (self._grid(o, key, n_tiles, inputs.device),), args, consts, key
+    def _grid_of(self, device: torch.device):
+        """:meth:`_grid` on ``device``, as the launch modules take it: ``grid_of(o, key, n_tiles)``."""
+        return lambda o, key, n_tiles: self._grid(o, key, n_tiles, device)
 
     def _refuse_probe(self, why: str) -> None:
         """A probe is set where the sm90 kernels do not run (``why``): it would measure nothing."""
@@ -313,65 +215,23 @@ class TritonBackend(SimpleBackend):
         self._check_out(path, inputs, out)
         if inputs.key_format == "mxfp4":
             self._refuse_probe("an mxfp4 cache runs the FP4 kernel")
-            return self._launch_fp4(path, inputs, out)
-        B, n, H, D = inputs.q_fp8.shape
-        cols = inputs.max_model_len
+            o, _ = self.config(inputs.device)
+            return triton_fp4.fp4_launch(path, inputs, out, {**o, **self.opts}, INTERPRETED,
+                                         self._grid_of(inputs.device))
+        n = inputs.q_fp8.shape[1]
         o, form, cache = plan or self._sm90_plan(path, inputs)
-        bs = cache.shape[1]
         if form is not None:
             return self._launch_sm90(inputs, out, cache, o, form, prepared)
         self._refuse_probe(f"this call runs the portable kernel (kernel={o['kernel']!r}, path {path!r}, next_n {n})")
-        upcast = self._upcast(inputs)
-        fp8 = inputs.q_fp8.dtype
-        as_dtype = torch.uint8 if upcast == UPCASTS["decode"] else fp8
-        flat = cache.contiguous().view(-1)
-        keys = flat.view(as_dtype)
-        scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
-        q = inputs.q_fp8.contiguous().view(as_dtype)
-        table, lens = _table_and_lens(inputs)
-        tiles_per_seq = triton.cdiv(cols, o["block_t"])
-        n_tiles = B * tiles_per_seq
-        stage1 = path == "stage1"
-        np2, block_h = triton.next_power_of_2(n), max(16, triton.next_power_of_2(H))
-        sms, per_sm = _num_sms(inputs.device), o["ctas_per_sm"]
-        if per_sm > 1 and n_tiles < MIN_TILES_PER_PROGRAM * per_sm * sms:
-            per_sm -= 1
-        # bulk copies where they paid on the GPU the config was measured on: enough tiles per program for the
-        # deeper ramp, and at most tma_max_next_n rows (with more, two dots per tile bind before the copies)
-        tma = (bool(o["tma"]) and n <= o["tma_max_next_n"] and n_tiles >= o["tma_min_tiles"] * per_sm * sms
-               and _tma_ok(inputs.device, cache, o["block_t"]))
-        cuda = inputs.device.type == "cuda" and not INTERPRETED and not torch.version.hip
-        consts = dict(
-            NEXT_N=n, H=H, BLOCK_H=block_h, D=D, BS=bs, BLOCK_T=o["block_t"],
-            STAGE1=stage1, PRESHUFFLE=path == "preshuffle", UPCAST=upcast,
-            FLAT=o["flat"] and path == "preshuffle" and bs >= o["block_t"],
-            EXP_BIAS=EXP_BIAS[fp8], NP=np2, NUM_STAGES=o["num_stages"],
-            GROUPS=2 if np2 > 1 and np2 * block_h > o["max_dot_n"] else 1,
-            PER_ROW=inputs.context_lens_2d is not None,
-            TMA=tma, PDL=bool(o["pdl"]) and cuda,
-            BLOCK_B=triton.next_power_of_2(B) if o["balanced"] and B <= MAX_BALANCED_BATCH else 0,
-            num_warps=o["num_warps"], num_stages=o["num_stages"])
-        if consts["PDL"]:
-            consts["launch_pdl"] = True
-        # a register cap, so that ctas_per_sm programs fit on a multiprocessor; on the fused path with one dot
-        # per tile only: elsewhere 128 spilled (Triton 3.6, sm_90a: stage1 248 bytes, next_n 4 196, preshuffle 20)
-        if o["maxnreg"] and cuda and path == "fused" and consts["GROUPS"] == 1:
-            consts["maxnreg"] = o["maxnreg"]
-        descs = _descriptors(keys, scales, bs, D, o["block_t"]) if tma else (None, None)
-        key = (str(inputs.device), *consts.items())
-        programs = o["programs"] or min(self._resident.get(key, per_sm * sms), per_sm * sms)
-        args = (q, keys, scales, *descs, inputs.weights.contiguous(), inputs.context_lens, lens, table, out,
-                table.stride(0), table.shape[1], out.stride(0) if stage1 else 0, out.stride(-2), cols,
-                layouts.block_bytes(bs, D), bs * D // 4, n_tiles, tiles_per_seq, B)
-        from parity.kernels.paged_mqa_logits import paged_mqa_logits_kernel
-
-        return paged_mqa_logits_kernel, (min(n_tiles, programs),), args, consts, key
+        upcast = triton_portable.upcast_code(self.opts["upcast"], inputs, INTERPRETED)
+        return triton_portable.portable_launch(path, inputs, out, cache, o, upcast, INTERPRETED,
+                                               _num_sms(inputs.device), self._grid_of(inputs.device))
 
     def _launch_sm90(self, inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o: dict, form: str,
                      prepared: Prepared | None = None):
         """The Hopper kernel's launch in ``form`` (``triton_sm90.sm90_launch``), its grid from :meth:`_grid`."""
         return triton_sm90.sm90_launch(inputs, out, cache, o, form, prepared,
-                                       lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
+                                       self._grid_of(inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
         # planned once (the config, the form, the descriptors); the wg4 forms read their shares from a prepared
@@ -411,7 +271,7 @@ class TritonBackend(SimpleBackend):
         if form is None:
             return Prepared(path, inputs)
         programs, key = triton_sm90.sm90_grid(inputs, cache, o, form,
-                                              lambda o2, key, n_tiles: self._grid(o2, key, n_tiles, inputs.device))
+                                              self._grid_of(inputs.device))
         shares = programs * triton_sm90.shares_per_program(form, inputs.q_fp8.shape[1])
         return Prepared(path, inputs, triton_sm90.schedule_once(inputs, o["block_t"], bool(o["balanced"]), shares),
                         programs, key)
