@@ -113,7 +113,8 @@ def step_jit_gemm(dg):  # DeepGEMM's JIT, without the attention code
 
 
 def step_logits(dg):
-    from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+    from parity.problem.cases import IndexerCase, build_inputs
+    from parity.problem.lengths import valid_lengths
     from parity.problem.reference import reference_logits
 
     inp = build_inputs(IndexerCase(batch=4, next_n=2, heads=64, block_size=64, max_model_len=1000,

@@ -9,7 +9,7 @@ import types
 import torch
 from fake_kernels import decode_mxfp4, paged_logits_fp4
 
-from parity.problem.cases import valid_lengths
+from parity.problem.lengths import valid_lengths
 
 JUNK = 7.0
 

@@ -11,7 +11,8 @@ import torch
 
 from parity.problem import layouts
 from parity.backends import deepgemm
-from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.problem.lengths import valid_lengths
 from parity.run.harness import failed_checks, run_cell
 
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")

@@ -50,7 +50,7 @@ def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(n
     from parity.backends import load_backend
     from parity.judge import checks
     from parity.perf.bench import Shape, make_inputs
-    from parity.problem.cases import per_row_lengths
+    from parity.problem.lengths import per_row_lengths
     from parity.problem.reference import reference_logits
 
     gen = torch.Generator(device="cuda").manual_seed(batch)

@@ -13,7 +13,8 @@ from parity.problem import layouts
 from parity.backends import aiter as aiter_mod
 from parity.backends import vllm_ops
 from parity.judge.buffers import guarded_buffer
-from parity.problem.cases import IndexerCase, build_inputs, valid_lengths
+from parity.problem.cases import IndexerCase, build_inputs
+from parity.problem.lengths import valid_lengths
 from parity.judge.checks import TOLERANCES
 from parity.run.harness import failed_checks, run_cell
 from parity.judge.topk import compare_topk, topk_reference

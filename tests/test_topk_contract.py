@@ -10,7 +10,7 @@ from fake_topk_ops import as_read, make_op
 from parity.contract import topk_cases
 from parity.backends.vllm_topk_ext import decode_topk
 from parity.judge.topk import INDEX_GUARD, check_topk_contract, compare_topk, guarded_indices
-from parity.problem.cases import signed_row_lengths
+from parity.problem.lengths import signed_row_lengths
 
 SMALL_K, SMALL_COLS, NEXT_N = 8, 64, 4
 # next_n = 4 with context_len 0 and 1 (rows of count -3 .. 1) beside rows of exactly k and of more.

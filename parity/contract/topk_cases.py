@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from parity.judge.topk import check_topk_contract, compare_topk, guarded_indices
-from parity.problem.cases import signed_row_lengths
+from parity.problem.lengths import signed_row_lengths
 
 INSERTION_BELOW, TWO_PASS_FROM = 12288, 200_000
 BLOCKS_PER_ROW = 10  # the two-pass path's first pass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.problem.cases import row_lengths, signed_row_lengths
+from parity.problem.lengths import row_lengths, signed_row_lengths
 from parity.judge.checks import MAX_LISTED, Finding
 
 DEFAULT_TOPK = 2048  # DSv3.2's index_topk

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from parity.problem import layouts, mxfp4
+from parity.problem.lengths import per_row_lengths, row_lengths
 
 # Context-length patterns. Each names the edge it exercises; the builder turns it into context_lens.
 CONTEXT_PATTERNS = (
@@ -307,15 +308,6 @@ def context_lens_for(case: IndexerCase, gen: torch.Generator) -> list[int]:
     return pattern[:B]
 
 
-def per_row_lengths(lens: list[int], next_n: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, next_n) int32: row i of sequence b sees a uniform draw from [0, context_len], the last row
-    all of it (how DeepGEMM's test draws 2-D context_lens)."""
-    ctx = torch.tensor(lens, dtype=torch.float64).view(-1, 1)
-    rows = ((ctx + 1) * torch.rand(len(lens), next_n, generator=gen, dtype=torch.float64)).floor().clamp(max=ctx)
-    rows[:, -1] = ctx[:, 0]
-    return rows.to(torch.int32)
-
-
 FILLER_KEY_BYTE = 0x38  # e4m3fn 1.0 (fnuz 0.5): a kernel that reads a filler block gets finite garbage
 FILLER_E2M1_PAIR = 0x22  # two E2M1 1.0 codes
 
@@ -412,24 +404,3 @@ def _plant_near_ties(case: IndexerCase, k_fp8: torch.Tensor, scales: torch.Tenso
         for j, s_ in enumerate(below.tolist(), 1):
             k_fp8[s_] = k_fp8[kth]
             scales[s_] = (scales[kth : kth + 1].view(torch.int32) + j).view(torch.float32)[0]
-
-
-def signed_row_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
-    """Per output row ``context_lens[b] - next_n + i + 1`` (the causal rule of SPEC section 1: row (b, i)
-    may see ``t <= context_len[b] - next_n + i``), negative where the context is shorter than
-    ``next_n - 1 - i`` (a dummy sequence of a captured batch), as a top-k op computes it."""
-    i = torch.arange(next_n, device=context_lens.device)
-    return (context_lens.view(-1, 1).long() - next_n + i + 1).reshape(-1)
-
-
-def valid_lengths(context_lens: torch.Tensor, next_n: int) -> torch.Tensor:
-    """Per output row, the number of leading valid positions: :func:`signed_row_lengths`, none (0) for a
-    row whose count is below 0."""
-    return signed_row_lengths(context_lens, next_n).clamp_min(0)
-
-
-def row_lengths(context_lens: torch.Tensor, next_n: int, context_lens_2d: torch.Tensor | None = None) -> torch.Tensor:
-    """Valid positions per output row: the 2-D per-row lengths when given, else the causal diagonal."""
-    if context_lens_2d is not None:
-        return context_lens_2d.reshape(-1).long()
-    return valid_lengths(context_lens, next_n)
