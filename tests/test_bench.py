@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from parity.perf import bench, timing
+from parity.perf import bench, bench_table, timing
 from parity.perf import roofline as roofline_mod
 from parity.perf.roofline import roofline
 
@@ -90,9 +90,9 @@ def test_fp8_ratio_pairs_the_same_backend_path_and_size():
             {"backend": "triton", "path": "fused", "shape": "B8-n2-ctx8192-mxfp4", "us": 20.0, **timing},
             {"backend": "torch", "path": "fused", "shape": "B8-n2-ctx8192-mxfp4", "us": 50.0, **timing},
             {"backend": "triton", "path": "stage1", "shape": "B8-n2-ctx8192-mxfp4", "skipped": "memory"}]
-    bench.add_fp8_ratios(rows)
+    bench_table.add_fp8_ratios(rows)
     assert rows[1]["vs_fp8"] == 1.5 and "vs_fp8" not in rows[0] and "vs_fp8" not in rows[2]
-    text = bench.markdown(rows, 1000.0, "cpu")
+    text = bench_table.markdown(rows, 1000.0, "cpu")
     assert "| triton | fused | B8-n2-ctx8192-mxfp4 | 20.0 |" in text and "| 1.50 |" in text
 
 
@@ -236,7 +236,7 @@ def test_prepared_backends_time_run_prepared_only():
         assert len(fake.ran) > len(fake.prepared)
         assert {h for h, _ in fake.ran} == {p[2] for p in fake.prepared}
     assert len({ptr for _, ptr in with_out.ran}) == rows[0]["sets"]  # each set's own out buffer
-    assert "fake, fake-own: run_prepared only" in bench.markdown(rows, 10.0, "cpu")
+    assert "fake, fake-own: run_prepared only" in bench_table.markdown(rows, 10.0, "cpu")
 
 
 def test_a_prepare_that_raises_is_a_skipped_row():
@@ -329,7 +329,7 @@ def test_each_timed_row_carries_the_gpu_state_after_its_path_and_the_table_says_
 
     rows = bench.bench_shape(shape, {"torch": load_backend("torch")}, ["fused"], "cpu", 100.0, True, 0, 1)
     assert rows[0]["gpu_state"] == state, rows
-    table = bench.markdown(rows, 100.0, "cpu")
+    table = bench_table.markdown(rows, 100.0, "cpu")
     assert "B1-n1-ctx64 fused 1755 MHz 412 W 61 C (sw thermal)" in table, table
 
 
@@ -362,7 +362,7 @@ def test_speedups_carry_their_spread_round_by_round(monkeypatch):
     assert a["speedup_vs"]["b"] == pytest.approx(2.0)
     assert low == pytest.approx(20 / 12 + 0.4 * (2 - 20 / 12)) and high == pytest.approx(2.0)
     assert b["speedup_range"]["a"] == pytest.approx([0.5, 0.5 + 0.6 * 0.1])
-    table = bench.markdown(rows, 100.0, "dev")
+    table = bench_table.markdown(rows, 100.0, "dev")
     assert f"b 2.00x ({low:.2f}-2.00)" in table and "10th-90th percentile" in table
 
 

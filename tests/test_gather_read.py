@@ -3,7 +3,7 @@ block in the block tables, once (under the Triton interpreter on the CPU)."""
 import pytest
 import torch
 
-from parity.perf import bench
+from parity.perf import bench, bench_table
 
 pytest.importorskip("triton")
 from parity.kernels.gather_read import gather_read  # noqa: E402
@@ -66,5 +66,5 @@ def test_markdown_shows_the_read_floor_where_measured():
              "floor_us": 5.0, "x_floor": 2.0, "pct_floor": 50.0, "read_us": 8.0, "x_read": 1.25},
             {"backend": "b", "path": "fused", "shape": "B1-n1-ctx64", "us": 20.0, "eager_us": 20.0, "gbps": 1.0,
              "floor_us": 5.0, "x_floor": 4.0, "pct_floor": 25.0}]
-    text = bench.markdown(rows, 1000.0, "dev", launch_us=2.5)
+    text = bench_table.markdown(rows, 1000.0, "dev", launch_us=2.5)
     assert "| 8.0 | 1.25 |" in text and "| - | - |" in text and "2.5 us per launch" in text
