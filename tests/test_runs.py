@@ -64,3 +64,22 @@ def test_runs_of_the_same_file_name_are_told_apart_by_their_path(tmp_path, capsy
     first, second = _run(tmp_path / "a", "bench.json", _rows(44.0)), _run(tmp_path / "b", "bench.json", _rows(44.0))
     assert runs.main([first, second]) == 0
     assert f"| shape | against | {first} | {second} | range |" in capsys.readouterr().out
+
+
+def test_shapes_are_kept_by_glob_and_the_mean_bar_asks_for_a_real_gain(tmp_path, capsys):
+    # triton / deepgemm at B64-n2 0.980, B128-n2 0.998 (run a) and 0.990 (run b); B64-n4 0.760 is left out
+    a, b = _run(tmp_path, "a.json", _rows(43.912)), _run(tmp_path, "b.json", _rows(43.56))
+    kept = ["--shape", "B64-n2-*", "--shape", "B128-n2-*"]
+    assert runs.main([a, b, *kept, "--mean-bar", "0.99"]) == 0  # mean (0.98 + 0.998 + 0.98 + 0.99) / 4 = 0.987
+    out = capsys.readouterr().out
+    assert "B64-n4" not in out and "mean over 4 shape-runs: 0.9870 (at or under 0.99)" in out
+    assert runs.main([a, b, *kept, "--mean-bar", "0.985"]) == 1  # every shape under 1, the mean not under the bar
+    assert "mean over 4 shape-runs: 0.9870 (over 0.985)" in capsys.readouterr().out
+    assert runs.main([a, b, "--mean-bar", "0.985"]) == 0  # with B64-n4 (0.76) the mean is 0.911
+
+
+def test_a_glob_that_keeps_no_shape_is_refused(tmp_path, capsys):
+    assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), "--shape", "B256-*"]) == 2
+    assert "no fused shape matching B256-* with rows of both" in capsys.readouterr().err
+    assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), "--mean-bar", "-1"]) == 2
+    assert "--mean-bar must be > 0, got -1.0" in capsys.readouterr().err

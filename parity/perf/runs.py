@@ -9,12 +9,20 @@ the ratio of each run, its range, and the runs in which every shape is at or und
     python -m parity.perf.runs bench-1.json bench-2.json --row triton --against deepgemm --against deepgemm:split
 
 ``--against`` may be given several times: each shape takes the first of them that has a row there (DeepGEMM's
-kernel takes next_n <= 2; ``deepgemm:split`` runs next_n 4 as two calls). Exit 0 when every run keeps every shape
-at or under the bar, 1 when one does not, 2 when a file cannot be read or holds no shape with both rows.
+kernel takes next_n <= 2; ``deepgemm:split`` runs next_n 4 as two calls). ``--shape GLOB`` (repeatable) keeps the
+shapes it matches. ``--mean-bar`` also asks that the mean ratio over those shapes and runs be at or under it: a
+change that is to replace a kernel must be faster, not only no slower (``ci/sm90-candidates.sh``:
+
+    python -m parity.perf.runs bench-*.json --row X --against triton --shape 'B64-n2-*' --shape 'B128-n2-*' \
+        --mean-bar 0.995
+
+is the rule of docs/h200-coupled-q.md). Exit 0 when every run keeps every shape at or under the bar (and the mean
+under ``--mean-bar``), 1 when not, 2 when a file cannot be read or holds no shape with both rows.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -58,11 +66,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: deepgemm, then deepgemm:split)")
     p.add_argument("--path", default="fused", help="the path whose rows are read (default fused)")
     p.add_argument("--bar", type=float, default=1.0, help="the ratio no shape may pass (default 1.0)")
+    p.add_argument("--shape", action="append", default=None, metavar="GLOB",
+                   help="keep the shapes whose id matches (repeatable; default every shape), e.g. 'B128-n2-*'")
+    p.add_argument("--mean-bar", type=float, default=None,
+                   help="the mean ratio over the kept shapes and runs must be at or under this too")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     against = args.against or ["deepgemm", "deepgemm:split"]
-    if args.bar <= 0:
-        print(f"error: --bar must be > 0, got {args.bar}", file=sys.stderr)
-        return 2
+    for name, bar in (("--bar", args.bar), ("--mean-bar", args.mean_bar)):
+        if bar is not None and bar <= 0:
+            print(f"error: {name} must be > 0, got {bar}", file=sys.stderr)
+            return 2
     runs = {}
     names = [os.path.basename(path) for path in args.runs]
     for path, name in zip(args.runs, names):
@@ -72,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"error: {path}: not a bench report ({type(exc).__name__}: {exc})", file=sys.stderr)
             return 2
-        got = ratios(rows, args.row, against, args.path)
+        got = {shape: v for shape, v in ratios(rows, args.row, against, args.path).items()
+               if args.shape is None or any(fnmatch.fnmatchcase(shape, g) for g in args.shape)}
         if not got:
-            print(f"error: {path}: no {args.path} shape with rows of both {args.row!r} and one of {against}",
+            kept = "" if args.shape is None else f" matching {' or '.join(args.shape)}"
+            print(f"error: {path}: no {args.path} shape{kept} with rows of both {args.row!r} and one of {against}",
                   file=sys.stderr)
             return 2
         label = name if names.count(name) == 1 else path  # the file's name, its path where names repeat
@@ -84,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\nat or under {args.bar:g} at every shape: {len(runs) - len(over)} of {len(runs)} runs"
           + (f"; over it: {', '.join(over)}" if over else ""))
-    return 1 if over else 0
+    if args.mean_bar is None:
+        return 1 if over else 0
+    values = [v[0] for r in runs.values() for v in r.values()]
+    mean = sum(values) / len(values)
+    high = mean > args.mean_bar
+    print(f"mean over {len(values)} shape-runs: {mean:.4f} ({'over' if high else 'at or under'} {args.mean_bar:g})")
+    return 1 if over or high else 0
 
 
 if __name__ == "__main__":
