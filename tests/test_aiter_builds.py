@@ -14,7 +14,6 @@ import sys
 
 import pytest
 from findings import failing, finding, old_causal_rule_mask
-import torch
 
 from parity.backends.aiter import NOT_RUNNABLE, AiterBackend, find_build, scan
 from parity.backends.aiter import backend as backend_mod

@@ -9,7 +9,6 @@ import pytest
 from fake_kernels import paged_logits, paged_logits_fp4
 import torch
 
-from parity.problem import layouts
 from parity.backends import deepgemm
 from parity.problem.cases import IndexerCase, build_inputs
 from parity.problem.lengths import valid_lengths

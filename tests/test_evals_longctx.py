@@ -14,7 +14,7 @@ from evals.__main__ import main
 from evals.model import ModelConfig
 
 BYTES = lambda text: len(text.encode("utf-8"))  # noqa: E731  (the embedded model's tokens)
-LONGEST_ITEM = max(len(f"Locker 99999 has access code 9999.\n"), 40)
+LONGEST_ITEM = max(len("Locker 99999 has access code 9999.\n"), 40)
 
 
 def prompt(doc):

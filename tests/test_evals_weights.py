@@ -11,7 +11,7 @@ import torch
 
 from evals import weights
 from evals.__main__ import main
-from evals.model import BlockPool, ModelConfig, TinyIndexerLM, rmsnorm
+from evals.model import BlockPool, TinyIndexerLM, rmsnorm
 from evals.train import Net, TrainSpec, train
 from tiny_model import TINY, save_tiny
 

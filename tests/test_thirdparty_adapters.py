@@ -16,7 +16,7 @@ from parity.judge.buffers import guarded_buffer
 from parity.problem.cases import IndexerCase, build_inputs
 from parity.problem.lengths import valid_lengths
 from parity.judge.checks import TOLERANCES
-from parity.run.harness import failed_checks, run_cell
+from parity.run.harness import run_cell
 from parity.judge.topk import compare_topk, topk_reference
 
 CASE = IndexerCase(batch=2, next_n=2, heads=8, block_size=64, max_model_len=300, context="random")

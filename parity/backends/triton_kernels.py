@@ -12,7 +12,7 @@ from parity.backends import triton_configs, triton_fp4, triton_portable, triton_
 from parity.problem import layouts
 from parity.backends.triton_portable import UPCASTS
 from parity.backends.base import PATHS, SimpleBackend
-from parity.backends.triton_sm90 import MAX_WG4C_STAGES, SM90_PROBES, Prepared, _table_and_lens, sm90_form
+from parity.backends.triton_sm90 import MAX_WG4C_STAGES, SM90_PROBES, Prepared, sm90_form
 from parity.problem.cases import IndexerInputs
 
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
