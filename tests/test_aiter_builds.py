@@ -8,6 +8,7 @@ the findings the suite reports for main's behaviour (fused clean, stage1 oversho
 chunk, the ragged kernels' causal rule); and the ROCm path, where ``import aiter`` works.
 Expected values come from context_lens and the fake build's stated facts (ChunkK, causal rule).
 """
+import dataclasses
 import math
 import subprocess
 import sys
@@ -239,6 +240,62 @@ def test_main_varctx_on_the_triton_path_drops_trailing_splits(main_tree, monkeyp
     assert failing(r)[0] == "mask", r["findings"]
     got = finding(r, "mask")["details"]["per_row"]
     assert {int(k): (v["first_cols"][0], v["spurious_neg_inf"]) for k, v in got.items()} == want
+
+
+# --- a server's call: aiter-sglang ---------------------------------------------------------------------------
+
+# SGLang on ROCm calls with block size 1 (parity.backends.aiter.callers)
+AT_MAX_BS1 = IndexerCase(batch=2, next_n=1, heads=16, head_dim=32, block_size=1, max_model_len=MML,
+                         context="ctx_eq_max_first")
+
+
+def _unmasked_fused_main(root):
+    """main's tree with its fused store unmasked, the bug class of the preshuffle incident."""
+    root = make_tree(root, "main")
+    wrapper = root / "aiter/ops/triton/attention/pa_mqa_logits.py"
+    text = wrapper.read_text()
+    assert text.count("KVBlockSize, False, False, True, True,") == 1
+    wrapper.write_text(text.replace("KVBlockSize, False, False, True, True,", "KVBlockSize, False, False, False, True,"))
+    return root
+
+
+def test_sglang_call_sets_the_chunk_that_decides_how_far_an_unmasked_store_reaches(tmp_path):
+    root = _unmasked_fused_main(tmp_path)
+    sglang, own = AiterBackend(find_build(str(root)), "sglang"), AiterBackend(find_build(str(root)))
+    assert sglang.name == "aiter-sglang" and sglang.paths == ("fused",)
+    assert sglang.describe()["caller"]["kwargs"]["ChunkK"] == 128
+    ctx = build_inputs(AT_MAX_BS1).context_lens.tolist()
+    assert ctx[0] == MML and ctx[1] > 56
+    launched = sglang.launch_config("fused", build_inputs(AT_MAX_BS1))
+    assert {r["constexprs"]["CHUNK"] for runs in launched.values() for r in runs} == {128}
+    # Row 0 ends at max_model_len = 200. In chunks of 128 (SGLang's call) its second chunk, stored by a later
+    # program than row 1's first, writes 56 columns into row 1 and they stay. In the wrapper's own chunks of 256
+    # the same 56 columns land before row 1's program stores its first chunk over them: only the last row's
+    # overshoot, past the allocation, shows. The same build and buffer; the call decides what a server reads.
+    r = run_cell(sglang, "fused", "exact", AT_MAX_BS1, "cpu")
+    assert finding(r, "oob", "next_row")["details"]["landed"]["next_row"] == {
+        1: {"from_row": 0, "leading_cols_damaged": overshoot(ctx[0], 128)}}
+    r = run_cell(own, "fused", "exact", AT_MAX_BS1, "cpu")
+    assert failing(r) == ["oob"] and finding(r, "oob")["details"]["landed"] == {
+        "outside_allocation_after": {"count": overshoot(ctx[1], 256), "max_overshoot_cols": overshoot(ctx[1], 256)}}
+
+
+def test_sglang_call_on_a_correct_build_is_clean(main_tree):
+    sglang = AiterBackend(find_build(str(main_tree)), "sglang")
+    for case in (AT_MAX_BS1, dataclasses.replace(SPECULATIVE, block_size=1)):
+        r = run_cell(sglang, "fused", "exact", case, "cpu")
+        assert r["status"] == "pass", (case.id, r["findings"])
+
+
+def test_sglang_call_is_refused_where_sglang_never_makes_it(main_tree, tmp_path):
+    sglang = AiterBackend(find_build(str(main_tree)), "sglang")
+    why = sglang.unsupported("fused", build_inputs(SPECULATIVE))  # block_size 16
+    assert why.startswith("SGLang's DSA indexer on ROCm (decode) calls with block_size 1, not 16")
+    assert "nsa_indexer.py at 005e8bf8" in why
+    # 0.1.7's wrapper takes none of the arguments SGLang passes: SGLang's call would fail there
+    with pytest.raises(RuntimeError, match="has no sglang variant: its deepgemm_fp8_paged_mqa_logits takes no "
+                                           "KVBlockSize, Preshuffle, TotalCuCount, WavePerEU, which SGLang"):
+        AiterBackend(find_build(str(make_tree(tmp_path, "0.1.7"))), "sglang")
 
 
 # --- the 0.1.7 layout ------------------------------------------------------------------------------------

@@ -9,9 +9,12 @@ Variants (each its own backend name, so their cells never mix):
   here from the suite's paged inputs (same keys, same scales).
 * ``varctx`` (``aiter-varctx``): the fused wrapper with ``VarCtxSchedule`` from the build's own
   ``deepgemm_fp8_paged_mqa_logits_schedule``, as aiter's benchmark calls it.
+* ``sglang`` (``aiter-sglang``): the fused wrapper called as SGLang's indexer calls it (``callers``: its
+  arguments, block size 1).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -22,6 +25,7 @@ import torch
 
 from parity.problem import layouts
 from parity.backends.aiter import discovery as disc
+from parity.backends.aiter.callers import CALLERS
 from parity.backends.aiter import launch
 from parity.backends.aiter.shims import NOT_RUNNABLE, load_from_files
 from parity.backends.base import PATHS
@@ -31,6 +35,7 @@ VARIANTS = {  # variant -> (backend name, {path: wrapper})
     "paged": ("aiter", {"stage1": disc.STAGE1, "fused": disc.FUSED, "preshuffle": disc.FUSED}),
     "ragged": ("aiter-ragged", {"stage1": disc.STAGE1_RAGGED, "fused": disc.FUSED_RAGGED}),
     "varctx": ("aiter-varctx", {"fused": disc.FUSED, "preshuffle": disc.FUSED}),
+    "sglang": ("aiter-sglang", {"fused": disc.FUSED}),
 }
 RAGGED_CONTRACT = ("ragged_k wrappers take prefix_sum_context_lens (B + 1,) and a flat kv_indices of token slots "
                    "(kv_indices[prefix[b] + t]) into a per-token cache (num_tokens, 1, 1, D + 4); the suite's "
@@ -75,6 +80,7 @@ class AiterBackend:
             raise ValueError(f"aiter variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         self.build, self.variant = build, variant
         self.name, self._wrapper_for = VARIANTS[variant]
+        self.caller = CALLERS.get(variant)  # a server's call of the wrapper, or None
         self.mode = "rocm" if is_amd() else "files"
         self.layout = disc.scan(build)
         self.load_error: str | None = None
@@ -129,11 +135,19 @@ class AiterBackend:
             return False
         if self.variant == "varctx":
             return "VarCtxSchedule" in self._params(wrapper) and self.function(disc.SCHEDULE) is not None
+        if self.caller is not None:
+            return set(self.caller.kwargs) <= self._params(wrapper)
         return True
 
     def _missing_variant(self) -> str:
         if self.variant == "ragged":
             return f"no {disc.FUSED_RAGGED} or {disc.STAGE1_RAGGED} wrapper"
+        if self.caller is not None:
+            if self.function(disc.FUSED) is None:
+                return f"no {disc.FUSED} wrapper"
+            missing = sorted(set(self.caller.kwargs) - self._params(disc.FUSED))
+            return (f"its {disc.FUSED} takes no {', '.join(missing)}, which {self.caller.who} passes "
+                    f"({self.caller.source})")
         return f"no {disc.SCHEDULE} and no VarCtxSchedule argument of {disc.FUSED}"
 
     def _block_aware(self, wrapper: str) -> bool:
@@ -152,6 +166,9 @@ class AiterBackend:
         kwargs = {}
         if self.variant == "ragged":
             cache, lens, kv_indices = ragged_view(inputs)
+        elif self.caller is not None:  # its own arguments; the inputs are of a block size it calls with
+            cache, lens, kv_indices = inputs.kv_cache, inputs.context_lens, inputs.block_tables
+            kwargs = dict(self.caller.kwargs)
         elif path == "preshuffle":
             cache, lens, kv_indices = inputs.kv_cache_preshuffled, inputs.context_lens, inputs.block_tables
             kwargs = {"Preshuffle": True, "KVBlockSize": inputs.block_size}
@@ -213,6 +230,9 @@ class AiterBackend:
                 return f"this aiter build ({self.build.version}) has no preshuffle path (no Preshuffle argument)"
             return f"this aiter build ({self.build.version}) exposes no {path} wrapper for the {self.variant} variant"
         dev = inputs.device.type
+        if self.caller is not None and self.caller.block_sizes and inputs.block_size not in self.caller.block_sizes:
+            return (f"{self.caller.who} calls with block_size {' or '.join(map(str, self.caller.block_sizes))}, "
+                    f"not {inputs.block_size} ({self.caller.source})")
         if getattr(inputs, "logits_dtype", torch.float32) not in self.logits_dtypes:
             return f"aiter's wrappers write float32 logits, not {inputs.logits_dtype}"
         if getattr(inputs, "context_lens_2d", None) is not None:
@@ -264,7 +284,10 @@ class AiterBackend:
         """The launch configuration of every path at the DSv3.2 shape, or why there is none."""
         if self.mode == "rocm" or self.variant == "varctx":
             return {}
-        inputs, found = build_inputs(PROBE_CASE, "cpu"), {"case": PROBE_CASE.id}
+        case = PROBE_CASE
+        if self.caller is not None and self.caller.block_sizes:
+            case = dataclasses.replace(case, block_size=self.caller.block_sizes[0])
+        inputs, found = build_inputs(case, "cpu"), {"case": case.id}
         for path in self.paths:
             if path == "preshuffle":
                 continue
@@ -286,6 +309,8 @@ class AiterBackend:
                 "kernels": sorted(lay.kernels)}
         if self.variant == "ragged":
             info["contract"] = RAGGED_CONTRACT
+        if self.caller is not None:
+            info["caller"] = dataclasses.asdict(self.caller)
         if self._loaded is not None:
             info["triton_interpreter"] = self._loaded.interpreted
             info["launch_probe"] = self._probe()
