@@ -287,11 +287,20 @@ def test_sglang_call_on_a_correct_build_is_clean(main_tree):
         assert r["status"] == "pass", (case.id, r["findings"])
 
 
-def test_sglang_call_is_refused_where_sglang_never_makes_it(main_tree, tmp_path):
+def test_a_servers_call_is_refused_where_the_server_never_makes_it(main_tree, tmp_path):
     sglang = AiterBackend(find_build(str(main_tree)), "sglang")
     why = sglang.unsupported("fused", build_inputs(SPECULATIVE))  # block_size 16
-    assert why.startswith("SGLang's DSA indexer on ROCm (decode) calls with block_size 1, not 16")
+    assert why.startswith("SGLang's DSA indexer on ROCm takes the fused path at block_size 1 only, not 16")
     assert "nsa_indexer.py at 005e8bf8" in why
+    # ATOM takes the preshuffle path above block size 1 and the fused one at 1 (Preshuffle = block size != 1)
+    atom = AiterBackend(find_build(str(main_tree)), "atom")
+    assert atom.paths == ("fused", "preshuffle")
+    assert "takes the fused path at block_size 1 only, not 16" in atom.unsupported("fused", build_inputs(SPECULATIVE))
+    assert atom.unsupported("preshuffle", build_inputs(SPECULATIVE)).startswith(NOT_RUNNABLE)  # Gluon, AMD only
+    assert "preshuffle path at block_size above 1 only, not 1" in atom.unsupported("preshuffle", build_inputs(AT_MAX_BS1))
+    launched = atom.launch_config("fused", build_inputs(AT_MAX_BS1))
+    assert {(r["constexprs"]["CHUNK"], r["constexprs"]["waves_per_eu"]) for runs in launched.values() for r in runs} == {
+        (256, 2)}
     # 0.1.7's wrapper takes none of the arguments SGLang passes: SGLang's call would fail there
     with pytest.raises(RuntimeError, match="has no sglang variant: its deepgemm_fp8_paged_mqa_logits takes no "
                                            "KVBlockSize, Preshuffle, TotalCuCount, WavePerEU, which SGLang"):

@@ -18,6 +18,7 @@ _LAZY = {
     "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
     "aiter:varctx": "parity.backends.aiter:make_varctx_backend",
     "aiter:sglang": "parity.backends.aiter:make_sglang_backend",
+    "aiter:atom": "parity.backends.aiter:make_atom_backend",
     "deepgemm": "parity.backends.deepgemm:make_backend",
     "deepgemm:clean": "parity.backends.deepgemm:make_clean_backend",
     "deepgemm:noclean": "parity.backends.deepgemm:make_noclean_backend",

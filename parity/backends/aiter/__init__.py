@@ -49,11 +49,15 @@ def make_varctx_backend(aiter_path: str | None = None) -> AiterBackend:
 
 
 def make_sglang_backend(aiter_path: str | None = None) -> AiterBackend:
-    """``--backend aiter:sglang``: the fused wrapper called as SGLang's indexer calls it on ROCm
-    (:mod:`.callers`)."""
+    """``--backend aiter:sglang``: the wrapper called as SGLang's indexer calls it on ROCm (:mod:`.callers`)."""
     return make_backend(aiter_path, "sglang")
 
 
+def make_atom_backend(aiter_path: str | None = None) -> AiterBackend:
+    """``--backend aiter:atom``: the wrapper called as ATOM's vLLM plugin calls it (:mod:`.callers`)."""
+    return make_backend(aiter_path, "atom")
+
+
 __all__ = ["AiterBackend", "AiterBuild", "ENV_PATH", "FUSED", "NOT_RUNNABLE", "STAGE1", "VARIANTS", "find_build",
-           "make_backend", "make_ragged_backend", "make_sglang_backend", "make_varctx_backend", "per_token_view",
-           "ragged_view", "scan"]
+           "make_atom_backend", "make_backend", "make_ragged_backend", "make_sglang_backend", "make_varctx_backend",
+           "per_token_view", "ragged_view", "scan"]

@@ -9,8 +9,8 @@ Variants (each its own backend name, so their cells never mix):
   here from the suite's paged inputs (same keys, same scales).
 * ``varctx`` (``aiter-varctx``): the fused wrapper with ``VarCtxSchedule`` from the build's own
   ``deepgemm_fp8_paged_mqa_logits_schedule``, as aiter's benchmark calls it.
-* ``sglang`` (``aiter-sglang``): the fused wrapper called as SGLang's indexer calls it (``callers``: its
-  arguments, block size 1).
+* ``sglang`` (``aiter-sglang``), ``atom`` (``aiter-atom``): the wrapper called as that server's indexer calls
+  it in decode (``callers``: its arguments, and the path it takes at each block size).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ VARIANTS = {  # variant -> (backend name, {path: wrapper})
     "ragged": ("aiter-ragged", {"stage1": disc.STAGE1_RAGGED, "fused": disc.FUSED_RAGGED}),
     "varctx": ("aiter-varctx", {"fused": disc.FUSED, "preshuffle": disc.FUSED}),
     "sglang": ("aiter-sglang", {"fused": disc.FUSED}),
+    "atom": ("aiter-atom", {"fused": disc.FUSED, "preshuffle": disc.FUSED}),
 }
 RAGGED_CONTRACT = ("ragged_k wrappers take prefix_sum_context_lens (B + 1,) and a flat kv_indices of token slots "
                    "(kv_indices[prefix[b] + t]) into a per-token cache (num_tokens, 1, 1, D + 4); the suite's "
@@ -136,7 +137,7 @@ class AiterBackend:
         if self.variant == "varctx":
             return "VarCtxSchedule" in self._params(wrapper) and self.function(disc.SCHEDULE) is not None
         if self.caller is not None:
-            return set(self.caller.kwargs) <= self._params(wrapper)
+            return path in self.caller.paths and self.caller.passes() <= self._params(wrapper)
         return True
 
     def _missing_variant(self) -> str:
@@ -145,7 +146,7 @@ class AiterBackend:
         if self.caller is not None:
             if self.function(disc.FUSED) is None:
                 return f"no {disc.FUSED} wrapper"
-            missing = sorted(set(self.caller.kwargs) - self._params(disc.FUSED))
+            missing = sorted(self.caller.passes() - self._params(disc.FUSED))
             return (f"its {disc.FUSED} takes no {', '.join(missing)}, which {self.caller.who} passes "
                     f"({self.caller.source})")
         return f"no {disc.SCHEDULE} and no VarCtxSchedule argument of {disc.FUSED}"
@@ -166,9 +167,6 @@ class AiterBackend:
         kwargs = {}
         if self.variant == "ragged":
             cache, lens, kv_indices = ragged_view(inputs)
-        elif self.caller is not None:  # its own arguments; the inputs are of a block size it calls with
-            cache, lens, kv_indices = inputs.kv_cache, inputs.context_lens, inputs.block_tables
-            kwargs = dict(self.caller.kwargs)
         elif path == "preshuffle":
             cache, lens, kv_indices = inputs.kv_cache_preshuffled, inputs.context_lens, inputs.block_tables
             kwargs = {"Preshuffle": True, "KVBlockSize": inputs.block_size}
@@ -181,6 +179,8 @@ class AiterBackend:
         else:
             lens = inputs.context_lens
             cache, kv_indices = per_token_view(inputs)
+        if self.caller is not None:  # a server's other arguments (it passes KVBlockSize and Preshuffle as above)
+            kwargs.update(self.caller.kwargs)
         return (inputs.q_fp8, cache, inputs.weights, None, lens, kv_indices, inputs.max_model_len), kwargs
 
     def _schedule_needs_cuda(self) -> bool:
@@ -230,8 +230,8 @@ class AiterBackend:
                 return f"this aiter build ({self.build.version}) has no preshuffle path (no Preshuffle argument)"
             return f"this aiter build ({self.build.version}) exposes no {path} wrapper for the {self.variant} variant"
         dev = inputs.device.type
-        if self.caller is not None and self.caller.block_sizes and inputs.block_size not in self.caller.block_sizes:
-            return (f"{self.caller.who} calls with block_size {' or '.join(map(str, self.caller.block_sizes))}, "
+        if self.caller is not None and not self.caller.takes(path, inputs.block_size):
+            return (f"{self.caller.who} takes the {path} path at block_size {self.caller.paths[path]} only, "
                     f"not {inputs.block_size} ({self.caller.source})")
         if getattr(inputs, "logits_dtype", torch.float32) not in self.logits_dtypes:
             return f"aiter's wrappers write float32 logits, not {inputs.logits_dtype}"
@@ -285,8 +285,8 @@ class AiterBackend:
         if self.mode == "rocm" or self.variant == "varctx":
             return {}
         case = PROBE_CASE
-        if self.caller is not None and self.caller.block_sizes:
-            case = dataclasses.replace(case, block_size=self.caller.block_sizes[0])
+        if self.caller is not None and self.caller.paths.get("fused") == "1":
+            case = dataclasses.replace(case, block_size=1)  # the block size it takes the fused path at
         inputs, found = build_inputs(case, "cpu"), {"case": case.id}
         for path in self.paths:
             if path == "preshuffle":
