@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from parity.backends.triton_sm90 import _table_and_lens
+from parity.backends.triton_inputs import table_and_lens
 from parity.problem import layouts, mxfp4
 from parity.problem.cases import IndexerInputs
 
@@ -23,7 +23,7 @@ def fp4_launch(path: str, inputs: IndexerInputs, out: torch.Tensor, o: dict, int
     layouts.check_kv_cache(cache)
     bs = cache.shape[1]
     flat = cache.contiguous().view(-1)
-    table, lens = _table_and_lens(inputs)
+    table, lens = table_and_lens(inputs)
     tiles_per_seq = triton.cdiv(cols, o["block_t"])
     n_tiles = B * tiles_per_seq
     stage1 = path == "stage1"

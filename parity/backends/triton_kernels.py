@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from parity.backends import triton_configs, triton_fp4, triton_portable, triton_sm90
 from parity.problem import layouts
@@ -118,8 +119,6 @@ class TritonBackend(SimpleBackend):
                  sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None,
                  sm90_wg4_min_batch: int | None = None, sm90_wg4c_stages: int | None = None,
                  probe: str | None = None):
-        import triton
-
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
                          info={"triton": triton.__version__, "interpreted": INTERPRETED},
                          logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True,
@@ -308,8 +307,6 @@ class TritonBackend(SimpleBackend):
         kernel, grid, args, consts, _ = self._launch(path, inputs, out)
         kernel.warmup(*args, grid=grid, **consts)
 
-
-import triton  # noqa: E402  (after INTERPRETED is read; the kernel module imports it too)
 
 
 def make_backend(**options) -> TritonBackend:

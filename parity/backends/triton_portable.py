@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from parity.backends.triton_sm90 import _table_and_lens
+from parity.backends.triton_inputs import table_and_lens
 from parity.problem import layouts
 from parity.problem.cases import IndexerInputs
 
@@ -98,7 +98,7 @@ def portable_launch(path: str, inputs: IndexerInputs, out: torch.Tensor, cache: 
     keys = flat.view(as_dtype)
     scales = flat.view(torch.float32)  # scales of block p start at float index p*block_bytes/4 + bs*D/4
     q = inputs.q_fp8.contiguous().view(as_dtype)
-    table, lens = _table_and_lens(inputs)
+    table, lens = table_and_lens(inputs)
     tiles_per_seq = triton.cdiv(cols, o["block_t"])
     n_tiles = B * tiles_per_seq
     stage1 = path == "stage1"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from parity.backends.triton_inputs import table_and_lens
 from parity.problem import layouts
 from parity.problem.cases import IndexerInputs
 
@@ -19,14 +20,6 @@ SM90_PROBES = ("reads", "no-stores", "no-products", "one-product")
 # memory a program may take: 5 take 198.6 KB with its q buffers (Triton 3.6, sm_90a), 6 would take 231.6
 MAX_WG4C_STAGES = 5
 WG4C_STAGES = 4  # triton:sm90-wg4c's
-
-
-def _table_and_lens(inputs: IndexerInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block table with unit stride along a row, and the row lengths the kernels read for ``PER_ROW``
-    (the 2-D lengths where given, else ``context_lens``, which they then ignore)."""
-    table = inputs.block_tables if inputs.block_tables.stride(-1) == 1 else inputs.block_tables.contiguous()
-    lens = inputs.context_lens if inputs.context_lens_2d is None else inputs.context_lens_2d.contiguous()
-    return table, lens
 
 
 def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
@@ -175,7 +168,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o
     q_desc = GluonDescriptor(q_rows, list(q_rows.shape), [D, 1], [H, D],
                              gl.NVMMASharedLayout.get_default_for([H, D], gl.float8e4nv))
     tiles_per_seq = -(-cols // block_t)
-    table, lens = _table_and_lens(inputs)
+    table, lens = table_and_lens(inputs)
     schedule = prepared.schedule if scheduled else inputs.context_lens  # a pointer either way
     grid = prepared.programs if scheduled else grid_of(grid_o, key, n_tiles)
     if form in ("ws", "wg4", "wg4c"):
