@@ -59,6 +59,11 @@ def _call(backend: Backend, path: str, inputs: IndexerInputs, buf) -> float:
             got = tuple(returned.shape) if isinstance(returned, torch.Tensor) else type(returned).__name__
             raise ValueError(f"backend returned shape {got}; expected {tuple(buf.view.shape)} (or None after "
                              "writing into out)")
+        # copy_ would convert silently: a float64 or bfloat16 answer for a float32 buffer is the caller's
+        # contract broken (a consumer reads the buffer's dtype), not a value to judge after a cast.
+        if returned.dtype != buf.view.dtype or returned.device != buf.view.device:
+            raise ValueError(f"backend returned {returned.dtype} on {returned.device}; expected "
+                             f"{buf.view.dtype} on {buf.view.device} (or None after writing into out)")
         buf.view.copy_(returned)
     _sync(inputs.device)
     return time.perf_counter() - t0
@@ -183,7 +188,12 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
         validate_inputs(inputs)
     except Exception as exc:  # bad case: a finding, not a crash of the run
         return {**result, "status": "error", "findings": [checks.Finding("error", False, f"inputs: {exc}").to_dict()]}
-    reason = format_unsupported(backend, inputs) or backend.unsupported(path, inputs)
+    try:
+        reason = format_unsupported(backend, inputs) or backend.unsupported(path, inputs)
+    except Exception as exc:  # the backend's own question about the cell: its error, not the run's
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return {**result, "status": "error",
+                "findings": [checks.Finding("error", False, f"unsupported() raised: {tb}").to_dict()]}
     if reason:
         return {**result, "status": "skip", "reason": reason}
     cols = inputs.max_model_len

@@ -77,11 +77,10 @@ def run_in_process(plan: RunPlan, stream) -> None:
     torch.set_num_threads(threads)
     try:
         backend = load_backend(plan.spec, **plan.options)
-        info = backend.describe() if hasattr(backend, "describe") else {}
-        _emit(stream, {"backend": {"status": "ok", "name": backend.name, **info}})
     except Exception as exc:
         _emit(stream, {"backend": {"status": "unavailable", "message": f"{type(exc).__name__}: {exc}"}})
         return
+    _emit(stream, {"backend": {"status": "ok", "name": backend.name, **_describe(backend)}})
     cells = plan.cells()
     if not plan.device.startswith("cpu"):
         with devices.current(plan.device):
@@ -104,8 +103,18 @@ def run_in_process(plan: RunPlan, stream) -> None:
         if _context_lost(result):  # every later cell of this process would fail the same way
             _emit(stream, {"context_lost": cid})
             return
-    if hasattr(backend, "describe"):  # what the cells taught it (stand-ins called, launches adapted)
-        _emit(stream, {"backend": {"status": "ok", "name": backend.name, **backend.describe()}})
+    # what the cells taught it (stand-ins called, launches adapted)
+    _emit(stream, {"backend": {"status": "ok", "name": backend.name, **_describe(backend)}})
+
+
+def _describe(backend) -> dict:
+    """The backend's own account of itself; one that raises is recorded as such, its cells still judged."""
+    if not hasattr(backend, "describe"):
+        return {}
+    try:
+        return dict(backend.describe())
+    except Exception as exc:
+        return {"describe_error": f"{type(exc).__name__}: {exc}"}
 
 
 STICKY = ("illegal memory access", "CUDA error: an illegal", "unspecified launch failure", "misaligned address",
@@ -117,11 +126,12 @@ def _context_lost(result: dict) -> bool:
     return any(f["check"] == "error" and any(s in f["summary"] for s in STICKY) for f in result.get("findings", []))
 
 
-def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None]:
-    """(backend record, finished results, id of the cell started last and not finished)."""
-    info, results, started = None, [], None
+def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None, bool]:
+    """(backend record, finished results, id of the cell started last and not finished, whether the
+    process ended its run itself: a ``done`` record, written after the last cell)."""
+    info, results, started, done = None, [], None, False
     if not os.path.exists(path):
-        return info, results, started
+        return info, results, started, done
     with open(path) as fh:
         for line in fh:
             try:
@@ -138,7 +148,9 @@ def _read_stream(path: str) -> tuple[dict | None, list[dict], str | None]:
             elif "context_lost" in rec:
                 started = rec["context_lost"]
                 results[-1]["context_lost"] = True
-    return info, results, started
+            elif "done" in rec:
+                done = True
+    return info, results, started, done
 
 
 def write_plan(plan: RunPlan, path: str) -> None:
@@ -156,6 +168,9 @@ def child_main(plan_path: str, stream_path: str) -> int:
     """Entry of the child process (``python -m parity _run-backend PLAN STREAM``)."""
     with open(stream_path, "a") as stream:
         run_in_process(read_plan(plan_path), stream)
+        # Only a run that came back here is over: a backend that calls os._exit(0) or raises SystemExit
+        # mid-cell exits with status 0 too, and without this line its lost cells would read as a clean end.
+        _emit(stream, {"done": True})
     return 0
 
 
@@ -185,16 +200,21 @@ class _Child:
         return True
 
     def outcome(self) -> tuple[dict, list[dict]]:
-        info, results, started = _read_stream(self.stream)
-        info = dict(info or {"status": "unavailable", "message": "the backend process wrote nothing"})
+        info, results, started, ended = _read_stream(self.stream)
+        code = self.proc.returncode
+        how = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}")
+        if info is None:  # it never got as far as loading the backend
+            why = (f"hung while loading: no output for {self.plan.timeout:g} s; killed" if self.hung
+                   else f"the backend process wrote nothing ({how})")
+            info = {"status": "unavailable", "message": why}
+        info = dict(info)
         where = f" in cell {started}" if started else ""
         done = f"; {len(results)} cells finished before it"
-        if self.hung:
+        if self.hung and info.get("status") == "ok":
             info.update(status="hung", message=f"no cell finished for {self.plan.timeout:g} s{where}; killed{done}")
-        elif self.proc.returncode != 0 and info.get("status") == "ok":
-            code = self.proc.returncode
-            how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
-            info.update(status="crashed", message=f"process died{where}: {how}{done}")
+        elif info.get("status") == "ok" and (code != 0 or not ended):
+            info.update(status="crashed", message=f"process died{where}: {how}"
+                        + ("" if code else " before its run was over") + done)
         if started and info["status"] in ("crashed", "hung"):
             info["cell"] = started
         return info, results
@@ -249,12 +269,16 @@ class _Supervised:
 
     def outcome(self) -> tuple[dict, list[dict]]:
         info = dict(self.info or {})
+        left = len(self.plan.cells()) - len(self.results)
         if self.crashes:
-            left = len(self.plan.cells()) - len(self.results)
             info.update(status="crashed", cell=self.crashes[0], crashed_cells=self.crashes,
                         message=f"{len(self.crashes)} cells crashed the process, the first {self.crashes[0]}: "
                                 f"{self.first_how}; a fresh process resumed after each"
                                 + (f"; {left} cells not run" if left > 0 else ""))
+        elif left > 0 and info.get("status") in ("crashed", "hung"):
+            info["message"] += f"; {left} cells not run"
+        elif left > 0 and info.get("status") == "ok":  # cells planned and never reported: not a clean run
+            info.update(status="crashed", message=f"{left} of {len(self.plan.cells())} cells never reported")
         return info, self.results
 
     @property
@@ -323,7 +347,7 @@ def run_here(plan: RunPlan) -> tuple[dict, list[dict]]:
         stream = os.path.join(tmp, "cells.jsonl")
         with open(stream, "w") as fh:
             run_in_process(plan, fh)
-        info, results, _ = _read_stream(stream)
+        info, results, _, _ = _read_stream(stream)
     return info, results
 
 
