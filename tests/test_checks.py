@@ -4,6 +4,7 @@ import torch
 
 from parity.judge import checks
 from parity.backends.base import SimpleBackend
+from parity.backends.torch_ref import TorchBackend
 from parity.judge.buffers import guarded_buffer
 from parity.problem.cases import IndexerCase
 from parity.run.harness import run_cell
@@ -17,6 +18,16 @@ from findings import finding
 def test_planted_fault_is_caught_where_it_is(planted):
     caught, detail = planted.run()
     assert caught, detail
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=lambda p: f"{p.fault}-{p.buffer}-{p.case.context}")
+def test_the_correct_kernel_passes_each_planted_cell(planted):
+    """The other half of each detector's proof: the same cell, buffer, consumer rule and repeats, judged
+    on a correct kernel, has no finding. A check that flagged these cells whatever it was given would
+    still 'catch' every planted fault above."""
+    r = run_cell(TorchBackend(), planted.path, planted.buffer, planted.case, repeats=planted.repeats,
+                 consumer=planted.consumer)
+    assert r["status"] == "pass", [f["summary"] for f in r["findings"] if not f["ok"]]
 
 
 @pytest.mark.parametrize("kind", ["exact", "padded"])
