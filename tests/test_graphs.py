@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from parity.contract.graphs import recommend, run_all, to_markdown
+from parity.contract.graphs import recommend, replay_verdict, run_all, strategy_grid, to_markdown
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="graph capture needs a CUDA/HIP GPU; none here")
 
@@ -65,3 +65,39 @@ def test_recommend_never_picks_an_unsafe_strategy():
     assert recommend([_row("x", False, 1, 1.0)])["strategy"] is None
     table = to_markdown({"device": "d", "buckets": [1, 2, 4], "case": "c", "strategies": rows, "recommendation": rec})
     assert "| cheap-but-unsafe | NO |" in table and "recommended: reserved" in table
+
+
+def _replay(bucket, owns=True, right=True, overwritten=0):
+    return {"bucket": bucket, "logits_right": right, "victim_elements_overwritten": overwritten,
+            "strategy_still_owns_buffer": owns}
+
+
+@pytest.mark.parametrize("replays, overwritten, dropped, hit", [
+    ([_replay(1), _replay(2), _replay(4)], 0, [], []),  # a stable strategy: the verdict that must pass
+    ([_replay(1, owns=None), _replay(2, owns=None), _replay(4, owns=None)], 0, [], []),  # stateless: owns nothing
+    ([_replay(1, owns=False), _replay(2, owns=False), _replay(4)], 0, [1, 2], []),  # dropped, no victim hit this run
+    ([_replay(1, owns=False, overwritten=96), _replay(2), _replay(4)], 96, [1], []),
+    ([_replay(1), _replay(2), _replay(4, right=False)], 0, [], [4]),  # an earlier replay hit its inputs
+])
+def test_replay_verdict(replays, overwritten, dropped, hit):
+    f = replay_verdict("s", [1, 2, 4], replays, overwritten, {0x1000: 64})
+    assert f.ok == (not dropped and not hit and not overwritten)
+    assert f.details["buckets_replaying_into_dropped_buffers"] == dropped
+    assert f.details["owned_buckets_with_wrong_logits"] == hit
+    assert f.details["victim_elements_overwritten"] == overwritten
+
+
+def test_which_strategies_drop_the_buffer_an_earlier_bucket_was_handed():
+    """The ownership signal the replay verdict reads, on the CPU: after buckets 1, 2, 4 (next_n 2), does
+    the strategy's buffer still hold the storage each bucket was handed? The views are kept alive so
+    that a freed block cannot come back at the same address and pass for the same storage."""
+    q = torch.zeros(1, dtype=torch.float32)
+    owns = {}
+    for label, strategy in strategy_grid(8).items():
+        handed = [strategy(q, 2 * b, 100) for b in (1, 2, 4)]
+        owner = getattr(strategy, "buf", None)
+        owns[label] = None if owner is None else [
+            v.untyped_storage().data_ptr() == owner.untyped_storage().data_ptr() for v in handed]
+    assert {label for label, o in owns.items() if o is None} == {"exact", "padded", "fresh-per-call"}
+    assert owns["cached-exact-rows"] == owns["cached-at-least-rows"] == [False, False, True]
+    assert owns["cached-at-least-rows(reserve_rows=8)"] == [True, True, True]

@@ -95,8 +95,16 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
                 "block_reused_by_another_tensor": reused,
             })
             damaged_before = damaged
-    overwritten = damaged_before
     buffers = {cap["storage_ptr"]: cap["nbytes"] for cap in captured}
+    return replay_verdict(_name(strategy), sorted(buckets), replays, damaged_before, buffers,
+                          getattr(strategy, "reallocations", None))
+
+
+def replay_verdict(name: str, buckets: list[int], replays: list[dict], overwritten: int, buffers: dict[int, int],
+                   reallocations=None) -> Finding:
+    """The finding of a capture-and-replay run, from what was measured: per replayed bucket whether the
+    strategy still owns the buffer its graph recorded and whether its logits were right, the victim
+    elements overwritten in all, and the distinct buffers the graphs hold (pointer: bytes)."""
     # A graph whose recorded buffer the strategy has dropped is the hazard itself, whether or not a
     # victim happened to land on the freed block in this run.
     dropped = [r["bucket"] for r in replays if r["strategy_still_owns_buffer"] is False]
@@ -104,19 +112,18 @@ def graph_replay_hazard(strategy, backend: Backend, buckets=(1, 2, 4), device: s
     # earlier replay (on an H200 a reallocating cache's bucket-1 replay hit bucket 4's inputs).
     hit = [r["bucket"] for r in replays if r["strategy_still_owns_buffer"] is not False and not r["logits_right"]]
     ok = overwritten == 0 and all(r["logits_right"] for r in replays) and not dropped
-    name = _name(strategy)
     if ok:
-        summary = f"{name}: replays after capturing buckets {sorted(buckets)} write only their own buffers"
+        summary = f"{name}: replays after capturing buckets {buckets} write only their own buffers"
     else:
         bad = [r["bucket"] for r in replays if r["victim_elements_overwritten"] or not r["logits_right"]]
         summary = (f"{name}: graphs of buckets {dropped} replay into buffers the strategy no longer owns; replaying "
                    f"buckets {bad} wrote {overwritten} elements of memory now owned by other tensors; logits right "
                    f"per bucket: { {r['bucket']: r['logits_right'] for r in replays} }")
     return Finding("graph-replay", ok, summary, {
-        "strategy": name, "buckets": sorted(buckets), "victim_elements_overwritten": overwritten, "replays": replays,
+        "strategy": name, "buckets": buckets, "victim_elements_overwritten": overwritten, "replays": replays,
         "buckets_replaying_into_dropped_buffers": dropped, "owned_buckets_with_wrong_logits": hit,
         "distinct_buffers": len(buffers), "buffer_bytes_total": sum(buffers.values()),
-        "reallocations": getattr(strategy, "reallocations", None),
+        "reallocations": reallocations,
     })
 
 
