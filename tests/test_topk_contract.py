@@ -60,6 +60,19 @@ def test_a_negative_count_writing_into_its_neighbour_is_caught_and_attributed():
     assert view[11].tolist() == [0, 1, 2, 3, 4, -1, -1, -1]
 
 
+def test_a_write_past_the_last_row_is_caught_in_the_guard():
+    """The other side of the guard: a correct op's rows, then one slot written just past the last row (an
+    op that sizes its grid by k rounded up, say). Every row keeps its contract; the guard alone sees it."""
+    logits = torch.randn(SMALL_CTX.numel() * NEXT_N, SMALL_COLS, generator=torch.Generator().manual_seed(5))
+    storage, view = guarded_indices(SMALL_CTX.numel() * NEXT_N, SMALL_K, "cpu")
+    decode_topk(make_op(), logits, SMALL_CTX, NEXT_N, SMALL_K, out=view)
+    assert check_topk_contract(view, SMALL_CTX, NEXT_N, SMALL_K, storage).ok
+    storage[INDEX_GUARD + view.numel() + 2] = 7
+    f = check_topk_contract(view, SMALL_CTX, NEXT_N, SMALL_K, storage)
+    assert not f.ok and f.details["rows"] == [] and f.details["guard"] == {"after": {"count": 1}}
+    assert "1 slots written after the rows" in f.summary
+
+
 def test_the_contract_refuses_a_wrong_shape():
     with pytest.raises(ValueError, match=r"selected must be \(24, 8\)"):
         check_topk_contract(torch.zeros(24, 7, dtype=torch.int32), SMALL_CTX, NEXT_N, SMALL_K)
@@ -113,6 +126,17 @@ def test_the_runner_says_reproduced_for_an_op_that_behaves_as_read(case_id):
     for name, e in rec["effects"].items():
         assert e["verdict"] == ("reproduced" if want[name] else "ruled out"), (name, e)
     assert rec["effects"]["duplicates"]["observed"] == want["duplicates"]
+
+
+@pytest.mark.parametrize("case_id, verdict", [("short-rows-c20000", "unexpected"),  # none predicted there
+                                              ("short-rows-c200000", "reproduced, other counts")])
+def test_the_runner_tells_duplicates_it_did_not_predict(case_id, verdict):
+    """An op that duplicates in other rows than the source reading predicts: not 'reproduced'."""
+    case = next(c for c in topk_cases.cases() if c.id == case_id)
+    rec = topk_cases.run_case(make_op("duplicates"), case, "cpu", runs=1)
+    dup = rec["effects"]["duplicates"]
+    assert dup["verdict"] == verdict and dup["observed"] != topk_cases.predict(case)["duplicates"], dup
+    assert dup["observed"] and dup["runs_seen"] == 1
 
 
 @pytest.mark.parametrize("case_id", ["short-rows-c200000", "zeros-c8192", "negative-valid-n4-c8192"])
