@@ -125,9 +125,10 @@ def test_a_row_wrong_from_column_0_is_not_blamed_on_the_previous_row():
     r = run_cell(load_backend("fault:ignores_stride0"), "fused", "padded", IndexerCase(batch=3, next_n=2))
     grid, m = render.decode(r["map"]), r["map"]
     for i in range(1, m["rows"]):
-        row = grid[_data_row(m, i)].tolist()
-        n = next(k for k, c in enumerate(row) if c != C["next_row"])
-        assert n < CHUNK  # any attributed run ends inside one chunk
+        assert C["next_row"] not in grid[_data_row(m, i)].tolist(), f"row {i}: a column blamed on row {i - 1}"
+    oob, mask = (next(f for f in r["findings"] if f["check"] == c) for c in ("oob", "mask"))
+    assert set(oob["details"]["landed"]) == {"row_padding"}  # the padding written through, nothing else
+    assert "not attributed to a previous row" in mask["summary"] and mask["details"]["not_next_row"]
 
 
 def test_passing_cells_carry_no_map():
