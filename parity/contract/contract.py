@@ -67,4 +67,4 @@ def check_layer_reuse(strategy, backend: Backend, case: IndexerCase, layers: int
     name = getattr(strategy, "name", getattr(strategy, "__name__", type(strategy).__name__))
     return Finding("stale-data", ok, f"{name}: {layers} layer calls, no stale values" if ok else
                    f"{name}: stale values from earlier calls in {len(leaks)} of {layers} layers; first: {leaks[0]}",
-                   {"layers": layers, "leaks": leaks[:8]})
+                   {"layers": layers, "leaks": leaks[:8], "leaky_layers": [leak["layer"] for leak in leaks]})
