@@ -114,6 +114,10 @@ def test_embedded_run_at_the_models_scale_then_gate(tmp_path, capsys):
     assert main(["longctx", "gate", str(run), "--baseline", str(base), "--require-coverage"]) == 0
     out = capsys.readouterr().out
     assert "longctx_retrieval gate" in out and "decision: PASS" in out and "3 of 3 (100%) exceed index_topk" in out
+    # The same run against a bar it cannot meet: the longctx gate's other verdict, on the same files.
+    right = json.loads(base.read_text())["value"]
+    assert main(["longctx", "gate", str(run), "--baseline", str(base), "--floor", str(min(1.0, right + 0.34))]) == 1
+    assert "decision: REGRESSION (below the absolute floor)" in capsys.readouterr().out
 
 
 def test_gsm8k_format_data_dir_runs(tmp_path, capsys):
