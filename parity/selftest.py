@@ -52,6 +52,13 @@ class Planted:
         detail = "; ".join(f["summary"] for f in _finding(result, self.check))[:200]
         return caught, detail or f"status {result['status']}, {self.check} check passed"
 
+    def run_correct(self) -> tuple[bool, str]:
+        """The same cell, buffer, consumer rule and repeats on the correct kernel (torch): no finding, or the
+        catch above proves nothing (a check that flags every output catches every fault)."""
+        result = run_cell(load_backend("torch"), self.path, self.buffer, self.case, repeats=self.repeats,
+                          consumer=self.consumer)
+        return result["status"] == "pass", "; ".join(f["summary"] for f in result["findings"] if not f["ok"])[:200]
+
 
 def _rows_of(result: dict, check: str) -> set[int]:
     return {r for f in _finding(result, check) for r in f["details"].get("rows", [])}
@@ -201,14 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         print(f"selftest: --match {' '.join(args.match)} matches no planted fault", file=sys.stderr)
         return 2
-    caught = 0
+    caught = clean = 0
     for p in chosen:
         ok, detail = p.run()
         caught += ok
         mark = "caught" if ok else "MISSED"
         print(f"{mark:7} {p.bug_class:62} [{p.check}] {detail}")
-    print(f"caught {caught}/{len(chosen)}")
-    return 0 if caught == len(chosen) else 1
+        correct, why = p.run_correct()
+        clean += correct
+        if not correct:
+            print(f"{'FALSE ALARM':7} the correct kernel on the same cell: {why}")
+    print(f"caught {caught}/{len(chosen)}; the correct kernel passed {clean}/{len(chosen)} of the same cells")
+    return 0 if caught == clean == len(chosen) else 1
 
 
 if __name__ == "__main__":

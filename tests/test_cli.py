@@ -239,7 +239,22 @@ def test_bad_cli_arguments_are_named(argv, capsys):
 def test_selftest_catches_everything(capsys):
     assert main(["selftest"]) == 0
     out = capsys.readouterr().out
-    assert "MISSED" not in out and out.strip().splitlines()[-1].startswith("caught ")
+    assert "MISSED" not in out and "FALSE ALARM" not in out
+    lines = out.strip().splitlines()
+    n = len(lines) - 1  # a line a planted fault, then the summary
+    assert n > 30 and all(line.startswith("caught  ") for line in lines[:-1])
+    assert lines[-1] == f"caught {n}/{n}; the correct kernel passed {n}/{n} of the same cells"
+
+
+def test_selftest_fails_when_its_correct_kernel_is_not(monkeypatch, capsys):
+    """The twin run is real: with a faulty kernel standing in for the correct one, the selftest says so."""
+    import parity.selftest as selftest
+
+    real = selftest.load_backend
+    monkeypatch.setattr(selftest, "load_backend", lambda name: real("fault:drops_one_head" if name == "torch" else name))
+    assert main(["selftest", "--match", "unmasked_chunk_store"]) == 1
+    out = capsys.readouterr().out
+    assert "FALSE ALARM the correct kernel on the same cell:" in out and "the correct kernel passed 0/" in out
 
 
 def test_compare_builds_says_unusable_when_a_build_does_not_load(tmp_path):
