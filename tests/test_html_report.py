@@ -77,7 +77,16 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path, monkeypatch, cap
     assert cli.main(["report", js]) == 0  # the text summary needs no extra
 
 
-def test_report_refuses_a_file_that_is_not_a_report(tmp_path, capsys):
-    (tmp_path / "x.json").write_text("{}")
-    assert cli.main(["report", str(tmp_path / "x.json")]) == 2
-    assert "is not a parity report" in capsys.readouterr().err
+@pytest.mark.parametrize("text, why", [
+    ("{}", "schema 1"), ("[]", "schema 1"), ('{"schema": 1, "results": 5}', "a list of results"),
+    ('{"schema": 1, "results": [3]}', "a list of results"),
+    ('{"schema": 1, "results": [{"id": "a", "case": {}}], "backends": {}}', "result 0 has no backend, path, buffer, status, case.id"),
+])
+@pytest.mark.parametrize("command", ["report", "diff", "merge"])
+def test_report_refuses_a_file_that_is_not_a_report(tmp_path, capsys, text, why, command):
+    (tmp_path / "x.json").write_text(text)
+    x = str(tmp_path / "x.json")
+    argv = {"report": [x], "diff": [x, x], "merge": ["--out", str(tmp_path / "m.json"), x, x]}[command]
+    assert cli.main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert "is not a parity report" in err and why in err, err

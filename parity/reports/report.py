@@ -102,9 +102,19 @@ def load(path: str) -> dict:
             report = json.load(fh)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read report {path!r}: {exc}") from exc
-    if report.get("schema") != SCHEMA or "results" not in report:
-        raise ValueError(f"{path!r} is not a parity report (schema {SCHEMA})")
+    if (not isinstance(report, dict) or report.get("schema") != SCHEMA or not isinstance(report.get("results"), list)
+            or not isinstance(report.get("backends", {}), dict)
+            or not all(isinstance(r, dict) for r in report["results"])):
+        raise ValueError(f"{path!r} is not a parity report (schema {SCHEMA}: an object with a list of results)")
+    for i, r in enumerate(report["results"]):
+        missing = [k for k in RESULT_KEYS if k not in r] + ([] if isinstance(r.get("case"), dict) and "id" in r["case"]
+                                                            else ["case.id"])
+        if missing:
+            raise ValueError(f"{path!r} is not a parity report: result {i} has no {', '.join(dict.fromkeys(missing))}")
     return report
+
+
+RESULT_KEYS = ("id", "backend", "path", "buffer", "status", "case")  # what report, diff and merge read of each
 
 
 BROKEN = ("unavailable", "crashed", "hung")
