@@ -25,7 +25,7 @@ def _model_args(p):
     g.add_argument("--untrained", action="store_true", help="seeded random weights, the small untrained config")
     g.add_argument("--selection", default="indexer", choices=("indexer", "random", "dense"),
                    help="controls: random (index_topk tokens at random) or dense (every token, no indexer)")
-    g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    g.add_argument("--device", type=_device, default="cpu", help="torch device of the model (default cpu)")
     g.add_argument("--model-seed", type=int, default=None, help="untrained: the weights' seed (default 0)")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="untrained: default 1000; trained: its window (2000), which this may only shrink")
@@ -64,20 +64,67 @@ def _positive_int(flag: str):
     return parse
 
 
+def _int_at_least(flag: str, low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _int_at_least("--port", 0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"--port must be in 0..65535, got {value}")
+    return value
+
+
+def _fraction(flag: str, low: float = 0.0, high: float = 1.0, high_open: bool = False):
+    """A finite number in [low, high] (or [low, high)): NaN compares false with every bar and would pass a gate."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low <= value < high if high_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a number in [{low:g}, {high:g}{')' if high_open else ']'}, got {text!r}")
+        return value
+    return parse
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has (cpu, cuda, cuda:N), checked before a model is built on it."""
+    from parity.run.device_names import device_error
+
+    def gpus() -> int:
+        import torch
+
+        return torch.cuda.device_count()
+
+    if (why := device_error(text, gpus, "torch")) is not None:
+        raise argparse.ArgumentTypeError(why.removeprefix("--device "))
+    return text
+
+
 def add_run_args(r, default_out: str) -> None:
     """The flags every lm-eval run takes (gsm8k run, longctx run)."""
     r.add_argument("--out", default=default_out, help=f"run directory (default {default_out})")
-    r.add_argument("--limit", type=int, default=None, help="first N test questions (smoke runs)")
+    r.add_argument("--limit", type=_positive_int("--limit"), default=None, help="first N test questions (smoke runs)")
     r.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--model", default=None, help="served model name (with --base-url)")
     r.add_argument("--chat", action="store_true", help="use /v1/chat/completions (local-chat-completions)")
-    r.add_argument("--num-concurrent", type=int, default=1)
-    r.add_argument("--max-retries", type=int, default=3)
-    r.add_argument("--batch-size", type=int, default=None,
+    r.add_argument("--num-concurrent", type=_positive_int("--num-concurrent"), default=1)
+    r.add_argument("--max-retries", type=_int_at_least("--max-retries", 0), default=3)
+    r.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
                    help="prompts per request (default 8 embedded, 1 server); the embedded server decodes them as one batch")
-    r.add_argument("--max-gen-toks", type=int, default=None, help=f"default 256 (server), {EMBEDDED_MAX_GEN_TOKS} "
+    r.add_argument("--max-gen-toks", type=_positive_int("--max-gen-toks"), default=None, help=f"default 256 (server), {EMBEDDED_MAX_GEN_TOKS} "
                    f"(embedded; {UNTRAINED_MAX_GEN_TOKS} untrained)")
-    r.add_argument("--timeout", type=int, default=600)
+    r.add_argument("--timeout", type=_positive_int("--timeout"), default=600)
     r.add_argument("--seed", type=int, default=0, help="lm-eval's random seed (few-shot order uses its own, 1234)")
     r.add_argument("--kernel-backend", default=None, help="label for the manifest (server runs)")
     r.add_argument("--kernel-build", default=None, help="label for the manifest, e.g. a wheel version or commit")
@@ -96,9 +143,9 @@ def add_verdict_parsers(sub, task: str) -> None:
     g.add_argument("run")
     g.add_argument("--baseline", required=True)
     g.add_argument("--filter", default="flexible-extract", choices=("strict-match", "flexible-extract"))
-    g.add_argument("--confidence", type=float, default=0.95)
-    g.add_argument("--floor", type=float, default=None, help="absolute minimum accuracy")
-    g.add_argument("--min-share-over-topk", type=float, default=0.5,
+    g.add_argument("--confidence", type=_fraction("--confidence", 0.5, 1.0, high_open=True), default=0.95)
+    g.add_argument("--floor", type=_fraction("--floor"), default=None, help="absolute minimum accuracy")
+    g.add_argument("--min-share-over-topk", type=_fraction("--min-share-over-topk"), default=0.5,
                    help="below this share of prompts longer than index_topk the verdict says that the accuracy "
                         "cannot see an indexer value bug (default 0.5)")
     g.add_argument("--require-coverage", action="store_true",
@@ -152,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the embedded model on an OpenAI-compatible /v1/completions")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000)
     s.add_argument("--log", default=None, help="append each decoded batch to this JSONL")
     s.add_argument("--max-body-bytes", type=_positive_int("--max-body-bytes"), default=None,
                    help="refuse larger request bodies with HTTP 413 (default 64 MiB)")
@@ -177,7 +224,7 @@ def _train_parsers(sub) -> None:
     t.add_argument("--init", default=None, help="continue from these weights (a directory with a manifest) "
                    "instead of the seed's random ones; the manifest records them")
     t.add_argument("--check-n", type=int, default=256, help="questions of the quick checks (reference, controls)")
-    t.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    t.add_argument("--device", type=_device, default=None, help="default cuda when available, else cpu")
     t.add_argument("--eval-limit", type=int, default=None, help="questions of the final check (default all 1319)")
     t.add_argument("--eval-batch-size", type=int, default=None, help="default 128 on a GPU, 8 on the CPU")
     t.add_argument("--no-eval", action="store_true", help="skip the final lm-eval check (no accuracy in the manifest)")
@@ -185,10 +232,10 @@ def _train_parsers(sub) -> None:
     v = sub.add_parser("sensitivity", help="every planted fault and real build as the model's indexer: accuracy, "
                        "gate and parity verdicts (JSON + Markdown)")
     v.add_argument("--out", required=True)
-    v.add_argument("--limit", type=int, default=None, help="first N questions (default all 1319)")
-    v.add_argument("--batch-size", type=int, default=None, help="decode batch (default 128 on a GPU, 8 on the CPU)")
-    v.add_argument("--max-gen-toks", type=int, default=EMBEDDED_MAX_GEN_TOKS)
-    v.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    v.add_argument("--limit", type=_positive_int("--limit"), default=None, help="first N questions (default all 1319)")
+    v.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="decode batch (default 128 on a GPU, 8 on the CPU)")
+    v.add_argument("--max-gen-toks", type=_positive_int("--max-gen-toks"), default=EMBEDDED_MAX_GEN_TOKS)
+    v.add_argument("--device", type=_device, default=None, help="default cuda when available, else cpu")
     v.add_argument("--weights", default=None)
     v.add_argument("--data-dir", default=None, help="default: the generated task (--data-seed), written to OUT/data")
     v.add_argument("--data-seed", type=int, default=0)
@@ -199,10 +246,10 @@ def _train_parsers(sub) -> None:
     v.add_argument("--skip", default=None, help="comma-separated row ids or id prefixes to leave out (e.g. deepgemm/)")
     v.add_argument("--resume", action="store_true", help="keep the rows OUT/rows/ already holds a finished record "
                    "of (from an earlier or interrupted run, or copied there from another host) and run the rest")
-    v.add_argument("--jobs", type=int, default=4, help="rows run at once, each in its own process (0: all in "
+    v.add_argument("--jobs", type=_int_at_least("--jobs", 0), default=4, help="rows run at once, each in its own process (0: all in "
                    "this process, one after the other)")
-    v.add_argument("--confidence", type=float, default=0.95)
-    v.add_argument("--parity-timeout", type=int, default=900)
+    v.add_argument("--confidence", type=_fraction("--confidence", 0.5, 1.0, high_open=True), default=0.95)
+    v.add_argument("--parity-timeout", type=_positive_int("--parity-timeout"), default=900)
     v.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     a = sub.add_parser("record-accuracy", help="write a run's accuracy into a weights manifest (the reference "
@@ -332,8 +379,13 @@ def _serve(args) -> int:
 
     model = embedded(args)
     service = CompletionService(model, log_path=args.log, truncate_prompts=args.truncate_prompts)
-    server = ServerThread(service, args.host, args.port, **({"max_body_bytes": args.max_body_bytes}
-                                                            if args.max_body_bytes else {}))
+    try:
+        server = ServerThread(service, args.host, args.port, **({"max_body_bytes": args.max_body_bytes}
+                                                                if args.max_body_bytes else {}))
+    except OSError as exc:  # a port in use, a host name that does not resolve
+        print(f"python -m evals serve: error: cannot listen on --host {args.host} --port {args.port}: {exc}",
+              file=sys.stderr)
+        return 2
     print(f"serving tiny-indexer-lm ({args.backend}, {args.buffer}, {args.path}; max_model_len "
           f"{model.cfg.max_model_len}, prompts that do not fit: {'truncated' if args.truncate_prompts else 'refused'}) "
           f"on {server.base_url}", flush=True)

@@ -94,3 +94,36 @@ def test_embedded_gsm8k_topk_mismatch(tmp_path, capsys):
                         str(TOPK + 1)], capsys)
     assert rc == 2 and f"--index-topk {TOPK + 1}: the embedded model's indexer keeps index_topk={TOPK}" in text
     assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "failed"  # the record stays
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gsm8k", "run", "--limit", "0"], "--limit must be a positive integer, got 0"),
+    (["longctx", "run", "--limit", "-3"], "--limit must be a positive integer, got -3"),
+    (["gsm8k", "run", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["gsm8k", "run", "--num-concurrent", "0"], "--num-concurrent must be a positive integer, got 0"),
+    (["gsm8k", "run", "--max-retries", "-1"], "--max-retries must be an integer >= 0, got -1"),
+    (["gsm8k", "run", "--timeout", "0"], "--timeout must be a positive integer, got 0"),
+    (["gsm8k", "run", "--max-gen-toks", "0"], "--max-gen-toks must be a positive integer, got 0"),
+    (["gsm8k", "run", "--device", "tpu"], "--device: 'tpu' is not a device the suite runs on"),
+    # a NaN bar compares false with everything: it would pass the gate whatever the run scored
+    (["gsm8k", "gate", "r", "--baseline", "b", "--floor", "nan"], "--floor must be a number in [0, 1], got 'nan'"),
+    (["longctx", "gate", "r", "--baseline", "b", "--floor", "1.5"], "--floor must be a number in [0, 1], got '1.5'"),
+    (["gsm8k", "gate", "r", "--baseline", "b", "--min-share-over-topk", "5"],
+     "--min-share-over-topk must be a number in [0, 1], got '5'"),
+    (["gsm8k", "gate", "r", "--baseline", "b", "--confidence", "1"], "--confidence must be a number in [0.5, 1), got '1'"),
+    (["serve", "--port", "99999"], "--port must be in 0..65535, got 99999"),
+    (["sensitivity", "--out", "o", "--jobs", "-1"], "--jobs must be an integer >= 0, got -1"),  # looped forever
+    (["sensitivity", "--out", "o", "--confidence", "2"], "--confidence must be a number in [0.5, 1), got '2'"),
+    (["train", "--out", "o", "--device", "cuda:9"], "--device: 'cuda:9'"),
+])
+def test_bad_numbers_and_devices_are_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
+
+
+def test_serve_names_the_address_it_cannot_listen_on(capsys):
+    rc = main(["serve", "--untrained", "--host", "192.0.2.1"])  # TEST-NET-1: an address no machine has
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot listen on --host 192.0.2.1 --port 8000" in err, err
