@@ -39,10 +39,13 @@ def check_device(value: str) -> str | None:
     return device_error(value, devices.gpu_count, f"torch {torch.__version__}")
 
 
+MAX_PAD = 65536  # columns; the fix pads 256, and a pad past this only measures the allocator
+
+
 def usage_error(args) -> str | None:
     """The first bad option of ``run``, named, before anything runs."""
-    if args.pad < 0:
-        return f"--pad must be >= 0 (padding columns of the padded buffer), got {args.pad}"
+    if not 0 <= args.pad <= MAX_PAD:
+        return f"--pad must be in 0..{MAX_PAD} (padding columns of the padded buffer), got {args.pad}"
     if args.repeats is not None and args.repeats < 1:
         return f"--repeats must be >= 1 (calls per cell), got {args.repeats}"
     if args.max_crashes < 0:
@@ -63,6 +66,22 @@ def usage_error(args) -> str | None:
         except ValueError as exc:
             return str(exc)
     return None
+
+
+def output_error(flag: str, path: str) -> str | None:
+    """Why ``path`` cannot be written as ``flag``'s file, or None: checked before a run, whose report
+    would otherwise be lost to a traceback at its end."""
+    if os.path.isdir(path):
+        return f"{flag} {path!r} is a directory; expected a file to write"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the folders missing are made
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {path!r} cannot be written: {parent!r} is not a writable directory"
+    return None
+
+
+OUTPUT_FLAGS = ("out", "html", "json")  # every file a subcommand writes
 
 
 def select_cases(cases: list, patterns: list[str] | None) -> list:
@@ -139,7 +158,6 @@ def cmd_run(args) -> int:
     code, why = runner.judge(report)
     report["verdict"] = {"exit_code": code, "reasons": why}
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=1)
     if not args.quiet:
@@ -184,7 +202,6 @@ def cmd_merge(args) -> int:
     merged = shards.merge_reports(loaded)
     code, why = runner.judge(merged)
     merged["verdict"] = {"exit_code": code, "reasons": why}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(merged, fh, indent=1)
     if not args.quiet:
@@ -283,6 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark owns its own options
         from parity.perf import bench
 
-        return bench.main(argv[1:])
+        return bench.main(argv[1:], check_device=check_device)
     args = build_parser().parse_args(argv)
+    for flag in OUTPUT_FLAGS:
+        if (path := getattr(args, flag, None)) is not None:
+            why = output_error(f"--{flag}", path)
+            if why is None:
+                try:
+                    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                except OSError as exc:
+                    why = f"--{flag} {path!r} cannot be written: {exc}"
+            if why:
+                print(f"parity {argv[0]}: error: {why}", file=sys.stderr)
+                return 2
     return args.func(args)

@@ -369,3 +369,14 @@ def test_speedups_carry_their_spread_round_by_round(monkeypatch):
 def test_bench_refuses_fewer_than_one_round(capsys):
     assert bench.main(["--device", "cpu", "--backend", "torch", "--reps", "0"]) == 2
     assert "--reps must be >= 1 round, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fp8-tflops", "nan"], "--fp8-tflops must be a finite number > 0, got nan"),
+    (["--device", "tpu"], "--device 'tpu' is not a device the suite runs on"),
+])
+def test_bench_refuses_a_bad_number_or_device_through_the_cli(argv, message, capsys):
+    from parity.cli import main
+
+    assert main(["bench", "--backend", "torch", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -200,6 +200,9 @@ def test_diff_lists_a_narrower_grid_apart_from_regressions(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, option", [
     (["--pad", "-5"], "--pad"),
+    (["--pad", "100000000000"], "--pad"),  # 20 TB of buffer: a crash of the backend's process, not its fault
+    (["--out", "."], "--out"),  # a directory
+    (["--html", "/proc/nope/x.html"], "--html"),  # cannot be made: found before the run, not after it
     (["--timeout", "0"], "--timeout"),
     (["--device", "tpu"], "--device"),
     (["--device", "cuda:7"], "--device"),

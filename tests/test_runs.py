@@ -53,9 +53,11 @@ def test_a_file_that_is_not_a_usable_run_is_refused(tmp_path, capsys, content, w
     assert why in capsys.readouterr().err
 
 
-def test_a_bar_that_is_not_positive_is_refused(tmp_path, capsys):
-    assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), "--bar", "0"]) == 2
-    assert "--bar must be > 0, got 0.0" in capsys.readouterr().err
+@pytest.mark.parametrize("flag, value", [("--bar", "0"), ("--bar", "nan"), ("--mean-bar", "nan"), ("--bar", "inf")])
+def test_a_bar_that_is_not_a_positive_number_is_refused(tmp_path, capsys, flag, value):
+    """NaN is never "over" anything: a --bar nan would pass every shape of a slow candidate."""
+    assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), flag, value]) == 2
+    assert f"{flag} must be a finite number > 0, got {float(value)}" in capsys.readouterr().err
 
 
 def test_runs_of_the_same_file_name_are_told_apart_by_their_path(tmp_path, capsys):
@@ -82,4 +84,4 @@ def test_a_glob_that_keeps_no_shape_is_refused(tmp_path, capsys):
     assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), "--shape", "B256-*"]) == 2
     assert "no fused shape matching B256-* with rows of both" in capsys.readouterr().err
     assert runs.main([_run(tmp_path, "a.json", _rows(44.0)), "--mean-bar", "-1"]) == 2
-    assert "--mean-bar must be > 0, got -1.0" in capsys.readouterr().err
+    assert "--mean-bar must be a finite number > 0, got -1.0" in capsys.readouterr().err

@@ -312,9 +312,12 @@ def select_shapes(args, device) -> list[Shape]:
     return flavoured(base) + (serving if base is FULL else [])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, check_device=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if check_device is not None and (why := check_device(device)):  # the CLI's rule (parity.run.device_names)
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     try:
         shapes = select_shapes(args, device)
     except ValueError as exc:
@@ -323,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         print(f"error: --reps must be >= 1 round, got {args.reps}", file=sys.stderr)
         return 2
-    if args.fp8_tflops is not None and args.fp8_tflops <= 0:
-        print(f"error: --fp8-tflops must be > 0, got {args.fp8_tflops}", file=sys.stderr)
+    if args.fp8_tflops is not None and not (math.isfinite(args.fp8_tflops) and args.fp8_tflops > 0):
+        print(f"error: --fp8-tflops must be a finite number > 0, got {args.fp8_tflops}", file=sys.stderr)
         return 2
     specs = args.backend or ["torch", "triton"]
     backends = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
 import sys
 
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     against = args.against or ["deepgemm", "deepgemm:split"]
     for name, bar in (("--bar", args.bar), ("--mean-bar", args.mean_bar)):
-        if bar is not None and bar <= 0:
-            print(f"error: {name} must be > 0, got {bar}", file=sys.stderr)
+        if bar is not None and not (math.isfinite(bar) and bar > 0):  # NaN passes every comparison's "not over"
+            print(f"error: {name} must be a finite number > 0, got {bar}", file=sys.stderr)
             return 2
     runs = {}
     names = [os.path.basename(path) for path in args.runs]
