@@ -40,9 +40,12 @@ def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise Unusable(f"{what}: {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise Unusable(f"{what}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise Unusable(f"{what}: {path} holds a JSON {type(data).__name__}; expected an object")
+    return data
 
 
 def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:

@@ -185,6 +185,13 @@ def test_bad_baseline_is_unusable(tmp_path, capsys, change, message):
     assert rc == 2 and message in out.err, out.err
 
 
+@pytest.mark.parametrize("text", ["[]", "3", '"baseline"'])
+def test_a_baseline_that_is_not_an_object_is_unusable(tmp_path, capsys, text):
+    (tmp_path / "b.json").write_text(text)
+    rc, out = gate(tmp_path, write_run(tmp_path / "run", vector(1319, 1242)), tmp_path / "b.json", capsys=capsys)
+    assert rc == 2 and "expected an object" in out.err, out.err
+
+
 def test_paired_baseline_of_other_docs_is_unusable(tmp_path, capsys):
     b = paired_baseline(tmp_path / "b.json", vector(10, 5))
     data = json.loads(b.read_text())

@@ -44,8 +44,12 @@ def test_a_run_with_a_shape_over_the_bar_is_named_and_fails(tmp_path, capsys):
     assert runs.main([level, over, "--bar", "1.02"]) == 0
 
 
-@pytest.mark.parametrize("content, why", [("{not json", "not a bench report"),
-                                          (json.dumps({"rows": []}), "no fused shape with rows of both")])
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "not a bench report"), (json.dumps({"rows": []}), "no fused shape with rows of both"),
+    (json.dumps([]), "not a bench report"), (json.dumps({"rows": [3]}), "'rows' is not a list of objects"),
+    (json.dumps({"rows": [{"backend": "triton", "shape": "B1", "us": 0}]}), "row 0 is not a timed row"),
+    (json.dumps({"rows": [{"backend": "triton", "us": 3.0}]}), "row 0 is not a timed row"),
+])
 def test_a_file_that_is_not_a_usable_run_is_refused(tmp_path, capsys, content, why):
     bad = tmp_path / "bad.json"
     bad.write_text(content)

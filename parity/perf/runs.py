@@ -32,7 +32,16 @@ import sys
 def ratios(rows: list[dict], row: str, against: list[str], path: str = "fused") -> dict:
     """Shape id -> (us of ``row`` / us of the first of ``against`` timed on that shape, the name taken), over the
     timed rows of one run on ``path``."""
-    timed = {(r["backend"], r["shape"]): r["us"] for r in rows if "us" in r and r.get("path", path) == path}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError("'rows' is not a list of objects")
+    timed = {}
+    for i, r in enumerate(rows):
+        if "us" not in r or r.get("path", path) != path:
+            continue
+        us = r["us"]
+        if "backend" not in r or "shape" not in r or not isinstance(us, (int, float)) or not us > 0:
+            raise ValueError(f"row {i} is not a timed row (a backend, a shape and us > 0): {r}"[:200])
+        timed[(r["backend"], r["shape"])] = us
     out = {}
     for shape in dict.fromkeys(s for _, s in timed):
         ref = next((a for a in against if (a, shape) in timed), None)
@@ -86,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"error: {path}: not a bench report ({type(exc).__name__}: {exc})", file=sys.stderr)
             return 2
-        got = {shape: v for shape, v in ratios(rows, args.row, against, args.path).items()
+        try:
+            every = ratios(rows, args.row, against, args.path)
+        except ValueError as exc:
+            print(f"error: {path}: not a bench report ({exc})", file=sys.stderr)
+            return 2
+        got = {shape: v for shape, v in every.items()
                if args.shape is None or any(fnmatch.fnmatchcase(shape, g) for g in args.shape)}
         if not got:
             kept = "" if args.shape is None else f" matching {' or '.join(args.shape)}"
