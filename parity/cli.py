@@ -129,10 +129,13 @@ def cmd_run(args) -> int:
     specs = args.backend or list(DEFAULT_BACKENDS)
     device = args.device or default_device()
     report = rep.new_report(device, args.level, sys.argv[1:], args.consumer)
-    cases = select_cases(cases_for_level(args.level), args.case)
-    if not cases:
-        print(f"parity run: error: --case {' '.join(args.case)} matches no case id of level {args.level} (ids look "
-              f"like {cases_for_level(args.level)[0].id}; patterns are globs)", file=sys.stderr)
+    level_cases = cases_for_level(args.level)
+    cases = select_cases(level_cases, args.case)
+    # each pattern on its own: a mistyped one beside a good one would drop its cases without a word
+    unmatched = [p for p in args.case or [] if not select_cases(level_cases, [p])]
+    if unmatched:
+        print(f"parity run: error: --case {' '.join(unmatched)} matches no case id of level {args.level} (ids look "
+              f"like {level_cases[0].id}; patterns are globs)", file=sys.stderr)
         return runner.EXIT_UNUSABLE
     paths, buffers = args.path or list(PATHS), args.buffer or list(BUFFER_KINDS)
     every = [(shards.cell_key(p, b, c.id), p, c.id) for c in cases for p in paths for b in buffers]

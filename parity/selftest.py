@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the planted faults whose name matches (repeatable), e.g. 'fp4_*'")
     args = ap.parse_args(argv or [])
     chosen = [p for p in PLANTED if not args.match or any(fnmatch.fnmatchcase(p.fault, m) for m in args.match)]
-    if not chosen:
-        print(f"selftest: --match {' '.join(args.match)} matches no planted fault", file=sys.stderr)
+    unmatched = [m for m in args.match or [] if not any(fnmatch.fnmatchcase(p.fault, m) for p in PLANTED)]
+    if unmatched:
+        print(f"selftest: --match {' '.join(unmatched)} matches no planted fault", file=sys.stderr)
         return 2
     caught = clean = 0
     for p in chosen:

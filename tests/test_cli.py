@@ -67,6 +67,12 @@ def test_case_globs_pick_cells_and_a_glob_that_matches_nothing_is_a_usage_error(
     out = tmp_path / "none.json"
     assert main(["run", "--in-process", "--backend", "torch", "--case", "B99-*", "--out", str(out)]) == 2
     assert "--case B99-* matches no case id of level quick" in capsys.readouterr().err and not out.exists()
+    # beside a pattern that matches: still refused, naming only the one that matched nothing
+    assert main(["run", "--in-process", "--backend", "torch", "--case", "*-mxfp4*", "--case", "B99-*",
+                 "--out", str(out)]) == 2
+    assert "--case B99-* matches no case id" in capsys.readouterr().err and not out.exists()
+    assert main(["selftest", "--match", "unmasked_chunk_store", "--match", "no_such_fault"]) == 2
+    assert "--match no_such_fault matches no planted fault" in capsys.readouterr().err
 
 
 def test_diff_rejects_a_non_report(tmp_path):
