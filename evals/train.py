@@ -70,6 +70,14 @@ class TrainSpec:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch < 1 or self.seq_chars < 64:
             raise ValueError(f"batch must be >= 1 and seq_chars >= 64, got {self.batch}, {self.seq_chars}")
+        # named as the flags of `python -m evals train`; NaN fails every one of these comparisons
+        for flag, value, ok, want in (
+                ("--lr", self.lr, self.lr > 0, "a finite number > 0"),
+                ("indexer_lr", self.indexer_lr, self.indexer_lr > 0, "a finite number > 0"),
+                ("--context-weight", self.context_weight, self.context_weight >= 0, "a finite number >= 0"),
+                ("--curriculum", self.curriculum, 0 <= self.curriculum <= 1, "a share in [0, 1]")):
+            if not (ok and math.isfinite(value)):
+                raise ValueError(f"{flag} must be {want}, got {value}")
 
 
 def _fake_quant(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

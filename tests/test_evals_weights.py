@@ -3,6 +3,7 @@ quietly scores 0), and training that computes what inference computes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -180,3 +181,17 @@ def test_the_plain_train_command_is_the_shipped_recipe_and_its_rerun_held_the_to
     assert rerun["sha256"] != m["sha256"]  # a rerun's own weights, not the shipped file again
     assert rerun["accuracy"]["n"] == m["accuracy"]["n"] == 1319
     assert abs(rerun["accuracy"]["flexible-extract"] - m["accuracy"]["flexible-extract"]) <= rerun["tolerance"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", 0.0, "--lr must be a finite number > 0, got 0.0"),
+    ("lr", float("nan"), "--lr must be a finite number > 0, got nan"),
+    ("context_weight", -5.0, "--context-weight must be a finite number >= 0, got -5.0"),
+    ("curriculum", float("nan"), "--curriculum must be a share in [0, 1], got nan"),
+    ("curriculum", 1.5, "--curriculum must be a share in [0, 1], got 1.5"),
+    ("dense_steps", -1, "dense_steps must be >= 0, got -1"),
+])
+def test_a_training_spec_out_of_range_is_refused_by_name(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainSpec(**{field: value})
+    TrainSpec(**{field: {"lr": 1e-4, "context_weight": 0.0, "curriculum": 1.0, "dense_steps": 0}[field]})  # the edge
