@@ -41,7 +41,7 @@ def test_the_controllers_driver_check_runs_while_its_workers_start(tmp_path):
         import parity.pytest_plugin as plugin
 
         def slow_count():
-            time.sleep(1.5)
+            time.sleep(3.0)  # margin for a loaded 2-core machine: the workers' setup must still come first
             with open(os.environ["PROBE_OUT"] + ".driver", "w") as f:
                 json.dump(time.time(), f)
             return 2
