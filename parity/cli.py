@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
 import sys
 
@@ -50,8 +51,8 @@ def usage_error(args) -> str | None:
         return f"--repeats must be >= 1 (calls per cell), got {args.repeats}"
     if args.max_crashes < 0:
         return f"--max-crashes must be >= 0, got {args.max_crashes}"
-    if not args.timeout > 0:
-        return f"--timeout must be > 0 seconds, got {args.timeout}"
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # inf would let a hung backend hang the run
+        return f"--timeout must be a finite number > 0 of seconds, got {args.timeout}"
     if args.device is not None and (why := check_device(args.device)):
         return why
     try:
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark owns its own options
         from parity.perf import bench
 
-        return bench.main(argv[1:], check_device=check_device)
+        return bench.main(argv[1:], check_device=check_device, check_output=output_error)
     args = build_parser().parse_args(argv)
     for flag in OUTPUT_FLAGS:
         if (path := getattr(args, flag, None)) is not None:

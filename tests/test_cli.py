@@ -210,6 +210,7 @@ def test_diff_lists_a_narrower_grid_apart_from_regressions(tmp_path, capsys):
     (["--out", "."], "--out"),  # a directory
     (["--html", "/proc/nope/x.html"], "--html"),  # cannot be made: found before the run, not after it
     (["--timeout", "0"], "--timeout"),
+    (["--timeout", "inf"], "--timeout"),  # a hung backend would hang the run
     (["--device", "tpu"], "--device"),
     (["--device", "cuda:7"], "--device"),
     (["--aiter-path", "/no/such/dir"], "--aiter-path"),
