@@ -366,6 +366,19 @@ def test_speedups_carry_their_spread_round_by_round(monkeypatch):
     assert f"b 2.00x ({low:.2f}-2.00)" in table and "10th-90th percentile" in table
 
 
+def test_bench_checks_out_before_the_run_and_makes_its_folders(tmp_path, capsys):
+    from parity.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["bench", "--device", "cpu", "--backend", "torch", "--out", str(blocker / "r.json")]) == 2
+    assert "is not a writable directory" in capsys.readouterr().err
+    out = tmp_path / "new" / "dir" / "r.json"
+    assert main(["bench", "--device", "cpu", "--backend", "torch", "--path", "fused", "--rep-ms", "5",
+                 "--warmup-ms", "0", "--reps", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"]
+
+
 def test_bench_refuses_fewer_than_one_round(capsys):
     assert bench.main(["--device", "cpu", "--backend", "torch", "--reps", "0"]) == 2
     assert "--reps must be >= 1 round, got 0" in capsys.readouterr().err
@@ -374,6 +387,10 @@ def test_bench_refuses_fewer_than_one_round(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--fp8-tflops", "nan"], "--fp8-tflops must be a finite number > 0, got nan"),
     (["--device", "tpu"], "--device 'tpu' is not a device the suite runs on"),
+    (["--warmup-ms", "-1"], "--warmup-ms must be a finite number >= 0 of milliseconds, got -1.0"),
+    (["--rep-ms", "inf"], "--rep-ms must be a finite number > 0 of milliseconds, got inf"),
+    (["--rep-ms", "0"], "--rep-ms must be a finite number > 0 of milliseconds, got 0.0"),
+    (["--out", "."], "--out '.' is a directory; expected a file to write"),
 ])
 def test_bench_refuses_a_bad_number_or_device_through_the_cli(argv, message, capsys):
     from parity.cli import main

@@ -22,6 +22,7 @@ import fnmatch
 import inspect
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -312,22 +313,36 @@ def select_shapes(args, device) -> list[Shape]:
     return flavoured(base) + (serving if base is FULL else [])
 
 
-def main(argv: list[str] | None = None, check_device=None) -> int:
+def option_error(args) -> str | None:
+    """The first bad timing option, named: a negative or infinite budget would time nothing or never end."""
+    if args.reps < 1:
+        return f"--reps must be >= 1 round, got {args.reps}"
+    if not (math.isfinite(args.warmup_ms) and args.warmup_ms >= 0):
+        return f"--warmup-ms must be a finite number >= 0 of milliseconds, got {args.warmup_ms}"
+    if not (math.isfinite(args.rep_ms) and args.rep_ms > 0):
+        return f"--rep-ms must be a finite number > 0 of milliseconds, got {args.rep_ms}"
+    if args.fp8_tflops is not None and not (math.isfinite(args.fp8_tflops) and args.fp8_tflops > 0):
+        return f"--fp8-tflops must be a finite number > 0, got {args.fp8_tflops}"
+    return None
+
+
+def main(argv: list[str] | None = None, check_device=None, check_output=None) -> int:
+    """``check_device(value)`` and ``check_output(flag, path)`` are the CLI's rules (parity.cli), passed in so
+    that the benchmark does not import the runner: each returns why a value cannot be used, or None."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if check_device is not None and (why := check_device(device)):  # the CLI's rule (parity.run.device_names)
+    why = option_error(args)
+    if why is None and check_device is not None:
+        why = check_device(device)
+    if why is None and args.out is not None and check_output is not None:  # before the run, not after it
+        why = check_output("--out", args.out)
+    if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
     try:
         shapes = select_shapes(args, device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.reps < 1:
-        print(f"error: --reps must be >= 1 round, got {args.reps}", file=sys.stderr)
-        return 2
-    if args.fp8_tflops is not None and not (math.isfinite(args.fp8_tflops) and args.fp8_tflops > 0):
-        print(f"error: --fp8-tflops must be a finite number > 0, got {args.fp8_tflops}", file=sys.stderr)
         return 2
     specs = args.backend or ["torch", "triton"]
     backends = {}
@@ -351,6 +366,7 @@ def main(argv: list[str] | None = None, check_device=None) -> int:
     add_fp8_ratios(rows)
     print(markdown(rows, bandwidth, dev_name, launch_us, compute))
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"device": dev_name, "copy_gbps": bandwidth, "launch_us": launch_us,
                        "fp8_tflops": compute.tflops, "fp8_method": compute.method,
