@@ -27,7 +27,7 @@ def _model_args(p):
                    help="controls: random (index_topk tokens at random) or dense (every token, no indexer)")
     g.add_argument("--device", type=_device, default="cpu", help="torch device of the model (default cpu)")
     g.add_argument("--model-seed", type=int, default=None, help="untrained: the weights' seed (default 0)")
-    g.add_argument("--max-model-len", type=int, default=None,
+    g.add_argument("--max-model-len", type=_int_at_least("--max-model-len", 2), default=None,
                    help="untrained: default 1000; trained: its window (2000), which this may only shrink")
     g.add_argument("--truncate-prompts", action="store_true",
                    help="left-truncate prompts that do not fit max_model_len (reported in each response and the "
@@ -188,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = gsub.add_parser("make-data", help="write the generated task (GSM8K format) into a directory")
     m.add_argument("dir")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--n-test", type=int, default=1319)
-    m.add_argument("--n-train", type=int, default=2000)
+    m.add_argument("--n-test", type=_positive_int("--n-test"), default=1319)
+    m.add_argument("--n-train", type=_positive_int("--n-train"), default=2000)
     m.add_argument("--facts", default=None, help="MIN:MAX facts per question (default 4:9)")
-    m.add_argument("--target-chars", type=int, default=None,
+    m.add_argument("--target-chars", type=_int_at_least("--target-chars", synth.MIN_TARGET_CHARS), default=None,
                    help="long format: facts added until each question has this many characters (0-shot runs)")
 
     longctx.add_parser(sub, add_run_args, add_verdict_parsers, _positive_int)
@@ -297,7 +297,8 @@ def main(argv=None) -> int:
             if args.batch_size is None:
                 args.batch_size = 8 if embedded else 1
             if not embedded and not args.model:
-                raise SystemExit("--model is required with --base-url (the name the server serves)")
+                print("error: --model is required with --base-url (the name the server serves)", file=sys.stderr)
+                return UNUSABLE
             if args.tokenizer:
                 from evals.prompt_tokens import tokenizer_counter
 
@@ -325,7 +326,11 @@ def main(argv=None) -> int:
         if args.action == "baseline":
             run = load_run(args.run, args.filter)
             base = make_baseline(run, args.name or Path(args.run).name, with_samples=not args.no_samples)
-            Path(args.output).write_text(json.dumps(base, indent=1) + "\n")
+            try:
+                Path(args.output).write_text(json.dumps(base, indent=1) + "\n")
+            except OSError as exc:  # a directory, a folder that is not there
+                print(f"error: -o/--output {args.output!r} cannot be written: {exc}", file=sys.stderr)
+                return UNUSABLE
             print(f"baseline {args.output}: {base['metric']} {base['value']:.4f} n={base['n']}")
             return 0
     except Unusable as exc:
@@ -377,6 +382,12 @@ def _make_data(args) -> int:
 def _serve(args) -> int:
     from evals.server import CompletionService, ServerThread
 
+    if args.log:  # found now, not at the first request, whose batch would be lost with the log line
+        try:
+            open(args.log, "a").close()
+        except OSError as exc:
+            print(f"python -m evals serve: error: --log {args.log!r} cannot be appended to: {exc}", file=sys.stderr)
+            return 2
     model = embedded(args)
     service = CompletionService(model, log_path=args.log, truncate_prompts=args.truncate_prompts)
     try:

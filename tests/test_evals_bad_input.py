@@ -115,6 +115,10 @@ def test_embedded_gsm8k_topk_mismatch(tmp_path, capsys):
     (["sensitivity", "--out", "o", "--jobs", "-1"], "--jobs must be an integer >= 0, got -1"),  # looped forever
     (["sensitivity", "--out", "o", "--confidence", "2"], "--confidence must be a number in [0.5, 1), got '2'"),
     (["train", "--out", "o", "--device", "cuda:9"], "--device: 'cuda:9'"),
+    (["gsm8k", "run", "--max-model-len", "1"], "--max-model-len must be an integer >= 2, got 1"),
+    (["gsm8k", "make-data", "d", "--n-test", "0"], "--n-test must be a positive integer, got 0"),
+    (["gsm8k", "make-data", "d", "--n-train", "-2"], "--n-train must be a positive integer, got -2"),
+    (["gsm8k", "make-data", "d", "--target-chars", "3"], "--target-chars must be an integer >= 120, got 3"),
 ])
 def test_bad_numbers_and_devices_are_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -127,3 +131,24 @@ def test_serve_names_the_address_it_cannot_listen_on(capsys):
     rc = main(["serve", "--untrained", "--host", "192.0.2.1"])  # TEST-NET-1: an address no machine has
     err = capsys.readouterr().err
     assert rc == 2 and "cannot listen on --host 192.0.2.1 --port 8000" in err, err
+
+
+def test_a_server_run_without_its_model_name_is_unusable(tmp_path, capsys):
+    rc = main(["gsm8k", "run", "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--model is required with --base-url" in err, err
+
+
+def test_serve_names_a_log_it_cannot_append_to(tmp_path, capsys):
+    rc = main(["serve", "--untrained", "--port", "0", "--log", str(tmp_path / "no" / "such" / "log.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--log" in err and "cannot be appended to" in err, err
+
+
+def test_baseline_into_a_directory_is_named(tmp_path, capsys):
+    from test_evals_gate import write_run
+
+    run = write_run(tmp_path / "ref", [1, 0, 1, 1])
+    rc = main(["gsm8k", "baseline", str(run), "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "-o/--output" in err and "cannot be written" in err, err
