@@ -77,10 +77,21 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path, monkeypatch, cap
     assert cli.main(["report", js]) == 0  # the text summary needs no extra
 
 
+R = '{"id": "a", "backend": "torch", "path": "fused", "buffer": "exact", "case": {"id": "c"}'  # a result, open
+
+
 @pytest.mark.parametrize("text, why", [
     ("{}", "schema 1"), ("[]", "schema 1"), ('{"schema": 1, "results": 5}', "a list of results"),
     ('{"schema": 1, "results": [3]}', "a list of results"),
     ('{"schema": 1, "results": [{"id": "a", "case": {}}], "backends": {}}', "result 0 has no backend, path, buffer, status, case.id"),
+    # a status no rule knows would be judged as neither a pass nor a finding: a clean verdict from nothing
+    ('{"schema": 1, "results": [%s, "status": "passed"}]}' % R, "result 0 has status 'passed', expected one of"),
+    ('{"schema": 1, "results": [%s, "status": "fail", "path": 3}]}' % R, "must be strings"),
+    ('{"schema": 1, "results": [], "backends": {"torch": "ok"}}', "backend objects"),
+    ('{"schema": 1, "results": [], "backends": {"torch": {"status": "fine"}}}', "backend 'torch' has status 'fine'"),
+    # merge read shard["matrix_digest"] and shard["assigned"] unchecked: a KeyError
+    ('{"schema": 1, "results": [], "shard": {"index": 1, "count": 2}}', "'shard' needs matrix_cells (int), "
+                                                                        "matrix_digest (str), assigned (list)"),
 ])
 @pytest.mark.parametrize("command", ["report", "diff", "merge"])
 def test_report_refuses_a_file_that_is_not_a_report(tmp_path, capsys, text, why, command):

@@ -102,19 +102,47 @@ def load(path: str) -> dict:
             report = json.load(fh)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read report {path!r}: {exc}") from exc
-    if (not isinstance(report, dict) or report.get("schema") != SCHEMA or not isinstance(report.get("results"), list)
-            or not isinstance(report.get("backends", {}), dict)
-            or not all(isinstance(r, dict) for r in report["results"])):
-        raise ValueError(f"{path!r} is not a parity report (schema {SCHEMA}: an object with a list of results)")
-    for i, r in enumerate(report["results"]):
-        missing = [k for k in RESULT_KEYS if k not in r] + ([] if isinstance(r.get("case"), dict) and "id" in r["case"]
-                                                            else ["case.id"])
-        if missing:
-            raise ValueError(f"{path!r} is not a parity report: result {i} has no {', '.join(dict.fromkeys(missing))}")
+    if why := report_error(report):
+        raise ValueError(f"{path!r} is not a parity report: {why}")
     return report
 
 
 RESULT_KEYS = ("id", "backend", "path", "buffer", "status", "case")  # what report, diff and merge read of each
+RESULT_STATUSES = ("pass", "fail", "error", "skip")  # parity.run.harness; any other would be judged as none
+BACKEND_STATUSES = ("ok", "unavailable", "crashed", "hung")  # parity.run.runner
+SHARD_KEYS = {"index": int, "count": int, "matrix_cells": int, "matrix_digest": str, "assigned": list}
+
+
+def report_error(report) -> str | None:
+    """What keeps ``report`` from being read as a report of this schema, or None. A field of the wrong type
+    would otherwise be a traceback in merge or diff, or a status no rule knows would count as neither a pass
+    nor a finding."""
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        return f"expected an object with schema {SCHEMA}"
+    if not isinstance(report.get("results"), list) or not all(isinstance(r, dict) for r in report["results"]):
+        return "expected a list of results (objects) under 'results'"
+    backends = report.get("backends", {})
+    if not isinstance(backends, dict) or not all(isinstance(v, dict) for v in backends.values()):
+        return "expected an object of backend objects under 'backends'"
+    for name, info in backends.items():
+        if info.get("status") not in BACKEND_STATUSES:
+            return f"backend {name!r} has status {info.get('status')!r}, expected one of {', '.join(BACKEND_STATUSES)}"
+    for i, r in enumerate(report["results"]):
+        missing = [k for k in RESULT_KEYS if k not in r] + ([] if isinstance(r.get("case"), dict) and "id" in r["case"]
+                                                            else ["case.id"])
+        if missing:
+            return f"result {i} has no {', '.join(dict.fromkeys(missing))}"
+        if not all(isinstance(r[k], str) for k in ("id", "backend", "path", "buffer")):
+            return f"result {i}: id, backend, path and buffer must be strings"
+        if r["status"] not in RESULT_STATUSES:
+            return f"result {i} has status {r['status']!r}, expected one of {', '.join(RESULT_STATUSES)}"
+    shard = report.get("shard")
+    if shard is not None:
+        bad = [k for k, t in SHARD_KEYS.items() if not isinstance(shard, dict) or not isinstance(shard.get(k), t)
+               or (t is int and isinstance(shard.get(k), bool))]
+        if bad:
+            return f"'shard' needs {', '.join(f'{k} ({SHARD_KEYS[k].__name__})' for k in bad)}"
+    return None
 
 
 BROKEN = ("unavailable", "crashed", "hung")
