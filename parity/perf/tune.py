@@ -37,26 +37,65 @@ def check(device, shape: Shape) -> str:
     return "\n".join(lines)
 
 
+def _shape(text: str) -> Shape:
+    m = re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", text)
+    if m is None or min(map(int, m.groups())) < 1:
+        raise argparse.ArgumentTypeError(f"expected B<batch>-n<next_n>-ctx<context>, each >= 1, e.g. "
+                                          f"B64-n2-ctx8192; got {text!r}")
+    return Shape(*map(int, m.groups()))
+
+
+def _ints(low: int):
+    """A comma-separated list of integers >= ``low``: a sweep axis."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < low:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {low}, got {text!r}")
+        return values
+    return parse
+
+
+def _count(text: str) -> int:
+    values = _ints(1)(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one integer >= 1, got {text!r}")
+    return values[0]
+
+
+def _cuda_device(text: str) -> str:
+    """A CUDA device this machine has: the sweep times CUDA graphs."""
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if m is None or int(m.group(1) or 0) >= n:
+        raise argparse.ArgumentTypeError(f"expected cuda or cuda:N of this machine's {n} GPU(s); got {text!r}")
+    return text
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", default="B64-n2-ctx8192")
-    p.add_argument("--block-t", default="64,128")
-    p.add_argument("--ctas", default="2,3,4", help="ctas_per_sm values")
-    p.add_argument("--warps", default="4,8")
-    p.add_argument("--stages", default="2,3,4")
-    p.add_argument("--flat", default="1", help="preshuffle: 0: key tiles copied row by row; 1: as contiguous runs")
+    p = argparse.ArgumentParser(prog="python -m parity.perf.tune")
+    p.add_argument("--shape", type=_shape, default="B64-n2-ctx8192")
+    p.add_argument("--block-t", type=_ints(16), default="64,128")
+    p.add_argument("--ctas", type=_ints(1), default="2,3,4", help="ctas_per_sm values")
+    p.add_argument("--warps", type=_ints(1), default="4,8")
+    p.add_argument("--stages", type=_ints(1), default="2,3,4")
+    p.add_argument("--flat", type=_ints(0), default="1",
+                   help="preshuffle: 0: key tiles copied row by row; 1: as contiguous runs")
     p.add_argument("--upcast", default="auto")
-    p.add_argument("--max-dot-n", default="128", help="columns (rows x heads) above which the rows go through two dots")
+    p.add_argument("--max-dot-n", type=_ints(1), default="128",
+                   help="columns (rows x heads) above which the rows go through two dots")
     p.add_argument("--no-check", action="store_true")
-    p.add_argument("--top", type=int, default=14, help="rows printed, best first")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--top", type=_count, default=14, help="rows printed, best first")
+    p.add_argument("--device", type=_cuda_device, default="cuda")
     p.add_argument("--profile", action="store_true", help="only run the default config a few times (for ncu)")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # every option is checked here, before a kernel is compiled
     device = args.device
     if not args.no_check:
-        print(check(device, Shape(8, 3, 4000) if device == "cuda" else Shape(2, 3, 200)))
-    B, n, ctx = map(int, re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", args.shape).groups())
-    shape = Shape(B, n, ctx)
+        print(check(device, Shape(8, 3, 4000)))
+    shape = args.shape
+    B, n, ctx = shape.batch, shape.next_n, shape.context
     bw = copy_bandwidth(device)
     floor_us = shape.bytes_moved("fused") / (bw * 1e9) * 1e6
     # as many sets as the benchmark rotates over: with fewer, small shapes are timed out of L2 (B8-n2-ctx8192
@@ -70,12 +109,10 @@ def main(argv=None) -> int:
                 be.run(path, sets[i % len(sets)], outs[0])
         torch.cuda.synchronize()
         return 0
-    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     rows = []
     best = {}
     for bt, ctas, warps, stages, flat, up, dot_n in itertools.product(
-            ints(args.block_t), ints(args.ctas), ints(args.warps), ints(args.stages), ints(args.flat),
-            args.upcast.split(","), ints(args.max_dot_n)):
+            args.block_t, args.ctas, args.warps, args.stages, args.flat, args.upcast.split(","), args.max_dot_n):
         name = f"bt{bt} c{ctas} w{warps} s{stages} f{flat} {up} n{dot_n}"
         be = load_backend("triton", block_t=bt, ctas_per_sm=ctas, num_warps=warps, num_stages=stages,
                           flat=bool(flat), upcast=up, max_dot_n=dot_n)
