@@ -30,3 +30,25 @@ def test_tune_reads_a_good_shape_and_lists():
     shape = tune._shape("B8-n4-ctx512")
     assert (shape.batch, shape.next_n, shape.context) == (8, 4, 512)
     assert tune._ints(16)("64,128") == [64, 128] and tune._count("5") == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--deadline-s", "inf"], "--deadline-s: expected a finite number of seconds > 0, got 'inf'"),
+    (["--deadline-s", "0"], "--deadline-s: expected a finite number of seconds > 0"),
+    (["--profile", "--profile-shapes", "B64-n2-ctx8192,B64n2"], "--profile-shapes: expected B<batch>-n<next_n>"),
+])
+def test_kernel_study_names_a_bad_option(argv, message, capsys):
+    from parity.perf import kernel_study
+
+    with pytest.raises(SystemExit) as exc:
+        kernel_study.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
+
+
+def test_kernel_study_names_an_unmatched_pattern_before_looking_for_a_gpu(capsys, monkeypatch):
+    from parity.perf import kernel_study
+
+    monkeypatch.setattr(kernel_study, "study", lambda *a: pytest.fail("studied with a bad pattern"))
+    assert kernel_study.main(["--shapes", "B3-n9-*"]) == 2
+    assert "--shapes 'B3-n9-*' matches no shape id" in capsys.readouterr().err

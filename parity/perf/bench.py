@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -311,6 +312,14 @@ def select_shapes(args, device) -> list[Shape]:
                              f"{Shape(*FULL[0]).id} or {Shape(*FULL[0], key_format='mxfp4').id}; patterns are globs)")
         return [s for s in flavoured(base) + serving if s in chosen] or chosen
     return flavoured(base) + (serving if base is FULL else [])
+
+
+def shape_from_id(text: str) -> Shape:
+    """The fp8 shape a plain id names (``B64-n2-ctx8192``), or ValueError saying what an id looks like."""
+    m = re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", text)
+    if m is None or min(map(int, m.groups())) < 1:
+        raise ValueError(f"expected B<batch>-n<next_n>-ctx<context>, each >= 1, e.g. B64-n2-ctx8192; got {text!r}")
+    return Shape(*map(int, m.groups()))
 
 
 def option_error(args) -> str | None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import re
 import sys
 import time
 
@@ -356,8 +356,8 @@ PROFILE_CALLS = 2  # calls of each kernel per shape under --profile
 def profile(variants: dict, shape_ids: list[str]) -> None:
     """Each named kernel twice per shape (the first compiles), eagerly, for ncu to pick out by name."""
     for sid in shape_ids:
-        B, n, ctx = map(int, re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", sid).groups())
-        shape = bench.Shape(B, n, ctx)
+        shape = bench.shape_from_id(sid)
+        B, n, ctx = shape.batch, shape.next_n, shape.context
         inp = bench.make_inputs(shape, "cuda")
         out = torch.full((B * n, ctx), float("-inf"), device="cuda")
         backends = {name: load_backend("triton", **opts) for name, opts in variants.items()}
@@ -370,18 +370,45 @@ def profile(variants: dict, shape_ids: list[str]) -> None:
             print(f"profiled {name} {sid} {PROFILE_CALLS}", flush=True)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):  # NaN or inf: no step would ever be late
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def _shape_list(text: str) -> list[str]:
+    try:
+        for sid in text.split(","):
+            bench.shape_from_id(sid)  # names the bad one
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.split(",")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m parity.perf.kernel_study", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
-    p.add_argument("--deadline-s", type=float, default=330)
+    p.add_argument("--deadline-s", type=_seconds, default=330)
     p.add_argument("--shapes", default=None, help="glob patterns on shape ids (default: the quick shapes)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--profile-shapes", default="B64-n2-ctx8192,B64-n2-ctx32768")
+    p.add_argument("--profile-shapes", type=_shape_list, default="B64-n2-ctx8192,B64-n2-ctx32768")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         print(f"error: unknown --variants {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    try:
+        shapes_from(args.shapes)  # a pattern that matches nothing is named now, not after the precompile
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("error: the kernel study times CUDA kernels; torch sees no GPU here", file=sys.stderr)
         return 2
     chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
     if args.profile:

@@ -12,7 +12,7 @@ import torch
 
 from parity.judge import checks
 from parity.backends import load_backend
-from parity.perf.bench import Shape, make_inputs, rotation_sets, timed_call
+from parity.perf.bench import Shape, make_inputs, rotation_sets, shape_from_id, timed_call
 from parity.perf.timing import copy_bandwidth, graph_time_ms
 
 
@@ -38,11 +38,10 @@ def check(device, shape: Shape) -> str:
 
 
 def _shape(text: str) -> Shape:
-    m = re.fullmatch(r"B(\d+)-n(\d+)-ctx(\d+)", text)
-    if m is None or min(map(int, m.groups())) < 1:
-        raise argparse.ArgumentTypeError(f"expected B<batch>-n<next_n>-ctx<context>, each >= 1, e.g. "
-                                          f"B64-n2-ctx8192; got {text!r}")
-    return Shape(*map(int, m.groups()))
+    try:
+        return shape_from_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ints(low: int):
