@@ -19,7 +19,8 @@
 #
 #   STEPS="tests parity" ci/sm90-candidates.sh OUT_DIR     # one call
 #   STEPS=bench ci/sm90-candidates.sh OUT_DIR              # the other
-#   env: PYTHON (default python3), STEPS (default "tests parity bench": over 10 minutes), RUNS, DEEPGEMM_SRC
+#   env: PYTHON (default python3), STEPS (default "tests parity bench": over 10 minutes), RUNS, DEEPGEMM_SRC,
+#        TIMED (space-separated backend specs timed beside triton instead of the ones above)
 # Leaves OUT_DIR/{summary.md, pytest.txt, parity-<backend>-<level>.json, bench-<i>.json, bench-<i>.md, dg-build.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,7 @@ else
   judged=(triton:sm90-wg4c ci/config_variants.py:h200_config)
   timed=(ci/config_variants.py:h200_config ci/config_variants.py:h200_config_slots4)
 fi
+[ -n "${TIMED:-}" ] && read -r -a timed <<< "$TIMED"
 {
   echo "# Hopper candidates $(date -u +%FT%TZ), tree $(git rev-parse --short HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader

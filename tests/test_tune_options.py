@@ -52,3 +52,14 @@ def test_kernel_study_names_an_unmatched_pattern_before_looking_for_a_gpu(capsys
     monkeypatch.setattr(kernel_study, "study", lambda *a: pytest.fail("studied with a bad pattern"))
     assert kernel_study.main(["--shapes", "B3-n9-*"]) == 2
     assert "--shapes 'B3-n9-*' matches no shape id" in capsys.readouterr().err
+
+
+def test_kernel_study_profiles_the_shapes_it_was_given(monkeypatch):
+    from parity.perf import kernel_study
+
+    seen = []
+    monkeypatch.setattr(kernel_study.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernel_study, "profile", lambda variants, shapes: seen.append((sorted(variants), shapes)))
+    assert kernel_study.main(["--profile", "--variants", "default,wg4c",
+                              "--profile-shapes", "B128-n2-ctx8192,B64-n2-ctx32768"]) == 0
+    assert seen == [(["default", "wg4c"], ["B128-n2-ctx8192", "B64-n2-ctx32768"])]

@@ -69,6 +69,7 @@ VARIANTS = {
     # the GPU's config with the four-warpgroup program's next_n 2 calls coupled, 4 key slots a warpgroup (a
     # candidate, docs/h200-coupled-q.md; on the H200 it replaces the config's program from 64 sequences on)
     "wg4c": dict(sm90_wg4c_stages=4),
+    "wg4c-s2": dict(sm90_wg4c_stages=2),  # the same at the config's 2 slots: the coupling alone
 }
 # PROBED's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made of.
 # The copies alone; everything but the stores; the copies and the stores without the products; one product a
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
         return 2
     chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
     if args.profile:
-        profile(chosen, args.profile_shapes.split(","))
+        profile(chosen, args.profile_shapes)
         return 0
     res = study(args.out, args.deadline_s, args.shapes, chosen)
     print(markdown(res))
