@@ -48,6 +48,15 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _number(x) -> bool:
+    """A finite int or float; JSON's true/false are Python bools, which are ints, and would count as 1/0."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
     """A run directory, checked for everything a decision rests on."""
     if filter not in FILTERS:
@@ -64,13 +73,18 @@ def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
         raise Unusable(f"run {run_dir}: the server answered {st['errors']} request(s) with an error")
     results = _read_json(run_dir / RESULTS, "lm-eval results")
     task_name = manifest.get("task", TASK)
-    task = results.get("results", {}).get(task_name)
-    if task is None:
+    task = results.get("results") if isinstance(results.get("results"), dict) else {}
+    task = task.get(task_name)
+    if not isinstance(task, dict):
         raise Unusable(f"{run_dir / RESULTS} has no {task_name!r} results")
     key = f"exact_match,{filter}"
     if key not in task:
         raise Unusable(f"{run_dir / RESULTS}: no metric {key!r} (has {sorted(k for k in task if ',' in k)})")
-    n = results.get("n-samples", {}).get(task_name, {}).get("effective", task.get("sample_len"))
+    if not _number(task[key]):
+        raise Unusable(f"{run_dir / RESULTS}: metric {key!r} is {task[key]!r}, expected a number")
+    counts = results.get("n-samples") if isinstance(results.get("n-samples"), dict) else {}
+    counts = counts.get(task_name) if isinstance(counts.get(task_name), dict) else {}
+    n = counts.get("effective", task.get("sample_len"))
     samples_path = run_dir / samples_file(task_name)
     if not samples_path.is_file():
         raise Unusable(f"run {run_dir}: per-sample records {samples_path.name} are missing")
@@ -82,18 +96,25 @@ def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
             rec = json.loads(line)
         except json.JSONDecodeError:
             raise Unusable(f"{samples_path}:{lineno} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise Unusable(f"{samples_path}:{lineno} is a JSON {type(rec).__name__}; expected a record (object)")
         if rec.get("filter") != filter:
             continue
         doc = rec.get("doc_id")
+        if not _count(doc):
+            raise Unusable(f"{samples_path}:{lineno}: doc_id {doc!r} is not an integer")
         if doc in records:
             raise Unusable(f"{samples_path}: doc_id {doc} appears twice under filter {filter}")
-        if "exact_match" not in rec:
-            raise Unusable(f"{samples_path}:{lineno}: record has no exact_match")
+        if not _number(rec.get("exact_match")):
+            raise Unusable(f"{samples_path}:{lineno}: exact_match is {rec.get('exact_match', 'missing')!r}, "
+                           "expected a number")
         resps = rec.get("resps") or [[None]]
+        if not isinstance(resps, list) or not all(isinstance(g, list) for g in resps):
+            raise Unusable(f"{samples_path}:{lineno}: resps must be a list of lists of responses")
         if any(r is None or r == NULL_RESPONSE for group in resps for r in group):
             raise Unusable(f"{samples_path}: doc_id {doc} has no response from the server (null/failed request)")
         records[doc] = rec
-    if not isinstance(n, int) or n != len(records):
+    if not _count(n) or n != len(records):
         raise Unusable(f"run {run_dir}: results say n={n} but {len(records)} per-sample records under {filter}: "
                        "samples are missing")
     doc_ids = sorted(records)
@@ -109,21 +130,29 @@ def load_baseline(path: str | Path, task: str | None = None) -> dict:
     """A baseline file, checked; ``task``: the task it must be for (default: any)."""
     path = Path(path)
     b = _read_json(path, "baseline")
-    need = {"task": str, "metric": str, "value": (int, float), "n": int}
-    for k, t in need.items():
-        if not isinstance(b.get(k), t):
-            raise Unusable(f"baseline {path}: {k!r} is missing or not {t}")
+    text = lambda x: isinstance(x, str)  # noqa: E731
+    need = {"task": (text, "a string"), "metric": (text, "a string"), "value": (_number, "a number"),
+            "n": (_count, "an integer")}
+    for k, (ok, what) in need.items():
+        if not ok(b.get(k)):
+            raise Unusable(f"baseline {path}: {k!r} is missing or not {what}")
+    if not b["metric"].startswith("exact_match,") or b["metric"].split(",", 1)[1] not in FILTERS:
+        raise Unusable(f"baseline {path}: metric {b['metric']!r}, expected exact_match,<{'|'.join(FILTERS)}>")
     if task is not None and b["task"] != task:
         raise Unusable(f"baseline {path}: task {b['task']!r}, expected {task!r}")
     if not 0.0 <= b["value"] <= 1.0 or b["n"] < 1:
         raise Unusable(f"baseline {path}: value must be in [0, 1] and n >= 1, got {b['value']}, {b['n']}")
     s = b.get("samples")
+    if s is not None and not isinstance(s, dict):
+        raise Unusable(f"baseline {path}: samples must be an object with doc_ids and correct")
     if s is not None:
         ids, cor = s.get("doc_ids"), s.get("correct")
         if not isinstance(ids, list) or not isinstance(cor, list) or len(ids) != b["n"] or len(cor) != b["n"]:
             raise Unusable(f"baseline {path}: samples.doc_ids and samples.correct must both have n={b['n']} entries")
-        if any(c not in (0, 1) for c in cor):
+        if any(not _count(c) or c not in (0, 1) for c in cor):
             raise Unusable(f"baseline {path}: samples.correct must hold 0/1")
+        if not all(_count(d) for d in ids):
+            raise Unusable(f"baseline {path}: samples.doc_ids must hold integers")
         if abs(sum(cor) / b["n"] - b["value"]) > 1e-9:
             raise Unusable(f"baseline {path}: samples give {sum(cor)}/{b['n']} but value is {b['value']}")
     return b

@@ -158,6 +158,40 @@ def test_bad_run_is_unusable(tmp_path, capsys, bad, message):
     assert rc == 2 and message in out.err, out.err
 
 
+def _edit_samples(run, change):
+    path = run / "samples_gsm8k.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = json.dumps(change(json.loads(lines[1])))  # doc 0 under flexible-extract
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: {**r, "exact_match": "abc"}, "exact_match is 'abc', expected a number"),
+    (lambda r: {**r, "doc_id": "0"}, "doc_id '0' is not an integer"),
+    (lambda r: {**r, "resps": "text"}, "resps must be a list of lists"),
+    (lambda r: [r], "is a JSON list; expected a record"),
+])
+def test_a_malformed_sample_record_is_unusable(tmp_path, capsys, change, message):
+    run = write_run(tmp_path / "run", vector(1319, 1242))
+    _edit_samples(run, change)
+    rc, out = gate(tmp_path, run, REF, capsys=capsys)
+    assert rc == 2 and message in out.err, out.err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["results"]["gsm8k"].update({"exact_match,flexible-extract": "0.94"}), "expected a number"),
+    (lambda r: r.update(results=[]), "has no 'gsm8k' results"),
+    (lambda r: r["n-samples"].update(gsm8k=True), "samples are missing"),
+])
+def test_malformed_results_are_unusable(tmp_path, capsys, edit, message):
+    run = write_run(tmp_path / "run", vector(1319, 1242))
+    results = json.loads((run / "results.json").read_text())
+    edit(results)
+    (run / "results.json").write_text(json.dumps(results))
+    rc, out = gate(tmp_path, run, REF, capsys=capsys)
+    assert rc == 2 and message in out.err, out.err
+
+
 def test_different_n_is_unusable(tmp_path, capsys):
     run = write_run(tmp_path / "run", vector(100, 94))
     rc, out = gate(tmp_path, run, REF, capsys=capsys)
@@ -176,6 +210,10 @@ def test_missing_samples_file_and_dir(tmp_path, capsys):
     (dict(metric="exact_match,strict-match"), "not the gated metric"),
     (dict(task="mmlu"), "expected 'gsm8k'"),
     (dict(n="1319"), "'n' is missing"),
+    (dict(n=True), "'n' is missing or not an integer"),  # JSON true is a Python int
+    (dict(value=True), "'value' is missing or not a number"),
+    (dict(metric="abc"), "metric 'abc', expected exact_match,<strict-match|flexible-extract>"),
+    (dict(samples=[]), "samples must be an object"),
 ])
 def test_bad_baseline_is_unusable(tmp_path, capsys, change, message):
     b = json.loads(REF.read_text()) | change
