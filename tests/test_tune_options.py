@@ -15,8 +15,8 @@ from parity.perf import tune
     (["--flat", "-1"], "--flat: expected comma-separated integers >= 0"),
     (["--top", "0"], "--top: expected comma-separated integers >= 1, got '0'"),
     (["--top", "3,4"], "--top: expected one integer >= 1"),
-    (["--device", "cuda:99"], "--device: expected cuda or cuda:N of this machine's"),
-    (["--device", "cpu"], "--device: expected cuda or cuda:N"),
+    (["--device", "cuda:99"], "--device: expected cpu, or cuda or cuda:N of this machine's"),
+    (["--device", "tpu"], "--device: expected cpu, or cuda or cuda:N"),
 ])
 def test_tune_names_a_bad_option_before_any_work(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(tune, "check", lambda *a: pytest.fail("ran before the options were checked"))
@@ -60,6 +60,6 @@ def test_kernel_study_profiles_the_shapes_it_was_given(monkeypatch):
     seen = []
     monkeypatch.setattr(kernel_study.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(kernel_study, "profile", lambda variants, shapes: seen.append((sorted(variants), shapes)))
-    assert kernel_study.main(["--profile", "--variants", "default,wg4c",
+    assert kernel_study.main(["--profile", "--variants", "default,ws",
                               "--profile-shapes", "B128-n2-ctx8192,B64-n2-ctx32768"]) == 0
-    assert seen == [(["default", "wg4c"], ["B128-n2-ctx8192", "B64-n2-ctx32768"])]
+    assert seen == [(["default", "ws"], ["B128-n2-ctx8192", "B64-n2-ctx32768"])]

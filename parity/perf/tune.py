@@ -64,12 +64,12 @@ def _count(text: str) -> int:
     return values[0]
 
 
-def _cuda_device(text: str) -> str:
-    """A CUDA device this machine has: the sweep times CUDA graphs."""
-    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+def _device(text: str) -> str:
+    """cpu (a tiny check shape, for the sweep's own tests) or a CUDA device this machine has."""
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", text)
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if m is None or int(m.group(1) or 0) >= n:
-        raise argparse.ArgumentTypeError(f"expected cuda or cuda:N of this machine's {n} GPU(s); got {text!r}")
+    if m is None or (text != "cpu" and int(m.group(1) or 0) >= n):
+        raise argparse.ArgumentTypeError(f"expected cpu, or cuda or cuda:N of this machine's {n} GPU(s); got {text!r}")
     return text
 
 
@@ -87,12 +87,12 @@ def main(argv=None) -> int:
                    help="columns (rows x heads) above which the rows go through two dots")
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--top", type=_count, default=14, help="rows printed, best first")
-    p.add_argument("--device", type=_cuda_device, default="cuda")
+    p.add_argument("--device", type=_device, default="cuda")
     p.add_argument("--profile", action="store_true", help="only run the default config a few times (for ncu)")
     args = p.parse_args(argv)  # every option is checked here, before a kernel is compiled
     device = args.device
     if not args.no_check:
-        print(check(device, Shape(8, 3, 4000)))
+        print(check(device, Shape(8, 3, 4000) if device.startswith("cuda") else Shape(2, 3, 200)))
     shape = args.shape
     B, n, ctx = shape.batch, shape.next_n, shape.context
     bw = copy_bandwidth(device)
