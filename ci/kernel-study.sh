@@ -56,7 +56,7 @@ if [ "${NCU_S:-100}" -le 0 ]; then
 elif command -v ncu >/dev/null; then
   t0=$SECONDS
   timeout "${NCU_S:-100}" ncu --clock-control none \
-    --kernel-name regex:'paged_mqa_logits_kernel|paged_mqa_logits_sm90_(ws_|wg4_|wg4c_)?kernel|sm90_fp8_paged_mqa_logits' \
+    --kernel-name regex:'paged_mqa_logits_kernel|paged_mqa_logits_sm90_(ws_|wg4_)?kernel|sm90_fp8_paged_mqa_logits' \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum --csv --page details \

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# The Hopper configs and forms not yet in the tree's config for the GPU this runs on, judged and timed beside it
-# and DeepGEMM in two calls of under 10 minutes each (docs/h200-coupled-q.md):
-#   - on an H200: the coupled four-warpgroup program (parity.kernels.paged_mqa_logits_sm90_wg4c,
-#     triton:sm90-wg4c; in no GPU's config) at 3, 4 and 5 key slots a warpgroup;
-#   - on another GPU of compute capability 9.0 (an H100, whose entry is the base config, the portable kernel):
-#     the H200's config, without and with the coupled program.
+# The Hopper configs not yet in the tree's config for the GPU this runs on, judged and timed beside it and
+# DeepGEMM in two calls of under 10 minutes each (docs/h200-coupled-q.md):
+#   - on another GPU of compute capability 9.0 than the H200 (an H100, whose entry is the base config, the
+#     portable kernel): the H200's config (ci/config_variants.py:h200_config);
+#   - on an H200 none by default (the coupled program judged there on 2026-12-05 lost and left the tree); JUDGED
+#     and TIMED name candidates.
 # Steps:
-#   tests   the GPU tests of the Hopper kernels and of the coupled form (its logits against the warp-specialized
+#   tests   the GPU tests of the Hopper kernels (the four-warpgroup program's logits against the warp-specialized
 #           form's and the float64 reference; a prepared call against an unprepared one);
-#   parity  python -m parity run --path fused at the full and stress levels: triton:sm90-wg4c, and off an H200
-#           the H200's config (ci/config_variants.py:h200_config);
+#   parity  python -m parity run --path fused at the full and stress levels of each judged backend;
 #   bench   DeepGEMM built from DEEPGEMM_SRC (default third_party/DeepGEMM, unpacked from third_party/dg.tar.xz
 #           where only the archive was carried), then RUNS (default 2) runs of python -m parity bench --quick
 #           --path fused --reps 40 with triton, the candidates (ci/config_variants.py), deepgemm and
@@ -20,7 +19,8 @@
 #   STEPS="tests parity" ci/sm90-candidates.sh OUT_DIR     # one call
 #   STEPS=bench ci/sm90-candidates.sh OUT_DIR              # the other
 #   env: PYTHON (default python3), STEPS (default "tests parity bench": over 10 minutes), RUNS, DEEPGEMM_SRC,
-#        TIMED (space-separated backend specs timed beside triton instead of the ones above)
+#        JUDGED, TIMED (space-separated backend specs judged by the parity step, timed beside triton, instead of
+#        the ones above)
 # Leaves OUT_DIR/{summary.md, pytest.txt, parity-<backend>-<level>.json, bench-<i>.json, bench-<i>.md, dg-build.txt}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +36,12 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 status=0
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
 # what is judged and timed beside the tree's config: see the header
-if [[ "$gpu" == *H200* ]]; then
-  judged=(triton:sm90-wg4c)
-  timed=(ci/config_variants.py:slots4 ci/config_variants.py:slots3 ci/config_variants.py:slots5)
-else
-  judged=(triton:sm90-wg4c ci/config_variants.py:h200_config)
-  timed=(ci/config_variants.py:h200_config ci/config_variants.py:h200_config_slots4)
+judged=() timed=()
+if [[ "$gpu" != *H200* ]]; then
+  judged=(ci/config_variants.py:h200_config)
+  timed=(ci/config_variants.py:h200_config)
 fi
+[ -n "${JUDGED:-}" ] && read -r -a judged <<< "$JUDGED"
 [ -n "${TIMED:-}" ] && read -r -a timed <<< "$TIMED"
 {
   echo "# Hopper candidates $(date -u +%FT%TZ), tree $(git rev-parse --short HEAD 2>/dev/null)"
@@ -53,8 +52,8 @@ fi
 
 if want tests; then
   t0=$SECONDS
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_sm90_coupled.py tests/test_sm90_kernel.py \
-    tests/test_sm90_forms.py tests/test_sm90_gpu.py tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 \
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_sm90_kernel.py tests/test_sm90_forms.py \
+    tests/test_sm90_gpu.py tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 \
     || status=1
   echo "tests: $(tail -n 1 "$OUT_DIR/pytest.txt") ($((SECONDS - t0)) s)" | tee -a "$S"
 fi

@@ -1,6 +1,6 @@
 """The logits of the Gluon kernels for Hopper on a GPU of compute capability 9.0 (skipped elsewhere): a prepared
-call against an unprepared one, bit for bit, and the four-warpgroup programs (the H200's and its coupled
-candidate) against the warp-specialized form, each judged against the float64 reference."""
+call against an unprepared one, bit for bit, and the four-warpgroup program (the H200's) against the
+warp-specialized form, each judged against the float64 reference."""
 import pytest
 import torch
 
@@ -9,7 +9,7 @@ import torch
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
 @pytest.mark.parametrize("batch,context,max_model_len", [(1, 700, 8192), (8, 8192, 8192), (64, 8192, 163840),
                                                          (130, 3000, 16384), (128, 4096, 163840)])
-@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws", "triton:sm90-wg4c"])
+@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws", "triton:sm90-wg4"])
 def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model_len):
     """The schedule ``prepare`` computes once is the share each program computes for itself: the logits of
     ``run_prepared`` equal those of ``run`` bit for bit, every position either writes (a tile left out or
@@ -60,8 +60,7 @@ def test_the_four_warpgroup_program_writes_what_the_warp_specialized_form_does(n
         lens_2d = per_row_lengths(inputs.context_lens.tolist(), next_n, torch.Generator().manual_seed(batch))
         inputs = dataclasses.replace(inputs, context_lens_2d=lens_2d.to("cuda"))
     outs = []
-    for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws"),
-                       ("triton:sm90-wg4c", "wg4c" if next_n == 2 else "wg4")):
+    for name, form in (("triton:sm90-wg4", "wg4"), ("triton:sm90-ws", "ws")):
         backend = load_backend(name)
         assert backend._sm90_plan("fused", inputs)[1] == form
         outs.append(torch.full((batch * next_n, max_model_len), 12345.0, device="cuda"))

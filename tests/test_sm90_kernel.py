@@ -108,7 +108,7 @@ def _child(what: str, *args: str) -> dict:
 # units per tile (one per speculative row; two half-head units at odd next_n): all but the last overlap
 OVERLAPS = {"n1": 1, "n2": 1, "n4": 3, "ws-n1": 1, "ws-n2": 1, "ws-n4": 3, "bal-n2": 1, "bal-ws-n2": 1,
             "bal-b1-n2": 1, "bal-b1-ws-n2": 1, "bal-ws-c4-n1": 1, "bal-ws-c4-n2": 1, "sched-n2": 1, "sched-ws-c4-n2": 1,
-            "wg4-n2": 0, "wg4-n4": 0, "wg4c-n2": 0, "wg4c-n2-s5": 0}  # the four-warpgroup programs: one product
+            "wg4-n2": 0, "wg4-n4": 0}  # the four-warpgroup programs: one product
 # a tile, waited for at once, as DeepGEMM's
 # ptxas (Triton 3.6 and 3.9) keeps one value of the warp-specialized form that reads a prepared schedule in local
 # memory across a tile's first product: one 4-byte store and load per tile, no slower on the H200 (B64-n2-ctx8192
@@ -148,14 +148,7 @@ def test_the_kernel_overlaps_its_epilogues_and_nothing_is_serialized_or_spilled(
     wg4_n4 = report["wg4-n4"]
     assert wg4_n4["registers"] <= 96 and 112 in wg4_n4["setmaxnreg"], report
     assert wg4_n4["products"] == wg4["products"] and wg4_n4["stores"] == wg4["stores"], report
-    # coupled (triton:sm90-wg4c): the same registers, products and stores; one q a multiprocessor, where the four
-    # shares' q buffers left room for 2 key slots a warpgroup, holds 4 in less shared memory and 5 within the 227
-    # KB a program may take
-    for n in ("wg4c-n2", "wg4c-n2-s5"):
-        assert report[n]["registers"] <= 96 and 112 in report[n]["setmaxnreg"], report
-        assert report[n]["products"] == wg4["products"] and report[n]["stores"] == wg4["stores"], report
-    assert report["wg4c-n2"]["shared_bytes"] < wg4["shared_bytes"] <= 227 * 1024, report
-    assert report["wg4c-n2"]["shared_bytes"] < report["wg4c-n2-s5"]["shared_bytes"] <= 227 * 1024, report
+    assert wg4["shared_bytes"] <= 227 * 1024, report  # what a program may take
     # the schedule by real tile counts adds no barrier between a program's warps (each warp sums it itself)
     assert report["bal-n2"]["barriers"] == report["n2"]["barriers"], report
     assert report["bal-ws-n2"]["barriers"] == report["ws-n2"]["barriers"], report

@@ -88,8 +88,7 @@ def test_rejects_wrong_out(triton_backend):
 OPTION_EDGES = [
     ("block_t", 48, 16), ("block_t", 8, 256), ("ctas_per_sm", 0, 1), ("num_warps", 6, 1), ("num_stages", 0, 1),
     ("maxnreg", 23, 255), ("maxnreg", 256, 24), ("sm90_ws_ctas_per_sm", 0, 1), ("sm90_ws_stages", 1, 2),
-    ("sm90_ws_min_tiles", -1, 0), ("sm90_wg4_min_batch", -1, 0), ("sm90_wg4c_stages", 1, 2),
-    ("sm90_wg4c_stages", 6, 5), ("programs", -1, 0),
+    ("sm90_ws_min_tiles", -1, 0), ("sm90_wg4_min_batch", -1, 0), ("programs", -1, 0),
 ]
 
 

@@ -13,7 +13,6 @@ _LAZY = {
     "triton:sm90": "parity.backends.triton_kernels:make_sm90_backend",
     "triton:sm90-ws": "parity.backends.triton_kernels:make_sm90_ws_backend",
     "triton:sm90-wg4": "parity.backends.triton_kernels:make_sm90_wg4_backend",
-    "triton:sm90-wg4c": "parity.backends.triton_kernels:make_sm90_wg4c_backend",
     "aiter": "parity.backends.aiter:make_backend",
     "aiter:ragged": "parity.backends.aiter:make_ragged_backend",
     "aiter:varctx": "parity.backends.aiter:make_varctx_backend",

@@ -21,13 +21,11 @@ the kernel's launch overlaps the end of the kernel before it, which it waits for
 and ``num_stages``, which the other kernels take); ``sm90_wg4`` (the warp-specialized form's calls at next_n 2
 and 4 as one program per multiprocessor of four compute warpgroups, one m64n128 product a tile over two rows,
 ``parity.kernels.paged_mqa_logits_sm90_wg4``; with ``balanced`` only, and from ``sm90_wg4_min_batch`` sequences
-on); ``sm90_wg4c_stages`` (None: off; else that program's next_n 2 calls with its four warpgroups coupled, one
-share and one q a multiprocessor, this many key slots a warpgroup, ``parity.kernels.paged_mqa_logits_sm90_wg4c``:
-a candidate in no GPU's config); ``balanced`` (the fp8 kernels' programs split the tiles the batch really
-has, by context length, instead of ``B x cdiv(max_model_len, block_t)``, which leaves most programs idle where
-a server passes its model's max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and
-``tma_max_next_n`` (``tma`` only where each program gets at least that many tiles and next_n is at most that:
-on the H200 bulk copies were slower with 2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
+on); ``balanced`` (the fp8 kernels' programs split the tiles the batch really has, by context length, instead
+of ``B x cdiv(max_model_len, block_t)``, which leaves most programs idle where a server passes its model's
+max_model_len: on where it was timed, the H200); ``tma_min_tiles`` and ``tma_max_next_n`` (``tma`` only where
+each program gets at least that many tiles and next_n is at most that: on the H200 bulk copies were slower with
+2.6 tiles per program, B8-n2-ctx8192, and at next_n 4).
 """
 from __future__ import annotations
 
@@ -40,7 +38,7 @@ import torch
 BASE = dict(block_t=64, ctas_per_sm=3, num_warps=4, num_stages=3, flat=True, max_dot_n=128, tma=False, pdl=False,
             maxnreg=None, tma_min_tiles=8, tma_max_next_n=2, kernel="portable", sm90_max_next_n=4,
             sm90_ws_min_tiles=8, balanced=False, sm90_ws_ctas_per_sm=None, sm90_ws_stages=None, sm90_wg4=False,
-            sm90_wg4_min_batch=0, sm90_wg4c_stages=None)
+            sm90_wg4_min_batch=0)
 KEYS = tuple(BASE)
 
 

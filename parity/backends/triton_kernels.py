@@ -13,7 +13,7 @@ from parity.backends import triton_configs, triton_fp4, triton_portable, triton_
 from parity.problem import layouts
 from parity.backends.triton_portable import UPCASTS
 from parity.backends.base import PATHS, SimpleBackend
-from parity.backends.triton_sm90 import MAX_WG4C_STAGES, SM90_PROBES, Prepared, sm90_form
+from parity.backends.triton_sm90 import SM90_PROBES, Prepared, sm90_form
 from parity.problem.cases import IndexerInputs
 
 # Triton picks interpreter or compiler when a kernel is decorated, i.e. when this module is imported.
@@ -31,8 +31,6 @@ OPTION_RULES = {
     "sm90_ws_stages": (lambda v: v >= 2, ">= 2 key slots"),
     "sm90_ws_min_tiles": (lambda v: v >= 0, ">= 0 tiles per program"),
     "sm90_wg4_min_batch": (lambda v: v >= 0, ">= 0 sequences"),
-    # one slot copied while one is computed; shared memory holds no more
-    "sm90_wg4c_stages": (lambda v: 2 <= v <= MAX_WG4C_STAGES, f"2-{MAX_WG4C_STAGES} key slots a warpgroup"),
 }
 
 
@@ -101,8 +99,7 @@ class TritonBackend(SimpleBackend):
     and ``sm90_ws_stages`` the warp-specialized form's programs per multiprocessor and key slots at next_n <= 2
     (None: ``ctas_per_sm``, ``num_stages``); ``sm90_wg4`` that form's next_n 2 and 4 calls as one program per
     multiprocessor of four compute warpgroups (``paged_mqa_logits_sm90_wg4``; with ``balanced``, no ``probe``, and
-    from ``sm90_wg4_min_batch`` sequences on); ``sm90_wg4c_stages`` (None: off) that program's next_n 2 calls with
-    its warpgroups coupled, this many key slots each (``paged_mqa_logits_sm90_wg4c``, a candidate); ``balanced`` the
+    from ``sm90_wg4_min_batch`` sequences on); ``balanced`` the
     fp8 kernels' programs share the tiles the batch really has, by context length (the portable kernel: batches up
     to ``triton_portable.MAX_BALANCED_BATCH``; the sm90 kernels: any batch). ``programs`` (0: from ``ctas_per_sm``)
     fixes the number of programs; ``upcast`` ('auto', 'fp8', 'fp16', 'fp32', 'decode'); ``probe`` (one of
@@ -117,8 +114,7 @@ class TritonBackend(SimpleBackend):
                  sm90_max_next_n: int | None = None, sm90_ws_min_tiles: int | None = None,
                  balanced: bool | None = None, sm90_ws_ctas_per_sm: int | None = None,
                  sm90_ws_stages: int | None = None, sm90_wg4: bool | None = None,
-                 sm90_wg4_min_batch: int | None = None, sm90_wg4c_stages: int | None = None,
-                 probe: str | None = None):
+                 sm90_wg4_min_batch: int | None = None, probe: str | None = None):
         super().__init__(name="triton" if kernel is None else f"triton:{kernel}",
                          info={"triton": triton.__version__, "interpreted": INTERPRETED},
                          logits_dtypes=(torch.float32, torch.bfloat16), per_row_lengths=True,
@@ -127,8 +123,7 @@ class TritonBackend(SimpleBackend):
                      flat=flat, max_dot_n=max_dot_n, tma=tma, pdl=pdl, maxnreg=maxnreg, tma_min_tiles=tma_min_tiles,
                      tma_max_next_n=tma_max_next_n, kernel=kernel, sm90_max_next_n=sm90_max_next_n,
                      sm90_ws_min_tiles=sm90_ws_min_tiles, balanced=balanced, sm90_ws_ctas_per_sm=sm90_ws_ctas_per_sm,
-                     sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4, sm90_wg4_min_batch=sm90_wg4_min_batch,
-                     sm90_wg4c_stages=sm90_wg4c_stages)
+                     sm90_ws_stages=sm90_ws_stages, sm90_wg4=sm90_wg4, sm90_wg4_min_batch=sm90_wg4_min_batch)
         for name, (ok, expected) in OPTION_RULES.items():
             if given[name] is not None and not ok(given[name]):
                 raise ValueError(f"{name} must be None or {expected}, got {given[name]}")
@@ -233,11 +228,11 @@ class TritonBackend(SimpleBackend):
                                        self._grid_of(inputs.device))
 
     def run(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> None:
-        # planned once (the config, the form, the descriptors); the wg4 forms read their shares from a prepared
+        # planned once (the config, the form, the descriptors); the wg4 form reads its shares from a prepared
         # schedule only: two launches, the schedule's first
         plan = self._sm90_plan(path, inputs) if inputs.key_format == "fp8" else None
         prepared = None
-        if plan is not None and plan[1] in ("wg4", "wg4c"):
+        if plan is not None and plan[1] == "wg4":
             self._check_out(path, inputs, out)  # a bad buffer is refused before the schedule's launch
             prepared = self._prepare(path, inputs, plan)
         kernel, grid, args, consts, key = self._launch(path, inputs, out, prepared, plan)
@@ -337,9 +332,3 @@ def make_sm90_wg4_backend(**options) -> TritonBackend:
     ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1."""
     return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
                             "sm90_wg4": True, "sm90_wg4_min_batch": 0, "kernel": "sm90"})
-
-
-def make_sm90_wg4c_backend(**options) -> TritonBackend:
-    """``triton:sm90-wg4``, its next_n 2 calls with the four warpgroups coupled (``triton:sm90-wg4c``: one share
-    and one q a multiprocessor, 4 key slots a warpgroup; ``paged_mqa_logits_sm90_wg4c``, a candidate form)."""
-    return make_sm90_wg4_backend(**{"sm90_wg4c_stages": triton_sm90.WG4C_STAGES, **options})

@@ -1,7 +1,6 @@
 """The launch of the project's Gluon kernels for Hopper (``parity.kernels.paged_mqa_logits_sm90``, its
 warp-specialized form ``paged_mqa_logits_sm90_ws`` and that form's four-warpgroup program at next_n 2 and 4,
-``paged_mqa_logits_sm90_wg4``, and that program coupled, ``paged_mqa_logits_sm90_wg4c``) for
-``parity.backends.triton_kernels``: which form a call runs, its descriptors, constexprs and grid, and the
+``paged_mqa_logits_sm90_wg4``) for ``parity.backends.triton_kernels``: which form a call runs, its descriptors, constexprs and grid, and the
 schedule a server prepares once per decode step. Which calls take these kernels at all is the backend's
 ``_sm90_unfit``."""
 from __future__ import annotations
@@ -16,10 +15,6 @@ from parity.problem.cases import IndexerInputs
 
 # measurement probes of the sm90 kernels (PROBE 1-4 there), for parity.perf.kernel_study: wrong logits
 SM90_PROBES = ("reads", "no-stores", "no-products", "one-product")
-# key slots a warpgroup of the coupled program (``paged_mqa_logits_sm90_wg4c``) that fit the 227 KB of shared
-# memory a program may take: 5 take 198.6 KB with its q buffers (Triton 3.6, sm_90a), 6 would take 231.6
-MAX_WG4C_STAGES = 5
-WG4C_STAGES = 4  # triton:sm90-wg4c's
 
 
 def sm90_ws_programs_per_sm(next_n: int, o: dict) -> int:
@@ -51,16 +46,13 @@ def sm90_form(next_n: int, n_tiles: int, o: dict, sms: int, batch: int) -> str |
     """Which form of the sm90 kernel runs a call of ``batch`` sequences it takes (``_sm90_unfit``) under config
     ``o``: 'ws', the warp-specialized one (``sm90_warp_specialized``, any next_n), or at next_n 2 and 4 'wg4',
     its four-warpgroup program (``sm90_wg4``, with ``balanced``, no probe and at least ``sm90_wg4_min_batch``
-    sequences; at next_n 2 'wg4c', that program coupled, where ``sm90_wg4c_stages`` is set), else 'single', the
-    single-partition one up to next_n ``sm90_max_next_n``, else None: the portable kernel. ``n_tiles`` counts
-    ``max_model_len`` for every sequence: with a server's (163840) a small batch passes the warp-specialized
-    form's bar whatever its real lengths, hence the batch bar of the four-warpgroup program, whose start costs
-    more."""
+    sequences), else 'single', the single-partition one up to next_n ``sm90_max_next_n``, else None: the
+    portable kernel. ``n_tiles`` counts ``max_model_len`` for every sequence: with a server's (163840) a small
+    batch passes the warp-specialized form's bar whatever its real lengths, hence the batch bar of the
+    four-warpgroup program, whose start costs more."""
     if sm90_warp_specialized(next_n, n_tiles, o, sms):
         wg4 = (o.get("sm90_wg4") and next_n in (2, 4) and o["balanced"] and not o.get("probe")
                and batch >= o.get("sm90_wg4_min_batch", 0))
-        if wg4 and next_n == 2 and o.get("sm90_wg4c_stages"):
-            return "wg4c"  # its warpgroups coupled: one share and one q a multiprocessor
         return "wg4" if wg4 else "ws"
     return "single" if next_n <= o["sm90_max_next_n"] else None
 
@@ -69,7 +61,7 @@ def shares_per_program(form: str, next_n: int) -> int:
     """Shares of the schedule a program of ``form`` takes at ``next_n``."""
     from parity.kernels.paged_mqa_logits_sm90_wg4 import shares
 
-    return shares(next_n) if form == "wg4" else 1  # 'wg4c': one share, its warpgroups take its tiles in turn
+    return shares(next_n) if form == "wg4" else 1
 
 
 @dataclass
@@ -119,10 +111,10 @@ def _sm90_consts(inputs: IndexerInputs, cache: torch.Tensor, o: dict, form: str,
                   PROBE=SM90_PROBES.index(o["probe"]) + 1 if o["probe"] else 0, SCHEDULED=scheduled, num_warps=4)
     if consts["PDL"]:
         consts["launch_pdl"] = True
-    if form in ("ws", "wg4", "wg4c"):
+    if form in ("ws", "wg4"):
         per_sm = sm90_ws_programs_per_sm(n, o) if form == "ws" else 1
         consts["maxnreg"] = sm90_ws.launch_maxnreg(per_sm) if form == "ws" else sm90_wg4.LAUNCH_REGS
-        consts["NUM_STAGES"] = o["sm90_wg4c_stages"] if form == "wg4c" else sm90_ws_stages(n, o)
+        consts["NUM_STAGES"] = sm90_ws_stages(n, o)
         key = (str(inputs.device), f"sm90_{form}", *consts.items(), per_sm)
         if form != "ws":  # the split by real tile counts and a prepared schedule are its own; no probes
             consts = {k: v for k, v in consts.items() if k not in ("BALANCED", "PROBE", "SCHEDULED")}
@@ -153,7 +145,6 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o
 
     from parity.kernels import paged_mqa_logits_sm90 as sm90
     from parity.kernels import paged_mqa_logits_sm90_wg4 as sm90_wg4
-    from parity.kernels import paged_mqa_logits_sm90_wg4c as sm90_wg4c
     from parity.kernels import paged_mqa_logits_sm90_ws as sm90_ws
 
     B, n, H, D = inputs.q_fp8.shape
@@ -171,7 +162,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o
     table, lens = table_and_lens(inputs)
     schedule = prepared.schedule if scheduled else inputs.context_lens  # a pointer either way
     grid = prepared.programs if scheduled else grid_of(grid_o, key, n_tiles)
-    if form in ("ws", "wg4", "wg4c"):
+    if form in ("ws", "wg4"):
         f32 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
         srows = flat.view(torch.float32).view(-1, bs)  # the cache as rows of block_size floats
         s_desc = GluonDescriptor(srows, list(srows.shape), [bs, 1], [1, block_t], f32)
@@ -181,8 +172,7 @@ def sm90_launch(inputs: IndexerInputs, out: torch.Tensor, cache: torch.Tensor, o
         w_desc = GluonDescriptor(weights, list(weights.shape), [H, 1], [n, H], f32)
         args = (q_desc, w_desc, k_desc, s_desc, inputs.context_lens, lens, table, out, table.stride(0),
                 table.shape[1], out.stride(-2), cols, n_tiles, tiles_per_seq, B, schedule)
-        kernel = {"ws": sm90_ws.paged_mqa_logits_sm90_ws_kernel, "wg4": sm90_wg4.paged_mqa_logits_sm90_wg4_kernel,
-                  "wg4c": sm90_wg4c.paged_mqa_logits_sm90_wg4c_kernel}[form]
+        kernel = {"ws": sm90_ws.paged_mqa_logits_sm90_ws_kernel, "wg4": sm90_wg4.paged_mqa_logits_sm90_wg4_kernel}[form]
         return kernel, (grid,), args, consts, key
     args = (q_desc, k_desc, flat.view(torch.float32), inputs.weights.contiguous(), inputs.context_lens, lens,
             table, out, table.stride(0), table.shape[1], out.stride(-2), cols, layouts.block_bytes(bs, D) // 4,

@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from parity.kernels.paged_mqa_logits_sm90 import (_cta_barrier, _ctx_of, _share, _share_segment,
                                                   _wait_for_previous_kernel)
-from parity.kernels.paged_mqa_logits_sm90_ws import _load_partition, _turn
+from parity.kernels.paged_mqa_logits_sm90_ws import _load_partition
 
 VPS = gl.constexpr(4)  # compute warpgroups per program; shares of the schedule at next_n 2
 LAUNCH_REGS = 96  # registers per thread at launch: 20 warps on a multiprocessor of 65536
@@ -80,18 +80,14 @@ def _pair_tile(k_bufs, s_bufs, full, empty, slot, phase, q_rows, zero, w, row1, 
 def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
              empty, q_full, q_empty, stride_or, max_model_len, n_tiles, tiles_per_seq, batch, sched_ptr,
              NEXT_N: gl.constexpr, SHARES: gl.constexpr, H: gl.constexpr, BLOCK_T: gl.constexpr,
-             NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr, TURN: gl.constexpr = 0, TURNS: gl.constexpr = 1):
+             NUM_STAGES: gl.constexpr, PER_ROW: gl.constexpr):
     """A compute warpgroup of share ``VP`` (of the program's ``SHARES``): each tile of the share as one product
-    over the speculative rows ``ROW0`` and ``ROW0 + 1``, then their epilogues. Where ``TURNS`` warpgroups take
-    the share's tiles in turn (``paged_mqa_logits_sm90_wg4c``), the ``TURN``-th: the tiles numbered ``TURN`` mod
-    ``TURNS``, from its own slots; it waits for every sequence's q and hands each back, with tiles of its own
-    in that sequence or not, so that no arrival counts towards another sequence's phase."""
+    over the speculative rows ``ROW0`` and ``ROW0 + 1``, then their epilogues."""
     N: gl.constexpr = 2 * H  # both rows' heads: the product's width
     rows, cols, row1, zero = _pair_operands(H, BLOCK_T)
     lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
                                            True, True, 4, SHARES, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
-    c0 = 0  # the share's tiles before this segment (TURNS > 1)
     c = 0  # tiles computed
     q_n = 0  # sequences computed
     for seg in range(0, n_segments):
@@ -99,7 +95,6 @@ def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q
                                                             max_model_len, BLOCK_T, True)
         ctx_next = _ctx_of(ctx_ptr, b0, seg + 1, n_segments)
         if n > 0:
-            j0, count = _turn(c0, n, TURN, TURNS)
             row0 = (b * NEXT_N + ROW0).to(gl.int32)
             out_b = out_ptr + (b * NEXT_N + ROW0) * stride_or  # 64-bit: the logits may pass 2 GiB
             if PER_ROW:
@@ -112,16 +107,13 @@ def _compute(VP: gl.constexpr, ROW0: gl.constexpr, ctx_ptr, lens_ptr, out_ptr, q
             mbarrier.wait(q_full.index(qs), (q_n // 2) & 1)
             w = w_bufs.index(qs).reshape([NEXT_N * H]).slice(ROW0 * H, N).load(cols.type.layout)
             q_rows = q_bufs.index(qs).slice(ROW0 * H, N)
-            for j in range(0, count):
-                _pair_tile(k_bufs, s_bufs, full, empty, (VP * TURNS + TURN) * NUM_STAGES + c % NUM_STAGES,
-                           (c // NUM_STAGES) & 1, q_rows, zero, w, row1, t_lo + (j0 + j * TURNS) * BLOCK_T + rows,
-                           lim0, lim1, end, out_b, stride_or)
+            for j in range(0, n):
+                _pair_tile(k_bufs, s_bufs, full, empty, VP * NUM_STAGES + c % NUM_STAGES, (c // NUM_STAGES) & 1,
+                           q_rows, zero, w, row1, t_lo + j * BLOCK_T + rows, lim0, lim1, end, out_b, stride_or)
                 c += 1
             _cta_barrier()  # every warp is past its last product before the q buffer goes back
             mbarrier.arrive(q_empty.index(qs))
             q_n += 1
-            if TURNS > 1:
-                c0 += n
 
 
 @gluon.jit

@@ -104,35 +104,17 @@ def _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, fir
 
 
 @gluon.jit
-def _turn(c0, n, TURN: gl.constexpr, TURNS: gl.constexpr):
-    """Of a segment of ``n`` tiles whose first is its share's ``c0``-th, where ``TURNS`` warps take the share's
-    tiles in turn: the first tile of the ``TURN``-th (the tiles numbered ``TURN`` mod ``TURNS`` in the share)
-    and how many of the segment's it takes. One warp (``TURNS`` 1) takes them all."""
-    j0 = 0
-    count = n
-    if TURNS > 1:
-        j0 = (TURN - c0 % TURNS + TURNS) % TURNS
-        count = gl.maximum(n - j0 + TURNS - 1, 0) // TURNS
-    return j0, count
-
-
-@gluon.jit
 def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, w_bufs, k_bufs, s_bufs, full,
                     empty, q_full, q_empty, stride_tb, table_cols, max_model_len, n_tiles, tiles_per_seq, batch,
                     sched_ptr, NEXT_N: gl.constexpr, H: gl.constexpr, D: gl.constexpr, BS: gl.constexpr,
                     BLOCK_T: gl.constexpr, NUM_STAGES: gl.constexpr, BALANCED: gl.constexpr,
-                    SCHEDULED: gl.constexpr, VPS: gl.constexpr = 1, VP: gl.constexpr = 0, TURN: gl.constexpr = 0,
-                    TURNS: gl.constexpr = 1):
+                    SCHEDULED: gl.constexpr, VPS: gl.constexpr = 1, VP: gl.constexpr = 0):
     """The load warp: q and weights a sequence, keys and scales a tile (the module's docstring). Of a program
     of ``VPS`` shares (``paged_mqa_logits_sm90_wg4``), the ``VP``-th, into its own slots and q buffers. The
-    compute warps take the q buffers in the order of the segments with tiles, whichever iteration issued them.
-    Where ``TURNS`` load warps share a share (``paged_mqa_logits_sm90_wg4c``): the ``TURN``-th, the keys of
-    the tiles numbered ``TURN`` mod ``TURNS`` into its own slots; the first of them the q too."""
-    STEP: gl.constexpr = TURNS * BLOCK_T  # tokens from one of this warp's tiles to its next
+    compute warps take the q buffers in the order of the segments with tiles, whichever iteration issued them."""
     lo, hi, b0, first, n_segments = _share(sched_ptr, ctx_ptr, batch, n_tiles, tiles_per_seq, max_model_len, BLOCK_T,
                                            BALANCED, SCHEDULED, 1, VPS, VP)
     ctx_next = _ctx_of(ctx_ptr, b0, 0, n_segments)
-    c0 = 0  # the share's tiles before this segment (TURNS > 1)
     c = 0  # tiles issued
     q_n = 0  # sequences whose q was issued
     q_used = 0  # segments with tiles begun
@@ -141,36 +123,23 @@ def _load_partition(q_desc, w_desc, k_desc, s_desc, ctx_ptr, table_ptr, q_bufs, 
                                                             max_model_len, BLOCK_T, BALANCED)
         ctx_next = _ctx_of(ctx_ptr, b0, seg + 1, n_segments)  # read a segment before it is needed
         if n > 0:
-            j0, count = _turn(c0, n, TURN, TURNS)
             table_row = table_ptr + b * stride_tb
-            t_w = t_lo + j0 * BLOCK_T  # this warp's first token in the segment
-            ids = _block_ids(table_row, t_w, t_hi, table_cols, BS, STEP)
-            ids_next = _block_ids(table_row, t_w + 32 * STEP, t_hi, table_cols, BS, STEP)
-            ahead = False
-            if TURN == 0:  # the warp that issues q
-                if q_n == q_used:  # not issued ahead
-                    _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b, q_n, NEXT_N, H, D, VP)
-                    q_n += 1
-                ahead = q_used == 0  # the first segment with tiles issues the next one's q after its first tile
-                if TURNS > 1:
-                    if ahead and count == 0:  # no tile of its own in the segment
-                        q_n = _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, first, lo,
-                                            hi, b0, seg, b, q_n, tiles_per_seq, max_model_len, NEXT_N, H, D,
-                                            BLOCK_T, BALANCED, VP)
+            ids = _block_ids(table_row, t_lo, t_hi, table_cols, BS, BLOCK_T)
+            ids_next = _block_ids(table_row, t_lo + 32 * BLOCK_T, t_hi, table_cols, BS, BLOCK_T)
+            if q_n == q_used:  # not issued ahead
+                _issue_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, b, q_n, NEXT_N, H, D, VP)
+                q_n += 1
+            ahead = q_used == 0  # the first segment with tiles issues the next one's q after its first tile
             q_used += 1
-            for j in range(0, count):
-                t0 = t_w + j * STEP
-                ids, ids_next, blk = _tile_block(ids, ids_next, j, t0, table_row, t_hi, table_cols, BS, STEP)
-                _copy_tile(k_desc, s_desc, k_bufs, s_bufs, full, empty, (VP * TURNS + TURN) * NUM_STAGES
-                           + c % NUM_STAGES, c, blk, t0, NUM_STAGES, D, BS, BLOCK_T)
+            for j in range(0, n):
+                t0 = t_lo + j * BLOCK_T
+                ids, ids_next, blk = _tile_block(ids, ids_next, j, t0, table_row, t_hi, table_cols, BS, BLOCK_T)
+                _copy_tile(k_desc, s_desc, k_bufs, s_bufs, full, empty, VP * NUM_STAGES + c % NUM_STAGES, c, blk, t0,
+                           NUM_STAGES, D, BS, BLOCK_T)
                 c += 1
-                if TURN == 0:
-                    if ahead and j == 0:  # its second buffer is free: nothing was computed yet
-                        q_n = _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, first, lo,
-                                            hi, b0, seg, b, q_n, tiles_per_seq, max_model_len, NEXT_N, H, D,
-                                            BLOCK_T, BALANCED, VP)
-            if TURNS > 1:
-                c0 += n
+                if ahead and j == 0:  # its second buffer is free: nothing was computed yet
+                    q_n = _issue_next_q(q_desc, w_desc, q_bufs, w_bufs, q_full, q_empty, ctx_next, first, lo, hi, b0,
+                                        seg, b, q_n, tiles_per_seq, max_model_len, NEXT_N, H, D, BLOCK_T, BALANCED, VP)
 
 
 @gluon.jit

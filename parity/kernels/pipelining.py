@@ -174,8 +174,7 @@ def sm90_report() -> dict:
     3.6 once failed to compile; see :func:`compile_sm90`), and the warp-specialized one as the H200 runs it at
     next_n 1 and 2 (``bal-ws-c4-``: 4 programs per multiprocessor, 2 key slots), and both at next_n 2 reading a
     prepared schedule (``sched-``); the four-warpgroup program the H200 runs at next_n 2 and 4 (``wg4-n2``, ``wg4-n4``,
-    which always read a prepared schedule), and that program coupled at next_n 2 (``wg4c-n2``, 4 and 5 key
-    slots a warpgroup)."""
+    which always read a prepared schedule)."""
     from parity.kernels.paged_mqa_logits_sm90 import paged_mqa_logits_sm90_kernel as single
     from parity.kernels.paged_mqa_logits_sm90_ws import launch_maxnreg, paged_mqa_logits_sm90_ws_kernel as ws
 
@@ -197,12 +196,6 @@ def sm90_report() -> dict:
 
     report["wg4-n2"] = compile_sm90(wg4, 2, LAUNCH_REGS, stages=2)
     report["wg4-n4"] = compile_sm90(wg4, 4, LAUNCH_REGS, stages=3)  # two compute warpgroups a share
-    # the same program at next_n 2 with its warpgroups coupled (one share and one q a multiprocessor): 4 key slots
-    # a warpgroup (triton:sm90-wg4c), and 5, the most that fit
-    from parity.kernels.paged_mqa_logits_sm90_wg4c import paged_mqa_logits_sm90_wg4c_kernel as wg4c
-
-    report["wg4c-n2"] = compile_sm90(wg4c, 2, LAUNCH_REGS, stages=4)
-    report["wg4c-n2-s5"] = compile_sm90(wg4c, 2, LAUNCH_REGS, stages=5)
     return report
 
 

@@ -66,10 +66,6 @@ VARIANTS = {
                          sm90_ws_min_tiles=0),
     # the warp-specialized form at next_n 4 too (2 programs per SM there)
     "ws-n4-bal": dict(SM90, balanced=True, sm90_max_next_n=4, sm90_ws_min_tiles=0),
-    # the GPU's config with the four-warpgroup program's next_n 2 calls coupled, 4 key slots a warpgroup (a
-    # candidate, docs/h200-coupled-q.md; on the H200 it replaces the config's program from 64 sequences on)
-    "wg4c": dict(sm90_wg4c_stages=4),
-    "wg4c-s2": dict(sm90_wg4c_stages=2),  # the same at the config's 2 slots: the coupling alone
 }
 # PROBED's measurement probes (TritonBackend's probe; wrong logits, timings only): what its time is made of.
 # The copies alone; everything but the stores; the copies and the stores without the products; one product a
