@@ -53,6 +53,7 @@ fi
 if want tests; then
   t0=$SECONDS
   timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_sm90_kernel.py tests/test_sm90_forms.py \
+    tests/test_sm90_schedule_gpu.py \
     tests/test_sm90_gpu.py tests/test_prepared_launch.py > "$OUT_DIR/pytest.txt" 2>&1 \
     || status=1
   echo "tests: $(tail -n 1 "$OUT_DIR/pytest.txt") ($((SECONDS - t0)) s)" | tee -a "$S"
