@@ -379,6 +379,17 @@ def test_bench_checks_out_before_the_run_and_makes_its_folders(tmp_path, capsys)
     assert json.loads(out.read_text())["rows"]
 
 
+def test_a_requested_backend_that_does_not_load_is_exit_2_after_the_others_ran(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = bench.main(["--device", "cpu", "--backend", "torch", "--backend", "no_such_pkg.mod:make", "--path", "fused",
+                     "--rep-ms", "5", "--warmup-ms", "0", "--reps", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert rc == 2 and "not benchmarked, unavailable: no_such_pkg.mod:make" in err, err
+    assert any(r["backend"] == "torch" and "us" in r for r in data["rows"])  # the others still ran
+    assert "no_such_pkg.mod:make" in data["unavailable"]
+
+
 def test_bench_refuses_fewer_than_one_round(capsys):
     assert bench.main(["--device", "cpu", "--backend", "torch", "--reps", "0"]) == 2
     assert "--reps must be >= 1 round, got 0" in capsys.readouterr().err
