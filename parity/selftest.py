@@ -88,6 +88,13 @@ PLANTED = [
             consumer=UNBOUNDED),
     Planted("causal_short_by_one", "fused", "exact", C(batch=3, next_n=2, context="random"), "mask",
             "2 causal rule one position too few", lambda r: _one_each(r, "spurious_neg_inf")),
+    # +inf or NaN where -inf belongs is not finite either; an unbounded reader ranks it first
+    *[Planted(fault, "fused", "exact", C(batch=3, next_n=2, context="random"), "mask",
+              f"2 {what} past the valid length (unbounded reader)",
+              lambda r: bool(_rows_of(r, "mask")) and all(
+                  v["pos_inf_or_nan"] == v["count"] for f in _finding(r, "mask") for v in f["details"]["per_row"].values()),
+              consumer=UNBOUNDED)
+      for fault, what in (("pos_inf_past_length", "+inf"), ("nan_past_length", "NaN"))],
     Planted("ignores_stride0", "fused", "padded", C(batch=3, next_n=2, context="random"), "values",
             "3 ignores stride(0) of a padded view",
             lambda r: 0 not in _rows_of(r, "values") and bool(_rows_of(r, "values"))),

@@ -29,5 +29,5 @@ def old_causal_rule_mask(context_lens, next_n, consumer="length-bounded", max_mo
             lo, hi = sorted((got_len, spec_len))
             want[b * next_n + i] = {"first_cols": list(range(lo, hi))[:8], "count": hi - lo,
                                     "spurious_finite": 0 if lost else hi - lo,
-                                    "spurious_neg_inf": hi - lo if lost else 0}
+                                    "spurious_neg_inf": hi - lo if lost else 0, "pos_inf_or_nan": 0}
     return want

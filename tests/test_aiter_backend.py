@@ -106,7 +106,7 @@ def test_exact_buffer_next_row_loses_leading_columns(pypi):
     mask = finding(r, "mask")["details"]
     assert mask["rows"] == [1]
     assert mask["per_row"][1] == {"first_cols": list(range(1, 9)), "count": over - 1,
-                                                 "spurious_finite": 0, "spurious_neg_inf": over - 1}
+                                                 "spurious_finite": 0, "spurious_neg_inf": over - 1, "pos_inf_or_nan": 0}
     # The report's picture: row 1's first 12 columns are row 0's overshoot, and the zoom on row 0's
     # end shows the same 12 columns after it.
     m = r["map"]

@@ -66,12 +66,30 @@ def test_mask_reports_first_differing_columns_where_the_reader_looks(consumer):
     f = checks.check_mask(out, ref, torch.tensor([6, 6]), consumer)
     assert not f.ok and f.details["rows"] == [1] and f.details["consumer"] == consumer
     if consumer == "length-bounded":
-        assert f.details["per_row"][1] == {"first_cols": [2], "count": 1, "spurious_finite": 0, "spurious_neg_inf": 1}
+        assert f.details["per_row"][1] == {"first_cols": [2], "count": 1, "spurious_finite": 0, "spurious_neg_inf": 1,
+                                           "pos_inf_or_nan": 0}
     else:
         assert f.details["per_row"][1] == {"first_cols": [2, 7], "count": 2, "spurious_finite": 1,
-                                           "spurious_neg_inf": 1}
+                                           "spurious_neg_inf": 1, "pos_inf_or_nan": 0}
     past = f.details["past_valid_len"]
     assert (past["count"], past["rows"], past["dont_care"]) == (1, [1], consumer == "length-bounded")
+
+
+@pytest.mark.parametrize("fill", [float("inf"), float("nan")])
+@pytest.mark.parametrize("consumer", ["length-bounded", "unbounded"])
+def test_pos_inf_or_nan_where_neg_inf_belongs_fails_where_the_reader_looks(consumer, fill):
+    """Neither is finite, as -inf is not; torch.topk over the row picks +inf (and NaN) first."""
+    ref = torch.zeros(2, 10, dtype=torch.float64)
+    ref[:, 6:] = float("-inf")
+    out = ref.float().clone()
+    out[0, 8] = fill  # past the valid length: read by an unbounded reader only
+    f = checks.check_mask(out, ref, torch.tensor([6, 6]), consumer)
+    assert f.ok == (consumer == "length-bounded"), f.summary
+    if not f.ok:
+        assert f.details["per_row"][0]["pos_inf_or_nan"] == 1 and f.details["per_row"][0]["first_cols"] == [8]
+    out[1, 3] = fill  # inside it: every reader
+    f = checks.check_mask(out, ref, torch.tensor([6, 6]), consumer)
+    assert not f.ok and 1 in f.details["rows"]
 
 
 def test_an_unknown_consumer_is_named():

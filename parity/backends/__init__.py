@@ -40,7 +40,8 @@ for _name, _target in _LAZY.items():
     register(_name, _lazy(_target))
 
 # Planted faults, for the self-test: ``fault:<name>`` (see parity.backends.faults).
-for _fault in ("unmasked_chunk_store", "causal_off_by_one", "causal_short_by_one", "ignores_stride0", "scales_interleaved",
+for _fault in ("unmasked_chunk_store", "causal_off_by_one", "causal_short_by_one", "pos_inf_past_length",
+               "nan_past_length", "ignores_stride0", "scales_interleaved",
                "wrong_preshuffle_offsets", "drops_one_head",
                "fp8_flavour_misread", "racy_write", "raises", "aborts", "hangs"):
     register(f"fault:{_fault}", lambda _f=_fault, **kw: _lazy("parity.backends.faults:make_backend")(fault=_f, **kw))

@@ -82,6 +82,31 @@ class CausalShortByOne(_Fault):
         return replace(inputs, context_lens=(inputs.context_lens - 1).clamp_min(0))
 
 
+class _NonFinitePastLength(_Fault):
+    """Writes ``FILL`` past each row's valid length, where -inf belongs (a sign lost on the mask value,
+    a 0/0 in the masked branch): a reader that ranks the whole row picks those positions first."""
+
+    FILL = float("inf")
+
+    def run(self, path, inputs, out):
+        super().run(path, inputs, out)
+        lens = inputs.row_lens.to(out.device).long().reshape(-1, 1)
+        past = torch.arange(out.shape[-1], device=out.device)[None, :] >= lens
+        out.masked_fill_(past.expand_as(out), self.FILL)
+
+
+class PosInfPastLength(_NonFinitePastLength):
+    def __init__(self):
+        super().__init__("pos_inf_past_length", paths=("fused", "preshuffle"))
+
+
+class NanPastLength(_NonFinitePastLength):
+    FILL = float("nan")
+
+    def __init__(self):
+        super().__init__("nan_past_length", paths=("fused", "preshuffle"))
+
+
 class IgnoresStride0(_Fault):
     """Writes as if the output were contiguous, whatever its ``stride(0)``."""
 
@@ -220,7 +245,7 @@ class Hangs(_Fault):
 
 
 FAULTS = {cls().name.split(":", 1)[1]: cls for cls in
-          (UnmaskedChunkStore, CausalOffByOne, CausalShortByOne, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, DropsOneHead,
+          (UnmaskedChunkStore, CausalOffByOne, CausalShortByOne, PosInfPastLength, NanPastLength, IgnoresStride0, ScalesInterleaved, WrongPreshuffleOffsets, DropsOneHead,
            Fp8FlavourMisread, RacyWrite,
            Raises, Aborts, Hangs)}
 

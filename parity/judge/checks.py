@@ -71,6 +71,8 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
     """The finite/-inf pattern of each row must equal the reference's where the consumer reads it:
     inside ``[0, row_len)`` for a length-bounded reader, the whole row for an unbounded one (which
     then needs -inf past the valid length in every row, a row with no valid position included).
+    Where the reference is -inf only -inf matches: +inf and NaN are not finite either, but a reader
+    that ranks the row (torch.topk) picks them first.
     Finite values past the valid length are reported either way (``past_valid_len``: how many, which
     rows, which of them empty); for a length-bounded reader they are don't-care."""
     out = out.detach().cpu().float()
@@ -80,7 +82,8 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
     judged = consumers.read_mask(lens, cols, consumer)
     got_fin, want_fin = torch.isfinite(out), torch.isfinite(ref)
     nan = torch.isnan(out) & judged
-    diff = (got_fin != want_fin) & judged
+    not_neg_inf = ~got_fin & (out != float("-inf"))  # +inf or NaN: never what a masked position holds
+    diff = ((got_fin != want_fin) | not_neg_inf) & judged
     rows = torch.nonzero(diff.any(1)).flatten()
     per_row = {}
     for r in rows[:MAX_LISTED]:
@@ -90,6 +93,7 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
             "count": int(c.numel()),
             "spurious_finite": int((got_fin[r] & ~want_fin[r] & judged[r]).sum()),
             "spurious_neg_inf": int((~got_fin[r] & want_fin[r] & judged[r]).sum()),
+            "pos_inf_or_nan": int((not_neg_inf[r] & judged[r]).sum()),
         }
     ok = rows.numel() == 0
     summary = "mask matches" if ok else f"mask differs in {rows.numel()} rows ({int(diff.sum())} positions)"
