@@ -374,3 +374,32 @@ def test_a_padded_row_overrun_through_its_padding_is_attributed():
     landed = {k: v for f in r["findings"] if f["check"] == "oob" for k, v in f["details"]["landed"].items()}
     assert landed["row_padding"]["rows"] == [0] and landed["next_row"] == {1: {"from_row": 0,
                                                                                 "leading_cols_damaged": 12}}
+
+
+def test_a_length_tensor_of_another_size_is_refused_not_broadcast():
+    """One length for four rows used to broadcast: every row judged over the first row's prefix only, so a
+    wrong tail passed."""
+    ref = torch.zeros(4, 16, dtype=torch.float64)
+    out = ref.float().clone()
+    out[3, 10:] = 5.0
+    with pytest.raises(ValueError, match=r"context_len must hold one integer per row of out \(4\)"):
+        checks.check_values(out, ref, torch.tensor([4]), "e4m3fn")
+    with pytest.raises(ValueError, match=r"row_len must hold one integer per row of out \(4\)"):
+        checks.check_mask(out, ref, torch.tensor([4]), "length-bounded")
+    with pytest.raises(ValueError, match=r"row_len must hold one integer per row"):
+        checks.check_determinism(out, out.clone(), row_len=torch.tensor([4]))
+    assert not checks.check_values(out, ref, torch.tensor([4, 8, 12, 16]), "e4m3fn").ok  # the whole row judged
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda o, r: checks.check_values(o, r, torch.tensor([4, 4]), "fp8"), "fp8 must be one of"),
+    (lambda o, r: checks.check_values(o, r.T, torch.tensor([4, 4]), "e4m3fn"), "ref must have out's shape"),
+    (lambda o, r: checks.check_values(o, r, torch.tensor([4.0, 4.0]), "e4m3fn"), "one integer per row"),
+    (lambda o, r: checks.check_mask(o[None], r[None], torch.tensor([4, 4])), "out must be 2-D"),
+    (lambda o, r: checks.check_determinism(o, o.bfloat16()), "determinism compares the same buffer's runs"),
+    (lambda o, r: checks.check_determinism(r, r.clone()), "first must be float32 or a 16-bit float"),
+])
+def test_bad_arguments_to_the_checks_are_named(call, message):
+    ref = torch.zeros(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        call(ref.float(), ref)

@@ -66,6 +66,19 @@ def _runs(cols: torch.Tensor, n: int = MAX_LISTED) -> list[list[int]]:
     return runs
 
 
+def _check_shapes(out: torch.Tensor, ref: torch.Tensor | None, lens: torch.Tensor | None, lens_name: str) -> None:
+    """A 2-D output, a reference of its shape, one integer length per row: a length tensor of another size
+    would broadcast (one length for every row judges a prefix of each), so it is refused by name."""
+    if out.dim() != 2:
+        raise ValueError(f"out must be 2-D (rows, cols), got shape {tuple(out.shape)}")
+    if ref is not None and tuple(ref.shape) != tuple(out.shape):
+        raise ValueError(f"ref must have out's shape {tuple(out.shape)}, got {tuple(ref.shape)}")
+    if lens is not None:
+        if lens.dtype.is_floating_point or lens.dtype == torch.bool or lens.numel() != out.shape[0]:
+            raise ValueError(f"{lens_name} must hold one integer per row of out ({out.shape[0]}), got "
+                             f"{lens.dtype} of shape {tuple(lens.shape)}")
+
+
 def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
                consumer: str = consumers.DEFAULT_CONSUMER) -> Finding:
     """The finite/-inf pattern of each row must equal the reference's where the consumer reads it:
@@ -75,6 +88,7 @@ def check_mask(out: torch.Tensor, ref: torch.Tensor, row_len: torch.Tensor,
     that ranks the row (torch.topk) picks them first.
     Finite values past the valid length are reported either way (``past_valid_len``: how many, which
     rows, which of them empty); for a length-bounded reader they are don't-care."""
+    _check_shapes(out, ref, row_len, "row_len")
     out = out.detach().cpu().float()
     cols = out.shape[1]
     lens = row_len.detach().cpu().long()
@@ -136,6 +150,11 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
     ``|w| * (|q| . |k|) * scale``) is the size of the summed terms: fp8 matrix units accumulate with a
     short mantissa, so the error of a logit scales with it, and for a row with one valid position
     ``rowmax|ref|`` is that logit alone."""
+    if fp8 not in TOLERANCES:
+        raise ValueError(f"fp8 must be one of {sorted(TOLERANCES)}, got {fp8!r}")
+    _check_shapes(out, ref, context_len, "context_len")
+    if magnitude is not None and tuple(magnitude.shape) != tuple(out.shape):
+        raise ValueError(f"magnitude must have out's shape {tuple(out.shape)}, got {tuple(magnitude.shape)}")
     rtol, atol = TOLERANCES[fp8]
     rounding = OUTPUT_ROUNDING[out.dtype] if out.dtype in OUTPUT_ROUNDING else 0.0
     out = out.detach().cpu().double()
@@ -347,6 +366,14 @@ def check_determinism(first: torch.Tensor, *others: torch.Tensor, row_len: torch
     leaves whatever was there): their differences are counted, not failed on. ``run`` and ``runs`` number
     a single later run for a caller that compares its runs one at a time (default: 2.., 1 + len(others))."""
     consumers.check_consumer(consumer)
+    for i, other in enumerate(others, 2):  # bit patterns of two dtypes or sizes are not comparable
+        if other.dtype != first.dtype or other.shape != first.shape:
+            raise ValueError(f"run {i} is {other.dtype} {tuple(other.shape)}; run 1 is {first.dtype} "
+                             f"{tuple(first.shape)}: determinism compares the same buffer's runs")
+    if first.element_size() not in (2, 4):
+        raise ValueError(f"first must be float32 or a 16-bit float (the logits' dtypes), got {first.dtype}")
+    if row_len is not None:
+        _check_shapes(first.reshape(-1, first.shape[-1]), None, row_len, "row_len")
     a = _bits(first)
     n_runs = runs or 1 + len(others)
     cols = first.shape[-1]
