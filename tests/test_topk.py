@@ -146,6 +146,22 @@ def test_swap_beyond_the_tie_band_fails():
         "count": 1, "added": [3], "dropped": [], "kth_value": 0, "selected": 3, "expected": 3}
 
 
+def test_the_band_widens_with_the_magnitude_the_value_check_allows():
+    """check_values bounds a logit by rtol * max(row max, its magnitude |w| (|q|.|k|) scale): where the summed
+    terms are large, a swap a value-clean backend can make is wider than twice the row-max tolerance. The
+    same swap fails without the magnitude and passes with it; a magnitude too small to cover it still fails."""
+    ref = torch.tensor([[5.0, 4.0, 3.0, 3.0 - 12.5e-3, 1.0]], dtype=torch.float64)  # 2.5 row-max tolerances
+    lens, swap = torch.tensor([5], dtype=torch.int32), torch.tensor([[0, 1, 3]])
+    assert not compare_topk(swap, ref, lens, 1, 3, rtol=1e-3, atol=0.0).ok
+    mag = torch.full_like(ref, 5.0)
+    mag[0, 2:4] = 7.0  # each of the two may be off by 7e-3: 14e-3 apart ties
+    assert compare_topk(swap, ref, lens, 1, 3, rtol=1e-3, atol=0.0, magnitude=mag).ok
+    mag[0, 2:4] = 6.0  # 12e-3: not enough
+    assert not compare_topk(swap, ref, lens, 1, 3, rtol=1e-3, atol=0.0, magnitude=mag).ok
+    with pytest.raises(ValueError, match="magnitude must have ref_logits' shape"):
+        compare_topk(swap, ref, lens, 1, 3, rtol=1e-3, atol=0.0, magnitude=mag[:, :3])
+
+
 @pytest.mark.parametrize("selected,why", [
     ([[1, 4, 2]], "the best position swapped for a far lower one"),
     ([[0, 0, 1]], "a duplicate index"),
@@ -268,3 +284,35 @@ def test_vllm_top_k_per_row_decode_matches_the_reference(buffer, cols):
     f = compare_topk(got, logits.double(), ctx, next_n, k, rtol=1e-6, atol=0.0)
     assert f.ok, f.summary
     assert f.details["min_recall"] > 0.999
+
+
+def test_a_backend_within_the_value_bound_passes_top_k_through_the_harness():
+    """Exact logits, each moved by 0.9 of check_values' bound (rtol x max(row max, magnitude)), down for the
+    reference's top-k and up for the rest: the values check passes it, so the top-k check must too (its band
+    used the row max alone and failed it)."""
+    from parity.backends.torch_ref import TorchBackend
+    from parity.judge import checks
+    from parity.problem.cases import IndexerCase
+    from parity.problem.reference import reference_head_logits
+    from parity.run.harness import run_cell
+
+    case = IndexerCase()
+
+    class WithinTheBound(TorchBackend):
+        def run(self, path, inputs, out):
+            super().run(path, inputs, out)
+            ref = reference_head_logits(inputs).sum(0)
+            mag = reference_head_logits(inputs, magnitude=True).sum(0)
+            rtol = checks.TOLERANCES[case.input_format][0]
+            for r, n in enumerate(inputs.row_lens.tolist()):
+                if n > case.topk:
+                    row = ref[r, :n]
+                    allow = 0.9 * rtol * torch.maximum(row.abs().max(), mag[r, :n])
+                    top = torch.zeros(n, dtype=torch.bool)
+                    top[torch.topk(row, case.topk).indices] = True
+                    out[r, :n] = (row + torch.where(top, -allow, allow)).float()
+
+    result = run_cell(WithinTheBound(), "fused", "exact", case)
+    found = {f["check"]: f for f in result["findings"]}
+    assert found["values"]["ok"] and found["topk"]["ok"], found["topk"]["summary"]
+    assert found["topk"]["details"]["tie_swaps"] > 0  # the bound was used: swaps the row max alone refused

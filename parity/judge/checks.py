@@ -175,12 +175,16 @@ def check_values(out: torch.Tensor, ref: torch.Tensor, context_len: torch.Tensor
         flat = int(torch.argmax(torch.where(both, ratio, torch.zeros_like(ratio))))
         r, c = divmod(flat, cols)
         worst = {"row": r, "col": c, "got": float(out[r, c]), "want": float(ref[r, c]),
-                 "abs_err": float(err[r, c]), "err_over_rowmax": float(err[r, c] / max(float(rowmax[r]), 1e-30))}
+                 "abs_err": float(err[r, c]), "err_over_rowmax": float(err[r, c] / max(float(rowmax[r]), 1e-30)),
+                 "err_over_bound": float(ratio[r, c])}
     bad_rows = torch.nonzero(bad.any(1)).flatten()
     per_row = {int(r): {"first_cols": _first(torch.nonzero(bad[r]).flatten()), "count": int(bad[r].sum())}
                for r in bad_rows[:MAX_LISTED]}
     ok = bad_rows.numel() == 0
-    summary = (f"values within rtol={rtol:g} of row max (worst {worst.get('err_over_rowmax', 0):.2e}), calc_diff={cd:.2e}"
+    # the bound is rtol times the larger of the row max and the logit's magnitude: the worst error is given
+    # against that bound, and against the row max alone
+    summary = (f"values within atol + rtol={rtol:g} x max(row max, magnitude) (worst {worst.get('err_over_bound', 0):.2f} "
+               f"of it, {worst.get('err_over_rowmax', 0):.2e} of row max), calc_diff={cd:.2e}"
                if ok else f"{int(bad.sum())} values off in {bad_rows.numel()} rows; worst {worst}")
     return Finding("values", ok, summary, {
         "rtol": rtol, "atol": atol, "output_rounding": rounding, "worst": worst, "calc_diff": cd, "calc_diff_ok": cd < CALC_DIFF_LIMIT,

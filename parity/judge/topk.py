@@ -66,21 +66,27 @@ def topk_reference(logits: torch.Tensor, context_lens: torch.Tensor, next_n: int
 
 
 def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens: torch.Tensor, next_n: int,
-                 k: int, rtol: float, atol: float, context_lens_2d: torch.Tensor | None = None) -> Finding:
+                 k: int, rtol: float, atol: float, context_lens_2d: torch.Tensor | None = None,
+                 magnitude: torch.Tensor | None = None) -> Finding:
     """``selected``: a backend's ``(rows, k)`` indices (-1 padding). Sets must equal the reference's,
     except swaps between positions whose reference logits tie with the k-th value.
 
     Tie band: each of the two logits in a swap may be off by the value tolerance
-    ``atol + rtol * rowmax|ref|``, so a backend that passes the value check can swap positions up to
-    twice that apart around the k-th value; the band is that sum, and no wider. A row with at most k
+    ``atol + rtol * max(rowmax|ref|, magnitude)`` (``check_values``'s; without ``magnitude`` its row max
+    alone), so a backend that passes the value check can swap a position with the k-th one when they are
+    no further apart than their two tolerances; the band is that sum, and no wider. A row with at most k
     valid positions has no k-th value to tie with: all of them must be selected."""
     rows = ref_logits.shape[0] if ref_logits.dim() == 2 else -1
     if not isinstance(selected, torch.Tensor) or selected.dim() != 2 or selected.shape[0] != rows \
             or selected.shape[1] != k:
         got = tuple(selected.shape) if isinstance(selected, torch.Tensor) else type(selected).__name__
         raise ValueError(f"selected must be ({rows}, {k}) indices with -1 padding, got {got}")
+    if magnitude is not None and tuple(magnitude.shape) != tuple(ref_logits.shape):
+        raise ValueError(f"magnitude must have ref_logits' shape {tuple(ref_logits.shape)}, "
+                         f"got {tuple(magnitude.shape)}")
     ref_sel = topk_reference(ref_logits, context_lens, next_n, k, context_lens_2d=context_lens_2d)
     ref = ref_logits.detach().double().cpu()
+    mag = None if magnitude is None else magnitude.detach().double().cpu()
     sel = selected.detach().cpu().long()
     valid = row_lengths(context_lens.cpu(), next_n, None if context_lens_2d is None else context_lens_2d.cpu())
     recall, non_tie, counts, tie_swaps, bad_rows = [], {}, [], 0, []
@@ -94,13 +100,17 @@ def compare_topk(selected: torch.Tensor, ref_logits: torch.Tensor, context_lens:
             continue
         row = ref[r]
         finite = row[torch.isfinite(row)]
-        band = 2 * (atol + rtol * (float(finite.abs().max()) if finite.numel() else 0.0))
+        rowmax = float(finite.abs().max()) if finite.numel() else 0.0
         short = int(valid[r]) <= k  # every valid position must be there
-        kth = min(float(row[i]) for i in want) if want else float("-inf")
+        kth_at = min(want, key=lambda i: float(row[i])) if want else None
+        kth = float(row[kth_at]) if want else float("-inf")
+
+        def tol(p):  # check_values' bound at position p
+            return atol + rtol * (rowmax if mag is None else max(rowmax, float(mag[r, p])))
 
         def ties(p):  # the k-th value is where membership is implementation-defined
             return (not short and 0 <= p < row.numel() and bool(torch.isfinite(row[p]))
-                    and abs(float(row[p]) - kth) <= band)
+                    and abs(float(row[p]) - kth) <= tol(p) + tol(kth_at))
 
         added = sorted(p for p in got - want if not ties(p))
         dropped = sorted(p for p in want - got if not ties(p))

@@ -256,8 +256,9 @@ def run_cell(backend: Backend, path: str, buffer: str, case: IndexerCase, device
     rtol += checks.OUTPUT_ROUNDING[inputs.logits_dtype]
     selected = topk.topk_reference(logits, inputs.context_lens, inputs.next_n, case.topk,
                                    context_lens_2d=inputs.context_lens_2d)
+    # the values check's own bound, magnitude included (stage1: the fused magnitude of the summed logit)
     findings.append(topk.compare_topk(selected, ref, inputs.context_lens, inputs.next_n, case.topk, rtol, atol,
-                                      context_lens_2d=inputs.context_lens_2d))
+                                      context_lens_2d=inputs.context_lens_2d, magnitude=mag))
     if determinism is not None:
         findings.append(determinism)
     findings.append(_check_inputs_untouched(before, inputs))
