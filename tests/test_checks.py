@@ -403,3 +403,15 @@ def test_bad_arguments_to_the_checks_are_named(call, message):
     ref = torch.zeros(2, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=message):
         call(ref.float(), ref)
+
+
+def test_the_sentinel_of_a_dtype_the_logits_never_have_is_named():
+    from parity.judge.buffers import fill_sentinel, sentinel_mask
+
+    with pytest.raises(ValueError, match="t must be one of the logits' dtypes"):
+        sentinel_mask(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="t must be one of the logits' dtypes"):
+        fill_sentinel(torch.zeros(3, dtype=torch.float16))
+    t = torch.zeros(3, dtype=torch.bfloat16)
+    fill_sentinel(t)
+    assert sentinel_mask(t).all()

@@ -25,14 +25,20 @@ SENTINEL_BITS = SENTINELS[torch.float32][1]
 BUFFER_KINDS = ("exact", "padded")
 
 
+def _sentinel(t: torch.Tensor) -> tuple:
+    if t.dtype not in SENTINELS:
+        raise ValueError(f"t must be one of the logits' dtypes {sorted(map(str, SENTINELS))}, got {t.dtype}")
+    return SENTINELS[t.dtype]
+
+
 def sentinel_mask(t: torch.Tensor) -> torch.Tensor:
     """True where ``t`` (float32 or bfloat16) still holds the sentinel bit pattern."""
-    as_int, bits = SENTINELS[t.dtype]
+    as_int, bits = _sentinel(t)
     return t.contiguous().view(as_int) == bits
 
 
 def fill_sentinel(t: torch.Tensor) -> None:
-    as_int, bits = SENTINELS[t.dtype]
+    as_int, bits = _sentinel(t)
     t.view(as_int).fill_(bits)
 
 
