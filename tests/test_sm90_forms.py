@@ -279,6 +279,38 @@ def test_later_calls_keep_the_programs_per_sm_of_the_form_launched(monkeypatch):
     assert backend._grid({**o, "ctas_per_sm": 4}, ("ws", 4), 10**6, inputs.device) == 2 * sms
 
 
+def test_a_prepared_portable_call_keeps_to_what_fits(monkeypatch):
+    """A portable kernel's handle pins no grid: its calls choose one as ``run`` does, asking ``ctas_per_sm``
+    programs per SM the first time and no more than fit after. They once asked ``ctas_per_sm`` every time: on
+    an H100 at next_n 4 (204 registers, 2 programs of 3 fit) every benchmarked call ran a second, mostly empty
+    wave, 1.22-1.25x the time (2026-12-05)."""
+    import types
+
+    from parity.backends import triton_kernels as tk
+
+    sms, grids = 132, []
+    monkeypatch.setattr(tk, "_num_sms", lambda device: sms)
+    monkeypatch.setattr(tk, "_programs_per_sm", lambda kernel, device: 2)  # the compiled kernel fits 2
+    backend = tk.TritonBackend(ctas_per_sm=3, kernel="portable")
+    o = dict(backend.config(torch.device("cpu"))[0], programs=0, ctas_per_sm=3)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            grids.append(grid[0])
+            return lambda *args, **consts: object()
+
+    def launch(path, inputs, out, prepared=None, plan=None):  # the portable launch: its grid from _grid
+        key = ("portable", 4)
+        return Kernel(), (backend._grid(o, key, 10**6, inputs.device),), (), {}, key
+
+    monkeypatch.setattr(backend, "_launch", launch)
+    inputs = types.SimpleNamespace(device=torch.device("cuda"), key_format="fp8")
+    prepared = tk.Prepared("fused", inputs)  # what prepare returns for the portable kernel: no schedule, no key
+    for _ in range(3):
+        backend.run_prepared(prepared, torch.empty(1, 1))
+    assert grids == [3 * sms, 2 * sms, 2 * sms]
+
+
 def test_a_prepared_call_reads_its_schedule_on_its_grid():
     """``prepare`` pins a grid and a schedule; the launch of ``run_prepared`` takes both (``SCHEDULED``), in
     either form, whatever grid the backend would choose itself."""

@@ -275,14 +275,21 @@ class TritonBackend(SimpleBackend):
         # constexprs) is planned once where the plan copied no tensor; planning each call took longer than
         # the kernel (eager, H200: 103 against 15 us a call at B8-n2-ctx8192, 153 against 51 at B128-n2)
         target = triton_sm90.buffer_key(out)
+        key = prepared.key  # the sm90 kernels' handles: the key of the launch that chose the pinned grid
         if prepared.launch is not None and prepared.launch[0] == target:
             kernel, grid, args, consts = prepared.launch[1]
         else:
-            kernel, grid, args, consts, _ = self._launch(prepared.path, prepared.inputs, out, prepared)
+            kernel, grid, args, consts, launch_key = self._launch(prepared.path, prepared.inputs, out, prepared)
             if prepared.schedule is not None and triton_sm90.launch_reusable(prepared.inputs, prepared.path):
                 prepared.launch = (target, (kernel, grid, args, consts))
+            if key is None:  # the portable kernel's handle pins nothing: its next grid is chosen as run's
+                key = launch_key
         self.last_launch = kernel[grid](*args, **consts)
-        self._record_fit(prepared.key, prepared.inputs.device)  # the next prepare's grid, as run's
+        # what fits, as run records it: without it every later portable call asked for ctas_per_sm programs per
+        # SM where fewer fit and ran a second, mostly empty wave (H100, next_n 4, 204 registers: 2 of 3 fit; the
+        # benchmark times prepared calls: B64-n4-ctx8192 1.25x, B128-n4-ctx32768 1.22x the time of the tree
+        # before prepared calls, ci/bench-against-tree.sh, 2026-12-05)
+        self._record_fit(key, prepared.inputs.device)
 
     def variant(self, path: str, inputs: IndexerInputs, out: torch.Tensor) -> tuple:
         """What Triton compiles one kernel for: the constexprs, and how it specializes the other arguments
