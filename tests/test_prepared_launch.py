@@ -83,7 +83,7 @@ def test_inputs_as_the_cases_build_them_keep_their_launch():
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
-@pytest.mark.parametrize("name,batch", [("triton", 64), ("triton:sm90-ws", 8), ("triton:sm90-wg4", 8)])
+@pytest.mark.parametrize("name,batch", [("triton:sm90", 64), ("triton:sm90-ws", 8), ("triton:sm90-wg4", 8)])
 def test_a_launch_planned_once_reads_what_its_inputs_hold_when_it_runs(name, batch):
     """New q, weights and keys written into the prepared inputs' own tensors after the first call: the second
     call's logits are those a fresh call computes from the new values, bit for bit."""

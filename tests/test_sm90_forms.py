@@ -328,3 +328,21 @@ def test_a_prepared_call_reads_its_schedule_on_its_grid():
         _, (grid,), args, consts, _ = backend._launch_sm90(inputs, torch.empty(6, 256), inputs.kv_cache, o, form,
                                                            Prepared("fused", inputs, schedule, 5))
         assert consts["SCHEDULED"] is True and args[-1] is schedule and grid == 5, (form, grid)
+
+
+@pytest.mark.parametrize("name", ["triton:sm90", "triton:sm90-ws", "triton:sm90-wg4"])
+def test_the_named_sm90_backends_run_as_on_the_h200_where_the_gpus_entry_is_the_base_config(name):
+    """On an H100 (whose entry is the base config, as the CPU's is) ``triton:sm90-wg4`` once took the base
+    config's 3 key slots and asked 237 KB of shared memory, where 232 KB fit: it did not launch
+    (2026-12-05). The sm90 kernels' keys come from the H200's config, the only GPU they were measured on."""
+    from parity.backends import load_backend, triton_configs
+    from parity.backends.triton_sm90 import sm90_ws_programs_per_sm, sm90_ws_stages
+
+    base, _ = triton_configs.lookup("NVIDIA H100 80GB HBM3")
+    assert base == triton_configs.BASE  # what this test stands in for
+    config, _ = load_backend(name).config(torch.device("cpu"))
+    h200 = triton_configs.H200
+    assert sm90_ws_stages(2, config) == h200["sm90_ws_stages"] == 2
+    assert sm90_ws_programs_per_sm(2, config) == h200["sm90_ws_ctas_per_sm"] == 4
+    assert config["balanced"] is True and config["kernel"] == "sm90"
+    assert config["tma"] is False and config["pdl"] is False  # the portable kernel's fallbacks: the GPU's entry

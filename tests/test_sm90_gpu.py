@@ -9,7 +9,7 @@ import torch
                     reason="runs the sm90 kernels: needs a GPU of compute capability 9.0")
 @pytest.mark.parametrize("batch,context,max_model_len", [(1, 700, 8192), (8, 8192, 8192), (64, 8192, 163840),
                                                          (130, 3000, 16384), (128, 4096, 163840)])
-@pytest.mark.parametrize("name", ["triton", "triton:sm90-ws", "triton:sm90-wg4"])
+@pytest.mark.parametrize("name", ["triton:sm90", "triton:sm90-ws", "triton:sm90-wg4"])
 def test_a_prepared_call_writes_what_a_call_does(name, batch, context, max_model_len):
     """The schedule ``prepare`` computes once is the share each program computes for itself: the logits of
     ``run_prepared`` equal those of ``run`` bit for bit, every position either writes (a tile left out or

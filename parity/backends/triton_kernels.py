@@ -320,22 +320,33 @@ def make_portable_backend(**options) -> TritonBackend:
     return TritonBackend(**{**options, "kernel": "portable"})
 
 
+# What the named sm90 backends take from the H200's config whatever the GPU's own entry says: the sm90 kernels'
+# keys (programs per SM, key slots, forms) and the split by real tile counts that the four-warpgroup program
+# needs. The H200 is the only GPU they were measured on; on an H100, whose entry is the base config, the
+# four-warpgroup program with the base config's 3 key slots asked 237 KB of shared memory (232 KB fit) and
+# did not launch (2026-12-05). Bulk copies and programmatic launch of the portable kernel are left to the GPU's
+# entry: the named backends fall back to that kernel on the calls the sm90 kernel does not take.
+SM90_FROM_H200 = {k: v for k, v in triton_configs.H200.items() if k.startswith("sm90_") or k == "balanced"}
+
+
 def make_sm90_backend(**options) -> TritonBackend:
-    """The Hopper kernel on the calls it takes (``triton:sm90``); the portable kernel on the others."""
-    return TritonBackend(**{"sm90_max_next_n": 4, **options, "kernel": "sm90"})
+    """The Hopper kernel on the calls it takes (``triton:sm90``), configured as on the H200
+    (``SM90_FROM_H200``); the portable kernel on the others."""
+    return TritonBackend(**{**SM90_FROM_H200, "sm90_max_next_n": 4, **options, "kernel": "sm90"})
 
 
 def make_sm90_ws_backend(**options) -> TritonBackend:
     """The Hopper kernel's warp-specialized form at every call it takes, whatever its size (``triton:sm90-ws``),
     at next_n 2 and 4 too (not the four-warpgroup program, ``sm90_wg4``); the portable kernel on the calls the sm90
-    kernel does not take."""
-    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "sm90_wg4": False, **options,
-                            "kernel": "sm90"})
+    kernel does not take. Configured as on the H200 (``SM90_FROM_H200``)."""
+    return TritonBackend(**{**SM90_FROM_H200, "sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "sm90_wg4": False,
+                            **options, "kernel": "sm90"})
 
 
 def make_sm90_wg4_backend(**options) -> TritonBackend:
     """The warp-specialized form's four-warpgroup program at every next_n 2 and 4 call the sm90 kernel takes,
     whatever its size (``triton:sm90-wg4``, for parity runs: the H200's config gives it the calls of at least
-    ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1."""
-    return TritonBackend(**{"sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, "balanced": True, **options,
+    ``sm90_ws_min_tiles`` tiles per program only); the warp-specialized form at next_n 1. Configured as on the H200
+    (``SM90_FROM_H200``)."""
+    return TritonBackend(**{**SM90_FROM_H200, "sm90_max_next_n": 4, "sm90_ws_min_tiles": 0, **options,
                             "sm90_wg4": True, "sm90_wg4_min_batch": 0, "kernel": "sm90"})
