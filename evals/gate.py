@@ -114,6 +114,8 @@ def load_run(run_dir: str | Path, filter: str = DEFAULT_FILTER) -> RunScores:
         if any(r is None or r == NULL_RESPONSE for group in resps for r in group):
             raise Unusable(f"{samples_path}: doc_id {doc} has no response from the server (null/failed request)")
         records[doc] = rec
+    if _count(n) and n == 0:  # nothing was scored: no accuracy to gate (it was a division by zero, exit 1)
+        raise Unusable(f"run {run_dir}: results say n=0: no question was scored")
     if not _count(n) or n != len(records):
         raise Unusable(f"run {run_dir}: results say n={n} but {len(records)} per-sample records under {filter}: "
                        "samples are missing")

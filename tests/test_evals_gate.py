@@ -245,3 +245,17 @@ def test_shipped_baselines_hold_the_seed_figures():
     ref, pad = load_baseline(REF), load_baseline(BASELINES / "dsv32-tp4-mi355x-bs64-padded.json")
     assert (ref["value"], pad["value"], ref["n"], pad["n"]) == (0.9409, 0.9416, 1319, 1319)
     assert ref["stderr"] == pytest.approx(math.sqrt(0.9409 * 0.0591 / 1318), abs=1e-5)
+
+
+def test_a_run_that_scored_no_question_is_unusable(tmp_path, capsys):
+    """results say n=0 and there are no samples: it was a division by zero (exit 1, as a regression)."""
+    import json as _json
+
+    run = write_run(tmp_path / "run", [1, 0, 1])
+    results = _json.loads((run / "results.json").read_text())
+    results["n-samples"]["gsm8k"]["effective"] = 0
+    (run / "results.json").write_text(_json.dumps(results))
+    for f in run.glob("samples_*.jsonl"):
+        f.write_text("")
+    assert main(["gsm8k", "baseline", str(run), "-o", str(tmp_path / "b.json")]) == 2
+    assert "n=0: no question was scored" in capsys.readouterr().err
