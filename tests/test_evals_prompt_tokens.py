@@ -56,11 +56,21 @@ def test_summary_and_coverage_figures():
     assert (b["counted"], b["unknown"], b["over_topk"], b["min"], b["median"], b["max"]) == (4, 1, 2, 100, 2000, 5000)
     assert b["share_over_topk"] == 0.5
     assert b["mean_dropped_share"] == pytest.approx((0 + (1 - 2048 / 3000) + (1 - 2048 / 5000) + 0) / 4)
-    shown, lines = pt.coverage(b)
+    shown, lines = pt.coverage(b, min_share=0.4)  # 2 of the 5 prompts are known to exceed it
     assert shown and not any("WARNING" in x for x in lines)
     assert "2 of 4 (50%) exceed index_topk=2048" in lines[0] and "1 prompt(s) could not be counted" in lines[1]
-    shown, lines = pt.coverage(b, min_share=0.51)
-    assert not shown and lines[-1].startswith("WARNING: only 50% of prompts exceed index_topk=2048")
+    shown, lines = pt.coverage(b, min_share=0.41)  # the uncounted prompt is not taken to exceed it
+    assert not shown and lines[-1].startswith("WARNING: only 40% of prompts exceed index_topk=2048")
+
+
+def test_prompts_that_could_not_be_counted_are_not_shown_to_exceed_index_topk():
+    """1 of 40 prompts counted (9000 tokens), 39 unknown (a server that reported batch totals only): the share
+    over the counted prompt alone was 100 % and passed --require-coverage; over the run's prompts it is 2.5 %."""
+    per_doc = {d: {"prompt_tokens": None, "truncated_prompt_tokens": None, "source": None} for d in range(40)}
+    per_doc[0] = {"prompt_tokens": 9000, "truncated_prompt_tokens": 0, "source": "server"}
+    shown, lines = pt.coverage(pt.summarize(per_doc, 2048))
+    assert not shown and "39 prompt(s) could not be counted" in lines[1]
+    assert lines[-1].startswith("WARNING: only 2% of prompts exceed")
     shown, lines = pt.coverage(None)
     assert not shown and "prompt lengths unknown" in lines[0]
 
