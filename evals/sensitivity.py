@@ -24,7 +24,7 @@ from pathlib import Path
 
 from evals import stats
 from evals.gate import DEFAULT_FILTER as GATED
-from evals.gate import FILTERS
+from evals.gate import FILTERS, Unusable
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,8 @@ def judge(rec: dict, ref: dict, confidence: float) -> dict:
 def assemble(records: list[dict], meta: dict, confidence: float = 0.95) -> dict:
     ref = next((r for r in records if r["row"]["id"] == "reference"), None)
     if ref is None or ref["status"] != "ok":
-        raise RuntimeError(f"the reference row did not run: {ref and ref.get('reason')}")
+        # unusable input (exit 2), not a finding: no row can be judged without it
+        raise Unusable(f"the reference row did not run: {ref and ref.get('reason')}")
     for r in records:
         r["gate"] = judge(r, ref, confidence)
     return {"schema": 1, **meta, "confidence": confidence, "gated_filter": GATED, "rows": records}
@@ -184,9 +185,11 @@ def markdown(table: dict) -> str:
              "| gate | parity | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in m["rows"]:
         row, g, par = r["row"], r["gate"], r["parity"]
-        if r["status"] != "ok":
-            lines.append(f"| {row['id']} | {row['kind']} | - | - | - | - | - | {r['status'].upper()}: "
-                         f"{r.get('reason', '')[:160]} | {par['verdict']} | {row['note']} |")
+        if r["status"] != "ok" or g["gate"] == "UNUSABLE":  # judge's UNUSABLE has no figures, only its why
+            status, reason = ((r["status"], r.get("reason", "")) if r["status"] != "ok"
+                              else ("unusable", g.get("why", "")))
+            lines.append(f"| {row['id']} | {row['kind']} | - | - | - | - | - | {status.upper()}: "
+                         f"{(reason or '')[:160]} | {par['verdict']} | {row['note']} |")
             continue
         acc = g["accuracy"]
         ci = f"{g['diff']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]"

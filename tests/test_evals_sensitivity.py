@@ -94,3 +94,25 @@ def test_resume_keeps_recorded_rows_and_skip_leaves_rows_out(tmp_path):
     hardware = json.loads((out / "sensitivity.json").read_text())["hardware"]
     assert "GPU X" in hardware and "CPUs" in hardware  # both hosts named
     assert main(["sensitivity", "--out", str(out), "--skip", "ref", "--device", "cpu"]) == 2
+
+
+META = {"data": {"name": "d"}, "n": 40, "date": "d", "hardware": "h", "command": "c", "model": "m", "batch_size": 8}
+
+
+def test_a_row_over_other_questions_is_shown_unusable_in_the_table():
+    """A row that ran but over other doc_ids than the reference (a resumed row recorded at another --limit):
+    judge calls it UNUSABLE; the table once failed on it (KeyError 'accuracy') and was not written."""
+    table = sensitivity.assemble([record("reference", [1] * 40), record("fault:x", [1] * 30)], META)
+    assert table["rows"][1]["gate"]["gate"] == "UNUSABLE"
+    md = sensitivity.markdown(table)
+    assert "| fault:x | fault | - |" in md and "UNUSABLE: " in md
+
+
+def test_a_reference_row_that_did_not_run_is_unusable_input():
+    """Nothing can be judged without the reference row: unusable input (exit 2), not a RuntimeError (exit 1)."""
+    import pytest
+
+    from evals.gate import Unusable
+
+    with pytest.raises(Unusable, match="the reference row did not run"):
+        sensitivity.assemble([record("reference", [], status="error"), record("fault:x", [1] * 30)], META)
